@@ -1,0 +1,36 @@
+# Finds what moss needs. Nothing is downloaded: missing packages are reported with the command
+# that installs them (scripts/test runs it for you on Debian).
+include_guard(GLOBAL)
+
+set(MOSS_HAS_CUDA OFF)
+if(MOSS_ENABLE_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    # CUDA 13 keeps CUB/Thrust/libcu++ under include/cccl; g++ translation units need CCCL's config.
+    find_package(CCCL CONFIG QUIET HINTS ${CUDAToolkit_LIBRARY_DIR}/cmake ${CUDAToolkit_LIBRARY_ROOT}/lib64/cmake)
+    set(MOSS_HAS_CUDA ON)
+    message(STATUS "moss: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  else()
+    message(STATUS "moss: no CUDA compiler found; building the host backend only")
+  endif()
+else()
+  message(STATUS "moss: CUDA backend switched off (MOSS_ENABLE_CUDA=OFF)")
+endif()
+
+if(MOSS_BUILD_TESTS)
+  find_package(Catch2 3 QUIET CONFIG)
+  if(NOT Catch2_FOUND)
+    message(FATAL_ERROR "moss: Catch2 v3 not found. Install it (Debian 12: apt-get install -t bookworm-backports libcatch2-dev), "
+                        "run scripts/test (it does this for you), or configure with -DMOSS_BUILD_TESTS=OFF.")
+  endif()
+endif()
+if(MOSS_BUILD_BENCH)
+  find_package(benchmark QUIET CONFIG)
+  if(NOT benchmark_FOUND)
+    message(FATAL_ERROR "moss: Google Benchmark not found. Install it (Debian: apt-get install libbenchmark-dev), "
+                        "run scripts/test (it does this for you), or configure with -DMOSS_BUILD_BENCH=OFF.")
+  endif()
+endif()

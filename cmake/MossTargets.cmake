@@ -1,0 +1,49 @@
+# The two interface targets and their installation:
+#   moss::moss  host backend, C++20, needs nothing but a C++ compiler
+#   moss::cuda  adds the CUDA backend: cudart, cuBLAS, cuBLASLt and CCCL
+include_guard(GLOBAL)
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+add_library(moss INTERFACE)
+add_library(moss::moss ALIAS moss)
+target_include_directories(moss INTERFACE $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+                                          $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+target_compile_features(moss INTERFACE cxx_std_20)
+
+if(MOSS_HAS_CUDA)
+  add_library(moss_cuda INTERFACE)
+  add_library(moss::cuda ALIAS moss_cuda)
+  set_target_properties(moss_cuda PROPERTIES EXPORT_NAME cuda)
+  target_link_libraries(moss_cuda INTERFACE moss CUDA::cudart CUDA::cublas CUDA::cublasLt)
+  if(TARGET CCCL::CCCL)
+    target_link_libraries(moss_cuda INTERFACE CCCL::CCCL)
+  endif()
+  target_compile_features(moss_cuda INTERFACE cuda_std_20)
+  target_compile_options(moss_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr --extended-lambda>)
+endif()
+
+# Flags for moss's own tests, benchmarks and examples (not exported to users).
+add_library(moss_dev_flags INTERFACE)
+target_compile_options(moss_dev_flags INTERFACE
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic>
+  $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra -lineinfo>)
+if(MOSS_WARNINGS_AS_ERRORS)
+  target_compile_options(moss_dev_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
+endif()
+if(MOSS_SYNC_LAUNCHES)
+  target_compile_definitions(moss_dev_flags INTERFACE MOSS_SYNC_LAUNCHES=1)
+endif()
+
+install(DIRECTORY include/moss DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+set(_moss_targets moss)
+if(MOSS_HAS_CUDA)
+  list(APPEND _moss_targets moss_cuda)
+endif()
+install(TARGETS ${_moss_targets} EXPORT mossTargets)
+install(EXPORT mossTargets NAMESPACE moss:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/moss)
+configure_package_config_file(cmake/mossConfig.cmake.in ${PROJECT_BINARY_DIR}/mossConfig.cmake
+                              INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/moss)
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/mossConfigVersion.cmake COMPATIBILITY SameMinorVersion ARCH_INDEPENDENT)
+install(FILES ${PROJECT_BINARY_DIR}/mossConfig.cmake ${PROJECT_BINARY_DIR}/mossConfigVersion.cmake
+        DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/moss)

@@ -1,0 +1,58 @@
+// moss/backend/host.hpp: the CPU backend.
+//
+// `moss::Host` is the call-site object that runs an op or layer on the CPU (plain loops over
+// the `MOSS_HD` math of each op: the oracle the CUDA backend is tested against).
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "moss/core/buffer.hpp"
+
+namespace moss {
+
+/// Runs ops on the CPU. Stateless and cheap to copy.
+struct Host {
+  static constexpr Device device = Device::host;
+
+  /// Allocates `n` uninitialised elements of host memory (64-byte aligned).
+  template <class T>
+  Buffer<T> alloc(index_t n) const {
+    MOSS_EXPECTS(n >= 0, config_error, "Host::alloc: negative element count ", n);
+    if (n == 0) return Buffer<T>(nullptr, 0, Device::host, {});
+    const std::size_t bytes = (static_cast<std::size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) throw std::bad_alloc();
+    return Buffer<T>(static_cast<T*>(p), n, Device::host, {[](void* q, void*) { std::free(q); }, nullptr});
+  }
+  /// Waits for queued work (host work is synchronous: nothing to wait for).
+  void synchronize() const {}
+};
+
+/// Copies `src` into `dst` (same shape; any strides) on the host.
+template <class T, std::size_t Rank>
+void copy(const Host&, const TensorView<T, Rank>& dst, const TensorView<const T, Rank>& src) {
+  MOSS_EXPECTS(dst.shape == src.shape, shape_error, "copy: ", dst.name, " is ", shape_string(dst.shape),
+               " but ", src.name, " is ", shape_string(src.shape));
+  if (dst.is_contiguous() && src.is_contiguous()) {
+    if (!dst.empty()) std::memcpy(dst.data, src.data, static_cast<std::size_t>(dst.numel()) * sizeof(T));
+    return;
+  }
+  Extents<Rank> idx{};
+  const index_t n = dst.numel();
+  for (index_t k = 0; k < n; ++k) {
+    index_t od = 0, os = 0;
+    for (std::size_t i = 0; i < Rank; ++i) {
+      od += idx[i] * dst.stride[i];
+      os += idx[i] * src.stride[i];
+    }
+    dst.data[od] = src.data[os];
+    for (std::size_t i = Rank; i-- > 0;) {
+      if (++idx[i] < dst.shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+}
+
+}  // namespace moss
