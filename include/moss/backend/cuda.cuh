@@ -150,6 +150,33 @@ Buffer<T> to_device(const Cuda& gpu, const Buffer<T>& host) {
   return d;
 }
 
+/// Sets every element of `b` to zero bits (queued on the stream).
+template <class T>
+void fill_zero(const Cuda& gpu, Buffer<T>& b) {
+  if (b.size()) MOSS_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, static_cast<std::size_t>(b.size()) * sizeof(T), gpu.stream));
+}
+
+/// A new device buffer holding a copy of `n` host elements at `src` (synchronous: `src` may be
+/// freed on return).
+template <class T>
+Buffer<T> upload(const Cuda& gpu, const T* src, index_t n) {
+  Buffer<T> b = gpu.alloc<T>(n);
+  if (n) {
+    MOSS_CUDA_CHECK(cudaMemcpyAsync(b.data(), src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyHostToDevice,
+                                    gpu.stream));
+    gpu.synchronize();
+  }
+  return b;
+}
+
+/// Copies `n` device elements at `src` into host memory at `dst` (synchronous).
+template <class T>
+void download(const Cuda& gpu, T* dst, const T* src, index_t n) {
+  if (!n) return;
+  MOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
+  gpu.synchronize();
+}
+
 /// Owns a CUDA stream (created non-blocking) for tests, benchmarks and examples.
 class CudaStream {
  public:

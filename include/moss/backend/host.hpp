@@ -55,4 +55,24 @@ void copy(const Host&, const TensorView<T, Rank>& dst, const TensorView<const T,
   }
 }
 
+/// Sets every element of `b` to zero bits.
+template <class T>
+void fill_zero(const Host&, Buffer<T>& b) {
+  if (b.size()) std::memset(static_cast<void*>(b.data()), 0, static_cast<std::size_t>(b.size()) * sizeof(T));
+}
+
+/// A new host buffer holding a copy of `src`.
+template <class T>
+Buffer<T> upload(const Host& host, const T* src, index_t n) {
+  Buffer<T> b = host.alloc<T>(n);
+  if (n) std::memcpy(b.data(), src, static_cast<std::size_t>(n) * sizeof(T));
+  return b;
+}
+
+/// Copies `n` elements of backend memory at `src` into host memory at `dst`.
+template <class T>
+void download(const Host&, T* dst, const T* src, index_t n) {
+  if (n) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+}
+
 }  // namespace moss

@@ -1,0 +1,138 @@
+// moss/layers/residual.hpp: the pre-norm residual block `h = h + mixer(norm(h))` and the
+// RmsNorm policy.
+//
+// The residual stream is float32 (tokens, D). A block does not add its output to the stream
+// itself: it leaves it `pending`, and the next norm (the next block's, or the model's final
+// norm) adds it while normalising, one pass over the stream instead of two.
+#pragma once
+
+#include <string>
+#include <utility>
+
+#include "moss/core/buffer.hpp"
+#include "moss/core/param_io.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/models/mamba_config.hpp"
+#include "moss/ops/rms_norm.hpp"
+
+namespace moss {
+
+/// The float32 residual stream of a batch and the last block's output not yet added to it.
+template <StorageType T>
+struct ResidualStream {
+  TensorView<float, 2> stream;  // (tokens, D)
+  Buffer<T> pending;            // (tokens, D) or empty
+};
+
+/// RMS normalisation with a float32 weight (REFERENCE.md §1). A norm policy of `Residual`.
+struct RmsNorm {
+  /// The weight `norm.weight` (D).
+  struct Params {
+    Buffer<float> weight;
+  };
+  float eps = 1e-5f;
+  bool residual_in_fp32 = true;
+  index_t dim = 0;
+
+  static RmsNorm from(const MambaConfig& c) { return RmsNorm{c.eps, c.residual_in_fp32, c.d_model}; }
+
+  template <class Backend>
+  Params init(const Backend& backend) const {
+    return {upload_values<float>(backend, std::vector<float>(static_cast<std::size_t>(dim), 1.0f))};
+  }
+  template <class Backend>
+  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& name) const {
+    return {load_param<float>(backend, ckpt, name, {dim})};
+  }
+  template <class Backend>
+  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& name) const {
+    save_param(backend, w, name, p.weight, {dim});
+  }
+
+  /// Adds `rs.pending` to the stream (if any), then writes norm(stream) · weight to `out`.
+  template <class Backend, StorageType T>
+  void apply(const Backend& backend, const Params& p, ResidualStream<T>& rs, TensorView<T, 2> out) const {
+    RmsNormArgs<T, T> a;
+    a.residual = rs.stream;
+    if (rs.pending.data()) a.delta = ConstView<T, 2>(rs.pending.data(), rs.stream.shape, "pending");
+    a.residual_in_fp32 = residual_in_fp32;
+    a.weight = ConstView<float, 1>(p.weight.data(), {dim}, "norm.weight");
+    a.eps = eps;
+    a.out = out;
+    rms_norm(backend, a);
+    rs.pending.reset();
+  }
+};
+
+/// A pre-norm residual block: `h = h + mixer(norm(h))`.
+/// @tparam Norm the norm policy (`RmsNorm`).
+/// @tparam Mixer the mixer layer (`Mamba<T>`, later the routed mixers).
+template <class Norm, class Mixer>
+class Residual {
+ public:
+  using value_type = typename Mixer::value_type;
+  using Cache = typename Mixer::Cache;
+  struct Params {
+    typename Norm::Params norm;
+    typename Mixer::Params mixer;
+  };
+
+  Residual(Norm norm, Mixer mixer) : norm_(std::move(norm)), mixer_(std::move(mixer)) {}
+  /// The block of layer `config` describes (the norm and mixer read their sizes from it).
+  static Residual from(const MambaConfig& c) { return Residual(Norm::from(c), Mixer(MambaDims::from(c))); }
+
+  const Mixer& mixer() const { return mixer_; }
+  const Norm& norm() const { return norm_; }
+
+  template <class Backend>
+  Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
+    return {norm_.init(backend), mixer_.init(backend, rng, n_layers)};
+  }
+  /// Loads `prefix` + "norm.weight" and the mixer under `prefix` + "mixer.".
+  template <class Backend>
+  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
+    return {norm_.load(backend, ckpt, prefix + "norm.weight"), mixer_.load(backend, ckpt, prefix + "mixer.")};
+  }
+  template <class Backend>
+  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
+    norm_.save(backend, p.norm, w, prefix + "norm.weight");
+    mixer_.save(backend, p.mixer, w, prefix + "mixer.");
+  }
+  template <class Backend>
+  Cache make_cache(const Backend& backend, index_t batch) const {
+    return mixer_.make_cache(backend, batch);
+  }
+
+  /// Full sequence: leaves mixer(norm(h)) pending on the stream. `rs.stream` is (batch·L, D).
+  template <class Backend>
+  void forward(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, index_t batch, index_t L,
+               Cache* cache) const {
+    using T = value_type;
+    const index_t D = rs.stream.shape[1];
+    Buffer<T> normed = backend.template alloc<T>(batch * L * D);
+    norm_.apply(backend, p.norm, rs, normed.template view<2>({batch * L, D}, "normed"));
+    Buffer<T> out = backend.template alloc<T>(batch * L * D);
+    mixer_.forward(backend, p.mixer, ConstView<T, 3>(normed.data(), {batch, L, D}, "normed"),
+                   out.template view<3>({batch, L, D}, "mixer_out"), cache);
+    rs.pending = std::move(out);
+  }
+
+  /// One token per sequence: `rs.stream` is (batch, D).
+  template <class Backend>
+  void step(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, Cache& cache) const {
+    using T = value_type;
+    const index_t batch = rs.stream.shape[0], D = rs.stream.shape[1];
+    Buffer<T> normed = backend.template alloc<T>(batch * D);
+    norm_.apply(backend, p.norm, rs, normed.template view<2>({batch, D}, "normed"));
+    Buffer<T> out = backend.template alloc<T>(batch * D);
+    mixer_.step(backend, p.mixer, ConstView<T, 2>(normed.data(), {batch, D}, "normed"),
+                out.template view<2>({batch, D}, "mixer_out"), cache);
+    rs.pending = std::move(out);
+  }
+
+ private:
+  Norm norm_;
+  Mixer mixer_;
+};
+
+}  // namespace moss

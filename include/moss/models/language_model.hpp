@@ -1,0 +1,206 @@
+// moss/models/language_model.hpp: token embedding → a stack of residual blocks → final norm →
+// LM head (Hugging Face `MambaForCausalLM`), with full-sequence forward, prefill that continues
+// from a cache, and one-token decode.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "moss/core/param_io.hpp"
+#include "moss/core/safetensors.hpp"
+#include "moss/layers/mamba.hpp"
+#include "moss/layers/residual.hpp"
+#include "moss/models/mamba_config.hpp"
+#include "moss/ops/embedding.hpp"
+#include "moss/ops/linear.hpp"
+
+namespace moss {
+
+/// A causal language model: embeddings, `n_layers` blocks of type `Block`, a final RmsNorm and
+/// an LM head (tied to the embeddings or not).
+/// @tparam Block a residual block type, e.g. `Residual<RmsNorm, Mamba<bf16>>`.
+template <class Block>
+class LanguageModel {
+ public:
+  using value_type = typename Block::value_type;
+  using T = value_type;
+
+  /// Owned weights on one backend.
+  struct Params {
+    Buffer<T> embeddings;               // (V, D)
+    Buffer<T> lm_head;                  // (V, D); empty when tied to the embeddings
+    RmsNorm::Params norm_f;             // (D)
+    std::vector<typename Block::Params> layers;
+  };
+  /// Decode state of every layer for a batch of sequences.
+  struct Cache {
+    std::vector<typename Block::Cache> layers;
+    index_t batch = 0;
+    index_t length = 0;  ///< tokens consumed so far per sequence
+  };
+
+  explicit LanguageModel(MambaConfig config)
+      : config_((config.validate("LanguageModel"), config)), block_(Block::from(config_)), norm_f_(RmsNorm::from(config_)) {}
+
+  const MambaConfig& config() const { return config_; }
+  const Block& block() const { return block_; }
+
+  /// Seeded random weights (the same seed gives the same weights on every backend).
+  template <class Backend>
+  Params init(const Backend& backend, std::uint64_t seed) const {
+    Rng rng(seed);
+    Params p;
+    const index_t V = config_.vocab_size, D = config_.d_model;
+    p.embeddings = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
+    if (!config_.tie_embeddings) p.lm_head = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
+    p.norm_f = norm_f_.init(backend);
+    for (index_t i = 0; i < config_.n_layers; ++i) p.layers.push_back(block_.init(backend, rng, config_.n_layers));
+    return p;
+  }
+
+  /// Loads Hugging Face `MambaForCausalLM` weights (f32, f16 or bf16 in the file; converted to
+  /// T). A tied model ignores a stored `lm_head.weight`; an untied one requires it.
+  template <class Backend>
+  Params load(const Backend& backend, const Checkpoint& ckpt) const {
+    Params p;
+    const index_t V = config_.vocab_size, D = config_.d_model;
+    p.embeddings = load_param<T>(backend, ckpt, "backbone.embeddings.weight", {V, D});
+    if (!config_.tie_embeddings) p.lm_head = load_param<T>(backend, ckpt, "lm_head.weight", {V, D});
+    p.norm_f = norm_f_.load(backend, ckpt, "backbone.norm_f.weight");
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      p.layers.push_back(block_.load(backend, ckpt, layer_prefix(i)));
+    return p;
+  }
+
+  /// Writes `dir/model.safetensors` and `dir/config.json` (Hugging Face names and keys).
+  template <class Backend>
+  void save(const Backend& backend, const Params& p, const std::filesystem::path& dir) const {
+    std::filesystem::create_directories(dir);
+    SafetensorsWriter w;
+    const index_t V = config_.vocab_size, D = config_.d_model;
+    save_param(backend, w, "backbone.embeddings.weight", p.embeddings, {V, D});
+    if (!config_.tie_embeddings) save_param(backend, w, "lm_head.weight", p.lm_head, {V, D});
+    norm_f_.save(backend, p.norm_f, w, "backbone.norm_f.weight");
+    for (index_t i = 0; i < config_.n_layers; ++i) block_.save(backend, p.layers[i], w, layer_prefix(i));
+    w.write(dir / "model.safetensors");
+    MambaConfig c = config_;
+    c.dtype = dtype_of<T>;
+    json::write_file(dir / "config.json", c.to_json());
+  }
+
+  /// An empty decode cache for `batch` sequences.
+  template <class Backend>
+  Cache make_cache(const Backend& backend, index_t batch) const {
+    MOSS_EXPECTS(batch >= 1, shape_error, "LanguageModel::make_cache: batch is ", batch, ", expected ≥ 1");
+    Cache c;
+    c.batch = batch;
+    for (index_t i = 0; i < config_.n_layers; ++i) c.layers.push_back(block_.make_cache(backend, batch));
+    return c;
+  }
+
+  /// Full-sequence forward over `ids` (host memory, (batch, L)). `logits` (backend memory) is
+  /// (batch, L, V) for every position or (batch, 1, V) for the last position only. With a
+  /// cache, the sequences continue from its state and the cache advances by L tokens.
+  template <class Backend>
+  void forward(const Backend& backend, const Params& p, ConstView<std::int64_t, 2> ids, TensorView<float, 3> logits,
+               Cache* cache = nullptr) const {
+    const char* where = "LanguageModel::forward";
+    const index_t batch = ids.shape[0], L = ids.shape[1], D = config_.d_model, V = config_.vocab_size;
+    expect_contiguous(where, ids);
+    MOSS_EXPECTS(L >= 1, shape_error, where, ": ", ids.name, " is ", shape_string(ids.shape),
+                 " (batch, seqlen) but needs seqlen ≥ 1");
+    MOSS_EXPECTS(logits.shape[1] == L || logits.shape[1] == 1, shape_error, where, ": ", logits.name, " is ",
+                 shape_string(logits.shape), " (batch, seqlen, vocab) but expected [", batch, ", ", L, " or 1, ", V, "]");
+    expect_shape(where, logits, {batch, logits.shape[1], V}, "(batch, seqlen, vocab)");
+    expect_contiguous(where, logits);
+    check_params(where, p);
+    if (cache) check_cache(where, *cache, batch);
+
+    const index_t tokens = batch * L;
+    Buffer<float> stream = backend.template alloc<float>(tokens * D);
+    ResidualStream<T> rs{stream.template view<2>({tokens, D}, "residual"), {}};
+    embed(backend, p, ids.data, tokens, rs.stream);
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      block_.forward(backend, p.layers[i], rs, batch, L, cache ? &cache->layers[i] : nullptr);
+
+    Buffer<T> normed = backend.template alloc<T>(tokens * D);
+    norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({tokens, D}, "normed"));
+    // Every position, or only the last row of each sequence (a strided view, no copy).
+    const bool last_only = logits.shape[1] == 1 && L > 1;
+    const ConstView<T, 2> head_in = last_only ? ConstView<T, 2>(normed.data() + (L - 1) * D, {batch, D}, {L * D, 1}, "normed")
+                                              : ConstView<T, 2>(normed.data(), {tokens, D}, "normed");
+    head(backend, p, head_in, TensorView<float, 2>(logits.data, {head_in.shape[0], V}, "logits"));
+    if (cache) cache->length += L;
+  }
+
+  /// One new token per sequence (`ids`: host memory, (batch)); writes (batch, V) logits.
+  template <class Backend>
+  void step(const Backend& backend, const Params& p, ConstView<std::int64_t, 1> ids, TensorView<float, 2> logits,
+            Cache& cache) const {
+    const char* where = "LanguageModel::step";
+    const index_t batch = ids.shape[0], D = config_.d_model, V = config_.vocab_size;
+    expect_shape(where, logits, {batch, V}, "(batch, vocab)");
+    expect_contiguous(where, logits);
+    expect_contiguous(where, ids);
+    check_params(where, p);
+    check_cache(where, cache, batch);
+    Buffer<float> stream = backend.template alloc<float>(batch * D);
+    ResidualStream<T> rs{stream.template view<2>({batch, D}, "residual"), {}};
+    embed(backend, p, ids.data, batch, rs.stream);
+    for (index_t i = 0; i < config_.n_layers; ++i) block_.step(backend, p.layers[i], rs, cache.layers[i]);
+    Buffer<T> normed = backend.template alloc<T>(batch * D);
+    norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({batch, D}, "normed"));
+    head(backend, p, ConstView<T, 2>(normed.data(), {batch, D}, "normed"), logits);
+    cache.length += 1;
+  }
+
+  /// Hugging Face prefix of layer i: "backbone.layers.{i}.".
+  static std::string layer_prefix(index_t i) { return "backbone.layers." + std::to_string(i) + "."; }
+
+ private:
+  template <class Backend>
+  void embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
+             TensorView<float, 2> out) const {
+    const index_t V = config_.vocab_size;
+    for (index_t i = 0; i < n; ++i)
+      MOSS_EXPECTS(host_ids[i] >= 0 && host_ids[i] < V, shape_error, "LanguageModel: token id ", host_ids[i],
+                   " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
+    Buffer<std::int64_t> ids = upload(backend, host_ids, n);
+    embedding(backend, EmbeddingArgs<T>{ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"),
+                                        ConstView<T, 2>(p.embeddings.data(), {V, config_.d_model}, "embeddings"), out,
+                                        /*ids_checked=*/true});
+  }
+  template <class Backend>
+  void head(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<float, 2> logits) const {
+    const Buffer<T>& w = config_.tie_embeddings ? p.embeddings : p.lm_head;
+    linear(backend, LinearArgs<T, float>{x, ConstView<T, 2>(w.data(), {config_.vocab_size, config_.d_model}, "lm_head.weight"),
+                                         {}, logits});
+  }
+  void check_params(const char* where, const Params& p) const {
+    MOSS_EXPECTS(static_cast<index_t>(p.layers.size()) == config_.n_layers && p.embeddings.data(), config_error, where,
+                 ": the parameters hold ", p.layers.size(), " layers but the model has ", config_.n_layers);
+  }
+  void check_cache(const char* where, const Cache& c, index_t batch) const {
+    MOSS_EXPECTS(c.batch == batch && static_cast<index_t>(c.layers.size()) == config_.n_layers, shape_error, where,
+                 ": the cache was made for batch ", c.batch, " and ", c.layers.size(), " layers but the call has batch ",
+                 batch, " and the model ", config_.n_layers, " layers");
+  }
+
+  MambaConfig config_;
+  Block block_;
+  RmsNorm norm_f_;
+};
+
+/// A dense Mamba language model (Hugging Face `MambaForCausalLM`) in storage type T.
+template <StorageType T>
+using MambaLM = LanguageModel<Residual<RmsNorm, Mamba<T>>>;
+
+/// Reads `dir/config.json` (or a config file path).
+inline MambaConfig load_mamba_config(const std::filesystem::path& path) {
+  const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
+  return MambaConfig::from_json(json::parse(json::read_file(file), file.string()), file.string());
+}
+
+}  // namespace moss

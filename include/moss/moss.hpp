@@ -1,0 +1,37 @@
+// moss/moss.hpp: the one header users include.
+//
+// Under g++ it brings the host backend and everything that runs on it; under nvcc it adds the
+// CUDA backend (`moss::Cuda`) and the CUDA implementation of every op, so the same layer and
+// model types run on both.
+#pragma once
+
+#include "moss/backend/host.hpp"
+#include "moss/core/buffer.hpp"
+#include "moss/core/dispatch.hpp"
+#include "moss/core/dtype.hpp"
+#include "moss/core/error.hpp"
+#include "moss/core/json.hpp"
+#include "moss/core/param_io.hpp"
+#include "moss/core/random.hpp"
+#include "moss/core/safetensors.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/ops/causal_conv1d.hpp"
+#include "moss/ops/embedding.hpp"
+#include "moss/ops/linear.hpp"
+#include "moss/ops/rms_norm.hpp"
+#include "moss/ops/selective_scan.hpp"
+
+#if defined(__CUDACC__)
+#include "moss/backend/cuda.cuh"
+#include "moss/ops/causal_conv1d/cuda.cuh"
+#include "moss/ops/embedding/cuda.cuh"
+#include "moss/ops/linear/cuda.cuh"
+#include "moss/ops/rms_norm/cuda.cuh"
+#include "moss/ops/selective_scan/cuda.cuh"
+#endif
+
+#include "moss/layers/mamba.hpp"
+#include "moss/layers/residual.hpp"
+#include "moss/models/generation.hpp"
+#include "moss/models/language_model.hpp"
+#include "moss/models/mamba_config.hpp"
