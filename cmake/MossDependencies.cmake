@@ -4,6 +4,14 @@ include_guard(GLOBAL)
 
 set(MOSS_HAS_CUDA OFF)
 if(MOSS_ENABLE_CUDA)
+  # The CUDA toolkit's usual home is often not on PATH (fresh shells, CI); CMake alone would then
+  # miss nvcc and quietly build host-only. CUDACXX is what check_language's probe honours.
+  if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+    find_program(MOSS_NVCC_EXECUTABLE nvcc PATHS /usr/local/cuda/bin NO_CACHE)
+    if(MOSS_NVCC_EXECUTABLE)
+      set(ENV{CUDACXX} ${MOSS_NVCC_EXECUTABLE})
+    endif()
+  endif()
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
@@ -13,10 +21,17 @@ if(MOSS_ENABLE_CUDA)
     find_package(CCCL CONFIG QUIET HINTS ${CUDAToolkit_LIBRARY_DIR}/cmake ${CUDAToolkit_LIBRARY_ROOT}/lib64/cmake)
     set(MOSS_HAS_CUDA ON)
     message(STATUS "moss: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  elseif(MOSS_REQUIRE_CUDA)
+    message(FATAL_ERROR "moss: MOSS_REQUIRE_CUDA is ON (the cuda preset) but no working CUDA compiler was found. "
+                        "Put nvcc on PATH (e.g. export PATH=/usr/local/cuda/bin:$PATH), set CUDACXX, "
+                        "or use the host or default preset.")
   else()
     message(STATUS "moss: no CUDA compiler found; building the host backend only")
   endif()
 else()
+  if(MOSS_REQUIRE_CUDA)
+    message(FATAL_ERROR "moss: MOSS_REQUIRE_CUDA=ON contradicts MOSS_ENABLE_CUDA=OFF")
+  endif()
   message(STATUS "moss: CUDA backend switched off (MOSS_ENABLE_CUDA=OFF)")
 endif()
 

@@ -36,6 +36,7 @@ if(MOSS_SYNC_LAUNCHES)
 endif()
 
 install(DIRECTORY include/moss DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES LICENSE DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/moss)
 set(_moss_targets moss)
 if(MOSS_HAS_CUDA)
   list(APPEND _moss_targets moss_cuda)

@@ -54,12 +54,12 @@ void run(const Backend& backend, const moss::MambaConfig& cfg, const Job& job) {
   download(backend, host_logits.data(), logits.data(), logits.size());
 
   moss::SafetensorsWriter out;
-  out.add("logits", moss::DType::f32, {batch, L, V}, host_logits.data(), host_logits.size() * sizeof(float));
+  out.add("logits", {batch, L, V}, host_logits);
   if (job.generate > 0) {
     moss::GenerateOptions opt;
     opt.max_new_tokens = job.generate;
     const auto r = moss::generate(backend, model, params, ids_view, opt);
-    out.add("generated", moss::DType::i64, {batch, r.length}, r.tokens.data(), r.tokens.size() * sizeof(std::int64_t));
+    out.add("generated", {batch, r.length}, r.tokens);
   }
   out.write(job.output);
   std::printf("moss-run: %lld x %lld tokens, vocab %lld, %s -> %s\n", static_cast<long long>(batch),

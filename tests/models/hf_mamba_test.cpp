@@ -102,10 +102,10 @@ TEST_CASE("A tied checkpoint that also stores lm_head.weight is accepted", "[hos
   for (const auto& name : src.names()) {
     const auto info = src.info(name);
     const auto data = src.read_as<float>(name, info.shape);
-    w.add(name, DType::f32, info.shape, data.data(), data.size() * sizeof(float));
+    w.add(name, info.shape, data);
   }
   const auto emb = src.read_as<float>("backbone.embeddings.weight", {256, 64});
-  w.add("lm_head.weight", DType::f32, {256, 64}, emb.data(), emb.size() * sizeof(float));
+  w.add("lm_head.weight", {256, 64}, emb);
   w.write(dir / "model.safetensors");
   std::filesystem::copy_file(test::hf_mamba_dir() + "/config.json", dir / "config.json");
   CHECK_NOTHROW(model.load(Host{}, Checkpoint(dir)));

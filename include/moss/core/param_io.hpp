@@ -59,7 +59,7 @@ void save_param(const Backend& backend, SafetensorsWriter& writer, const std::st
                 const std::vector<index_t>& shape) {
   std::vector<T> host(static_cast<std::size_t>(b.size()));
   download(backend, host.data(), b.data(), b.size());
-  writer.add(name, dtype_of<T>, shape, host.data(), host.size() * sizeof(T));
+  writer.add(name, shape, host);
 }
 
 }  // namespace moss

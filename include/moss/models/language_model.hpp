@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -87,7 +88,9 @@ class LanguageModel {
     w.write(dir / "model.safetensors");
     MambaConfig c = config_;
     c.dtype = dtype_of<T>;
-    json::write_file(dir / "config.json", c.to_json());
+    std::ofstream out(dir / "config.json");
+    out << json::dump(c.to_json()) << "\n";
+    MOSS_EXPECTS(out.good(), io_error, (dir / "config.json").string(), ": could not write the config");
   }
 
   /// An empty decode cache for `batch` sequences.

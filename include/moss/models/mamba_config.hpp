@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "moss/core/dispatch.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/error.hpp"
 #include "moss/core/json.hpp"
@@ -64,10 +65,10 @@ struct MambaConfig {
     c.n_layers = 32;  // transformers' MambaConfig defaults
     c.vocab_size = 50280;
     auto get_int = [&](const char* key, index_t& out) {
-      if (const json::Value* v = j.find(key); v && !v->is_null()) out = v->as_int(cat(what, ": ", key));
+      if (const json::Value* v = j.find(key); v && !v->is_null()) out = v->as_int();
     };
     auto get_bool = [&](const char* key, bool& out) {
-      if (const json::Value* v = j.find(key); v && !v->is_null()) out = v->as_bool(cat(what, ": ", key));
+      if (const json::Value* v = j.find(key); v && !v->is_null()) out = v->as_bool();
     };
     get_int("hidden_size", c.d_model);
     get_int("num_hidden_layers", c.n_layers);
@@ -77,11 +78,11 @@ struct MambaConfig {
     get_int("conv_kernel", c.d_conv);
     if (const json::Value* v = j.find("time_step_rank"); v && !v->is_null()) {
       if (v->is_string()) {
-        MOSS_EXPECTS(v->as_string(what) == "auto", config_error, what, ": time_step_rank is \"",
-                     v->as_string(what), "\", expected an integer or \"auto\"");
+        MOSS_EXPECTS(v->as_string() == "auto", config_error, what, ": time_step_rank is \"",
+                     v->as_string(), "\", expected an integer or \"auto\"");
         c.dt_rank = 0;
       } else {
-        c.dt_rank = v->as_int(cat(what, ": time_step_rank"));
+        c.dt_rank = v->as_int();
         MOSS_EXPECTS(c.dt_rank > 0, config_error, what, ": time_step_rank is ", c.dt_rank, ", expected > 0");
       }
     }
@@ -90,9 +91,9 @@ struct MambaConfig {
     get_bool("tie_word_embeddings", c.tie_embeddings);
     get_bool("residual_in_fp32", c.residual_in_fp32);
     if (const json::Value* v = j.find("layer_norm_epsilon"); v && !v->is_null())
-      c.eps = static_cast<float>(v->as_double(cat(what, ": layer_norm_epsilon")));
+      c.eps = static_cast<float>(v->as_double());
     if (const json::Value* v = j.find("intermediate_size"); v && !v->is_null()) {
-      const index_t inter = v->as_int(cat(what, ": intermediate_size"));
+      const index_t inter = v->as_int();
       MOSS_EXPECTS(inter == c.expand * c.d_model, config_error, what, ": intermediate_size is ", inter,
                    " but expand · hidden_size = ", c.expand, " · ", c.d_model, " = ", c.expand * c.d_model);
     }
@@ -101,7 +102,7 @@ struct MambaConfig {
     // transformers 4 writes "torch_dtype", transformers 5 writes "dtype".
     for (const char* key : {"dtype", "torch_dtype"}) {
       if (const json::Value* v = j.find(key); v && v->is_string()) {
-        c.dtype = parse_storage_dtype(v->as_string(what), (what + ": " + key).c_str());
+        c.dtype = parse_storage_dtype(v->as_string(), (what + ": " + key).c_str());
         break;
       }
     }
@@ -111,8 +112,8 @@ struct MambaConfig {
 
   /// The config as a Hugging Face `config.json` object.
   json::Value to_json() const {
-    json::Value j = json::Value::object();
-    j.set("architectures", json::Value::array({json::Value("MambaForCausalLM")}));
+    json::Value j = json::Object{};
+    j.set("architectures", json::Value(json::Array{json::Value("MambaForCausalLM")}));
     j.set("model_type", json::Value("mamba"));
     j.set("hidden_size", json::Value(d_model));
     j.set("num_hidden_layers", json::Value(n_layers));

@@ -17,10 +17,44 @@ namespace moss {
 /// @tparam T storage type of the table.
 template <class T>
 struct EmbeddingArgs {
-  ConstView<std::int64_t, 1> ids;   // (rows), in the memory of the backend that runs the op
-  ConstView<T, 2> table;            // (vocab, dim), unit inner stride
-  TensorView<float, 2> out;         // (rows, dim), unit inner stride
-  bool ids_checked = false;         // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
+  ConstView<std::int64_t, 1> ids;  // (rows), in the memory of the backend that runs the op
+  ConstView<T, 2> table;           // (vocab, dim), unit inner stride
+  TensorView<float, 2> out;        // (rows, dim), unit inner stride
+  bool ids_checked = false;        // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
 };
 
+/// Checks the shapes of `a` once at op entry (both backends): vocab ≥ 1 and dim ≥ 1
+/// (`config_error`); table (vocab, dim) and out (rows, dim) with unit inner stride and a row
+/// stride ≥ dim (`shape_error`). ids may have any stride; their values are checked by the op.
+template <class T>
+void validate(const EmbeddingArgs<T>& a, const char* where) {
+  static_assert(StorageType<T>, "moss::embedding: T must be float, moss::f16 or moss::bf16");
+  expect_valid(where, a.ids);
+  expect_valid(where, a.table);
+  expect_valid(where, a.out);
+  const index_t rows = a.ids.shape[0];
+  const index_t vocab = a.table.shape[0];
+  const index_t dim = a.table.shape[1];
+  MOSS_EXPECTS(vocab >= 1 && dim >= 1, config_error, where, ": ", a.table.name, " is ", shape_string(a.table.shape),
+               " (vocab, dim) but both must be at least 1");
+  expect_shape(where, a.out, {rows, dim}, "(rows, dim)");
+  expect_unit_inner_stride(where, a.table);
+  expect_unit_inner_stride(where, a.out);
+  MOSS_EXPECTS(vocab <= 1 || a.table.stride[0] >= dim, shape_error, where, ": ", a.table.name, " has row stride ",
+               a.table.stride[0], " but its rows are ", dim, " wide (rows must not overlap)");
+  MOSS_EXPECTS(rows <= 1 || a.out.stride[0] >= dim, shape_error, where, ": ", a.out.name, " has row stride ",
+               a.out.stride[0], " but its rows are ", dim, " wide (rows must not overlap)");
+}
+
+namespace detail {
+
+/// Throws the error of an id outside the table (the same message on every backend).
+[[noreturn]] inline void raise_bad_embedding_id(const char* where, index_t row, std::int64_t id, index_t vocab) {
+  raise<shape_error>(where, ": ids[", row, "] = ", id, " is outside the table's rows [0, ", vocab, ")");
+}
+
+}  // namespace detail
+
 }  // namespace moss
+
+#include "moss/ops/embedding/host.hpp"

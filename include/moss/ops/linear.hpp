@@ -5,6 +5,8 @@
 // activation is a valid input or output without a copy. On CUDA this is cuBLAS(Lt).
 #pragma once
 
+#include <type_traits>
+
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
 
@@ -15,10 +17,46 @@ namespace moss {
 /// @tparam Tout storage type of y (T or float).
 template <class T, class Tout = T>
 struct LinearArgs {
-  ConstView<T, 2> x;          // (rows, in), unit inner stride
-  ConstView<T, 2> weight;     // (out, in), contiguous
-  ConstView<T, 1> bias;       // (out), optional
-  TensorView<Tout, 2> y;      // (rows, out), unit inner stride
+  ConstView<T, 2> x;       // (rows, in), unit inner stride
+  ConstView<T, 2> weight;  // (out, in), contiguous
+  ConstView<T, 1> bias;    // (out), optional
+  TensorView<Tout, 2> y;   // (rows, out), unit inner stride
 };
 
+/// Checks `a` once at op entry (both backends): rows ≥ 0, in ≥ 1, out ≥ 1; x (rows, in) and
+/// y (rows, out) with unit inner stride and a row stride ≥ their width; weight (out, in)
+/// contiguous; bias, when present, (out) contiguous. Throws `config_error` for an empty
+/// feature axis and `shape_error` for every shape or stride mismatch.
+template <class T, class Tout>
+void validate(const LinearArgs<T, Tout>& a, const char* where) {
+  static_assert(StorageType<T>, "moss::linear: T must be float, moss::f16 or moss::bf16");
+  static_assert(std::is_same_v<Tout, T> || std::is_same_v<Tout, float>, "moss::linear: Tout must be T or float");
+  expect_valid(where, a.x);
+  expect_valid(where, a.weight);
+  expect_valid(where, a.y);
+  const index_t rows = a.x.shape[0];
+  const index_t in = a.x.shape[1];
+  const index_t out = a.weight.shape[0];
+  MOSS_EXPECTS(in >= 1, config_error, where, ": ", a.x.name, " is ", shape_string(a.x.shape),
+               " (rows, in) but in must be at least 1");
+  MOSS_EXPECTS(out >= 1, config_error, where, ": ", a.weight.name, " is ", shape_string(a.weight.shape),
+               " (out, in) but out must be at least 1");
+  expect_shape(where, a.weight, {out, in}, "(out, in)");
+  expect_shape(where, a.y, {rows, out}, "(rows, out)");
+  expect_unit_inner_stride(where, a.x);
+  expect_unit_inner_stride(where, a.y);
+  MOSS_EXPECTS(rows <= 1 || a.x.stride[0] >= in, shape_error, where, ": ", a.x.name, " has row stride ", a.x.stride[0],
+               " but its rows are ", in, " wide (rows must not overlap)");
+  MOSS_EXPECTS(rows <= 1 || a.y.stride[0] >= out, shape_error, where, ": ", a.y.name, " has row stride ", a.y.stride[0],
+               " but its rows are ", out, " wide (rows must not overlap)");
+  expect_contiguous(where, a.weight);
+  if (present(a.bias)) {
+    expect_valid(where, a.bias);
+    expect_shape(where, a.bias, {out}, "(out)");
+    expect_contiguous(where, a.bias);
+  }
+}
+
 }  // namespace moss
+
+#include "moss/ops/linear/host.hpp"

@@ -10,8 +10,15 @@
 // Every tensor is a strided view: (batch, dim, L) activations may have unit stride along L
 // ("channel-first") or along dim ("channel-last", the layout of a (batch, L, d_inner) buffer).
 // B and C are (batch, groups, N, L) views; a constant (dim, N) B or C is the same view with
-// groups = dim and zero strides on batch and L (see `constant_bc`).
+// groups = dim and zero strides on batch and L (see `constant_bc`). B and C may have different
+// group counts (a constant B with a variable C, say). Inputs may have zero strides; the outputs
+// `out`, `final_state` (and the step's `state` and `out`) must not alias any input or each other.
+//
+//   moss::selective_scan(moss::Host{}, args);          // the CPU oracle, this header
+//   moss::selective_scan(moss::Cuda{stream}, args);    // moss/ops/selective_scan/cuda.cuh
 #pragma once
+
+#include <type_traits>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
@@ -55,4 +62,127 @@ struct SelectiveScanStepArgs {
 /// The largest d_state the kernels support.
 inline constexpr index_t kMaxStateSize = 256;
 
+/// The (batch, groups = dim, N, L) view of a constant (dim, N) B or C: zero strides along
+/// batch and L, so every step of every sequence reads row d of `bc` for channel d.
+template <class T>
+ConstView<std::remove_const_t<T>, 4> constant_bc(const TensorView<T, 2>& bc /* (dim, N) */, index_t batch,
+                                                 index_t L) {
+  return {bc.data, {batch, bc.shape[0], bc.shape[1], L}, {0, bc.stride[0], bc.stride[1], 0}, bc.name};
+}
+
+/// The (batch, groups = dim, N) view of a constant (dim, N) B or C for `selective_scan_step`.
+template <class T>
+ConstView<std::remove_const_t<T>, 3> constant_bc(const TensorView<T, 2>& bc /* (dim, N) */, index_t batch) {
+  return {bc.data, {batch, bc.shape[0], bc.shape[1]}, {0, bc.stride[0], bc.stride[1]}, bc.name};
+}
+
+namespace detail {
+
+/// Checks an optional view: when present, its strides and shape.
+template <class T, std::size_t Rank>
+void expect_optional(const char* where, const TensorView<T, Rank>& v, const Extents<Rank>& expected,
+                     const char* axes) {
+  if (!present(v)) return;
+  expect_valid(where, v);
+  expect_shape(where, v, expected, axes);
+}
+
+/// Checks that an output writes distinct elements: no zero stride along an axis of extent > 1.
+template <class T, std::size_t Rank>
+void expect_distinct_elements(const char* where, const TensorView<T, Rank>& v) {
+  if (v.empty()) return;
+  for (std::size_t i = 0; i < Rank; ++i)
+    MOSS_EXPECTS(v.shape[i] <= 1 || v.stride[i] != 0, shape_error, where, ": output ", v.name, " ",
+                 shape_string(v.shape), " has strides ", shape_string(v.stride),
+                 "; an output needs a non-zero stride along every axis longer than 1");
+}
+
+/// Checks that `groups` (of B or C) is at least 1 and divides `dim`.
+template <class T, std::size_t Rank>
+void expect_groups(const char* where, const TensorView<T, Rank>& v, index_t dim) {
+  const index_t groups = v.shape[1];
+  MOSS_EXPECTS(groups >= 1 && dim % groups == 0, config_error, where, ": ", v.name, " ", shape_string(v.shape),
+               " has ", groups, " groups, which must be at least 1 and divide dim = ", dim);
+}
+
+/// Checks d_state: 1 ≤ N ≤ kMaxStateSize.
+inline void expect_state_size(const char* where, index_t N) {
+  MOSS_EXPECTS(N >= 1, config_error, where, ": d_state N (A.shape[1]) is ", N, "; expected at least 1");
+  MOSS_EXPECTS(N <= kMaxStateSize, unsupported_error, where, ": d_state N = ", N,
+               " is not supported; supported: 1 to ", kMaxStateSize);
+}
+
+}  // namespace detail
+
+/// Checks every shape, stride and size of a `selective_scan` call; throws `shape_error`,
+/// `config_error` (groups, N < 1) or `unsupported_error` (N > kMaxStateSize) naming `where`.
+template <class T>
+void validate(const SelectiveScanArgs<T>& a, const char* where) {
+  const auto u = a.u.named("u");
+  const auto A = a.A.named("A");
+  const auto B = a.B.named("B");
+  const auto C = a.C.named("C");
+  const auto out = a.out.named("out");
+  expect_valid(where, u);
+  const index_t batch = u.shape[0], dim = u.shape[1], L = u.shape[2];
+  const auto delta = a.delta.named("delta");
+  expect_valid(where, delta);
+  expect_shape(where, delta, {batch, dim, L}, "(batch, dim, L)");
+  expect_valid(where, A);
+  expect_shape(where, A, {dim, -1}, "(dim, N)");
+  const index_t N = A.shape[1];
+  detail::expect_state_size(where, N);
+  for (const auto& bc : {B, C}) {
+    expect_valid(where, bc);
+    expect_shape(where, bc, {batch, -1, N, L}, "(batch, groups, N, L)");
+    detail::expect_groups(where, bc, dim);
+  }
+  detail::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
+  detail::expect_optional(where, a.z.named("z"), {batch, dim, L}, "(batch, dim, L)");
+  detail::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
+  detail::expect_optional(where, a.initial_state.named("initial_state"), {batch, dim, N}, "(batch, dim, N)");
+  expect_valid(where, out);
+  expect_shape(where, out, {batch, dim, L}, "(batch, dim, L)");
+  detail::expect_distinct_elements(where, out);
+  const auto final_state = a.final_state.named("final_state");
+  detail::expect_optional(where, final_state, {batch, dim, N}, "(batch, dim, N)");
+  if (present(final_state)) detail::expect_distinct_elements(where, final_state);
+}
+
+/// Checks every shape, stride and size of a `selective_scan_step` call (see the other overload).
+template <class T>
+void validate(const SelectiveScanStepArgs<T>& a, const char* where) {
+  const auto u = a.u.named("u");
+  const auto A = a.A.named("A");
+  const auto B = a.B.named("B");
+  const auto C = a.C.named("C");
+  const auto state = a.state.named("state");
+  const auto out = a.out.named("out");
+  expect_valid(where, u);
+  const index_t batch = u.shape[0], dim = u.shape[1];
+  const auto delta = a.delta.named("delta");
+  expect_valid(where, delta);
+  expect_shape(where, delta, {batch, dim}, "(batch, dim)");
+  expect_valid(where, A);
+  expect_shape(where, A, {dim, -1}, "(dim, N)");
+  const index_t N = A.shape[1];
+  detail::expect_state_size(where, N);
+  for (const auto& bc : {B, C}) {
+    expect_valid(where, bc);
+    expect_shape(where, bc, {batch, -1, N}, "(batch, groups, N)");
+    detail::expect_groups(where, bc, dim);
+  }
+  detail::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
+  detail::expect_optional(where, a.z.named("z"), {batch, dim}, "(batch, dim)");
+  detail::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
+  expect_valid(where, state);
+  expect_shape(where, state, {batch, dim, N}, "(batch, dim, N)");
+  detail::expect_distinct_elements(where, state);
+  expect_valid(where, out);
+  expect_shape(where, out, {batch, dim}, "(batch, dim)");
+  detail::expect_distinct_elements(where, out);
+}
+
 }  // namespace moss
+
+#include "moss/ops/selective_scan/host.hpp"

@@ -1,0 +1,58 @@
+// moss/ops/causal_conv1d/host.hpp: the host backend of causal_conv1d, the oracle of the CUDA
+// kernels and the CPU path of the model: plain loops over math.hpp in float32.
+#pragma once
+
+#include <vector>
+
+#include "moss/backend/host.hpp"
+#include "moss/ops/causal_conv1d.hpp"
+#include "moss/ops/causal_conv1d/math.hpp"
+
+namespace moss {
+
+/// Runs the depthwise causal convolution on the CPU (any W ≥ 1, any strides).
+template <StorageType T>
+void causal_conv1d(const Host&, const CausalConv1dArgs<T>& args) {
+  validate(args, "causal_conv1d");
+  const index_t batch = args.x.shape[0], dim = args.x.shape[1], seqlen = args.x.shape[2];
+  const int width = static_cast<int>(args.weight.shape[1]);
+  std::vector<float> w(width), window(width);  // window[k]: input at t − (W−1) + k
+  for (index_t b = 0; b < batch; ++b) {
+    for (index_t d = 0; d < dim; ++d) {
+      for (int k = 0; k < width; ++k) w[k] = to_float(args.weight(d, k));
+      const float bias = present(args.bias) ? to_float(args.bias(d)) : 0.0f;
+      for (int k = 0; k + 1 < width; ++k)
+        window[k] = to_float(detail::conv1d_input(args.x, args.initial_state, b, d, k - (width - 1)));
+      for (index_t t = 0; t < seqlen; ++t) {
+        window[width - 1] = to_float(args.x(b, d, t));
+        args.out(b, d, t) = from_float<T>(detail::conv1d_output(w.data(), window.data(), width, bias, args.silu));
+        for (int k = 0; k + 1 < width; ++k) window[k] = window[k + 1];
+      }
+      if (present(args.final_state))
+        for (int j = 0; j + 1 < width; ++j)
+          args.final_state(b, d, j) = detail::conv1d_input(args.x, args.initial_state, b, d, seqlen - (width - 1) + j);
+    }
+  }
+}
+
+/// Runs one decode step on the CPU: out = conv(state, x), then the state shifts in x.
+template <StorageType T>
+void causal_conv1d_step(const Host&, const CausalConv1dStepArgs<T>& args) {
+  validate(args, "causal_conv1d_step");
+  const index_t batch = args.x.shape[0], dim = args.x.shape[1];
+  const int width = static_cast<int>(args.weight.shape[1]);
+  std::vector<float> w(width), window(width);
+  for (index_t b = 0; b < batch; ++b) {
+    for (index_t d = 0; d < dim; ++d) {
+      for (int k = 0; k < width; ++k) w[k] = to_float(args.weight(d, k));
+      const float bias = present(args.bias) ? to_float(args.bias(d)) : 0.0f;
+      for (int k = 0; k + 1 < width; ++k) window[k] = to_float(args.state(b, d, k));
+      window[width - 1] = to_float(args.x(b, d));
+      args.out(b, d) = from_float<T>(detail::conv1d_output(w.data(), window.data(), width, bias, args.silu));
+      for (int k = 0; k + 2 < width; ++k) args.state(b, d, k) = args.state(b, d, k + 1);
+      if (width > 1) args.state(b, d, width - 2) = args.x(b, d);
+    }
+  }
+}
+
+}  // namespace moss

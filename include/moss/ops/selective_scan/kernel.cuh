@@ -1,0 +1,454 @@
+// moss/ops/selective_scan/kernel.cuh: the selective-scan kernels (needs nvcc).
+//
+// Full sequence: a per-thread sequential recurrence over time. A thread keeps kStatesPerThread
+// states of one channel in a register array indexed only by compile-time constants;
+// `threads_per_channel` threads share a channel and add their partial y by warp shuffles. A block
+// covers a tile of channels of one batch row and walks L in chunks: it copies the chunk of u,
+// delta, z (channels × chunk) and of B, C (N × chunk, once for all its channels when they share a
+// group) into shared memory with 16-byte cp.async along the unit-stride axis, one chunk ahead of
+// the math; computes; writes out through shared memory with coalesced 16-byte stores.
+//
+// Step: one thread per (batch, channel, slice of states), plain loads.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "moss/core/dtype.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/ops/selective_scan/math.hpp"
+
+namespace moss::detail {
+
+/// How a block moves a (rows × chunk) tile between global and shared memory.
+enum class TileAccess : std::uint8_t {
+  vector_rows,  // 16-byte copies along unit-stride rows (channels, or states for B / C); time-major tile
+  vector_time,  // 16-byte copies along unit-stride time; row-major tile
+  scalar,       // one element at a time, any strides
+};
+
+/// Shared-memory layout of a tile: element (row, t) at t·ld + row (time_major) or row·ld + t.
+enum class TileLayout : std::uint8_t { time_major, row_major };
+
+/// Shared-memory index of tile element (row, t).
+MOSS_DEVICE int tile_index(TileLayout layout, int ld, int row, int t) {
+  return layout == TileLayout::time_major ? t * ld + row : row * ld + t;
+}
+
+/// A strided (batch, rows, L) operand of the scan kernel (u, delta, z, out).
+template <class P>
+struct ScanOperand {
+  P* data = nullptr;
+  index_t batch_stride = 0, row_stride = 0, time_stride = 0;
+  TileAccess access = TileAccess::scalar;
+
+  /// Address of element (b, row, t).
+  MOSS_HD P* at(index_t b, index_t row, index_t t) const {
+    return data + b * batch_stride + row * row_stride + t * time_stride;
+  }
+};
+
+/// B or C, (batch, groups, N, L): `tile` addresses group 0 and its rows are the N states.
+template <class T>
+struct ScanBc {
+  ScanOperand<const T> tile;
+  index_t group_stride = 0;
+  index_t channels_per_group = 1;
+  TileLayout layout = TileLayout::time_major;  // of the raw staged tile
+  int ld = 0;                                  // leading dimension of the raw staged tile
+};
+
+/// Everything the full-sequence kernel needs, by value.
+template <class T>
+struct ScanParams {
+  ScanOperand<const T> u, delta, z;  // z.data null when absent
+  ScanOperand<T> out;
+  ScanBc<T> B, C;
+  const float* A = nullptr;  // (dim, N)
+  index_t A_row_stride = 0, A_state_stride = 0;
+  const float* D = nullptr;  // (dim), optional
+  index_t D_stride = 0;
+  const float* delta_bias = nullptr;  // (dim), optional
+  index_t delta_bias_stride = 0;
+  const float* initial_state = nullptr;  // (batch, dim, N), optional
+  index_t initial_strides[3] = {0, 0, 0};
+  float* final_state = nullptr;  // (batch, dim, N), optional
+  index_t final_strides[3] = {0, 0, 0};
+  index_t dim = 0, L = 0;
+  int N = 0;
+  int threads_per_channel = 1;  // a power of two ≤ 32
+  int channels = 0;             // per block
+  int tiles = 0;                // channel tiles per batch row
+  int chunk = 0;                // time steps per staged chunk
+  TileLayout act_layout = TileLayout::time_major;
+  int act_ld = 0;           // leading dimension of the u / delta / z / out tiles
+  int act_tile_elems = 0;   // elements of one such tile
+  int bc_tile_elems = 0;    // elements of one raw B or C tile
+  int bc_float_ld = 0;      // floats per time step of the converted B or C chunk
+  bool delta_softplus = false;
+};
+
+namespace scan {
+
+/// Floats of padding after each thread's slice of states in the converted B / C rows: with a
+/// slice stride of 5 × 16 bytes the threads of one channel read 16-byte words in distinct banks.
+inline constexpr int kSlicePad = 4;
+
+MOSS_DEVICE void cp_async16(void* smem, const void* gmem) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+MOSS_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/// Waits until at most the newest committed group is still in flight.
+MOSS_DEVICE void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+/// Copies the (rows × nt) tile at `g` (row stride `rs`, time stride `ts`) into shared memory.
+/// Vector accesses issue cp.async (complete after the next wait + barrier); the scalar path and
+/// the ragged ends of vector rows store directly. Elements past `rows` in a vector are zeroed.
+template <class T, int kThreads>
+MOSS_DEVICE void load_tile(T* s, TileLayout layout, int ld, const T* g, index_t rs, index_t ts, int rows, int nt,
+                           TileAccess access) {
+  constexpr int V = 16 / sizeof(T);
+  if (access == TileAccess::vector_rows) {
+    const int nv = (rows + V - 1) / V;
+    for (int i = threadIdx.x; i < nt * nv; i += kThreads) {
+      const int t = i / nv, r = (i - t * nv) * V;
+      T* dst = s + t * ld + r;
+      const T* src = g + t * ts + r;
+      if (r + V <= rows) {
+        cp_async16(dst, src);
+      } else {
+        for (int j = 0; j < V; ++j) dst[j] = r + j < rows ? src[j] : T{};
+      }
+    }
+  } else if (access == TileAccess::vector_time) {
+    const int nv = (nt + V - 1) / V;
+    for (int i = threadIdx.x; i < rows * nv; i += kThreads) {
+      const int r = i / nv, t = (i - r * nv) * V;
+      T* dst = s + r * ld + t;
+      const T* src = g + r * rs + t;
+      if (t + V <= nt) {
+        cp_async16(dst, src);
+      } else {
+        for (int j = 0; j < V; ++j) dst[j] = t + j < nt ? src[j] : T{};
+      }
+    }
+  } else {
+    // Consecutive threads walk the axis with unit stride, if there is one.
+    const bool rows_fastest = rs == 1 || ts != 1;
+    for (int i = threadIdx.x; i < rows * nt; i += kThreads) {
+      int r, t;
+      if (rows_fastest) {
+        t = i / rows;
+        r = i - t * rows;
+      } else {
+        r = i / nt;
+        t = i - r * nt;
+      }
+      s[tile_index(layout, ld, r, t)] = g[r * rs + t * ts];
+    }
+  }
+}
+
+/// Writes the (rows × nt) tile in shared memory to `g`; the mirror of `load_tile`.
+template <class T, int kThreads>
+MOSS_DEVICE void store_tile(T* g, index_t rs, index_t ts, const T* s, TileLayout layout, int ld, int rows, int nt,
+                            TileAccess access) {
+  constexpr int V = 16 / sizeof(T);
+  if (access == TileAccess::vector_rows) {
+    const int nv = (rows + V - 1) / V;
+    for (int i = threadIdx.x; i < nt * nv; i += kThreads) {
+      const int t = i / nv, r = (i - t * nv) * V;
+      T* dst = g + t * ts + r;
+      const T* src = s + t * ld + r;
+      if (r + V <= rows) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int j = 0; j < V && r + j < rows; ++j) dst[j] = src[j];
+      }
+    }
+  } else if (access == TileAccess::vector_time) {
+    const int nv = (nt + V - 1) / V;
+    for (int i = threadIdx.x; i < rows * nv; i += kThreads) {
+      const int r = i / nv, t = (i - r * nv) * V;
+      T* dst = g + r * rs + t;
+      const T* src = s + r * ld + t;
+      if (t + V <= nt) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int j = 0; j < V && t + j < nt; ++j) dst[j] = src[j];
+      }
+    }
+  } else {
+    const bool rows_fastest = rs == 1 || ts != 1;
+    for (int i = threadIdx.x; i < rows * nt; i += kThreads) {
+      int r, t;
+      if (rows_fastest) {
+        t = i / rows;
+        r = i - t * rows;
+      } else {
+        r = i / nt;
+        t = i - r * nt;
+      }
+      g[r * rs + t * ts] = s[tile_index(layout, ld, r, t)];
+    }
+  }
+}
+
+/// Converts a raw staged B or C chunk (N × nt, storage type) to float rows of `ld` floats per
+/// step, state n at n + kSlicePad · (n / kSpt). Padding states keep the zeros written at start.
+template <class T, int kSpt, int kThreads>
+MOSS_DEVICE void convert_bc(float* dst, int dst_ld, const T* raw, TileLayout layout, int ld, int N, int nt) {
+  for (int i = threadIdx.x; i < N * nt; i += kThreads) {
+    const int t = i / N, n = i - t * N;
+    dst[t * dst_ld + n + kSlicePad * (n / kSpt)] = to_float(raw[tile_index(layout, ld, n, t)]);
+  }
+}
+
+/// Reads kSpt consecutive floats (16-byte aligned) from shared memory.
+template <int kSpt>
+MOSS_DEVICE void load_states(float (&v)[kSpt], const float* p) {
+  static_assert(kSpt % 4 == 0, "moss: kStatesPerThread must be a multiple of 4 (float4 loads)");
+#pragma unroll
+  for (int j = 0; j < kSpt / 4; ++j) {
+    const float4 q = reinterpret_cast<const float4*>(p)[j];
+    v[4 * j] = q.x;
+    v[4 * j + 1] = q.y;
+    v[4 * j + 2] = q.z;
+    v[4 * j + 3] = q.w;
+  }
+}
+
+/// Reads the first `valid` of kSpt strided values from global memory; zeros after them.
+template <int kSpt, class T>
+MOSS_DEVICE void load_states(float (&v)[kSpt], const T* p, index_t stride, int valid) {
+#pragma unroll
+  for (int i = 0; i < kSpt; ++i) v[i] = i < valid ? to_float(p[i * stride]) : 0.0f;
+}
+
+/// Sum of `v` over the `width` lanes (a power of two) that share a channel.
+MOSS_DEVICE float sum_over_channel(float v, int width) {
+  for (int off = width >> 1; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+/// One block of the full-sequence scan: channels [tile · channels, +channels) of batch row b.
+template <class T, int kSpt, int kThreads>
+MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
+  constexpr int kSlice = kSpt + kSlicePad;
+  const int tpc = p.threads_per_channel;
+  const int tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.tiles));
+  const index_t b = blockIdx.x / static_cast<unsigned>(p.tiles);
+  const index_t d0 = static_cast<index_t>(tile) * p.channels;
+  const int rows = static_cast<int>(p.dim - d0 < p.channels ? p.dim - d0 : p.channels);
+  const int c = static_cast<int>(threadIdx.x) / tpc;
+  const int slice = static_cast<int>(threadIdx.x) - c * tpc;
+  const bool active = c < rows;
+  const index_t d = active ? d0 + c : d0;  // inactive threads run the loop (shuffles, barriers) on safe addresses
+  const int n0 = slice * kSpt;
+  const int n_valid = active ? p.N - n0 : 0;  // states of this slice below N (may be ≤ 0)
+
+  // Shared memory: [2 stages][u, delta, z] tiles, [2 stages][B, C] raw tiles, [B, C] float chunks.
+  T* act = reinterpret_cast<T*>(smem);
+  T* bc_raw = act + 6 * p.act_tile_elems;
+  float* b_float = reinterpret_cast<float*>(bc_raw + 4 * p.bc_tile_elems);
+  float* c_float = b_float + p.chunk * p.bc_float_ld;
+
+  // B and C are staged once for the block when all its channels use one group.
+  const index_t gb = d0 / p.B.channels_per_group, gc = d0 / p.C.channels_per_group;
+  const bool stage_b = (d0 + rows - 1) / p.B.channels_per_group == gb;
+  const bool stage_c = (d0 + rows - 1) / p.C.channels_per_group == gc;
+  const T* b_own = p.B.tile.data + b * p.B.tile.batch_stride + (d / p.B.channels_per_group) * p.B.group_stride +
+                   n0 * p.B.tile.row_stride;
+  const T* c_own = p.C.tile.data + b * p.C.tile.batch_stride + (d / p.C.channels_per_group) * p.C.group_stride +
+                   n0 * p.C.tile.row_stride;
+
+  float a_scaled[kSpt], h[kSpt];
+#pragma unroll
+  for (int i = 0; i < kSpt; ++i) {
+    const bool ok = i < n_valid;
+    const index_t n = n0 + i;
+    a_scaled[i] = ok ? scan::a_log2e(p.A[d * p.A_row_stride + n * p.A_state_stride]) : 0.0f;
+    h[i] = ok && p.initial_state
+               ? p.initial_state[b * p.initial_strides[0] + d * p.initial_strides[1] + n * p.initial_strides[2]]
+               : 0.0f;
+  }
+  const float d_skip = p.D ? p.D[d * p.D_stride] : 0.0f;
+  const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
+
+  // Padding states (n ≥ N) read B = C = 0, so their h stays 0 and adds nothing to y.
+  for (int i = threadIdx.x; i < 2 * p.chunk * p.bc_float_ld; i += kThreads) b_float[i] = 0.0f;
+
+  const index_t chunks = (p.L + p.chunk - 1) / p.chunk;
+  auto chunk_steps = [&](index_t k) {
+    const index_t left = p.L - k * p.chunk;
+    return static_cast<int>(left < p.chunk ? left : p.chunk);
+  };
+  auto issue_loads = [&](index_t k, int stage) {
+    const index_t t0 = k * p.chunk;
+    const int nt = chunk_steps(k);
+    T* s = act + 3 * stage * p.act_tile_elems;
+    load_tile<T, kThreads>(s, p.act_layout, p.act_ld, p.u.at(b, d0, t0), p.u.row_stride, p.u.time_stride, rows, nt,
+                           p.u.access);
+    load_tile<T, kThreads>(s + p.act_tile_elems, p.act_layout, p.act_ld, p.delta.at(b, d0, t0), p.delta.row_stride,
+                           p.delta.time_stride, rows, nt, p.delta.access);
+    if (p.z.data)
+      load_tile<T, kThreads>(s + 2 * p.act_tile_elems, p.act_layout, p.act_ld, p.z.at(b, d0, t0), p.z.row_stride,
+                             p.z.time_stride, rows, nt, p.z.access);
+    T* r = bc_raw + 2 * stage * p.bc_tile_elems;
+    if (stage_b)
+      load_tile<T, kThreads>(r, p.B.layout, p.B.ld, p.B.tile.at(b, 0, t0) + gb * p.B.group_stride,
+                             p.B.tile.row_stride, p.B.tile.time_stride, p.N, nt, p.B.tile.access);
+    if (stage_c)
+      load_tile<T, kThreads>(r + p.bc_tile_elems, p.C.layout, p.C.ld, p.C.tile.at(b, 0, t0) + gc * p.C.group_stride,
+                             p.C.tile.row_stride, p.C.tile.time_stride, p.N, nt, p.C.tile.access);
+  };
+
+  const int own = p.act_layout == TileLayout::time_major ? c : c * p.act_ld;  // tile index of (c, t = 0)
+  const int own_step = p.act_layout == TileLayout::time_major ? p.act_ld : 1;
+  if (chunks > 0) issue_loads(0, 0);
+  cp_async_commit();
+  for (index_t k = 0; k < chunks; ++k) {
+    const int stage = static_cast<int>(k & 1);
+    const int nt = chunk_steps(k);
+    const index_t t0 = k * p.chunk;
+    __syncthreads();  // every thread is done with the stage the next loads overwrite
+    if (k + 1 < chunks) issue_loads(k + 1, stage ^ 1);
+    cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "chunk k"
+    cp_async_wait_all_but_newest();
+    __syncthreads();  // chunk k is visible to every thread
+    T* raw = bc_raw + 2 * stage * p.bc_tile_elems;
+    if (stage_b) convert_bc<T, kSpt, kThreads>(b_float, p.bc_float_ld, raw, p.B.layout, p.B.ld, p.N, nt);
+    if (stage_c)
+      convert_bc<T, kSpt, kThreads>(c_float, p.bc_float_ld, raw + p.bc_tile_elems, p.C.layout, p.C.ld, p.N, nt);
+    __syncthreads();
+
+    T* su = act + 3 * stage * p.act_tile_elems;  // u, replaced step by step by out
+    const T* sd = su + p.act_tile_elems;
+    const T* sz = su + 2 * p.act_tile_elems;
+    const float* fb = b_float + slice * kSlice;
+    const float* fc = c_float + slice * kSlice;
+    const T* gb_t = b_own + t0 * p.B.tile.time_stride;
+    const T* gc_t = c_own + t0 * p.C.tile.time_stride;
+    for (int t = 0; t < nt; ++t) {
+      const int o = own + t * own_step;
+      const float u = to_float(su[o]);
+      const float dt = scan::delta_value(to_float(sd[o]), bias, p.delta_softplus);
+      const float dt_u = dt * u;
+      float bv[kSpt], cv[kSpt];
+      if (stage_b) load_states<kSpt>(bv, fb + t * p.bc_float_ld);
+      else load_states<kSpt>(bv, gb_t + t * p.B.tile.time_stride, p.B.tile.row_stride, n_valid);
+      if (stage_c) load_states<kSpt>(cv, fc + t * p.bc_float_ld);
+      else load_states<kSpt>(cv, gc_t + t * p.C.tile.time_stride, p.C.tile.row_stride, n_valid);
+      // Four partial sums keep the y dependency chain short (the host adds in n order).
+      float y4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int i = 0; i < kSpt; ++i) {
+        h[i] = scan::update_state(h[i], dt, a_scaled[i], dt_u, bv[i]);
+        y4[i % 4] += cv[i] * h[i];
+      }
+      float y = sum_over_channel((y4[0] + y4[1]) + (y4[2] + y4[3]), tpc);
+      if (slice == 0) {  // every lane of the channel has read su[o] before the shuffles
+        if (p.D) y = scan::add_skip(y, d_skip, u);
+        if (p.z.data) y = scan::gate(y, to_float(sz[o]));
+        su[o] = from_float<T>(y);
+      }
+    }
+    __syncthreads();  // the out chunk is complete in shared memory
+    store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld,
+                            rows, nt, p.out.access);
+  }
+
+  if (p.final_state && active) {
+#pragma unroll
+    for (int i = 0; i < kSpt; ++i)
+      if (i < n_valid)
+        p.final_state[b * p.final_strides[0] + d * p.final_strides[1] + (n0 + i) * p.final_strides[2]] = h[i];
+  }
+}
+
+}  // namespace scan
+
+/// The full-sequence scan: one block per (batch row, channel tile); see `scan::scan_block`.
+template <class T, int kSpt, int kThreads, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) selective_scan_kernel(const ScanParams<T> p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  scan::scan_block<T, kSpt, kThreads>(p, smem);
+}
+
+/// Everything the step kernel needs, by value.
+template <class T>
+struct StepParams {
+  float* state = nullptr;  // (batch, dim, N)
+  index_t state_strides[3] = {0, 0, 0};
+  const T* u = nullptr;  // (batch, dim)
+  index_t u_strides[2] = {0, 0};
+  const T* delta = nullptr;
+  index_t delta_strides[2] = {0, 0};
+  const T* z = nullptr;  // optional
+  index_t z_strides[2] = {0, 0};
+  T* out = nullptr;
+  index_t out_strides[2] = {0, 0};
+  const float* A = nullptr;  // (dim, N)
+  index_t A_strides[2] = {0, 0};
+  const T* B = nullptr;  // (batch, groups, N)
+  index_t B_strides[3] = {0, 0, 0};
+  index_t b_channels_per_group = 1;
+  const T* C = nullptr;
+  index_t C_strides[3] = {0, 0, 0};
+  index_t c_channels_per_group = 1;
+  const float* D = nullptr;
+  index_t D_stride = 0;
+  const float* delta_bias = nullptr;
+  index_t delta_bias_stride = 0;
+  index_t dim = 0;
+  int N = 0;
+  int threads_per_channel = 1;
+  int channels = 0;  // per block
+  int tiles = 0;     // channel tiles per batch row
+  bool delta_softplus = false;
+};
+
+/// One token for every sequence: one thread per (batch, channel, slice of kSpt states).
+template <class T, int kSpt, int kThreads>
+__global__ void __launch_bounds__(kThreads) selective_scan_step_kernel(const StepParams<T> p) {
+  const int tpc = p.threads_per_channel;
+  const int tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.tiles));
+  const index_t b = blockIdx.x / static_cast<unsigned>(p.tiles);
+  const int c = static_cast<int>(threadIdx.x) / tpc;
+  const int slice = static_cast<int>(threadIdx.x) - c * tpc;
+  const index_t d = static_cast<index_t>(tile) * p.channels + c;
+  const bool active = d < p.dim;  // inactive threads still take part in the shuffles
+  const int n0 = slice * kSpt;
+
+  float u = 0.0f, dt = 0.0f, y = 0.0f;
+  if (active) {
+    u = to_float(p.u[b * p.u_strides[0] + d * p.u_strides[1]]);
+    const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
+    dt = scan::delta_value(to_float(p.delta[b * p.delta_strides[0] + d * p.delta_strides[1]]), bias,
+                           p.delta_softplus);
+    const float dt_u = dt * u;
+    const T* bp = p.B + b * p.B_strides[0] + (d / p.b_channels_per_group) * p.B_strides[1];
+    const T* cp = p.C + b * p.C_strides[0] + (d / p.c_channels_per_group) * p.C_strides[1];
+    float* hp = p.state + b * p.state_strides[0] + d * p.state_strides[1];
+#pragma unroll
+    for (int i = 0; i < kSpt; ++i) {
+      const index_t n = n0 + i;
+      if (n < p.N) {
+        const float a = scan::a_log2e(p.A[d * p.A_strides[0] + n * p.A_strides[1]]);
+        const float h = scan::update_state(hp[n * p.state_strides[2]], dt, a, dt_u, to_float(bp[n * p.B_strides[2]]));
+        hp[n * p.state_strides[2]] = h;
+        y += to_float(cp[n * p.C_strides[2]]) * h;
+      }
+    }
+  }
+  y = scan::sum_over_channel(y, tpc);
+  if (active && slice == 0) {
+    if (p.D) y = scan::add_skip(y, p.D[d * p.D_stride], u);
+    if (p.z) y = scan::gate(y, to_float(p.z[b * p.z_strides[0] + d * p.z_strides[1]]));
+    p.out[b * p.out_strides[0] + d * p.out_strides[1]] = from_float<T>(y);
+  }
+}
+
+}  // namespace moss::detail

@@ -1,0 +1,68 @@
+// moss/ops/selective_scan/math.hpp: the selective-scan math, written once for host and device.
+//
+// The host oracle and the CUDA kernels both call these functions, in the same order, so the
+// two backends differ only by the device's exp2 / expf / log1pf and the order of the y sum
+// when several threads share one channel's states.
+#pragma once
+
+#include <cmath>
+
+#include "moss/core/config.hpp"
+
+namespace moss::detail::scan {
+
+/// log2(e): A is pre-scaled by it once per channel so each state update needs one exp2.
+inline constexpr float kLog2e = 1.4426950408889634f;
+
+/// 2^x. On the device it is the special-function unit's ex2 (about 2 ulp, denormal results
+/// flushed to zero: a decay below 2^-126 is zero for every practical purpose).
+MOSS_HD float pow2(float x) {
+#if MOSS_DEVICE_PASS
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return std::exp2(x);
+#endif
+}
+
+/// softplus(x) = log(1 + e^x), and x itself for x > 20 (where the two agree in float32).
+MOSS_HD float softplus(float x) {
+#if MOSS_DEVICE_PASS
+  return x > 20.0f ? x : ::log1pf(::expf(x));
+#else
+  return x > 20.0f ? x : std::log1p(std::exp(x));
+#endif
+}
+
+/// SiLU(x) = x · sigmoid(x) = x / (1 + e^-x).
+MOSS_HD float silu(float x) {
+#if MOSS_DEVICE_PASS
+  return x / (1.0f + ::expf(-x));
+#else
+  return x / (1.0f + std::exp(-x));
+#endif
+}
+
+/// Δ = softplus?(delta + delta_bias); pass bias 0 when there is no delta_bias.
+MOSS_HD float delta_value(float delta, float bias, bool use_softplus) {
+  const float x = delta + bias;
+  return use_softplus ? softplus(x) : x;
+}
+
+/// A[d,n] scaled for `update_state` (computed once per channel, not once per step).
+MOSS_HD float a_log2e(float a) { return a * kLog2e; }
+
+/// One discretised state update h ← exp(Δ·A)·h + Δ·B·u, with A given as A·log2(e) and
+/// Δ·u precomputed once per (channel, step) for all states.
+MOSS_HD float update_state(float h, float dt, float a_scaled, float dt_u, float b) {
+  return pow2(dt * a_scaled) * h + dt_u * b;
+}
+
+/// y + D·u: the skip connection (only called when D is given).
+MOSS_HD float add_skip(float y, float d_skip, float u) { return y + d_skip * u; }
+
+/// y · SiLU(z): the output gate (only called when z is given).
+MOSS_HD float gate(float y, float z) { return y * silu(z); }
+
+}  // namespace moss::detail::scan

@@ -1,0 +1,65 @@
+// moss/ops/selective_scan/tuning.cuh: launch shapes of the selective-scan kernels.
+//
+// One row per range of d_state. A thread keeps `states_per_thread` states of one channel in
+// registers; ceil(N / states_per_thread), rounded up to a power of two, threads share a channel
+// and add their partial y with warp shuffles. A block covers threads / threads_per_channel
+// channels of one batch row and walks L in chunks of `chunk` steps, double-buffered in shared
+// memory.
+//
+// Instantiations: 3 dtypes × 3 scan rows + 3 dtypes × 1 step kernel = 12 kernels.
+#pragma once
+
+#include "moss/core/tensor.hpp"
+
+namespace moss::detail {
+
+/// Launch shape of the full-sequence scan kernel for one range of d_state.
+struct ScanTuning {
+  index_t max_state;      // serves N ≤ max_state (and N above the previous row's)
+  int states_per_thread;  // kStatesPerThread: register array length, a compile-time bound
+  int threads;            // per block
+  int min_blocks;         // per SM, for __launch_bounds__ (caps registers at 64K / (threads · min_blocks))
+  int chunk_2byte;        // time steps per staged chunk for f16 / bf16 (a multiple of 8)
+  int chunk_4byte;        // the same for f32 (shared memory per chunk doubles)
+
+  /// Time steps per chunk for storage type T.
+  template <class T>
+  constexpr int chunk() const {
+    return sizeof(T) == 2 ? chunk_2byte : chunk_4byte;
+  }
+};
+
+inline constexpr ScanTuning kScanTunings[] = {
+    // N ≤ 8: one thread per channel with 8 registers of state; no exp2 spent on padding states.
+    {8, 8, 128, 2, 32, 32},
+    // N ≤ 64 (the canonical N = 16: one thread per channel, 128 channels per block, 256 blocks at
+    // batch 8 × dim 4096, all resident at once on 132 SMs). Each thread has 16 independent
+    // exp2 per step, enough instruction-level parallelism to keep the SFU busy with the few warps
+    // 32768 channels give. Chunk 32 (bf16): 4 barriers per 32 steps; about 58 KB of shared memory
+    // per block. f32 halves the chunk to keep 3 blocks per SM.
+    {64, 16, 128, 2, 32, 16},
+    // N ≤ 256: 8 or 16 threads per channel. The staged B and C chunk (N × chunk, raw and as
+    // float) dominates shared memory, hence the short chunk and the wider block that shares it.
+    {256, 16, 256, 1, 8, 8},
+};
+
+/// Number of rows in kScanTunings.
+inline constexpr int kScanBuckets = static_cast<int>(sizeof(kScanTunings) / sizeof(kScanTunings[0]));
+
+/// The kScanTunings row serving d_state N (1 ≤ N ≤ kMaxStateSize).
+constexpr int scan_bucket(index_t N) {
+  int i = 0;
+  while (i + 1 < kScanBuckets && N > kScanTunings[i].max_state) ++i;
+  return i;
+}
+
+/// Launch shape of the one-token step kernel: one thread per (batch, channel, slice of
+/// states_per_thread states); N = 256 needs 32 threads per channel, one warp.
+struct StepTuning {
+  int states_per_thread;
+  int threads;
+};
+
+inline constexpr StepTuning kStepTuning{8, 128};
+
+}  // namespace moss::detail

@@ -1,0 +1,54 @@
+// The packaging tests' consumer: a small program as a user writes one, built by add_subdirectory,
+// by find_package and by a plain compiler (see CMakeLists.txt beside this file). It uses real
+// moss code and returns non-zero on any wrong value, so a broken package fails the test.
+#include <cstdio>
+#include <string>
+
+#include <moss/backend/host.hpp>
+#include <moss/core/dtype.hpp>
+#include <moss/core/error.hpp>
+#include <moss/core/tensor.hpp>
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what) {
+  if (!ok) {
+    std::fprintf(stderr, "moss consumer: FAILED %s\n", what);
+    ++failures;
+  }
+}
+
+}  // namespace
+
+int main() {
+  moss::Host cpu;
+  moss::Buffer<float> buffer = cpu.alloc<float>(12);
+  check(buffer.size() == 12 && buffer.data() != nullptr, "Host::alloc gives 12 floats");
+
+  auto x = buffer.view(moss::Extents<2>{3, 4}, "x");  // (rows, cols)
+  for (moss::index_t i = 0; i < 3; ++i)
+    for (moss::index_t j = 0; j < 4; ++j) x(i, j) = static_cast<float>(10 * i + j);
+  check(buffer.data()[6] == 12.0f, "row-major view writes x(1, 2) to element 6");
+  check(x.is_contiguous() && x.numel() == 12, "a fresh view is contiguous with 12 elements");
+
+  // bf16 keeps 8 significant bits: exact values survive, halfway cases round to even.
+  check(moss::to_float(moss::from_float<moss::bf16>(1.5f)) == 1.5f, "bf16 round-trip of 1.5");
+  check(moss::from_float<moss::bf16>(1.5f).bits == 0x3fc0, "bf16 bits of 1.5");
+  check(moss::to_float(moss::from_float<moss::bf16>(1.00390625f)) == 1.0f, "bf16 1 + 2^-8 ties to 1");
+  check(moss::to_float(moss::from_float<moss::bf16>(1.01171875f)) == 1.015625f, "bf16 1 + 3*2^-8 ties to 1 + 2^-6");
+  check(moss::to_float(moss::from_float<moss::f16>(-2.5f)) == -2.5f, "f16 round-trip of -2.5");
+
+  // Errors are typed and name the numbers.
+  bool threw = false;
+  try {
+    (void)buffer.view(moss::Extents<2>{4, 4}, "too_big");
+  } catch (const moss::shape_error& e) {
+    threw = std::string(e.what()).find("needs 16") != std::string::npos;
+  }
+  check(threw, "an oversized view throws moss::shape_error naming 16 elements");
+
+  if (failures == 0) std::printf("moss consumer: all checks passed\n");
+  return failures == 0 ? 0 : 1;
+}

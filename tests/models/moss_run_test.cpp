@@ -1,0 +1,81 @@
+// End-to-end tests of the moss-run command: the Hugging Face fixture's logits and greedy tokens
+// come back through the files it writes, and bad arguments or files give a message and a
+// non-zero exit.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "moss/moss.hpp"
+#include "moss_test.hpp"
+
+using namespace moss;
+using Catch::Matchers::ContainsSubstring;
+
+namespace {
+
+struct Outcome {
+  int status;
+  std::string output;
+};
+
+Outcome run_moss(const std::string& args) {
+  const auto log = std::filesystem::temp_directory_path() / ("moss_run_test_" + std::to_string(::getpid()) + ".log");
+  const std::string cmd = std::string(MOSS_RUN_EXE) + " " + args + " > " + log.string() + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::filesystem::remove(log);
+  return {status, ss.str()};
+}
+
+}  // namespace
+
+TEST_CASE("moss-run reproduces the fixture's logits and greedy tokens", "[host][models][cli]") {
+  const std::string dir = test::data_dir() + "/hf_mamba_tiny";
+  const auto out = std::filesystem::temp_directory_path() / ("moss_run_out_" + std::to_string(::getpid()) + ".safetensors");
+  // The reference file holds input_ids (2, 33); greedy generation continues it by 3 tokens.
+  const auto r = run_moss("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output " + out.string() +
+                          " --generate 3 --device cpu --dtype f32");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const SafetensorsFile got(out.string());
+  const SafetensorsFile ref(dir + "/reference.safetensors");
+  const auto logits = got.read_as<float>("logits", {2, 33, 256});
+  CHECK(test::rel_l2(logits, ref.read_as<float>("logits", {2, 33, 256})) <= 1e-5);
+  const auto gen = got.read_as<std::int64_t>("generated", {2, 36});
+  const auto ids = ref.read_as<std::int64_t>("input_ids", {2, 33});
+  for (int b = 0; b < 2; ++b) {
+    CHECK(std::equal(ids.begin() + b * 33, ids.begin() + (b + 1) * 33, gen.begin() + b * 36));
+    // The first generated token is the argmax of the last position's logits.
+    CHECK(gen[b * 36 + 33] == argmax(logits.data() + (b * 33 + 32) * 256, 256));
+  }
+  std::filesystem::remove(out);
+}
+
+TEST_CASE("moss-run refuses bad arguments and files with a message", "[host][models][cli][errors]") {
+  const std::string dir = test::data_dir() + "/hf_mamba_tiny";
+  auto fails_with = [](const std::string& args, const std::string& text) {
+    const auto r = run_moss(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.status != 0);
+    CHECK_THAT(r.output, ContainsSubstring(text));
+  };
+  fails_with("", "--checkpoint, --inputs and --output are required");
+  fails_with("--bogus 1", "unknown argument");
+  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --generate x",
+             "needs an integer");
+  fails_with("--checkpoint /nonexistent --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors",
+             "/nonexistent");
+  fails_with("--checkpoint " + dir + " --inputs " + dir + "/model.safetensors --output /tmp/x.safetensors",
+             "input_ids");
+  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --dtype i8",
+             "unknown dtype");
+  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --device tpu",
+             "--device");
+}

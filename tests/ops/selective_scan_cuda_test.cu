@@ -1,0 +1,511 @@
+// CUDA tests of moss::selective_scan and moss::selective_scan_step: the kernels against the host
+// oracle on the same inputs, over dtypes, layouts (channel-last, channel-first, generic strides,
+// misaligned bases), lengths that are not multiples of the chunk, channel counts that are not
+// multiples of the channel tile, every state-size bucket, groups, constant B / C and every
+// optional input.
+#include <catch2/catch_template_test_macros.hpp>
+#include <catch2/catch_test_macros.hpp>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "moss/ops/selective_scan.hpp"
+#include "moss/ops/selective_scan/cuda.cuh"
+#include "moss_test.hpp"
+
+namespace {
+
+using moss::ConstView;
+using moss::index_t;
+using moss::TensorView;
+
+/// Memory layout of u, delta, z, out and of variable B, C.
+enum class Layout {
+  channel_last,   // (batch, L, ·) buffers: unit stride along dim / N, 16-byte aligned
+  channel_first,  // (batch, dim, L) buffers: unit stride along L, 16-byte aligned
+  strided,        // no unit stride anywhere: the scalar paths
+  misaligned,     // channel-last but one element off 16-byte alignment: the scalar paths
+  misaligned_first,  // channel-first, one element off: the scalar paths into row-major tiles
+};
+
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::channel_last: return "channel_last";
+    case Layout::channel_first: return "channel_first";
+    case Layout::strided: return "strided";
+    case Layout::misaligned: return "misaligned";
+    default: return "misaligned_first";
+  }
+}
+
+struct Config {
+  index_t batch = 2, dim = 37, L = 7, N = 16, groups_b = 1, groups_c = 1;
+  bool const_b = false, const_c = false;
+  bool has_d = true, has_z = true, has_bias = true, softplus = true, has_init = true, has_final = true;
+  Layout layout = Layout::channel_last;
+};
+
+index_t round_up(index_t x, index_t m) { return (x + m - 1) / m * m; }
+
+/// Moves a view from one buffer to the same offsets in another.
+template <class V, class H, class D>
+V rebase(V v, const H* from, D* to) {
+  if (v.data) v.data = to + (v.data - from);
+  return v;
+}
+
+/// Copies a host vector to a new device buffer.
+template <class T>
+moss::Buffer<T> upload(const moss::Cuda& gpu, const std::vector<T>& h) {
+  moss::Buffer<T> d = gpu.alloc<T>(static_cast<index_t>(h.size()));
+  if (!h.empty())
+    MOSS_CUDA_CHECK(cudaMemcpyAsync(d.data(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice, gpu.stream));
+  return d;
+}
+
+template <class T>
+std::vector<T> download(const moss::Cuda& gpu, const moss::Buffer<T>& d, std::size_t n) {
+  std::vector<T> h(n);
+  if (n) MOSS_CUDA_CHECK(cudaMemcpyAsync(h.data(), d.data(), n * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
+  gpu.synchronize();
+  return h;
+}
+
+/// Inputs of one scan in host memory, laid out as the config says, and the views over them.
+template <class T>
+struct Problem {
+  Config cfg;
+  std::vector<T> act, bc, out;
+  std::vector<float> A, D, bias, init, final_state;
+  moss::SelectiveScanArgs<T> args;
+
+  Problem(const Config& c, std::uint64_t seed) : cfg(c) {
+    const index_t batch = c.batch, dim = c.dim, L = c.L, N = c.N;
+    auto fill = [&](TensorView<T, 3> v, std::uint64_t s, float stddev, float mean, bool positive) {
+      const auto vals = positive ? moss::test::uniform(static_cast<std::size_t>(v.numel()), s, 0.01f, 0.3f)
+                                 : moss::test::randn(static_cast<std::size_t>(v.numel()), s, stddev, mean);
+      std::size_t i = 0;
+      for (index_t b = 0; b < v.shape[0]; ++b)
+        for (index_t d = 0; d < v.shape[1]; ++d)
+          for (index_t t = 0; t < v.shape[2]; ++t) v(b, d, t) = moss::from_float<T>(vals[i++]);
+      return ConstView<T, 3>(v);
+    };
+
+    // Activations and out: three input slots and the output.
+    const index_t Dp = round_up(dim, 8), Lp = round_up(L, 8);
+    TensorView<T, 3> slots[3];
+    TensorView<T, 3> out_view;
+    const index_t n_act = batch * dim * L;
+    switch (c.layout) {
+      case Layout::channel_last:
+      case Layout::misaligned: {
+        const index_t W = 3 * Dp + 8, off = c.layout == Layout::misaligned ? 1 : 0;
+        act.resize(batch * L * W);
+        out.resize(batch * L * Dp + off);
+        for (int s = 0; s < 3; ++s) slots[s] = TensorView<T, 3>(act.data() + s * Dp + off, {batch, dim, L}, {L * W, 1, W});
+        out_view = TensorView<T, 3>(out.data() + off, {batch, dim, L}, {L * Dp, 1, Dp});
+        break;
+      }
+      case Layout::channel_first:
+      case Layout::misaligned_first: {
+        const index_t off = c.layout == Layout::misaligned_first ? 1 : 0;
+        act.resize(3 * batch * dim * Lp + off);
+        out.resize(batch * dim * Lp + off);
+        for (int s = 0; s < 3; ++s)
+          slots[s] = TensorView<T, 3>(act.data() + s * batch * dim * Lp + off, {batch, dim, L}, {dim * Lp, Lp, 1});
+        out_view = TensorView<T, 3>(out.data() + off, {batch, dim, L}, {dim * Lp, Lp, 1});
+        break;
+      }
+      case Layout::strided: {
+        act.resize(3 * n_act);
+        out.resize(2 * n_act);
+        for (int s = 0; s < 3; ++s) slots[s] = TensorView<T, 3>(act.data() + s, {batch, dim, L}, {L * dim * 3, 3, dim * 3});
+        out_view = TensorView<T, 3>(out.data(), {batch, dim, L}, {L * dim * 2, 2, dim * 2});
+        break;
+      }
+    }
+    args.u = fill(slots[0], seed + 1, 1.0f, 0.0f, false);
+    args.delta = fill(slots[1], seed + 2, 1.0f, -1.0f, !c.softplus);
+    if (c.has_z) args.z = fill(slots[2], seed + 3, 1.0f, 0.0f, false);
+    // Poisoned: an element the op forgets to write stays NaN and fails every comparison.
+    std::fill(out.begin(), out.end(), moss::from_float<T>(std::numeric_limits<float>::quiet_NaN()));
+    args.out = out_view;
+
+    // B and C: one buffer holds both (and the constant (dim, N) matrices after them).
+    const index_t nb_var = batch * c.groups_b * N * L, nc_var = batch * c.groups_c * N * L;
+    const index_t R = 8, W2 = round_up(R + (c.groups_b + c.groups_c) * N + 1, 8);  // + 1: room for misaligned
+    index_t var_size = 0;
+    if (c.layout == Layout::channel_first || c.layout == Layout::misaligned_first)
+      var_size = batch * (c.groups_b + c.groups_c) * N * Lp + 1;
+    else if (c.layout == Layout::strided)
+      var_size = nb_var + nc_var;
+    else
+      var_size = batch * L * W2;
+    bc.assign(var_size + 2 * dim * N, moss::from_float<T>(0.0f));
+    auto make_bc = [&](bool constant, index_t groups, index_t slot, std::uint64_t s) -> ConstView<T, 4> {
+      if (constant) {
+        TensorView<T, 2> m(bc.data() + var_size + slot * dim * N, {dim, N});
+        const auto vals = moss::test::randn(static_cast<std::size_t>(dim * N), s);
+        for (index_t i = 0; i < dim * N; ++i) m.data[i] = moss::from_float<T>(vals[i]);
+        return moss::constant_bc(m, batch, L);
+      }
+      TensorView<T, 4> v;
+      const index_t g0 = slot == 0 ? 0 : c.groups_b;  // first group column of this tensor
+      switch (c.layout) {
+        case Layout::channel_first:
+        case Layout::misaligned_first:
+          v = TensorView<T, 4>(bc.data() + batch * g0 * N * Lp + (c.layout == Layout::misaligned_first ? 1 : 0),
+                               {batch, groups, N, L}, {groups * N * Lp, N * Lp, Lp, 1});
+          break;
+        case Layout::strided:  // (batch, L, N, groups) storage
+          v = TensorView<T, 4>(bc.data() + (slot == 0 ? 0 : nb_var), {batch, groups, N, L},
+                               {L * N * groups, 1, groups, N * groups});
+          break;
+        default:
+          v = TensorView<T, 4>(bc.data() + R + g0 * N + (c.layout == Layout::misaligned ? 1 : 0),
+                               {batch, groups, N, L}, {L * W2, N, 1, W2});
+          break;
+      }
+      const auto vals = moss::test::randn(static_cast<std::size_t>(v.numel()), s);
+      std::size_t i = 0;
+      for (index_t b = 0; b < batch; ++b)
+        for (index_t g = 0; g < groups; ++g)
+          for (index_t n = 0; n < N; ++n)
+            for (index_t t = 0; t < L; ++t) v(b, g, n, t) = moss::from_float<T>(vals[i++]);
+      return v;
+    };
+    args.B = make_bc(c.const_b, c.groups_b, 0, seed + 4);
+    args.C = make_bc(c.const_c, c.groups_c, 1, seed + 5);
+
+    // Float inputs. A[d, n] = -(n + 1)·U(0.5, 1.5), as Mamba's S4D-real initialisation, keeps
+    // every decay window short enough that float32 rounding does not pile up over 4097 steps.
+    A = moss::test::uniform(static_cast<std::size_t>(dim * N), seed + 6, 0.5f, 1.5f);
+    for (index_t d = 0; d < dim; ++d)
+      for (index_t n = 0; n < N; ++n) A[d * N + n] *= -static_cast<float>(n + 1);
+    D = moss::test::randn(static_cast<std::size_t>(dim), seed + 7);
+    bias = c.softplus ? moss::test::uniform(static_cast<std::size_t>(dim), seed + 8, -1.0f, 0.5f)
+                      : moss::test::uniform(static_cast<std::size_t>(dim), seed + 8, 0.0f, 0.1f);
+    init = moss::test::randn(static_cast<std::size_t>(batch * dim * N), seed + 9);
+    final_state.assign(batch * dim * N, std::numeric_limits<float>::quiet_NaN());
+    args.A = ConstView<float, 2>(A.data(), {dim, N});
+    if (c.has_d) args.D = ConstView<float, 1>(D.data(), {dim});
+    if (c.has_bias) args.delta_bias = ConstView<float, 1>(bias.data(), {dim});
+    args.delta_softplus = c.softplus;
+    if (c.has_init) args.initial_state = ConstView<float, 3>(init.data(), {batch, dim, N});
+    if (c.has_final) args.final_state = TensorView<float, 3>(final_state.data(), {batch, dim, N});
+  }
+  Problem(const Problem&) = delete;
+  Problem& operator=(const Problem&) = delete;
+};
+
+/// The elements of a (batch, dim, L) view in logical order.
+template <class T>
+std::vector<T> logical(const TensorView<T, 3>& v) {
+  std::vector<T> r;
+  r.reserve(static_cast<std::size_t>(v.numel()));
+  for (index_t b = 0; b < v.shape[0]; ++b)
+    for (index_t d = 0; d < v.shape[1]; ++d)
+      for (index_t t = 0; t < v.shape[2]; ++t) r.push_back(v(b, d, t));
+  return r;
+}
+
+/// Runs the scan on the host and on the GPU from the same inputs and compares.
+template <class T>
+void check_scan(const Config& c, std::uint64_t seed) {
+  INFO("batch " << c.batch << " dim " << c.dim << " L " << c.L << " N " << c.N << " groups " << c.groups_b << "/"
+                << c.groups_c << " const " << c.const_b << c.const_c << " D " << c.has_d << " z " << c.has_z << " bias "
+                << c.has_bias << " softplus " << c.softplus << " init " << c.has_init << " final " << c.has_final
+                << " layout " << layout_name(c.layout) << " seed " << seed);
+  Problem<T> p(c, seed);
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto d_act = upload(gpu, p.act);
+  const auto d_bc = upload(gpu, p.bc);
+  const auto d_out = upload(gpu, p.out);  // poisoned
+  const auto d_A = upload(gpu, p.A);
+  const auto d_D = upload(gpu, p.D);
+  const auto d_bias = upload(gpu, p.bias);
+  const auto d_init = upload(gpu, p.init);
+  const auto d_final = upload(gpu, p.final_state);  // poisoned
+
+  moss::SelectiveScanArgs<T> g = p.args;
+  g.u = rebase(g.u, p.act.data(), d_act.data());
+  g.delta = rebase(g.delta, p.act.data(), d_act.data());
+  g.z = rebase(g.z, p.act.data(), d_act.data());
+  g.B = rebase(g.B, p.bc.data(), d_bc.data());
+  g.C = rebase(g.C, p.bc.data(), d_bc.data());
+  g.out = rebase(g.out, p.out.data(), d_out.data());
+  g.A = rebase(g.A, p.A.data(), d_A.data());
+  g.D = rebase(g.D, p.D.data(), d_D.data());
+  g.delta_bias = rebase(g.delta_bias, p.bias.data(), d_bias.data());
+  g.initial_state = rebase(g.initial_state, p.init.data(), d_init.data());
+  g.final_state = rebase(g.final_state, p.final_state.data(), d_final.data());
+  moss::selective_scan(gpu, g);
+  std::vector<T> cuda_out_buf = download(gpu, d_out, p.out.size());
+  const std::vector<float> cuda_final = download(gpu, d_final, p.final_state.size());
+
+  moss::selective_scan(moss::Host{}, p.args);
+  const std::vector<T> host_out = logical(p.args.out);
+  const std::vector<T> cuda_out = logical(rebase(p.args.out, p.out.data(), cuda_out_buf.data()));
+  CHECK(moss::test::rel_l2(cuda_out, host_out) <= moss::test::op_tolerance<T>());
+  if (c.has_final) CHECK(moss::test::rel_l2(cuda_final, p.final_state) <= 1e-5);
+  // The output buffer outside the view (padding) is untouched: still the poison.
+  std::size_t untouched = 0;
+  for (std::size_t i = 0; i < cuda_out_buf.size(); ++i)
+    untouched += std::isnan(moss::to_float(cuda_out_buf[i])) && std::isnan(moss::to_float(p.out[i]));
+  CHECK(untouched == cuda_out_buf.size() - cuda_out.size());
+}
+
+/// The scan configurations every dtype runs: lengths, channel counts, state sizes, groups,
+/// constant B / C and optional inputs, each in several layouts.
+std::vector<Config> scan_configs() {
+  std::vector<Config> v;
+  const Layout layouts[] = {Layout::channel_last, Layout::channel_first, Layout::strided, Layout::misaligned,
+                            Layout::misaligned_first};
+  // Lengths around and far beyond the chunk, with a small dim.
+  for (index_t L : {1, 7, 1000, 2049, 4097})
+    for (Layout l : {Layout::channel_last, Layout::channel_first}) {
+      Config c;
+      c.batch = 3;
+      c.dim = 37;
+      c.L = L;
+      c.layout = l;
+      v.push_back(c);
+    }
+  // Channel counts that are not multiples of the channel tile, and one large dim.
+  for (index_t dim : {1, 37, 1000})
+    for (Layout l : layouts) {
+      Config c;
+      c.dim = dim;
+      c.L = dim == 1000 ? 300 : 130;
+      c.layout = l;
+      v.push_back(c);
+    }
+  // Every tuning row and both sides of its bounds.
+  for (index_t N : {1, 4, 8, 9, 16, 17, 64, 65, 256}) {
+    Config c;
+    c.N = N;
+    c.dim = N > 64 ? 40 : 100;
+    c.L = 75;
+    c.layout = layouts[N % 5];
+    v.push_back(c);
+  }
+  // Groups: channels per group smaller than the channel tile (B / C read per channel) and larger
+  // (staged once per block).
+  for (Layout l : layouts) {
+    Config c;
+    c.dim = 64;
+    c.groups_b = 4;
+    c.groups_c = 2;
+    c.L = 50;
+    c.layout = l;
+    v.push_back(c);
+    c.dim = 512;
+    c.groups_b = 2;
+    c.groups_c = 1;
+    v.push_back(c);
+  }
+  // Constant B and / or C.
+  for (int k = 1; k < 4; ++k) {
+    Config c;
+    c.const_b = k & 1;
+    c.const_c = k & 2;
+    c.L = 90;
+    c.layout = layouts[k + 1];
+    v.push_back(c);
+  }
+  // Optional inputs off one at a time, and all at once.
+  for (int k = 0; k < 7; ++k) {
+    Config c;
+    c.L = 66;
+    c.batch = 1 + k % 3;
+    c.has_d = k != 0;
+    c.has_z = k != 1;
+    c.has_bias = k != 2;
+    c.softplus = k != 3;
+    c.has_init = k != 4;
+    c.has_final = k != 5;
+    if (k == 6) c.has_d = c.has_z = c.has_bias = c.softplus = c.has_init = false;
+    c.layout = layouts[k % 5];
+    v.push_back(c);
+  }
+  // L = 0: only the final state (= the initial state, or zeros).
+  for (bool init : {true, false}) {
+    Config c;
+    c.L = 0;
+    c.has_init = init;
+    v.push_back(c);
+  }
+  return v;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("selective_scan (cuda) equals the host oracle", "[cuda]", float, moss::f16, moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  std::uint64_t seed = 1000;
+  for (const Config& c : scan_configs()) check_scan<TestType>(c, seed += 17);
+}
+
+TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  Config c;
+  c.batch = 2;
+  c.dim = 4096;
+  c.L = 256;
+  check_scan<moss::bf16>(c, 4096);
+  c.layout = Layout::channel_first;
+  check_scan<moss::bf16>(c, 4097);
+}
+
+namespace {
+
+/// Runs one decode step on the host and on the GPU from the same state and inputs.
+template <class T>
+void check_step(index_t batch, index_t dim, index_t N, index_t groups, bool constant_bc, bool optional_inputs,
+                std::uint64_t seed) {
+  INFO("step batch " << batch << " dim " << dim << " N " << N << " groups " << groups << " constant " << constant_bc
+                     << " optional " << optional_inputs);
+  // u, delta, z side by side in one (batch, 3·dim) buffer, as slices of a projection's output.
+  std::vector<T> act = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(batch * 3 * dim), seed));
+  for (index_t i = 0; i < batch; ++i)
+    for (index_t d = 0; d < dim; ++d)
+      act[i * 3 * dim + dim + d] = moss::from_float<T>(std::fabs(moss::to_float(act[i * 3 * dim + dim + d])) * 0.2f);
+  const index_t n_bc = constant_bc ? 2 * dim * N : 2 * batch * groups * N;
+  std::vector<T> bc = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(n_bc), seed + 1));
+  std::vector<float> A = moss::test::uniform(static_cast<std::size_t>(dim * N), seed + 2, -2.0f, -0.2f);
+  std::vector<float> D = moss::test::randn(static_cast<std::size_t>(dim), seed + 3);
+  std::vector<float> bias = moss::test::uniform(static_cast<std::size_t>(dim), seed + 4, -1.0f, 0.5f);
+  std::vector<float> state = moss::test::randn(static_cast<std::size_t>(batch * dim * N), seed + 5);
+  std::vector<T> out(static_cast<std::size_t>(batch * dim), moss::from_float<T>(NAN));
+
+  moss::SelectiveScanStepArgs<T> h;
+  h.state = TensorView<float, 3>(state.data(), {batch, dim, N});
+  h.u = ConstView<T, 2>(act.data(), {batch, dim}, {3 * dim, 1});
+  h.delta = ConstView<T, 2>(act.data() + dim, {batch, dim}, {3 * dim, 1});
+  if (optional_inputs) {
+    h.z = ConstView<T, 2>(act.data() + 2 * dim, {batch, dim}, {3 * dim, 1});
+    h.D = ConstView<float, 1>(D.data(), {dim});
+    h.delta_bias = ConstView<float, 1>(bias.data(), {dim});
+    h.delta_softplus = true;
+  }
+  h.A = ConstView<float, 2>(A.data(), {dim, N});
+  if (constant_bc) {
+    h.B = moss::constant_bc(ConstView<T, 2>(bc.data(), {dim, N}), batch);
+    h.C = moss::constant_bc(ConstView<T, 2>(bc.data() + dim * N, {dim, N}), batch);
+  } else {
+    h.B = ConstView<T, 3>(bc.data(), {batch, groups, N});
+    h.C = ConstView<T, 3>(bc.data() + batch * groups * N, {batch, groups, N});
+  }
+  h.out = TensorView<T, 2>(out.data(), {batch, dim});
+
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto d_act = upload(gpu, act);
+  const auto d_bc = upload(gpu, bc);
+  const auto d_A = upload(gpu, A);
+  const auto d_D = upload(gpu, D);
+  const auto d_bias = upload(gpu, bias);
+  const auto d_state = upload(gpu, state);
+  const auto d_out = upload(gpu, out);
+  moss::SelectiveScanStepArgs<T> g = h;
+  g.state = rebase(g.state, state.data(), d_state.data());
+  g.u = rebase(g.u, act.data(), d_act.data());
+  g.delta = rebase(g.delta, act.data(), d_act.data());
+  g.z = rebase(g.z, act.data(), d_act.data());
+  g.A = rebase(g.A, A.data(), d_A.data());
+  g.B = rebase(g.B, bc.data(), d_bc.data());
+  g.C = rebase(g.C, bc.data(), d_bc.data());
+  g.D = rebase(g.D, D.data(), d_D.data());
+  g.delta_bias = rebase(g.delta_bias, bias.data(), d_bias.data());
+  g.out = rebase(g.out, out.data(), d_out.data());
+  moss::selective_scan_step(gpu, g);
+  const std::vector<T> cuda_out = download(gpu, d_out, out.size());
+  const std::vector<float> cuda_state = download(gpu, d_state, state.size());
+
+  moss::selective_scan_step(moss::Host{}, h);
+  CHECK(moss::test::rel_l2(cuda_out, out) <= moss::test::op_tolerance<T>());
+  CHECK(moss::test::rel_l2(cuda_state, state) <= 1e-5);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("selective_scan_step (cuda) equals the host step", "[cuda]", float, moss::f16, moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  std::uint64_t seed = 500;
+  for (index_t N : {1, 4, 16, 64, 256})
+    for (index_t dim : {1, 37, 4096}) check_step<TestType>(1 + N % 3, dim, N, 1, false, true, seed += 3);
+  check_step<TestType>(3, 64, 16, 4, false, true, seed += 3);
+  check_step<TestType>(2, 37, 16, 37, false, false, seed += 3);
+  check_step<TestType>(2, 37, 16, 1, true, true, seed += 3);
+  check_step<TestType>(256, 4096, 16, 1, false, true, seed += 3);
+}
+
+TEST_CASE("selective_scan (cuda): prefill on the GPU then steps on the GPU equal the whole scan", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  // A scan of the first 40 tokens with final_state, then 8 GPU steps on that state, equals the
+  // GPU scan of all 48 tokens (outputs of the last 8 tokens and the final state).
+  Config c;
+  c.batch = 2;
+  c.dim = 100;
+  c.L = 48;
+  c.has_init = false;
+  Problem<float> p(c, 4242);
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto d_act = upload(gpu, p.act);
+  const auto d_bc = upload(gpu, p.bc);
+  const auto d_out = upload(gpu, p.out);
+  const auto d_A = upload(gpu, p.A);
+  const auto d_D = upload(gpu, p.D);
+  const auto d_bias = upload(gpu, p.bias);
+  const auto d_final = upload(gpu, p.final_state);
+  const auto d_state = upload(gpu, p.final_state);
+  const auto d_step_out = upload(gpu, p.out);
+  moss::SelectiveScanArgs<float> g = p.args;
+  g.u = rebase(g.u, p.act.data(), d_act.data());
+  g.delta = rebase(g.delta, p.act.data(), d_act.data());
+  g.z = rebase(g.z, p.act.data(), d_act.data());
+  g.B = rebase(g.B, p.bc.data(), d_bc.data());
+  g.C = rebase(g.C, p.bc.data(), d_bc.data());
+  g.out = rebase(g.out, p.out.data(), d_out.data());
+  g.A = rebase(g.A, p.A.data(), d_A.data());
+  g.D = rebase(g.D, p.D.data(), d_D.data());
+  g.delta_bias = rebase(g.delta_bias, p.bias.data(), d_bias.data());
+  g.final_state = rebase(g.final_state, p.final_state.data(), d_final.data());
+  moss::selective_scan(gpu, g);  // the whole sequence
+
+  const index_t prefill = 40;
+  auto first = g;
+  first.u.shape[2] = first.delta.shape[2] = first.z.shape[2] = first.out.shape[2] = prefill;
+  first.B.shape[3] = first.C.shape[3] = prefill;
+  first.out = rebase(first.out, d_out.data(), d_step_out.data());
+  first.final_state = rebase(g.final_state, d_final.data(), d_state.data());
+  moss::selective_scan(gpu, first);
+  for (index_t t = prefill; t < c.L; ++t) {
+    moss::SelectiveScanStepArgs<float> s;
+    s.state = first.final_state;
+    s.u = ConstView<float, 2>(g.u.data + t * g.u.stride[2], {c.batch, c.dim}, {g.u.stride[0], g.u.stride[1]});
+    s.delta =
+        ConstView<float, 2>(g.delta.data + t * g.delta.stride[2], {c.batch, c.dim}, {g.delta.stride[0], g.delta.stride[1]});
+    s.z = ConstView<float, 2>(g.z.data + t * g.z.stride[2], {c.batch, c.dim}, {g.z.stride[0], g.z.stride[1]});
+    s.A = g.A;
+    s.B = ConstView<float, 3>(g.B.data + t * g.B.stride[3], {c.batch, 1, c.N}, {g.B.stride[0], g.B.stride[1], g.B.stride[2]});
+    s.C = ConstView<float, 3>(g.C.data + t * g.C.stride[3], {c.batch, 1, c.N}, {g.C.stride[0], g.C.stride[1], g.C.stride[2]});
+    s.D = g.D;
+    s.delta_bias = g.delta_bias;
+    s.delta_softplus = g.delta_softplus;
+    auto o = rebase(g.out, d_out.data(), d_step_out.data());
+    s.out = TensorView<float, 2>(o.data + t * o.stride[2], {c.batch, c.dim}, {o.stride[0], o.stride[1]});
+    moss::selective_scan_step(gpu, s);
+  }
+  std::vector<float> whole_buf = download(gpu, d_out, p.out.size());
+  std::vector<float> stepped_buf = download(gpu, d_step_out, p.out.size());
+  const std::vector<float> whole_state = download(gpu, d_final, p.final_state.size());
+  const std::vector<float> stepped_state = download(gpu, d_state, p.final_state.size());
+  const auto whole = logical(rebase(p.args.out, p.out.data(), whole_buf.data()));
+  const auto stepped = logical(rebase(p.args.out, p.out.data(), stepped_buf.data()));
+  CHECK(moss::test::rel_l2(stepped, whole) <= 1e-5);
+  CHECK(moss::test::rel_l2(stepped_state, whole_state) <= 1e-5);
+}
