@@ -4,10 +4,7 @@
 #include <cstdio>
 #include <string>
 
-#include <moss/backend/host.hpp>
-#include <moss/core/dtype.hpp>
-#include <moss/core/error.hpp>
-#include <moss/core/tensor.hpp>
+#include <moss/moss.hpp>
 
 namespace {
 

@@ -37,9 +37,9 @@ constexpr Layout<3> kInProjSlice{{0, 2, 1}, 2};
 constexpr Layout<3> kChannelLastMisaligned{{0, 2, 1}, 1, 1, 1};
 constexpr Layout<3> kChannelFirstMisaligned{{0, 1, 2}, 1, 1, 1};
 constexpr Layout<3> kStrided{{0, 1, 2}, 1, 2, 0};  // unit stride nowhere: the generic path
-constexpr std::array<Layout<3>, 6> kSequenceLayouts{kChannelFirst,          kChannelLast,           kInProjSlice,
-                                                    kChannelLastMisaligned, kChannelFirstMisaligned, kStrided};
-const char* const kSequenceLayoutNames[] = {"channel-first",  "channel-last",   "in_proj slice",
+constexpr std::array<Layout<3>, 6> kSequenceLayouts{
+    kChannelFirst, kChannelLast, kInProjSlice, kChannelLastMisaligned, kChannelFirstMisaligned, kStrided};
+const char* const kSequenceLayoutNames[] = {"channel-first",  "channel-last",    "in_proj slice",
                                             "channel-last+1", "channel-first+1", "strided"};
 
 /// A tensor in host storage with a device copy of the same layout (padding included).
@@ -75,8 +75,8 @@ struct Mirror {
   }
   void upload(const moss::Cuda& gpu) const {
     if (storage.empty()) return;
-    MOSS_CUDA_CHECK(cudaMemcpyAsync(buffer.data(), storage.data(), storage.size() * sizeof(T), cudaMemcpyHostToDevice,
-                                    gpu.stream));
+    MOSS_CUDA_CHECK(
+        cudaMemcpyAsync(buffer.data(), storage.data(), storage.size() * sizeof(T), cudaMemcpyHostToDevice, gpu.stream));
     gpu.synchronize();
   }
   /// The device storage, downloaded.
@@ -111,9 +111,12 @@ struct Mirror {
 /// ulps (FMA contraction, SiLU on the special-function unit), which can flip one rounding of T.
 template <class T>
 double element_tolerance(double h) {
-  if constexpr (std::is_same_v<T, float>) return 0x1p-17 * (std::abs(h) + 1);
-  else if constexpr (std::is_same_v<T, moss::f16>) return 0x1p-9 * (std::abs(h) + 1);
-  else return 0x1p-6 * (std::abs(h) + 1);
+  if constexpr (std::is_same_v<T, float>)
+    return 0x1p-17 * (std::abs(h) + 1);
+  else if constexpr (std::is_same_v<T, moss::f16>)
+    return 0x1p-9 * (std::abs(h) + 1);
+  else
+    return 0x1p-6 * (std::abs(h) + 1);
 }
 
 /// Accumulates ‖cuda − host‖² and ‖host‖² over many runs for one relative L2 error.

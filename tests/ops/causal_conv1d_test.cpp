@@ -16,11 +16,11 @@
 
 namespace {
 
+using Catch::Matchers::ContainsSubstring;
 using moss::ConstView;
 using moss::Extents;
 using moss::index_t;
 using moss::TensorView;
-using Catch::Matchers::ContainsSubstring;
 
 /// A tensor in its own storage, laid out in `order` (logical axes from outermost to innermost in
 /// memory); the innermost run is `pitch` times as long as its extent, as when the tensor is a
@@ -199,10 +199,19 @@ TEST_CASE("causal_conv1d: L < W-1 keeps part of the initial state in the final s
     CHECK(out[0] == 7000.0f);
     CHECK(fin == std::vector<float>{0, 0, 7});
   }
+  SECTION("an empty batch writes nothing") {
+    fin = {-1, -1, -1};
+    a.x = ConstView<float, 3>(nullptr, {0, 1, 1}, "x");
+    a.initial_state = ConstView<float, 3>(nullptr, {0, 1, 3}, "initial_state");
+    a.out = TensorView<float, 3>(nullptr, {0, 1, 1}, "out");
+    a.final_state = TensorView<float, 3>(fin.data(), {0, 1, 3}, "final_state");
+    moss::causal_conv1d(moss::Host{}, a);
+    CHECK(fin == std::vector<float>{-1, -1, -1});
+  }
 }
 
-TEMPLATE_TEST_CASE("causal_conv1d matches a float64 loop over shapes, layouts and options", "[host]", float,
-                   moss::f16, moss::bf16) {
+TEMPLATE_TEST_CASE("causal_conv1d matches a float64 loop over shapes, layouts and options", "[host]", float, moss::f16,
+                   moss::bf16) {
   using T = TestType;
   const index_t batch = 2, dim = 3;
   // x / out layouts: channel-first, channel-last, and the x half of an in_proj output (pitch 2).
@@ -434,7 +443,8 @@ TEST_CASE("causal_conv1d validation names the op, the tensor and both shapes", "
   SECTION("final state aliases the initial state") {
     b.final_state = TensorView<float, 3>(init.data(), {batch, dim, width - 1}, "final_state");
     REQUIRE_THROWS_AS(moss::causal_conv1d(host, b), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::causal_conv1d(host, b), ContainsSubstring("final_state [2, 3, 3] overlaps initial_state"));
+    REQUIRE_THROWS_WITH(moss::causal_conv1d(host, b),
+                        ContainsSubstring("final_state [2, 3, 3] overlaps initial_state"));
   }
   SECTION("final state inside out") {
     b.final_state = TensorView<float, 3>(out.data(), {batch, dim, width - 1}, "final_state");
@@ -445,6 +455,24 @@ TEST_CASE("causal_conv1d validation names the op, the tensor and both shapes", "
     b.weight = ConstView<float, 2>(out.data(), {dim, width}, "weight");
     REQUIRE_THROWS_AS(moss::causal_conv1d(host, b), moss::shape_error);
     REQUIRE_THROWS_WITH(moss::causal_conv1d(host, b), ContainsSubstring("out [2, 3, 5] overlaps weight [3, 4]"));
+  }
+  SECTION("out with a zero stride") {
+    b.out = TensorView<float, 3>(out.data(), {batch, dim, seqlen}, {dim * seqlen, seqlen, 0}, "out");
+    REQUIRE_THROWS_AS(moss::causal_conv1d(host, b), moss::shape_error);
+    REQUIRE_THROWS_WITH(
+        moss::causal_conv1d(host, b),
+        ContainsSubstring("out [2, 3, 5] with strides [15, 5, 0] may reach some memory more than once"));
+  }
+  SECTION("final state rows that overlap each other") {
+    b.final_state = TensorView<float, 3>(fin.data(), {batch, dim, width - 1}, {dim * (width - 1), 2, 1}, "final_state");
+    REQUIRE_THROWS_AS(moss::causal_conv1d(host, b), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::causal_conv1d(host, b),
+                        ContainsSubstring("final_state [2, 3, 3] with strides [9, 2, 1]"));
+  }
+  SECTION("an in_proj-style slice is a valid output") {
+    std::vector<float> wide(batch * seqlen * 2 * dim);
+    b.out = TensorView<float, 3>(wide.data(), {batch, dim, seqlen}, {seqlen * 2 * dim, 1, 2 * dim}, "out");
+    REQUIRE_NOTHROW(moss::causal_conv1d(host, b));
   }
   SECTION("unnamed views are called by their argument name") {
     b.out = TensorView<float, 3>(out.data(), {batch, dim, 1});
@@ -515,6 +543,16 @@ TEST_CASE("causal_conv1d_step validation", "[host]") {
     REQUIRE_THROWS_AS(moss::causal_conv1d_step(host, b), moss::shape_error);
     REQUIRE_THROWS_WITH(moss::causal_conv1d_step(host, b), ContainsSubstring("out [2, 3] overlaps state"));
   }
+  SECTION("a state whose columns overlap") {
+    b.state = TensorView<float, 3>(state.data(), {batch, dim, width - 1}, {dim * (width - 1), width - 1, 0}, "state");
+    REQUIRE_THROWS_AS(moss::causal_conv1d_step(host, b), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::causal_conv1d_step(host, b), ContainsSubstring("state [2, 3, 3] with strides [9, 3, 0]"));
+  }
+  SECTION("out with a zero batch stride") {
+    b.out = TensorView<float, 2>(out.data(), {batch, dim}, {0, 1}, "out");
+    REQUIRE_THROWS_AS(moss::causal_conv1d_step(host, b), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::causal_conv1d_step(host, b), ContainsSubstring("may reach some memory more than once"));
+  }
   SECTION("the state overlaps x") {
     b.x = ConstView<float, 2>(state.data(), {batch, dim}, "x");
     REQUIRE_THROWS_AS(moss::causal_conv1d_step(host, b), moss::shape_error);
@@ -548,7 +586,8 @@ TEST_CASE("causal_conv1d_step: hand-computed W = 3 over three tokens", "[host]")
 }
 
 TEST_CASE("causal_conv1d: the CUDA width list is checked in backend-neutral code", "[host]") {
-  for (int w : moss::kCausalConv1dCudaWidths) REQUIRE_NOTHROW(moss::expect_causal_conv1d_cuda_width(w, "causal_conv1d"));
+  for (int w : moss::kCausalConv1dCudaWidths)
+    REQUIRE_NOTHROW(moss::expect_causal_conv1d_cuda_width(w, "causal_conv1d"));
   REQUIRE_THROWS_AS(moss::expect_causal_conv1d_cuda_width(5, "causal_conv1d"), moss::unsupported_error);
   REQUIRE_THROWS_WITH(moss::expect_causal_conv1d_cuda_width(1, "causal_conv1d"),
                       ContainsSubstring("causal_conv1d: the CUDA kernels do not support filter width W = 1") &&

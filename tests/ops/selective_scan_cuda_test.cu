@@ -3,9 +3,9 @@
 // misaligned bases), lengths that are not multiples of the chunk, channel counts that are not
 // multiples of the channel tile, every state-size bucket, groups, constant B / C and every
 // optional input.
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -22,20 +22,25 @@ using moss::TensorView;
 
 /// Memory layout of u, delta, z, out and of variable B, C.
 enum class Layout {
-  channel_last,   // (batch, L, ·) buffers: unit stride along dim / N, 16-byte aligned
-  channel_first,  // (batch, dim, L) buffers: unit stride along L, 16-byte aligned
-  strided,        // no unit stride anywhere: the scalar paths
-  misaligned,     // channel-last but one element off 16-byte alignment: the scalar paths
+  channel_last,      // (batch, L, ·) buffers: unit stride along dim / N, 16-byte aligned
+  channel_first,     // (batch, dim, L) buffers: unit stride along L, 16-byte aligned
+  strided,           // no unit stride anywhere: the scalar paths
+  misaligned,        // channel-last but one element off 16-byte alignment: the scalar paths
   misaligned_first,  // channel-first, one element off: the scalar paths into row-major tiles
 };
 
 const char* layout_name(Layout l) {
   switch (l) {
-    case Layout::channel_last: return "channel_last";
-    case Layout::channel_first: return "channel_first";
-    case Layout::strided: return "strided";
-    case Layout::misaligned: return "misaligned";
-    default: return "misaligned_first";
+    case Layout::channel_last:
+      return "channel_last";
+    case Layout::channel_first:
+      return "channel_first";
+    case Layout::strided:
+      return "strided";
+    case Layout::misaligned:
+      return "misaligned";
+    default:
+      return "misaligned_first";
   }
 }
 
@@ -103,7 +108,8 @@ struct Problem {
         const index_t W = 3 * Dp + 8, off = c.layout == Layout::misaligned ? 1 : 0;
         act.resize(batch * L * W);
         out.resize(batch * L * Dp + off);
-        for (int s = 0; s < 3; ++s) slots[s] = TensorView<T, 3>(act.data() + s * Dp + off, {batch, dim, L}, {L * W, 1, W});
+        for (int s = 0; s < 3; ++s)
+          slots[s] = TensorView<T, 3>(act.data() + s * Dp + off, {batch, dim, L}, {L * W, 1, W});
         out_view = TensorView<T, 3>(out.data() + off, {batch, dim, L}, {L * Dp, 1, Dp});
         break;
       }
@@ -120,7 +126,8 @@ struct Problem {
       case Layout::strided: {
         act.resize(3 * n_act);
         out.resize(2 * n_act);
-        for (int s = 0; s < 3; ++s) slots[s] = TensorView<T, 3>(act.data() + s, {batch, dim, L}, {L * dim * 3, 3, dim * 3});
+        for (int s = 0; s < 3; ++s)
+          slots[s] = TensorView<T, 3>(act.data() + s, {batch, dim, L}, {L * dim * 3, 3, dim * 3});
         out_view = TensorView<T, 3>(out.data(), {batch, dim, L}, {L * dim * 2, 2, dim * 2});
         break;
       }
@@ -163,8 +170,8 @@ struct Problem {
                                {L * N * groups, 1, groups, N * groups});
           break;
         default:
-          v = TensorView<T, 4>(bc.data() + R + g0 * N + (c.layout == Layout::misaligned ? 1 : 0),
-                               {batch, groups, N, L}, {L * W2, N, 1, W2});
+          v = TensorView<T, 4>(bc.data() + R + g0 * N + (c.layout == Layout::misaligned ? 1 : 0), {batch, groups, N, L},
+                               {L * W2, N, 1, W2});
           break;
       }
       const auto vals = moss::test::randn(static_cast<std::size_t>(v.numel()), s);
@@ -487,12 +494,14 @@ TEST_CASE("selective_scan (cuda): prefill on the GPU then steps on the GPU equal
     moss::SelectiveScanStepArgs<float> s;
     s.state = first.final_state;
     s.u = ConstView<float, 2>(g.u.data + t * g.u.stride[2], {c.batch, c.dim}, {g.u.stride[0], g.u.stride[1]});
-    s.delta =
-        ConstView<float, 2>(g.delta.data + t * g.delta.stride[2], {c.batch, c.dim}, {g.delta.stride[0], g.delta.stride[1]});
+    s.delta = ConstView<float, 2>(g.delta.data + t * g.delta.stride[2], {c.batch, c.dim},
+                                  {g.delta.stride[0], g.delta.stride[1]});
     s.z = ConstView<float, 2>(g.z.data + t * g.z.stride[2], {c.batch, c.dim}, {g.z.stride[0], g.z.stride[1]});
     s.A = g.A;
-    s.B = ConstView<float, 3>(g.B.data + t * g.B.stride[3], {c.batch, 1, c.N}, {g.B.stride[0], g.B.stride[1], g.B.stride[2]});
-    s.C = ConstView<float, 3>(g.C.data + t * g.C.stride[3], {c.batch, 1, c.N}, {g.C.stride[0], g.C.stride[1], g.C.stride[2]});
+    s.B = ConstView<float, 3>(g.B.data + t * g.B.stride[3], {c.batch, 1, c.N},
+                              {g.B.stride[0], g.B.stride[1], g.B.stride[2]});
+    s.C = ConstView<float, 3>(g.C.data + t * g.C.stride[3], {c.batch, 1, c.N},
+                              {g.C.stride[0], g.C.stride[1], g.C.stride[2]});
     s.D = g.D;
     s.delta_bias = g.delta_bias;
     s.delta_softplus = g.delta_softplus;

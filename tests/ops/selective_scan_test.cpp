@@ -13,11 +13,11 @@
 
 namespace {
 
+using Catch::Matchers::ContainsSubstring;
+using Catch::Matchers::WithinRel;
 using moss::ConstView;
 using moss::index_t;
 using moss::TensorView;
-using Catch::Matchers::ContainsSubstring;
-using Catch::Matchers::WithinRel;
 
 /// One scan problem: sizes, which optional inputs exist and the memory layout.
 struct Config {
@@ -32,10 +32,10 @@ struct Config {
 template <class T>
 struct Problem {
   Config cfg;
-  std::vector<T> act;     // u, delta, z: (batch, L, 3·dim + 2) channel-last, or (3, batch, dim, L)
-  std::vector<T> bc;      // variable B and C: (batch, L, 3 + (Gb + Gc)·N) channel-last, or two (batch, G, N, L)
+  std::vector<T> act;       // u, delta, z: (batch, L, 3·dim + 2) channel-last, or (3, batch, dim, L)
+  std::vector<T> bc;        // variable B and C: (batch, L, 3 + (Gb + Gc)·N) channel-last, or two (batch, G, N, L)
   std::vector<T> bc_const;  // constant B and C: two (dim, N)
-  std::vector<T> out;     // (batch, L, dim) channel-last, or (batch, dim, L)
+  std::vector<T> out;       // (batch, L, dim) channel-last, or (batch, dim, L)
   std::vector<float> A, D, bias, init, final_state;
   moss::SelectiveScanArgs<T> args;
   // Logical values (rounded to T where T stores them): u/delta/z (batch, dim, L), B/C either
@@ -52,7 +52,8 @@ struct Problem {
     z = rounded(moss::test::randn(n_act, seed + 3));
     A = moss::test::uniform(dim * N, seed + 4, -2.5f, -0.1f);
     D = moss::test::randn(dim, seed + 5);
-    bias = c.softplus ? moss::test::uniform(dim, seed + 6, -1.0f, 0.5f) : moss::test::uniform(dim, seed + 6, 0.0f, 0.1f);
+    bias =
+        c.softplus ? moss::test::uniform(dim, seed + 6, -1.0f, 0.5f) : moss::test::uniform(dim, seed + 6, 0.0f, 0.1f);
     init = moss::test::randn(batch * dim * N, seed + 7);
     final_state.assign(batch * dim * N, std::numeric_limits<float>::quiet_NaN());
     const index_t nb = c.const_b ? dim * N : batch * c.groups_b * N * L;
@@ -164,9 +165,12 @@ Reference reference(const Problem<T>& p) {
 /// tolerance, dominated by float32 arithmetic).
 template <class T>
 constexpr double output_tolerance() {
-  if constexpr (std::is_same_v<T, float>) return 1e-5;
-  else if constexpr (std::is_same_v<T, moss::f16>) return 0x1p-11;
-  else return 0x1p-8;
+  if constexpr (std::is_same_v<T, float>)
+    return 1e-5;
+  else if constexpr (std::is_same_v<T, moss::f16>)
+    return 0x1p-11;
+  else
+    return 0x1p-8;
 }
 
 /// The configurations of the float64 comparison: every optional input on and off, both
@@ -310,8 +314,7 @@ TEST_CASE("selective_scan: L = 0 copies the initial state (or zeros) to the fina
     c.has_init = has_init;
     Problem<float> p(c, 7);
     moss::selective_scan(moss::Host{}, p.args);
-    for (std::size_t i = 0; i < p.final_state.size(); ++i)
-      CHECK(p.final_state[i] == (has_init ? p.init[i] : 0.0f));
+    for (std::size_t i = 0; i < p.final_state.size(); ++i) CHECK(p.final_state[i] == (has_init ? p.init[i] : 0.0f));
   }
 }
 
@@ -385,7 +388,8 @@ TEST_CASE("selective_scan: step with a constant B and C equals the float64 loop"
   moss::SelectiveScanStepArgs<moss::bf16> s;
   s.state = TensorView<float, 3>(state.data(), {c.batch, c.dim, c.N});
   s.u = ConstView<moss::bf16, 2>(p.args.u.data, {c.batch, c.dim}, {p.args.u.stride[0], p.args.u.stride[1]});
-  s.delta = ConstView<moss::bf16, 2>(p.args.delta.data, {c.batch, c.dim}, {p.args.delta.stride[0], p.args.delta.stride[1]});
+  s.delta =
+      ConstView<moss::bf16, 2>(p.args.delta.data, {c.batch, c.dim}, {p.args.delta.stride[0], p.args.delta.stride[1]});
   s.z = ConstView<moss::bf16, 2>(p.args.z.data, {c.batch, c.dim}, {p.args.z.stride[0], p.args.z.stride[1]});
   s.A = p.args.A;
   s.B = moss::constant_bc(ConstView<moss::bf16, 2>(p.bc_const.data(), {c.dim, c.N}), c.batch);
@@ -519,7 +523,8 @@ TEST_CASE("selective_scan: every shape, stride and size error is reported", "[ho
   a = good;
   a.B.shape[1] = 3;
   REQUIRE_THROWS_AS(run(a), config_error);
-  REQUIRE_THROWS_WITH(run(a), ContainsSubstring("B [2, 3, 3, 5] has 3 groups, which must be at least 1 and divide dim = 4"));
+  REQUIRE_THROWS_WITH(run(a),
+                      ContainsSubstring("B [2, 3, 3, 5] has 3 groups, which must be at least 1 and divide dim = 4"));
   a = good;
   a.C.shape[2] = 2;
   REQUIRE_THROWS_AS(run(a), shape_error);

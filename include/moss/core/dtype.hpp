@@ -110,15 +110,14 @@ MOSS_HD float f16_to_float(f16 h) {
   __half x = *reinterpret_cast<const __half*>(&h.bits);
   return __half2float(x);
 #else
+  // Branch-free so conversion loops vectorise: placing the 15 magnitude bits at the top of a
+  // float's exponent/mantissa and scaling by 2^112 rebiases the exponent (15 → 127) and is
+  // exact for normals and subnormals alike; infinities and NaNs are patched in after.
   const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
-  const std::uint32_t exp = (h.bits >> 10) & 0x1fu;
-  const std::uint32_t mant = h.bits & 0x3ffu;
-  if (exp == 0x1fu) return detail::bits_float(sign | 0x7f800000u | (mant << 13));
-  if (exp == 0) {  // zero or subnormal: mant · 2^-24
-    const float v = float(mant) * 5.9604644775390625e-8f;
-    return sign ? -v : v;
-  }
-  return detail::bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
+  const std::uint32_t mag = std::uint32_t(h.bits & 0x7fffu) << 13;
+  const std::uint32_t scaled = detail::float_bits(detail::bits_float(mag) * 0x1p112f);
+  const std::uint32_t special = 0x7f800000u | (mag & 0x007fe000u);
+  return detail::bits_float(sign | ((mag >= 0x0f800000u) ? special : scaled));
 #endif
 }
 

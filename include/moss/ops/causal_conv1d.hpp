@@ -7,12 +7,16 @@
 // raw inputs x, not outputs, so a final state is a valid initial state for the next chunk and a
 // valid decode state for `causal_conv1d_step`.
 //
-// Memory rules (checked): the outputs (out, final_state; the step's out and state) must not
-// overlap any input or each other; in particular out must not alias x, and final_state must not
+// Memory rules (checked): every element of an output (out, final_state; the step's out and
+// state) is distinct memory (no zero or overlapping strides), and the outputs must not overlap
+// any input or each other; in particular out must not alias x, and final_state must not
 // alias initial_state (use two state buffers, or the step op for in-place decode). Any W ≥ 1 runs
 // on the host; the CUDA kernels take W ∈ kCausalConv1dCudaWidths.
+//
+// This header gives the host backend; moss/ops/causal_conv1d/cuda.cuh (nvcc) adds the CUDA one.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -27,25 +31,25 @@ namespace moss {
 /// @tparam T storage type of x, weight, bias, states and out (float, f16 or bf16).
 template <class T>
 struct CausalConv1dArgs {
-  ConstView<T, 3> x;                 // (batch, dim, L), any strides
-  ConstView<T, 2> weight;            // (dim, W)
-  ConstView<T, 1> bias;              // (dim), optional
+  ConstView<T, 3> x;       // (batch, dim, L), any strides
+  ConstView<T, 2> weight;  // (dim, W)
+  ConstView<T, 1> bias;    // (dim), optional
   bool silu = false;
-  ConstView<T, 3> initial_state;     // (batch, dim, W-1), optional
-  TensorView<T, 3> out;              // (batch, dim, L), any strides
-  TensorView<T, 3> final_state;      // (batch, dim, W-1), optional output
+  ConstView<T, 3> initial_state;  // (batch, dim, W-1), optional
+  TensorView<T, 3> out;           // (batch, dim, L), any strides
+  TensorView<T, 3> final_state;   // (batch, dim, W-1), optional output
 };
 
 /// Arguments of `causal_conv1d_step`: one token per sequence; the state shifts left by one
 /// column and takes x as its newest column.
 template <class T>
 struct CausalConv1dStepArgs {
-  TensorView<T, 3> state;            // (batch, dim, W-1), read and written
-  ConstView<T, 2> x;                 // (batch, dim)
-  ConstView<T, 2> weight;            // (dim, W)
-  ConstView<T, 1> bias;              // (dim), optional
+  TensorView<T, 3> state;  // (batch, dim, W-1), read and written
+  ConstView<T, 2> x;       // (batch, dim)
+  ConstView<T, 2> weight;  // (dim, W)
+  ConstView<T, 1> bias;    // (dim), optional
   bool silu = false;
-  TensorView<T, 2> out;              // (batch, dim)
+  TensorView<T, 2> out;  // (batch, dim)
 };
 
 /// The filter widths W the CUDA kernels are compiled for (the host backend takes any W ≥ 1).
@@ -74,9 +78,28 @@ bool conv1d_views_overlap(const TensorView<A, RA>& a, const TensorView<B, RB>& b
 /// Throws `shape_error` when output `o` overlaps `v` in memory.
 template <class A, std::size_t RA, class B, std::size_t RB>
 void conv1d_expect_disjoint(const char* where, const TensorView<A, RA>& o, const TensorView<B, RB>& v) {
-  MOSS_EXPECTS(!conv1d_views_overlap(o, v), shape_error, where, ": ", o.name, " ", shape_string(o.shape),
-               " overlaps ", v.name, " ", shape_string(v.shape), " in memory; ", o.name,
+  MOSS_EXPECTS(!conv1d_views_overlap(o, v), shape_error, where, ": ", o.name, " ", shape_string(o.shape), " overlaps ",
+               v.name, " ", shape_string(v.shape), " in memory; ", o.name,
                " must not alias an input or another output (give it its own buffer)");
+}
+
+/// Throws `shape_error` unless the elements of output `v` are distinct memory: with its axes of
+/// extent > 1 sorted by stride, each stride must step past everything the inner axes span.
+template <class T, std::size_t Rank>
+void conv1d_expect_distinct(const char* where, const TensorView<T, Rank>& v) {
+  if (v.empty()) return;
+  std::array<std::array<index_t, 2>, Rank> axes{};  // (stride, extent)
+  for (std::size_t i = 0; i < Rank; ++i) axes[i] = {v.stride[i], v.shape[i] > 1 ? v.shape[i] : 1};
+  std::sort(axes.begin(), axes.end());
+  index_t span = 0;  // elements the inner axes reach past their first one
+  for (const auto& [stride, extent] : axes) {
+    if (extent == 1) continue;
+    MOSS_EXPECTS(stride > span, shape_error, where, ": ", v.name, " ", shape_string(v.shape), " with strides ",
+                 shape_string(v.stride),
+                 " may reach some memory more than once (each stride must step past the span of the smaller ones);"
+                 " an output needs distinct elements");
+    span += (extent - 1) * stride;
+  }
 }
 
 /// Checks weight (dim, W) and returns {dim, W}.
@@ -121,6 +144,8 @@ void validate(const CausalConv1dArgs<T>& args, const char* where) {
     expect_valid(where, final_state);
     expect_shape(where, final_state, {batch, dim, width - 1}, "(batch, dim, W-1)");
   }
+  detail::conv1d_expect_distinct(where, out);
+  if (present(final_state)) detail::conv1d_expect_distinct(where, final_state);
   for (const auto& o : {out, final_state}) {
     detail::conv1d_expect_disjoint(where, o, x);
     detail::conv1d_expect_disjoint(where, o, weight);
@@ -152,6 +177,8 @@ void validate(const CausalConv1dStepArgs<T>& args, const char* where) {
     expect_valid(where, bias);
     expect_shape(where, bias, {dim}, "(dim)");
   }
+  detail::conv1d_expect_distinct(where, out);
+  detail::conv1d_expect_distinct(where, state);
   detail::conv1d_expect_disjoint(where, out, x);
   detail::conv1d_expect_disjoint(where, out, weight);
   detail::conv1d_expect_disjoint(where, out, bias);

@@ -29,34 +29,34 @@ namespace moss {
 /// @tparam T storage type of u, delta, z, B, C and out (float, f16 or bf16).
 template <class T>
 struct SelectiveScanArgs {
-  ConstView<T, 3> u;                    // (batch, dim, L)
-  ConstView<T, 3> delta;                // (batch, dim, L)
-  ConstView<float, 2> A;                // (dim, N)
-  ConstView<T, 4> B;                    // (batch, groups, N, L)
-  ConstView<T, 4> C;                    // (batch, groups, N, L)
-  ConstView<float, 1> D;                // (dim), optional
-  ConstView<T, 3> z;                    // (batch, dim, L), optional
-  ConstView<float, 1> delta_bias;       // (dim), optional
+  ConstView<T, 3> u;               // (batch, dim, L)
+  ConstView<T, 3> delta;           // (batch, dim, L)
+  ConstView<float, 2> A;           // (dim, N)
+  ConstView<T, 4> B;               // (batch, groups, N, L)
+  ConstView<T, 4> C;               // (batch, groups, N, L)
+  ConstView<float, 1> D;           // (dim), optional
+  ConstView<T, 3> z;               // (batch, dim, L), optional
+  ConstView<float, 1> delta_bias;  // (dim), optional
   bool delta_softplus = false;
-  ConstView<float, 3> initial_state;    // (batch, dim, N), optional
-  TensorView<T, 3> out;                 // (batch, dim, L)
-  TensorView<float, 3> final_state;     // (batch, dim, N), optional output
+  ConstView<float, 3> initial_state;  // (batch, dim, N), optional
+  TensorView<T, 3> out;               // (batch, dim, L)
+  TensorView<float, 3> final_state;   // (batch, dim, N), optional output
 };
 
 /// Arguments of `selective_scan_step`: one token per sequence, the state updated in place.
 template <class T>
 struct SelectiveScanStepArgs {
-  TensorView<float, 3> state;           // (batch, dim, N), read and written
-  ConstView<T, 2> u;                    // (batch, dim)
-  ConstView<T, 2> delta;                // (batch, dim)
-  ConstView<float, 2> A;                // (dim, N)
-  ConstView<T, 3> B;                    // (batch, groups, N)
-  ConstView<T, 3> C;                    // (batch, groups, N)
-  ConstView<float, 1> D;                // (dim), optional
-  ConstView<T, 2> z;                    // (batch, dim), optional
-  ConstView<float, 1> delta_bias;       // (dim), optional
+  TensorView<float, 3> state;      // (batch, dim, N), read and written
+  ConstView<T, 2> u;               // (batch, dim)
+  ConstView<T, 2> delta;           // (batch, dim)
+  ConstView<float, 2> A;           // (dim, N)
+  ConstView<T, 3> B;               // (batch, groups, N)
+  ConstView<T, 3> C;               // (batch, groups, N)
+  ConstView<float, 1> D;           // (dim), optional
+  ConstView<T, 2> z;               // (batch, dim), optional
+  ConstView<float, 1> delta_bias;  // (dim), optional
   bool delta_softplus = false;
-  TensorView<T, 2> out;                 // (batch, dim)
+  TensorView<T, 2> out;  // (batch, dim)
 };
 
 /// The largest d_state the kernels support.
@@ -65,8 +65,7 @@ inline constexpr index_t kMaxStateSize = 256;
 /// The (batch, groups = dim, N, L) view of a constant (dim, N) B or C: zero strides along
 /// batch and L, so every step of every sequence reads row d of `bc` for channel d.
 template <class T>
-ConstView<std::remove_const_t<T>, 4> constant_bc(const TensorView<T, 2>& bc /* (dim, N) */, index_t batch,
-                                                 index_t L) {
+ConstView<std::remove_const_t<T>, 4> constant_bc(const TensorView<T, 2>& bc /* (dim, N) */, index_t batch, index_t L) {
   return {bc.data, {batch, bc.shape[0], bc.shape[1], L}, {0, bc.stride[0], bc.stride[1], 0}, bc.name};
 }
 
@@ -76,12 +75,11 @@ ConstView<std::remove_const_t<T>, 3> constant_bc(const TensorView<T, 2>& bc /* (
   return {bc.data, {batch, bc.shape[0], bc.shape[1]}, {0, bc.stride[0], bc.stride[1]}, bc.name};
 }
 
-namespace detail {
+namespace detail::scan {
 
 /// Checks an optional view: when present, its strides and shape.
 template <class T, std::size_t Rank>
-void expect_optional(const char* where, const TensorView<T, Rank>& v, const Extents<Rank>& expected,
-                     const char* axes) {
+void expect_optional(const char* where, const TensorView<T, Rank>& v, const Extents<Rank>& expected, const char* axes) {
   if (!present(v)) return;
   expect_valid(where, v);
   expect_shape(where, v, expected, axes);
@@ -101,18 +99,18 @@ void expect_distinct_elements(const char* where, const TensorView<T, Rank>& v) {
 template <class T, std::size_t Rank>
 void expect_groups(const char* where, const TensorView<T, Rank>& v, index_t dim) {
   const index_t groups = v.shape[1];
-  MOSS_EXPECTS(groups >= 1 && dim % groups == 0, config_error, where, ": ", v.name, " ", shape_string(v.shape),
-               " has ", groups, " groups, which must be at least 1 and divide dim = ", dim);
+  MOSS_EXPECTS(groups >= 1 && dim % groups == 0, config_error, where, ": ", v.name, " ", shape_string(v.shape), " has ",
+               groups, " groups, which must be at least 1 and divide dim = ", dim);
 }
 
 /// Checks d_state: 1 ≤ N ≤ kMaxStateSize.
 inline void expect_state_size(const char* where, index_t N) {
   MOSS_EXPECTS(N >= 1, config_error, where, ": d_state N (A.shape[1]) is ", N, "; expected at least 1");
-  MOSS_EXPECTS(N <= kMaxStateSize, unsupported_error, where, ": d_state N = ", N,
-               " is not supported; supported: 1 to ", kMaxStateSize);
+  MOSS_EXPECTS(N <= kMaxStateSize, unsupported_error, where, ": d_state N = ", N, " is not supported; supported: 1 to ",
+               kMaxStateSize);
 }
 
-}  // namespace detail
+}  // namespace detail::scan
 
 /// Checks every shape, stride and size of a `selective_scan` call; throws `shape_error`,
 /// `config_error` (groups, N < 1) or `unsupported_error` (N > kMaxStateSize) naming `where`.
@@ -131,22 +129,22 @@ void validate(const SelectiveScanArgs<T>& a, const char* where) {
   expect_valid(where, A);
   expect_shape(where, A, {dim, -1}, "(dim, N)");
   const index_t N = A.shape[1];
-  detail::expect_state_size(where, N);
+  detail::scan::expect_state_size(where, N);
   for (const auto& bc : {B, C}) {
     expect_valid(where, bc);
     expect_shape(where, bc, {batch, -1, N, L}, "(batch, groups, N, L)");
-    detail::expect_groups(where, bc, dim);
+    detail::scan::expect_groups(where, bc, dim);
   }
-  detail::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
-  detail::expect_optional(where, a.z.named("z"), {batch, dim, L}, "(batch, dim, L)");
-  detail::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
-  detail::expect_optional(where, a.initial_state.named("initial_state"), {batch, dim, N}, "(batch, dim, N)");
+  detail::scan::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
+  detail::scan::expect_optional(where, a.z.named("z"), {batch, dim, L}, "(batch, dim, L)");
+  detail::scan::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
+  detail::scan::expect_optional(where, a.initial_state.named("initial_state"), {batch, dim, N}, "(batch, dim, N)");
   expect_valid(where, out);
   expect_shape(where, out, {batch, dim, L}, "(batch, dim, L)");
-  detail::expect_distinct_elements(where, out);
+  detail::scan::expect_distinct_elements(where, out);
   const auto final_state = a.final_state.named("final_state");
-  detail::expect_optional(where, final_state, {batch, dim, N}, "(batch, dim, N)");
-  if (present(final_state)) detail::expect_distinct_elements(where, final_state);
+  detail::scan::expect_optional(where, final_state, {batch, dim, N}, "(batch, dim, N)");
+  if (present(final_state)) detail::scan::expect_distinct_elements(where, final_state);
 }
 
 /// Checks every shape, stride and size of a `selective_scan_step` call (see the other overload).
@@ -166,21 +164,21 @@ void validate(const SelectiveScanStepArgs<T>& a, const char* where) {
   expect_valid(where, A);
   expect_shape(where, A, {dim, -1}, "(dim, N)");
   const index_t N = A.shape[1];
-  detail::expect_state_size(where, N);
+  detail::scan::expect_state_size(where, N);
   for (const auto& bc : {B, C}) {
     expect_valid(where, bc);
     expect_shape(where, bc, {batch, -1, N}, "(batch, groups, N)");
-    detail::expect_groups(where, bc, dim);
+    detail::scan::expect_groups(where, bc, dim);
   }
-  detail::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
-  detail::expect_optional(where, a.z.named("z"), {batch, dim}, "(batch, dim)");
-  detail::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
+  detail::scan::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
+  detail::scan::expect_optional(where, a.z.named("z"), {batch, dim}, "(batch, dim)");
+  detail::scan::expect_optional(where, a.delta_bias.named("delta_bias"), {dim}, "(dim)");
   expect_valid(where, state);
   expect_shape(where, state, {batch, dim, N}, "(batch, dim, N)");
-  detail::expect_distinct_elements(where, state);
+  detail::scan::expect_distinct_elements(where, state);
   expect_valid(where, out);
   expect_shape(where, out, {batch, dim}, "(batch, dim)");
-  detail::expect_distinct_elements(where, out);
+  detail::scan::expect_distinct_elements(where, out);
 }
 
 }  // namespace moss

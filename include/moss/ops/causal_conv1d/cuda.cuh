@@ -28,9 +28,12 @@ using Conv1dSequenceKernel = void (*)(const CausalConv1dArgs<T>, const Conv1dPla
 template <class T>
 Conv1dSequenceKernel<T> conv1d_channel_last_kernel(index_t width, bool vec) {
   switch (width) {
-    case 2: return vec ? causal_conv1d_channel_last_kernel<T, 2, true> : causal_conv1d_channel_last_kernel<T, 2, false>;
-    case 3: return vec ? causal_conv1d_channel_last_kernel<T, 3, true> : causal_conv1d_channel_last_kernel<T, 3, false>;
-    default: return vec ? causal_conv1d_channel_last_kernel<T, 4, true> : causal_conv1d_channel_last_kernel<T, 4, false>;
+    case 2:
+      return vec ? causal_conv1d_channel_last_kernel<T, 2, true> : causal_conv1d_channel_last_kernel<T, 2, false>;
+    case 3:
+      return vec ? causal_conv1d_channel_last_kernel<T, 3, true> : causal_conv1d_channel_last_kernel<T, 3, false>;
+    default:
+      return vec ? causal_conv1d_channel_last_kernel<T, 4, true> : causal_conv1d_channel_last_kernel<T, 4, false>;
   }
 }
 
@@ -38,9 +41,12 @@ Conv1dSequenceKernel<T> conv1d_channel_last_kernel(index_t width, bool vec) {
 template <class T>
 Conv1dSequenceKernel<T> conv1d_channel_first_kernel(index_t width) {
   switch (width) {
-    case 2: return causal_conv1d_channel_first_kernel<T, 2>;
-    case 3: return causal_conv1d_channel_first_kernel<T, 3>;
-    default: return causal_conv1d_channel_first_kernel<T, 4>;
+    case 2:
+      return causal_conv1d_channel_first_kernel<T, 2>;
+    case 3:
+      return causal_conv1d_channel_first_kernel<T, 3>;
+    default:
+      return causal_conv1d_channel_first_kernel<T, 4>;
   }
 }
 

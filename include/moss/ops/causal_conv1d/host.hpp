@@ -16,18 +16,17 @@ void causal_conv1d(const Host&, const CausalConv1dArgs<T>& args) {
   validate(args, "causal_conv1d");
   const index_t batch = args.x.shape[0], dim = args.x.shape[1], seqlen = args.x.shape[2];
   const int width = static_cast<int>(args.weight.shape[1]);
-  std::vector<float> w(width), window(width);  // window[k]: input at t − (W−1) + k
+  // inputs[W−1+t] is the input at time t (t ≥ −(W−1)), so output t reads inputs[t .. t+W−1].
+  std::vector<float> w(width), inputs(static_cast<std::size_t>(width - 1 + seqlen));
   for (index_t b = 0; b < batch; ++b) {
     for (index_t d = 0; d < dim; ++d) {
       for (int k = 0; k < width; ++k) w[k] = to_float(args.weight(d, k));
       const float bias = present(args.bias) ? to_float(args.bias(d)) : 0.0f;
       for (int k = 0; k + 1 < width; ++k)
-        window[k] = to_float(detail::conv1d_input(args.x, args.initial_state, b, d, k - (width - 1)));
-      for (index_t t = 0; t < seqlen; ++t) {
-        window[width - 1] = to_float(args.x(b, d, t));
-        args.out(b, d, t) = from_float<T>(detail::conv1d_output(w.data(), window.data(), width, bias, args.silu));
-        for (int k = 0; k + 1 < width; ++k) window[k] = window[k + 1];
-      }
+        inputs[k] = to_float(detail::conv1d_input(args.x, args.initial_state, b, d, k - (width - 1)));
+      for (index_t t = 0; t < seqlen; ++t) inputs[width - 1 + t] = to_float(args.x(b, d, t));
+      for (index_t t = 0; t < seqlen; ++t)
+        args.out(b, d, t) = from_float<T>(detail::conv1d_output(w.data(), &inputs[t], width, bias, args.silu));
       if (present(args.final_state))
         for (int j = 0; j + 1 < width; ++j)
           args.final_state(b, d, j) = detail::conv1d_input(args.x, args.initial_state, b, d, seqlen - (width - 1) + j);

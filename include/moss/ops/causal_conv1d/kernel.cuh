@@ -26,7 +26,9 @@ namespace moss::detail {
 
 /// The 32-bit words of an 8- or 16-byte vector, in address order.
 MOSS_DEVICE void conv1d_words(const uint2& raw, std::uint32_t (&w)[2]) { w[0] = raw.x, w[1] = raw.y; }
-MOSS_DEVICE void conv1d_words(const uint4& raw, std::uint32_t (&w)[4]) { w[0] = raw.x, w[1] = raw.y, w[2] = raw.z, w[3] = raw.w; }
+MOSS_DEVICE void conv1d_words(const uint4& raw, std::uint32_t (&w)[4]) {
+  w[0] = raw.x, w[1] = raw.y, w[2] = raw.z, w[3] = raw.w;
+}
 MOSS_DEVICE uint2 conv1d_vector(const std::uint32_t (&w)[2]) { return make_uint2(w[0], w[1]); }
 MOSS_DEVICE uint4 conv1d_vector(const std::uint32_t (&w)[4]) { return make_uint4(w[0], w[1], w[2], w[3]); }
 
@@ -34,25 +36,37 @@ MOSS_DEVICE uint4 conv1d_vector(const std::uint32_t (&w)[4]) { return make_uint4
 template <class T, int N>
 using Conv1dRaw = std::conditional_t<N * sizeof(T) == 16, uint4, uint2>;
 
+/// One 8- or 16-byte load of N elements of T through the read-only path (`p` aligned to it).
+template <class T, int N>
+MOSS_DEVICE Conv1dRaw<T, N> conv1d_load_raw(const T* p) {
+  static_assert(N * sizeof(T) == 8 || N * sizeof(T) == 16, "conv1d_load_raw: vectors are 8 or 16 bytes");
+  return __ldg(reinterpret_cast<const Conv1dRaw<T, N>*>(p));
+}
+
+/// The N elements of T in a raw vector, as float.
+template <class T, int N>
+MOSS_DEVICE void conv1d_unpack(const Conv1dRaw<T, N>& raw, float (&v)[N]) {
+  constexpr int kWords = static_cast<int>(N * sizeof(T) / 4);
+  std::uint32_t w[kWords];
+  conv1d_words(raw, w);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if constexpr (sizeof(T) == 4) {
+      v[i] = __uint_as_float(w[i]);
+    } else {
+      T e;
+      e.bits = static_cast<std::uint16_t>(w[i / 2] >> (16 * (i % 2)));
+      v[i] = to_float(e);
+    }
+  }
+}
+
 /// Loads the first `n` of N elements spaced `stride` apart from `p` as float (the rest read as
 /// zero): one 8- or 16-byte load when `vec` (unit stride, aligned to the vector) and n == N.
 template <class T, int N>
 MOSS_DEVICE void conv1d_load(const T* p, index_t stride, int n, bool vec, float (&v)[N]) {
-  static_assert(N * sizeof(T) == 8 || N * sizeof(T) == 16, "conv1d_load: vectors are 8 or 16 bytes");
   if (vec && n == N) {
-    constexpr int kWords = static_cast<int>(N * sizeof(T) / 4);
-    std::uint32_t w[kWords];
-    conv1d_words(__ldg(reinterpret_cast<const Conv1dRaw<T, N>*>(p)), w);
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        v[i] = __uint_as_float(w[i]);
-      } else {
-        T e;
-        e.bits = static_cast<std::uint16_t>(w[i / 2] >> (16 * (i % 2)));
-        v[i] = to_float(e);
-      }
-    }
+    conv1d_unpack<T>(conv1d_load_raw<T, N>(p), v);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) v[i] = i < n ? to_float(p[i * stride]) : 0.0f;
@@ -95,7 +109,7 @@ __global__ void __launch_bounds__(kConv1dBlockThreads, kConv1dMinBlocksPerSm)
     causal_conv1d_channel_last_kernel(const CausalConv1dArgs<T> a, const Conv1dPlan plan) {
   static_assert(W >= 2, "causal_conv1d_channel_last_kernel: W = 1 has no state; the CUDA widths are 2, 3, 4");
   constexpr int C = kConv1dChannels;
-  constexpr int U = kVec ? kConv1dUnroll : 1;  // the scalar path would hold U·C addresses live
+  constexpr int U = kConv1dUnroll;
   const index_t dim = a.x.shape[1], seqlen = a.x.shape[2];
   index_t block = blockIdx.x;
   const index_t channel_block = block % plan.channel_blocks;
@@ -166,12 +180,30 @@ __global__ void __launch_bounds__(kConv1dBlockThreads, kConv1dMinBlocksPerSm)
   }
 
   index_t t = t0 + W - 1;
-  for (; t + U <= t_end; t += U) {
-    float xr[U][C];  // U rows loaded before any is used: U loads in flight per thread
+  if constexpr (kVec) {
+    // Software pipeline: the next U rows are in flight while the current U are computed, so a
+    // thread always has U loads outstanding.
+    using Raw = Conv1dRaw<T, C>;
+    Raw next[U];
+    if (t + U <= t_end) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) load_x(t + u, xr[u]);
+      for (int u = 0; u < U; ++u) next[u] = conv1d_load_raw<T, C>(xp + (t + u) * x_time);
+    }
+    for (; t + U <= t_end; t += U) {
+      Raw rows[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) step(win, xr[u], t + u);
+      for (int u = 0; u < U; ++u) rows[u] = next[u];
+      if (t + 2 * U <= t_end) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) next[u] = conv1d_load_raw<T, C>(xp + (t + U + u) * x_time);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float xt[C];
+        conv1d_unpack<T>(rows[u], xt);
+        step(win, xt, t + u);
+      }
+    }
   }
   for (; t < t_end; ++t) {
     float xt[C];

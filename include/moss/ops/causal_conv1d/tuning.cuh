@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <ostream>
-#include <type_traits>
 
 #include "moss/core/tensor.hpp"
 #include "moss/ops/causal_conv1d.hpp"
@@ -20,22 +19,23 @@ template <class T>
 inline constexpr int kConv1dVec = static_cast<int>(16 / sizeof(T));
 
 /// Channel-last kernel: consecutive channels one thread owns (one 8-byte access of f16/bf16,
-/// 16 bytes of float). Eight 2-byte channels would halve the access count but need ~190
-/// registers at W = 4 (weights, window and first rows are all C wide), which halves the
-/// resident threads and the bytes in flight with them.
+/// 16 bytes of float). Eight 2-byte channels would halve the access count but need 150-190
+/// registers at W = 4 (weights, window and first rows are all C wide; measured with ptxas),
+/// which halves the resident threads and the bytes in flight with them.
 inline constexpr int kConv1dChannels = 4;
 
 /// Threads per block of the sequence kernels; no barriers, so this only sets the granule.
 inline constexpr int kConv1dBlockThreads = 128;
 
 /// Channel-last kernel: blocks per SM that `__launch_bounds__` reserves registers for. Five
-/// caps the kernel at 102 registers, which W = 4 needs without spilling (ptxas, sm_90: 88-96);
-/// six (80 registers) spills 16-44 bytes per thread.
+/// caps the kernel at 102 registers; W = 4 with the software pipeline needs 96 without spilling
+/// (ptxas 13.0, sm_90), while six blocks (80 registers) spill up to 68 bytes per thread.
 inline constexpr int kConv1dMinBlocksPerSm = 5;
 
-/// Channel-last kernel: rows a thread loads before it computes them. At 5 × 128 resident threads
-/// per SM, 4 rows of 8 bytes put 20 KB per SM in flight, above the ~12 KB of reads that Little's
-/// law asks for at 1.5 TB/s of reads (half of 3 TB/s) and ~1 µs DRAM latency on 132 SMs.
+/// Channel-last kernel: rows per load batch. The next batch is loaded while the current one is
+/// computed, so each thread always has 4 loads outstanding: at 5 × 128 resident threads per SM
+/// and 8-byte rows that is 20 KB per SM, above the ~12 KB of reads that Little's law asks for
+/// at 1.5 TB/s of reads (half of 3 TB/s) and ~1 µs of loaded DRAM latency on 132 SMs.
 inline constexpr int kConv1dUnroll = 4;
 
 /// Channel-last kernel: the shortest run of timesteps per thread. A run re-reads the W−1 rows
@@ -127,9 +127,9 @@ Conv1dPlan make_conv1d_plan(const CausalConv1dArgs<T>& args, const ResidentThrea
     p.block_x = 1;
     while (p.block_x < kConv1dBlockThreads && p.block_x < groups) p.block_x *= 2;
     p.block_y = kConv1dBlockThreads / p.block_x;
-    p.steps_per_thread = steps_per_thread > 0 ? steps_per_thread
-                                              : conv1d_steps_per_thread(batch * groups, seqlen,
-                                                                        resident_threads(p.vec_x && p.vec_out));
+    p.steps_per_thread = steps_per_thread > 0
+                             ? steps_per_thread
+                             : conv1d_steps_per_thread(batch * groups, seqlen, resident_threads(p.vec_x && p.vec_out));
     const index_t runs = seqlen > 0 ? ceil_div(seqlen, p.steps_per_thread) : 1;  // run 0 writes the final state
     p.channel_blocks = ceil_div<index_t>(groups, p.block_x);
     p.run_blocks = ceil_div<index_t>(runs, p.block_y);

@@ -204,9 +204,15 @@ void selective_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   validate(a, "selective_scan");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   switch (detail::scan_bucket(a.A.shape[1])) {
-    case 0: detail::scan::launch_scan<T, 0>(gpu, a); break;
-    case 1: detail::scan::launch_scan<T, 1>(gpu, a); break;
-    default: detail::scan::launch_scan<T, 2>(gpu, a); break;
+    case 0:
+      detail::scan::launch_scan<T, 0>(gpu, a);
+      break;
+    case 1:
+      detail::scan::launch_scan<T, 1>(gpu, a);
+      break;
+    default:
+      detail::scan::launch_scan<T, 2>(gpu, a);
+      break;
   }
 }
 

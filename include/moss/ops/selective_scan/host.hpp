@@ -67,10 +67,10 @@ void selective_scan(const Host&, const SelectiveScanArgs<T>& a) {
       k.load(a.A, a.D, a.delta_bias, d);
       for (index_t n = 0; n < N; ++n) h[n] = present(a.initial_state) ? a.initial_state(b, d, n) : 0.0f;
       for (index_t t = 0; t < L; ++t) {
-        const float y = detail::scan::step_channel(
-            h.data(), k, to_float(a.u(b, d, t)), to_float(a.delta(b, d, t)), a.delta_softplus,
-            &a.B(b, d / b_per_group, 0, t), a.B.stride[2], &a.C(b, d / c_per_group, 0, t), a.C.stride[2], has_d,
-            has_z ? &a.z(b, d, t) : nullptr);
+        const float y = detail::scan::step_channel(h.data(), k, to_float(a.u(b, d, t)), to_float(a.delta(b, d, t)),
+                                                   a.delta_softplus, &a.B(b, d / b_per_group, 0, t), a.B.stride[2],
+                                                   &a.C(b, d / c_per_group, 0, t), a.C.stride[2], has_d,
+                                                   has_z ? &a.z(b, d, t) : nullptr);
         a.out(b, d, t) = from_float<T>(y);
       }
       if (present(a.final_state))

@@ -14,12 +14,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/ops/selective_scan/math.hpp"
 
-namespace moss::detail {
+namespace moss::detail::scan {
 
 /// How a block moves a (rows × chunk) tile between global and shared memory.
 enum class TileAccess : std::uint8_t {
@@ -82,14 +83,12 @@ struct ScanParams {
   int tiles = 0;                // channel tiles per batch row
   int chunk = 0;                // time steps per staged chunk
   TileLayout act_layout = TileLayout::time_major;
-  int act_ld = 0;           // leading dimension of the u / delta / z / out tiles
-  int act_tile_elems = 0;   // elements of one such tile
-  int bc_tile_elems = 0;    // elements of one raw B or C tile
-  int bc_float_ld = 0;      // floats per time step of the converted B or C chunk
+  int act_ld = 0;          // leading dimension of the u / delta / z / out tiles
+  int act_tile_elems = 0;  // elements of one such tile
+  int bc_tile_elems = 0;   // elements of one raw B or C tile
+  int bc_float_ld = 0;     // floats per time step of the converted B or C chunk
   bool delta_softplus = false;
 };
-
-namespace scan {
 
 /// Floats of padding after each thread's slice of states in the converted B / C rows: with a
 /// slice stride of 5 × 16 bytes the threads of one channel read 16-byte words in distinct banks.
@@ -269,12 +268,13 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   for (int i = 0; i < kSpt; ++i) {
     const bool ok = i < n_valid;
     const index_t n = n0 + i;
-    a_scaled[i] = ok ? scan::a_log2e(p.A[d * p.A_row_stride + n * p.A_state_stride]) : 0.0f;
+    a_scaled[i] = ok ? a_log2e(p.A[d * p.A_row_stride + n * p.A_state_stride]) : 0.0f;
     h[i] = ok && p.initial_state
                ? p.initial_state[b * p.initial_strides[0] + d * p.initial_strides[1] + n * p.initial_strides[2]]
                : 0.0f;
   }
-  const float d_skip = p.D ? p.D[d * p.D_stride] : 0.0f;
+  const bool has_d = p.D != nullptr, has_z = p.z.data != nullptr;
+  const float d_skip = has_d ? p.D[d * p.D_stride] : 0.0f;
   const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
 
   // Padding states (n ≥ N) read B = C = 0, so their h stays 0 and adds nothing to y.
@@ -298,8 +298,8 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
                              p.z.time_stride, rows, nt, p.z.access);
     T* r = bc_raw + 2 * stage * p.bc_tile_elems;
     if (stage_b)
-      load_tile<T, kThreads>(r, p.B.layout, p.B.ld, p.B.tile.at(b, 0, t0) + gb * p.B.group_stride,
-                             p.B.tile.row_stride, p.B.tile.time_stride, p.N, nt, p.B.tile.access);
+      load_tile<T, kThreads>(r, p.B.layout, p.B.ld, p.B.tile.at(b, 0, t0) + gb * p.B.group_stride, p.B.tile.row_stride,
+                             p.B.tile.time_stride, p.N, nt, p.B.tile.access);
     if (stage_c)
       load_tile<T, kThreads>(r + p.bc_tile_elems, p.C.layout, p.C.ld, p.C.tile.at(b, 0, t0) + gc * p.C.group_stride,
                              p.C.tile.row_stride, p.C.tile.time_stride, p.N, nt, p.C.tile.access);
@@ -331,33 +331,57 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
     const float* fc = c_float + slice * kSlice;
     const T* gb_t = b_own + t0 * p.B.tile.time_stride;
     const T* gc_t = c_own + t0 * p.C.tile.time_stride;
-    for (int t = 0; t < nt; ++t) {
-      const int o = own + t * own_step;
-      const float u = to_float(su[o]);
-      const float dt = scan::delta_value(to_float(sd[o]), bias, p.delta_softplus);
-      const float dt_u = dt * u;
-      float bv[kSpt], cv[kSpt];
-      if (stage_b) load_states<kSpt>(bv, fb + t * p.bc_float_ld);
-      else load_states<kSpt>(bv, gb_t + t * p.B.tile.time_stride, p.B.tile.row_stride, n_valid);
-      if (stage_c) load_states<kSpt>(cv, fc + t * p.bc_float_ld);
-      else load_states<kSpt>(cv, gc_t + t * p.C.tile.time_stride, p.C.tile.row_stride, n_valid);
-      // Four partial sums keep the y dependency chain short (the host adds in n order).
-      float y4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // The steps of the chunk. With B and C both staged and one thread per channel (the
+    // canonical case) the loop body has no branch, so the scheduler can overlap step t's state
+    // updates with step t + 1's softplus; otherwise B / C may be read per channel and y is
+    // added over the channel's threads.
+    auto steps = [&](auto staged) {
+      constexpr bool kStaged = decltype(staged)::value;
+      // u and Δ of step t + 1 are read and computed during step t.
+      float u_next = to_float(su[own]);
+      float dt_next = delta_value(to_float(sd[own]), bias, p.delta_softplus);
+      for (int t = 0; t < nt; ++t) {
+        const int o = own + t * own_step;
+        const float u = u_next, dt = dt_next;
+        const int o_next = t + 1 < nt ? o + own_step : o;
+        u_next = to_float(su[o_next]);
+        dt_next = delta_value(to_float(sd[o_next]), bias, p.delta_softplus);
+        const float dt_u = dt * u;
+        float bv[kSpt], cv[kSpt];
+        if (kStaged || stage_b) {
+          load_states<kSpt>(bv, fb + t * p.bc_float_ld);
+        } else {
+          load_states<kSpt>(bv, gb_t + t * p.B.tile.time_stride, p.B.tile.row_stride, n_valid);
+        }
+        if (kStaged || stage_c) {
+          load_states<kSpt>(cv, fc + t * p.bc_float_ld);
+        } else {
+          load_states<kSpt>(cv, gc_t + t * p.C.tile.time_stride, p.C.tile.row_stride, n_valid);
+        }
+        // Four partial sums keep the y dependency chain short (the host adds in n order).
+        float y4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int i = 0; i < kSpt; ++i) {
-        h[i] = scan::update_state(h[i], dt, a_scaled[i], dt_u, bv[i]);
-        y4[i % 4] += cv[i] * h[i];
+        for (int i = 0; i < kSpt; ++i) {
+          h[i] = update_state(h[i], dt, a_scaled[i], dt_u, bv[i]);
+          y4[i % 4] += cv[i] * h[i];
+        }
+        float y = (y4[0] + y4[1]) + (y4[2] + y4[3]);
+        if constexpr (!kStaged) y = sum_over_channel(y, tpc);
+        y = has_d ? add_skip(y, d_skip, u) : y;
+        y = has_z ? gate(y, to_float(sz[o])) : y;
+        // Every lane of the channel has read su[o]: lane 0 may replace it by the output.
+        if constexpr (!kStaged) __syncwarp();
+        if (slice == 0) su[o] = from_float<T>(y);
       }
-      float y = sum_over_channel((y4[0] + y4[1]) + (y4[2] + y4[3]), tpc);
-      if (slice == 0) {  // every lane of the channel has read su[o] before the shuffles
-        if (p.D) y = scan::add_skip(y, d_skip, u);
-        if (p.z.data) y = scan::gate(y, to_float(sz[o]));
-        su[o] = from_float<T>(y);
-      }
+    };
+    if (stage_b && stage_c && tpc == 1) {
+      steps(std::true_type{});
+    } else {
+      steps(std::false_type{});
     }
     __syncthreads();  // the out chunk is complete in shared memory
-    store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld,
-                            rows, nt, p.out.access);
+    store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld, rows,
+                            nt, p.out.access);
   }
 
   if (p.final_state && active) {
@@ -368,13 +392,11 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   }
 }
 
-}  // namespace scan
-
-/// The full-sequence scan: one block per (batch row, channel tile); see `scan::scan_block`.
+/// The full-sequence scan: one block per (batch row, channel tile); see `scan_block`.
 template <class T, int kSpt, int kThreads, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) selective_scan_kernel(const ScanParams<T> p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  scan::scan_block<T, kSpt, kThreads>(p, smem);
+  scan_block<T, kSpt, kThreads>(p, smem);
 }
 
 /// Everything the step kernel needs, by value.
@@ -426,8 +448,7 @@ __global__ void __launch_bounds__(kThreads) selective_scan_step_kernel(const Ste
   if (active) {
     u = to_float(p.u[b * p.u_strides[0] + d * p.u_strides[1]]);
     const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
-    dt = scan::delta_value(to_float(p.delta[b * p.delta_strides[0] + d * p.delta_strides[1]]), bias,
-                           p.delta_softplus);
+    dt = delta_value(to_float(p.delta[b * p.delta_strides[0] + d * p.delta_strides[1]]), bias, p.delta_softplus);
     const float dt_u = dt * u;
     const T* bp = p.B + b * p.B_strides[0] + (d / p.b_channels_per_group) * p.B_strides[1];
     const T* cp = p.C + b * p.C_strides[0] + (d / p.c_channels_per_group) * p.C_strides[1];
@@ -436,19 +457,19 @@ __global__ void __launch_bounds__(kThreads) selective_scan_step_kernel(const Ste
     for (int i = 0; i < kSpt; ++i) {
       const index_t n = n0 + i;
       if (n < p.N) {
-        const float a = scan::a_log2e(p.A[d * p.A_strides[0] + n * p.A_strides[1]]);
-        const float h = scan::update_state(hp[n * p.state_strides[2]], dt, a, dt_u, to_float(bp[n * p.B_strides[2]]));
+        const float a = a_log2e(p.A[d * p.A_strides[0] + n * p.A_strides[1]]);
+        const float h = update_state(hp[n * p.state_strides[2]], dt, a, dt_u, to_float(bp[n * p.B_strides[2]]));
         hp[n * p.state_strides[2]] = h;
         y += to_float(cp[n * p.C_strides[2]]) * h;
       }
     }
   }
-  y = scan::sum_over_channel(y, tpc);
+  y = sum_over_channel(y, tpc);
   if (active && slice == 0) {
-    if (p.D) y = scan::add_skip(y, p.D[d * p.D_stride], u);
-    if (p.z) y = scan::gate(y, to_float(p.z[b * p.z_strides[0] + d * p.z_strides[1]]));
+    if (p.D) y = add_skip(y, p.D[d * p.D_stride], u);
+    if (p.z) y = gate(y, to_float(p.z[b * p.z_strides[0] + d * p.z_strides[1]]));
     p.out[b * p.out_strides[0] + d * p.out_strides[1]] = from_float<T>(y);
   }
 }
 
-}  // namespace moss::detail
+}  // namespace moss::detail::scan

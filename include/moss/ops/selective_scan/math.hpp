@@ -1,8 +1,8 @@
 // moss/ops/selective_scan/math.hpp: the selective-scan math, written once for host and device.
 //
 // The host oracle and the CUDA kernels both call these functions, in the same order, so the
-// two backends differ only by the device's exp2 / expf / log1pf and the order of the y sum
-// when several threads share one channel's states.
+// two backends differ only by the device's special-function-unit exp2 and reciprocal (a few
+// ulp each) and the order of the y sum.
 #pragma once
 
 #include <cmath>
@@ -26,19 +26,23 @@ MOSS_HD float pow2(float x) {
 #endif
 }
 
-/// softplus(x) = log(1 + e^x), and x itself for x > 20 (where the two agree in float32).
+/// softplus(x) = log(1 + e^x), and x itself for x > 20 (where the two agree in float32). The
+/// device takes e^x from the SFU (relative error ≈ |x|·2^-24, below 1e-6 for x ≤ 20).
 MOSS_HD float softplus(float x) {
 #if MOSS_DEVICE_PASS
-  return x > 20.0f ? x : ::log1pf(::expf(x));
+  return x > 20.0f ? x : ::log1pf(pow2(x * kLog2e));
 #else
   return x > 20.0f ? x : std::log1p(std::exp(x));
 #endif
 }
 
-/// SiLU(x) = x · sigmoid(x) = x / (1 + e^-x).
+/// SiLU(x) = x · sigmoid(x) = x / (1 + e^-x). The device uses the SFU's ex2 and reciprocal
+/// (a few ulp; x < -88 gives -0 as the exact formula does).
 MOSS_HD float silu(float x) {
 #if MOSS_DEVICE_PASS
-  return x / (1.0f + ::expf(-x));
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + pow2(-x * kLog2e)));
+  return x * r;
 #else
   return x / (1.0f + std::exp(-x));
 #endif

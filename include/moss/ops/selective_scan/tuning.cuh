@@ -31,12 +31,13 @@ struct ScanTuning {
 
 inline constexpr ScanTuning kScanTunings[] = {
     // N ≤ 8: one thread per channel with 8 registers of state; no exp2 spent on padding states.
-    {8, 8, 128, 2, 32, 32},
-    // N ≤ 64 (the canonical N = 16: one thread per channel, 128 channels per block, 256 blocks at
-    // batch 8 × dim 4096, all resident at once on 132 SMs). Each thread has 16 independent
-    // exp2 per step, enough instruction-level parallelism to keep the SFU busy with the few warps
-    // 32768 channels give. Chunk 32 (bf16): 4 barriers per 32 steps; about 58 KB of shared memory
-    // per block. f32 halves the chunk to keep 3 blocks per SM.
+    {8, 8, 128, 2, 32, 16},
+    // N ≤ 64, and the canonical N = 16: one thread per channel (two to four above 16), 128
+    // channels per block: 256 blocks at batch 8 × dim 4096, all resident at once on 132 SMs.
+    // 16 independent exp2 per thread and step give the instruction-level parallelism that the
+    // few warps of 32768 channels lack. ptxas: 192 registers, no spills (so 2 blocks per SM);
+    // shared memory ≈ 60 KB per block (bf16, chunk 32: 4 barriers per 32 steps); f32 halves the
+    // chunk to stay near that.
     {64, 16, 128, 2, 32, 16},
     // N ≤ 256: 8 or 16 threads per channel. The staged B and C chunk (N × chunk, raw and as
     // float) dominates shared memory, hence the short chunk and the wider block that shares it.

@@ -1,0 +1,198 @@
+// CUDA benchmarks of moss::selective_scan and moss::selective_scan_step.
+//
+// Scan: the canonical shape of PERFORMANCE.md (batch 8, dim 4096, L 2048, N 16, bf16 u, delta,
+// z, B, C; float A, D, delta_bias; softplus on; z gate on) in the layer's channel-last layout
+// (u, delta, out from (batch, L, dim) buffers, z the second half of the (batch, L, 2·dim) in_proj
+// output, B and C columns of the (batch, L, R + 2N) x_proj output, R = 128) and channel-first.
+// Counters: bytes/s, state updates/s, anchor_ratio (mamba_ssm's 1.168 ms / time, > 1 is
+// faster), bytes_floor_ratio and exp2_floor_ratio (floor / time, ≤ 1).
+//
+// Step: batch 1 / 64 / 256, dim 4096, N 16, bf16, timed as a CUDA graph of kStepsPerGraph
+// launches (rotating input sets); the time column is per graph, seconds_per_step per launch.
+#include <benchmark/benchmark.h>
+
+#include <memory>
+#include <vector>
+
+#include "moss/ops/selective_scan/cuda.cuh"
+#include "moss_bench.cuh"
+
+namespace {
+
+using moss::bf16;
+using moss::ConstView;
+using moss::index_t;
+using moss::TensorView;
+
+constexpr double kScanAnchorSeconds = 1.168e-3;  // mamba_ssm selective_scan_fn, H100 (PERFORMANCE.md)
+constexpr double kExp2PerSecond = 4.2e12;        // SFU exp2 rate of the H100 (PERFORMANCE.md)
+constexpr index_t kBatch = 8, kDim = 4096, kLen = 2048, kState = 16, kRank = 128;
+
+/// Float parameters of one layer: A = -(n + 1) (S4D-real), D, delta_bias.
+struct ScanWeights {
+  moss::Buffer<float> A, D, bias;
+  explicit ScanWeights(const moss::Cuda& gpu, index_t dim, index_t N, std::uint64_t seed) {
+    std::vector<float> a(static_cast<std::size_t>(dim * N));
+    for (index_t d = 0; d < dim; ++d)
+      for (index_t n = 0; n < N; ++n) a[d * N + n] = -static_cast<float>(n + 1);
+    A = gpu.alloc<float>(dim * N);
+    MOSS_CUDA_CHECK(cudaMemcpy(A.data(), a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice));
+    D = moss::bench::device_randn<float>(gpu, dim, seed);
+    bias = moss::bench::device_randn<float>(gpu, dim, seed + 1, 0.5f, -3.0f);  // Δ ≈ softplus(-3) ≈ 0.05
+  }
+};
+
+/// One input set of the scan at the canonical shape, in one of the two layouts.
+struct ScanSet {
+  moss::Buffer<bf16> u, delta, xz, xproj, out;
+  ScanWeights w;
+  moss::SelectiveScanArgs<bf16> args;
+
+  ScanSet(const moss::Cuda& gpu, bool channel_last, std::uint64_t seed) : w(gpu, kDim, kState, seed + 10) {
+    const index_t n = kBatch * kDim * kLen;
+    u = moss::bench::device_randn<bf16>(gpu, n, seed);
+    delta = moss::bench::device_randn<bf16>(gpu, n, seed + 1);
+    xz = moss::bench::device_randn<bf16>(gpu, 2 * n, seed + 2);
+    out = gpu.alloc<bf16>(n);
+    const index_t W = kRank + 2 * kState;
+    xproj = moss::bench::device_randn<bf16>(gpu, kBatch * kLen * W, seed + 3);
+    if (channel_last) {
+      const moss::Extents<3> st{kLen * kDim, 1, kDim};
+      args.u = ConstView<bf16, 3>(u.data(), {kBatch, kDim, kLen}, st);
+      args.delta = ConstView<bf16, 3>(delta.data(), {kBatch, kDim, kLen}, st);
+      args.z = ConstView<bf16, 3>(xz.data() + kDim, {kBatch, kDim, kLen}, {2 * kLen * kDim, 1, 2 * kDim});
+      args.out = TensorView<bf16, 3>(out.data(), {kBatch, kDim, kLen}, st);
+      args.B = ConstView<bf16, 4>(xproj.data() + kRank, {kBatch, 1, kState, kLen}, {kLen * W, 0, 1, W});
+      args.C = ConstView<bf16, 4>(xproj.data() + kRank + kState, {kBatch, 1, kState, kLen}, {kLen * W, 0, 1, W});
+    } else {
+      args.u = ConstView<bf16, 3>(u.data(), {kBatch, kDim, kLen});
+      args.delta = ConstView<bf16, 3>(delta.data(), {kBatch, kDim, kLen});
+      args.z = ConstView<bf16, 3>(xz.data(), {kBatch, kDim, kLen});
+      args.out = TensorView<bf16, 3>(out.data(), {kBatch, kDim, kLen});
+      args.B = ConstView<bf16, 4>(xproj.data(), {kBatch, 1, kState, kLen});
+      args.C = ConstView<bf16, 4>(xproj.data() + kBatch * kState * kLen, {kBatch, 1, kState, kLen});
+    }
+    args.A = ConstView<float, 2>(w.A.data(), {kDim, kState});
+    args.D = ConstView<float, 1>(w.D.data(), {kDim});
+    args.delta_bias = ConstView<float, 1>(w.bias.data(), {kDim});
+    args.delta_softplus = true;
+  }
+};
+
+/// Bytes the scan must move: u, delta, z read, out written, B and C read, A / D / bias read.
+double scan_bytes() {
+  const double act = static_cast<double>(kBatch) * kDim * kLen * sizeof(bf16);
+  return 4 * act + 2.0 * kBatch * kState * kLen * sizeof(bf16) + (kDim * kState + 2.0 * kDim) * sizeof(float);
+}
+
+void set_scan_counters(benchmark::State& state) {
+  using benchmark::Counter;
+  const double updates = static_cast<double>(kBatch) * kDim * kLen * kState;
+  const double bytes = scan_bytes();
+  moss::bench::set_rates(state, bytes, 0);
+  const double it = static_cast<double>(state.iterations());
+  state.counters["state_updates_per_second"] = Counter(updates * it, Counter::kIsRate);
+  state.counters["anchor_ratio"] = Counter(kScanAnchorSeconds * it, Counter::kIsRate);
+  state.counters["bytes_floor_ratio"] = Counter(bytes / moss::bench::kCopyBytesPerSecond * it, Counter::kIsRate);
+  state.counters["exp2_floor_ms"] = updates / kExp2PerSecond * 1e3;
+  state.counters["exp2_floor_ratio"] = Counter(updates / kExp2PerSecond * it, Counter::kIsRate);
+}
+
+/// Times `launch(gpu, args)` over rotating input sets of the canonical shape.
+template <class Launch>
+void run_scan(benchmark::State& state, bool channel_last, Launch launch) {
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  std::vector<std::unique_ptr<ScanSet>> sets;
+  const int n_sets = moss::bench::rotation_count(scan_bytes());
+  for (int i = 0; i < n_sets; ++i) sets.push_back(std::make_unique<ScanSet>(gpu, channel_last, 100 + 20 * i));
+  int next = 0;
+  moss::bench::time_cuda(state, gpu.stream, [&] {
+    launch(gpu, sets[next]->args);
+    next = (next + 1) % n_sets;
+  });
+  set_scan_counters(state);
+}
+
+void BM_selective_scan_bf16_channel_last(benchmark::State& state) {
+  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::selective_scan(gpu, a); });
+}
+void BM_selective_scan_bf16_channel_first(benchmark::State& state) {
+  run_scan(state, false, [](const moss::Cuda& gpu, const auto& a) { moss::selective_scan(gpu, a); });
+}
+/// Tuning probe: the N ≤ 8 row (8 states per thread, two threads per channel at N = 16) at the
+/// canonical shape, to compare with kScanTunings' choice for N = 16 (one thread per channel).
+void BM_selective_scan_bf16_channel_last_8_states_per_thread(benchmark::State& state) {
+  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, 0>(gpu, a); });
+}
+
+BENCHMARK(BM_selective_scan_bf16_channel_last)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_first)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_last_8_states_per_thread)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+constexpr int kStepsPerGraph = 32;
+
+/// One input set of the decode step: state, projections' outputs and a layer's weights.
+struct StepSet {
+  moss::Buffer<float> state;
+  moss::Buffer<bf16> u, delta, z, xproj, out;
+  ScanWeights w;
+  moss::SelectiveScanStepArgs<bf16> args;
+
+  StepSet(const moss::Cuda& gpu, index_t batch, std::uint64_t seed) : w(gpu, kDim, kState, seed + 10) {
+    const index_t W = kRank + 2 * kState;
+    state = moss::bench::device_randn<float>(gpu, batch * kDim * kState, seed);
+    u = moss::bench::device_randn<bf16>(gpu, batch * kDim, seed + 1);
+    delta = moss::bench::device_randn<bf16>(gpu, batch * kDim, seed + 2);
+    z = moss::bench::device_randn<bf16>(gpu, batch * kDim, seed + 3);
+    xproj = moss::bench::device_randn<bf16>(gpu, batch * W, seed + 4);
+    out = gpu.alloc<bf16>(batch * kDim);
+    args.state = TensorView<float, 3>(state.data(), {batch, kDim, kState});
+    args.u = ConstView<bf16, 2>(u.data(), {batch, kDim});
+    args.delta = ConstView<bf16, 2>(delta.data(), {batch, kDim});
+    args.z = ConstView<bf16, 2>(z.data(), {batch, kDim});
+    args.A = ConstView<float, 2>(w.A.data(), {kDim, kState});
+    args.B = ConstView<bf16, 3>(xproj.data() + kRank, {batch, 1, kState}, {W, 0, 1});
+    args.C = ConstView<bf16, 3>(xproj.data() + kRank + kState, {batch, 1, kState}, {W, 0, 1});
+    args.D = ConstView<float, 1>(w.D.data(), {kDim});
+    args.delta_bias = ConstView<float, 1>(w.bias.data(), {kDim});
+    args.delta_softplus = true;
+    args.out = TensorView<bf16, 2>(out.data(), {batch, kDim});
+  }
+};
+
+void BM_selective_scan_step_bf16(benchmark::State& state) {
+  const index_t batch = state.range(0);
+  const double anchor = batch == 1 ? 0.047e-3 : (batch == 64 ? 0.040e-3 : 0.055e-3);  // Triton selective_state_update
+  const double bytes = batch * kDim * kState * 2.0 * sizeof(float) + 4.0 * batch * kDim * sizeof(bf16) +
+                       2.0 * batch * kState * sizeof(bf16) + (kDim * kState + 2.0 * kDim) * sizeof(float);
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  std::vector<std::unique_ptr<StepSet>> sets;
+  const int n_sets = moss::bench::rotation_count(bytes);
+  for (int i = 0; i < n_sets; ++i) sets.push_back(std::make_unique<StepSet>(gpu, batch, 300 + 20 * i));
+
+  // The launches are far shorter than event timing resolution: time a graph of many.
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kStepsPerGraph; ++i) moss::selective_scan_step(gpu, sets[i % n_sets]->args);
+  MOSS_CUDA_CHECK(cudaStreamEndCapture(gpu.stream, &graph));
+  MOSS_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  moss::bench::time_cuda(state, gpu.stream, [&] { MOSS_CUDA_CHECK(cudaGraphLaunch(exec, gpu.stream)); });
+  MOSS_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  MOSS_CUDA_CHECK(cudaGraphDestroy(graph));
+
+  using benchmark::Counter;
+  const double steps = static_cast<double>(state.iterations()) * kStepsPerGraph;
+  moss::bench::set_rates(state, bytes * kStepsPerGraph, 0);
+  state.counters["seconds_per_step"] = Counter(steps, Counter::kIsRate | Counter::kInvert);
+  state.counters["anchor_ratio"] = Counter(anchor * steps, Counter::kIsRate);
+  state.counters["bytes_floor_ratio"] = Counter(bytes / moss::bench::kCopyBytesPerSecond * steps, Counter::kIsRate);
+}
+
+BENCHMARK(BM_selective_scan_step_bf16)->Arg(1)->Arg(64)->Arg(256)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
