@@ -120,15 +120,25 @@ void BM_selective_scan_bf16_channel_last(benchmark::State& state) {
 void BM_selective_scan_bf16_channel_first(benchmark::State& state) {
   run_scan(state, false, [](const moss::Cuda& gpu, const auto& a) { moss::selective_scan(gpu, a); });
 }
-/// Tuning probe: the N ≤ 8 row (8 states per thread, two threads per channel at N = 16) at the
-/// canonical shape, to compare with kScanTunings' choice for N = 16 (one thread per channel).
-void BM_selective_scan_bf16_channel_last_8_states_per_thread(benchmark::State& state) {
-  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, 0>(gpu, a); });
+/// Tuning probes at the canonical shape: the N ≤ 64 row of kScanTunings with other group
+/// lengths (steps issued together; 4 is the table's choice), and two threads per channel
+/// (8 states each, 4 blocks per SM), to compare with the table's one thread per channel.
+template <int kStepsPerGroup>
+void BM_selective_scan_bf16_channel_last_group(benchmark::State& state) {
+  constexpr moss::detail::ScanTuning row{64, 16, 128, 2, 32, 16, kStepsPerGroup};
+  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
+}
+void BM_selective_scan_bf16_channel_last_two_threads_per_channel(benchmark::State& state) {
+  constexpr moss::detail::ScanTuning row{64, 8, 128, 4, 32, 16, 1};
+  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
 }
 
 BENCHMARK(BM_selective_scan_bf16_channel_last)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_selective_scan_bf16_channel_first)->UseManualTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_selective_scan_bf16_channel_last_8_states_per_thread)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_last_group<1>)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_last_group<2>)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_last_group<8>)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_bf16_channel_last_two_threads_per_channel)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 constexpr int kStepsPerGraph = 32;
 

@@ -81,9 +81,10 @@ int bc_tile_elems(const ScanBc<T>& o, int N, int chunk) {
   return o.layout == TileLayout::time_major ? chunk * o.ld : N * o.ld;
 }
 
-template <class T, int kBucket>
+/// Launches the full-sequence kernel with tuning `cfg` (a kScanTunings row; benchmarks may pass
+/// others to compare).
+template <class T, ScanTuning cfg>
 void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
-  constexpr ScanTuning cfg = kScanTunings[kBucket];
   constexpr int kSpt = cfg.states_per_thread;
   constexpr int V = 16 / sizeof(T);
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2];
@@ -139,7 +140,7 @@ void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
 
   const std::size_t smem = (6 * static_cast<std::size_t>(p.act_tile_elems) + 4 * p.bc_tile_elems) * sizeof(T) +
                            2 * sizeof(float) * p.chunk * p.bc_float_ld;
-  auto kernel = selective_scan_kernel<T, kSpt, cfg.threads, cfg.min_blocks>;
+  auto kernel = selective_scan_kernel<T, kSpt, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
   MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("selective_scan_kernel", gpu.stream);
@@ -205,13 +206,13 @@ void selective_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   switch (detail::scan_bucket(a.A.shape[1])) {
     case 0:
-      detail::scan::launch_scan<T, 0>(gpu, a);
+      detail::scan::launch_scan<T, detail::kScanTunings[0]>(gpu, a);
       break;
     case 1:
-      detail::scan::launch_scan<T, 1>(gpu, a);
+      detail::scan::launch_scan<T, detail::kScanTunings[1]>(gpu, a);
       break;
     default:
-      detail::scan::launch_scan<T, 2>(gpu, a);
+      detail::scan::launch_scan<T, detail::kScanTunings[2]>(gpu, a);
       break;
   }
 }

@@ -6,7 +6,8 @@
 // covers a tile of channels of one batch row and walks L in chunks: it copies the chunk of u,
 // delta, z (channels × chunk) and of B, C (N × chunk, once for all its channels when they share a
 // group) into shared memory with 16-byte cp.async along the unit-stride axis, one chunk ahead of
-// the math; computes; writes out through shared memory with coalesced 16-byte stores.
+// the math; computes (in groups of steps whose loads, Δ and gates are issued together, see
+// `staged_group`); writes out through shared memory with coalesced 16-byte stores.
 //
 // Step: one thread per (batch, channel, slice of states), plain loads.
 #pragma once
@@ -232,8 +233,52 @@ MOSS_DEVICE float sum_over_channel(float v, int width) {
   return v;
 }
 
+/// Advances kSpt states by one step and returns their contribution Σ C·h to y. Four partial
+/// sums keep the y dependency chain short (the host adds in n order).
+template <int kSpt>
+MOSS_DEVICE float update_and_read(float (&h)[kSpt], const float (&a_scaled)[kSpt], float dt, float dt_u,
+                                  const float (&bv)[kSpt], const float (&cv)[kSpt]) {
+  float y4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < kSpt; ++i) {
+    h[i] = update_state(h[i], dt, a_scaled[i], dt_u, bv[i]);
+    y4[i % 4] += cv[i] * h[i];
+  }
+  return (y4[0] + y4[1]) + (y4[2] + y4[3]);
+}
+
+/// kSteps consecutive steps t0.. of one channel whose thread owns all its states, with B and C
+/// staged as floats: first every step's u, Δ and z (independent of the state), then the state
+/// updates, then the gates and the stores that replace u by the output in the tile.
+template <class T, int kSpt, int kSteps>
+MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T* su, const T* sd, const T* sz,
+                              int own, int own_step, int t0, const float* fb, const float* fc, int bc_ld, float bias,
+                              bool softplus, bool has_d, float d_skip, bool has_z) {
+  float u[kSteps], dt[kSteps], zv[kSteps], y[kSteps];
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    const int o = own + (t0 + j) * own_step;
+    u[j] = to_float(su[o]);
+    dt[j] = delta_value(to_float(sd[o]), bias, softplus);
+    zv[j] = has_z ? to_float(sz[o]) : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    float bv[kSpt], cv[kSpt];
+    load_states<kSpt>(bv, fb + (t0 + j) * bc_ld);
+    load_states<kSpt>(cv, fc + (t0 + j) * bc_ld);
+    y[j] = update_and_read<kSpt>(h, a_scaled, dt[j], dt[j] * u[j], bv, cv);
+  }
+#pragma unroll
+  for (int j = 0; j < kSteps; ++j) {
+    float out = has_d ? add_skip(y[j], d_skip, u[j]) : y[j];
+    out = has_z ? gate(out, zv[j]) : out;
+    su[own + (t0 + j) * own_step] = from_float<T>(out);
+  }
+}
+
 /// One block of the full-sequence scan: channels [tile · channels, +channels) of batch row b.
-template <class T, int kSpt, int kThreads>
+template <class T, int kSpt, int kThreads, int kStepsPerGroup>
 MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   constexpr int kSlice = kSpt + kSlicePad;
   const int tpc = p.threads_per_channel;
@@ -332,11 +377,19 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
     const T* gb_t = b_own + t0 * p.B.tile.time_stride;
     const T* gc_t = c_own + t0 * p.C.tile.time_stride;
     // The steps of the chunk. With B and C both staged and one thread per channel (the
-    // canonical case) the loop body has no branch, so the scheduler can overlap step t's state
-    // updates with step t + 1's softplus; otherwise B / C may be read per channel and y is
-    // added over the channel's threads.
-    auto steps = [&](auto staged) {
-      constexpr bool kStaged = decltype(staged)::value;
+    // canonical case) `staged_group` runs kStepsPerGroup steps at a time: the loads, Δ and gate
+    // of the whole group are independent of the state chain, so the in-order scheduler can
+    // overlap them with the state updates. Otherwise B / C may be read per channel and y is
+    // added over the channel's threads, one step at a time.
+    if (stage_b && stage_c && tpc == 1) {
+      int t = 0;
+      for (; t + kStepsPerGroup <= nt; t += kStepsPerGroup)
+        staged_group<T, kSpt, kStepsPerGroup>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc, p.bc_float_ld, bias,
+                                              p.delta_softplus, has_d, d_skip, has_z);
+      for (; t < nt; ++t)
+        staged_group<T, kSpt, 1>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc, p.bc_float_ld, bias,
+                                 p.delta_softplus, has_d, d_skip, has_z);
+    } else {
       // u and Δ of step t + 1 are read and computed during step t.
       float u_next = to_float(su[own]);
       float dt_next = delta_value(to_float(sd[own]), bias, p.delta_softplus);
@@ -348,36 +401,23 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
         dt_next = delta_value(to_float(sd[o_next]), bias, p.delta_softplus);
         const float dt_u = dt * u;
         float bv[kSpt], cv[kSpt];
-        if (kStaged || stage_b) {
+        if (stage_b) {
           load_states<kSpt>(bv, fb + t * p.bc_float_ld);
         } else {
           load_states<kSpt>(bv, gb_t + t * p.B.tile.time_stride, p.B.tile.row_stride, n_valid);
         }
-        if (kStaged || stage_c) {
+        if (stage_c) {
           load_states<kSpt>(cv, fc + t * p.bc_float_ld);
         } else {
           load_states<kSpt>(cv, gc_t + t * p.C.tile.time_stride, p.C.tile.row_stride, n_valid);
         }
-        // Four partial sums keep the y dependency chain short (the host adds in n order).
-        float y4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int i = 0; i < kSpt; ++i) {
-          h[i] = update_state(h[i], dt, a_scaled[i], dt_u, bv[i]);
-          y4[i % 4] += cv[i] * h[i];
-        }
-        float y = (y4[0] + y4[1]) + (y4[2] + y4[3]);
-        if constexpr (!kStaged) y = sum_over_channel(y, tpc);
+        float y = sum_over_channel(update_and_read<kSpt>(h, a_scaled, dt, dt_u, bv, cv), tpc);
         y = has_d ? add_skip(y, d_skip, u) : y;
         y = has_z ? gate(y, to_float(sz[o])) : y;
         // Every lane of the channel has read su[o]: lane 0 may replace it by the output.
-        if constexpr (!kStaged) __syncwarp();
+        __syncwarp();
         if (slice == 0) su[o] = from_float<T>(y);
       }
-    };
-    if (stage_b && stage_c && tpc == 1) {
-      steps(std::true_type{});
-    } else {
-      steps(std::false_type{});
     }
     __syncthreads();  // the out chunk is complete in shared memory
     store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld, rows,
@@ -393,10 +433,10 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
 }
 
 /// The full-sequence scan: one block per (batch row, channel tile); see `scan_block`.
-template <class T, int kSpt, int kThreads, int kMinBlocks>
+template <class T, int kSpt, int kThreads, int kMinBlocks, int kStepsPerGroup>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) selective_scan_kernel(const ScanParams<T> p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  scan_block<T, kSpt, kThreads>(p, smem);
+  scan_block<T, kSpt, kThreads, kStepsPerGroup>(p, smem);
 }
 
 /// Everything the step kernel needs, by value.
