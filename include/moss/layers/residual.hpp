@@ -7,11 +7,13 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "moss/core/buffer.hpp"
 #include "moss/core/param_io.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/layers/routing.hpp"
 #include "moss/models/mamba_config.hpp"
 #include "moss/ops/rms_norm.hpp"
 
@@ -66,7 +68,9 @@ struct RmsNorm {
 
 /// A pre-norm residual block: `h = h + mixer(norm(h))`.
 /// @tparam Norm the norm policy (`RmsNorm`).
-/// @tparam Mixer the mixer layer (`Mamba<T>`, later the routed mixers).
+/// @tparam Mixer the mixer or feed-forward layer (`Mamba<T>`, `RoutedMamba<...>`,
+///         `MoeFeedForward<...>`, `FeedForward<...>`). Layers that route take a `RoutingReport*`
+///         and add their statistics to it.
 template <class Norm, class Mixer>
 class Residual {
  public:
@@ -79,9 +83,17 @@ class Residual {
 
   Residual(Norm norm, Mixer mixer) : norm_(std::move(norm)), mixer_(std::move(mixer)) {}
   /// The block of layer `config` describes (the norm and mixer read their sizes from it).
-  static Residual from(const MambaConfig& c) { return Residual(Norm::from(c), Mixer(MambaDims::from(c))); }
+  static Residual from(const MambaConfig& c) { return Residual(Norm::from(c), Mixer::from(c)); }
+  /// The block's name in a config's `block_pattern` (the mixer's).
+  static constexpr std::string_view block_name = Mixer::block_name;
+  /// Fills in / checks the config keys the mixer reads (see the layers' `settle`).
+  static void settle(MambaConfig& c) {
+    if constexpr (requires { Mixer::settle(c); }) Mixer::settle(c);
+  }
 
   const Mixer& mixer() const { return mixer_; }
+  /// The mixer, e.g. to change a router's runtime mode.
+  Mixer& mixer() { return mixer_; }
   const Norm& norm() const { return norm_; }
 
   template <class Backend>
@@ -106,27 +118,38 @@ class Residual {
   /// Full sequence: leaves mixer(norm(h)) pending on the stream. `rs.stream` is (batch·L, D).
   template <class Backend>
   void forward(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, index_t batch, index_t L,
-               Cache* cache) const {
+               Cache* cache, RoutingReport* report = nullptr) const {
     using T = value_type;
     const index_t D = rs.stream.shape[1];
     Buffer<T> normed = backend.template alloc<T>(batch * L * D);
     norm_.apply(backend, p.norm, rs, normed.template view<2>({batch * L, D}, "normed"));
     Buffer<T> out = backend.template alloc<T>(batch * L * D);
-    mixer_.forward(backend, p.mixer, ConstView<T, 3>(normed.data(), {batch, L, D}, "normed"),
-                   out.template view<3>({batch, L, D}, "mixer_out"), cache);
+    const ConstView<T, 3> in(normed.data(), {batch, L, D}, "normed");
+    const TensorView<T, 3> o = out.template view<3>({batch, L, D}, "mixer_out");
+    if constexpr (requires { mixer_.forward(backend, p.mixer, in, o, cache, report); }) {
+      mixer_.forward(backend, p.mixer, in, o, cache, report);
+    } else {
+      mixer_.forward(backend, p.mixer, in, o, cache);
+    }
     rs.pending = std::move(out);
   }
 
   /// One token per sequence: `rs.stream` is (batch, D).
   template <class Backend>
-  void step(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, Cache& cache) const {
+  void step(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, Cache& cache,
+            RoutingReport* report = nullptr) const {
     using T = value_type;
     const index_t batch = rs.stream.shape[0], D = rs.stream.shape[1];
     Buffer<T> normed = backend.template alloc<T>(batch * D);
     norm_.apply(backend, p.norm, rs, normed.template view<2>({batch, D}, "normed"));
     Buffer<T> out = backend.template alloc<T>(batch * D);
-    mixer_.step(backend, p.mixer, ConstView<T, 2>(normed.data(), {batch, D}, "normed"),
-                out.template view<2>({batch, D}, "mixer_out"), cache);
+    const ConstView<T, 2> in(normed.data(), {batch, D}, "normed");
+    const TensorView<T, 2> o = out.template view<2>({batch, D}, "mixer_out");
+    if constexpr (requires { mixer_.step(backend, p.mixer, in, o, cache, report); }) {
+      mixer_.step(backend, p.mixer, in, o, cache, report);
+    } else {
+      mixer_.step(backend, p.mixer, in, o, cache);
+    }
     rs.pending = std::move(out);
   }
 

@@ -7,25 +7,80 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "moss/core/param_io.hpp"
 #include "moss/core/safetensors.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/residual.hpp"
+#include "moss/layers/routing.hpp"
 #include "moss/models/mamba_config.hpp"
 #include "moss/ops/embedding.hpp"
 #include "moss/ops/linear.hpp"
 
 namespace moss {
 
-/// A causal language model: embeddings, `n_layers` blocks of type `Block`, a final RmsNorm and
-/// an LM head (tied to the embeddings or not).
-/// @tparam Block a residual block type, e.g. `Residual<RmsNorm, Mamba<bf16>>`.
-template <class Block>
+/// A list of block types that a model repeats, in order, to its runtime depth: layer i is of
+/// type Blocks[i mod n]. A depth that is not a multiple of n is a `config_error`.
+///   moss::Pattern<MambaBlock, MoeBlock>   MoE-Mamba: Mamba and MoE feed-forward alternating
+template <class... Blocks>
+struct Pattern {
+  static_assert(sizeof...(Blocks) >= 1, "moss::Pattern<...>: list at least one block type");
+  static constexpr std::size_t size = sizeof...(Blocks);
+  using blocks = std::tuple<Blocks...>;
+  using value_type = typename std::tuple_element_t<0, blocks>::value_type;
+  static_assert((std::is_same_v<typename Blocks::value_type, value_type> && ...),
+                "moss::Pattern<...>: every block must have the same storage type");
+};
+
+namespace detail {
+
+template <class S>
+struct as_pattern {
+  using type = Pattern<S>;
+};
+template <class... B>
+struct as_pattern<Pattern<B...>> {
+  using type = Pattern<B...>;
+};
+
+/// Calls f(std::integral_constant<std::size_t, I>{}) for the I = i at run time (i < N).
+template <std::size_t N, class F, std::size_t... I>
+void visit_index(std::size_t i, F&& f, std::index_sequence<I...>) {
+  ((i == I ? (f(std::integral_constant<std::size_t, I>{}), 0) : 0), ...);
+}
+template <std::size_t N, class F>
+void visit_index(std::size_t i, F&& f) {
+  visit_index<N>(i, std::forward<F>(f), std::make_index_sequence<N>{});
+}
+
+}  // namespace detail
+
+/// A causal language model: embeddings, `n_layers` blocks following the stack's pattern, a
+/// final RmsNorm and an LM head (tied to the embeddings or not).
+/// @tparam Stack one block type (every layer alike, e.g. `Residual<RmsNorm, Mamba<bf16>>`) or a
+///         `Pattern<Blocks...>` repeated to the depth.
+template <class Stack>
 class LanguageModel {
+  using P = typename detail::as_pattern<Stack>::type;
+  using Blocks = typename P::blocks;
+  static constexpr std::size_t kPattern = P::size;
+  template <std::size_t I>
+  using Block = std::tuple_element_t<I, Blocks>;
+  template <class Seq>
+  struct Per;
+  template <std::size_t... I>
+  struct Per<std::index_sequence<I...>> {
+    using params = std::tuple<std::vector<typename Block<I>::Params>...>;
+    using caches = std::tuple<std::vector<typename Block<I>::Cache>...>;
+  };
+  using Seq = std::make_index_sequence<kPattern>;
+
  public:
-  using value_type = typename Block::value_type;
+  using value_type = typename P::value_type;
   using T = value_type;
 
   /// Owned weights on one backend.
@@ -33,20 +88,35 @@ class LanguageModel {
     Buffer<T> embeddings;               // (V, D)
     Buffer<T> lm_head;                  // (V, D); empty when tied to the embeddings
     RmsNorm::Params norm_f;             // (D)
-    std::vector<typename Block::Params> layers;
+    typename Per<Seq>::params layers;   // per pattern position, layers i ≡ position (mod n) in order
+    /// Number of layers held.
+    std::size_t size() const {
+      std::size_t n = 0;
+      std::apply([&](const auto&... v) { ((n += v.size()), ...); }, layers);
+      return n;
+    }
   };
   /// Decode state of every layer for a batch of sequences.
   struct Cache {
-    std::vector<typename Block::Cache> layers;
+    typename Per<Seq>::caches layers;
     index_t batch = 0;
     index_t length = 0;  ///< tokens consumed so far per sequence
   };
 
   explicit LanguageModel(MambaConfig config)
-      : config_((config.validate("LanguageModel"), config)), block_(Block::from(config_)), norm_f_(RmsNorm::from(config_)) {}
+      : config_(settle(std::move(config))), blocks_(make_blocks(config_, Seq{})), norm_f_(RmsNorm::from(config_)) {}
 
+  /// The model's config, with the keys its layer types imply filled in.
   const MambaConfig& config() const { return config_; }
-  const Block& block() const { return block_; }
+  /// The block at pattern position I (e.g. to change a router's mode).
+  template <std::size_t I = 0>
+  const Block<I>& block() const {
+    return std::get<I>(blocks_);
+  }
+  template <std::size_t I = 0>
+  Block<I>& block() {
+    return std::get<I>(blocks_);
+  }
 
   /// Seeded random weights (the same seed gives the same weights on every backend).
   template <class Backend>
@@ -57,12 +127,13 @@ class LanguageModel {
     p.embeddings = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
     if (!config_.tie_embeddings) p.lm_head = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
     p.norm_f = norm_f_.init(backend);
-    for (index_t i = 0; i < config_.n_layers; ++i) p.layers.push_back(block_.init(backend, rng, config_.n_layers));
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).init(backend, rng, config_.n_layers)); });
     return p;
   }
 
-  /// Loads Hugging Face `MambaForCausalLM` weights (f32, f16 or bf16 in the file; converted to
-  /// T). A tied model ignores a stored `lm_head.weight`; an untied one requires it.
+  /// Loads weights under Hugging Face names (f32, f16 or bf16 in the file; converted to T). A
+  /// tied model ignores a stored `lm_head.weight`; an untied one requires it.
   template <class Backend>
   Params load(const Backend& backend, const Checkpoint& ckpt) const {
     Params p;
@@ -71,11 +142,12 @@ class LanguageModel {
     if (!config_.tie_embeddings) p.lm_head = load_param<T>(backend, ckpt, "lm_head.weight", {V, D});
     p.norm_f = norm_f_.load(backend, ckpt, "backbone.norm_f.weight");
     for (index_t i = 0; i < config_.n_layers; ++i)
-      p.layers.push_back(block_.load(backend, ckpt, layer_prefix(i)));
+      at(i, [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, ckpt, layer_prefix(i))); });
     return p;
   }
 
-  /// Writes `dir/model.safetensors` and `dir/config.json` (Hugging Face names and keys).
+  /// Writes `dir/model.safetensors` and `dir/config.json` (Hugging Face names and keys for a
+  /// dense Mamba; moss's documented keys for the others).
   template <class Backend>
   void save(const Backend& backend, const Params& p, const std::filesystem::path& dir) const {
     std::filesystem::create_directories(dir);
@@ -84,7 +156,8 @@ class LanguageModel {
     save_param(backend, w, "backbone.embeddings.weight", p.embeddings, {V, D});
     if (!config_.tie_embeddings) save_param(backend, w, "lm_head.weight", p.lm_head, {V, D});
     norm_f_.save(backend, p.norm_f, w, "backbone.norm_f.weight");
-    for (index_t i = 0; i < config_.n_layers; ++i) block_.save(backend, p.layers[i], w, layer_prefix(i));
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) { std::get<I>(blocks_).save(backend, layer_params<I>(p, i), w, layer_prefix(i)); });
     w.write(dir / "model.safetensors");
     MambaConfig c = config_;
     c.dtype = dtype_of<T>;
@@ -99,16 +172,18 @@ class LanguageModel {
     MOSS_EXPECTS(batch >= 1, shape_error, "LanguageModel::make_cache: batch is ", batch, ", expected ≥ 1");
     Cache c;
     c.batch = batch;
-    for (index_t i = 0; i < config_.n_layers; ++i) c.layers.push_back(block_.make_cache(backend, batch));
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) { std::get<I>(c.layers).push_back(std::get<I>(blocks_).make_cache(backend, batch)); });
     return c;
   }
 
   /// Full-sequence forward over `ids` (host memory, (batch, L)). `logits` (backend memory) is
   /// (batch, L, V) for every position or (batch, 1, V) for the last position only. With a
-  /// cache, the sequences continue from its state and the cache advances by L tokens.
+  /// cache, the sequences continue from its state and the cache advances by L tokens. Routed
+  /// layers add their statistics to `report` when given (names "layers.{i}.mixer...").
   template <class Backend>
   void forward(const Backend& backend, const Params& p, ConstView<std::int64_t, 2> ids, TensorView<float, 3> logits,
-               Cache* cache = nullptr) const {
+               Cache* cache = nullptr, RoutingReport* report = nullptr) const {
     const char* where = "LanguageModel::forward";
     const index_t batch = ids.shape[0], L = ids.shape[1], D = config_.d_model, V = config_.vocab_size;
     expect_contiguous(where, ids);
@@ -125,8 +200,14 @@ class LanguageModel {
     Buffer<float> stream = backend.template alloc<float>(tokens * D);
     ResidualStream<T> rs{stream.template view<2>({tokens, D}, "residual"), {}};
     embed(backend, p, ids.data, tokens, rs.stream);
-    for (index_t i = 0; i < config_.n_layers; ++i)
-      block_.forward(backend, p.layers[i], rs, batch, L, cache ? &cache->layers[i] : nullptr);
+    for (index_t i = 0; i < config_.n_layers; ++i) {
+      if (report) report->set_scope("layers." + std::to_string(i));
+      at(i, [&](auto I) {
+        auto* c = cache ? &std::get<I>(cache->layers)[static_cast<std::size_t>(i) / kPattern] : nullptr;
+        std::get<I>(blocks_).forward(backend, layer_params<I>(p, i), rs, batch, L, c, report);
+      });
+    }
+    if (report) report->set_scope("");
 
     Buffer<T> normed = backend.template alloc<T>(tokens * D);
     norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({tokens, D}, "normed"));
@@ -141,7 +222,7 @@ class LanguageModel {
   /// One new token per sequence (`ids`: host memory, (batch)); writes (batch, V) logits.
   template <class Backend>
   void step(const Backend& backend, const Params& p, ConstView<std::int64_t, 1> ids, TensorView<float, 2> logits,
-            Cache& cache) const {
+            Cache& cache, RoutingReport* report = nullptr) const {
     const char* where = "LanguageModel::step";
     const index_t batch = ids.shape[0], D = config_.d_model, V = config_.vocab_size;
     expect_shape(where, logits, {batch, V}, "(batch, vocab)");
@@ -152,7 +233,14 @@ class LanguageModel {
     Buffer<float> stream = backend.template alloc<float>(batch * D);
     ResidualStream<T> rs{stream.template view<2>({batch, D}, "residual"), {}};
     embed(backend, p, ids.data, batch, rs.stream);
-    for (index_t i = 0; i < config_.n_layers; ++i) block_.step(backend, p.layers[i], rs, cache.layers[i]);
+    for (index_t i = 0; i < config_.n_layers; ++i) {
+      if (report) report->set_scope("layers." + std::to_string(i));
+      at(i, [&](auto I) {
+        std::get<I>(blocks_).step(backend, layer_params<I>(p, i), rs,
+                                  std::get<I>(cache.layers)[static_cast<std::size_t>(i) / kPattern], report);
+      });
+    }
+    if (report) report->set_scope("");
     Buffer<T> normed = backend.template alloc<T>(batch * D);
     norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({batch, D}, "normed"));
     head(backend, p, ConstView<T, 2>(normed.data(), {batch, D}, "normed"), logits);
@@ -162,7 +250,50 @@ class LanguageModel {
   /// Hugging Face prefix of layer i: "backbone.layers.{i}.".
   static std::string layer_prefix(index_t i) { return "backbone.layers." + std::to_string(i) + "."; }
 
+  /// The block names of the pattern, in order ("mamba", "moe", "rom", "ffn").
+  static std::vector<std::string> pattern_names() { return names(Seq{}); }
+
  private:
+  template <std::size_t... I>
+  static std::vector<std::string> names(std::index_sequence<I...>) {
+    return {std::string(Block<I>::block_name)...};
+  }
+  template <std::size_t... I>
+  static std::tuple<Block<I>...> make_blocks(const MambaConfig& c, std::index_sequence<I...>) {
+    return std::tuple<Block<I>...>(Block<I>::from(c)...);
+  }
+  static std::string joined(const std::vector<std::string>& v) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
+    return s + "]";
+  }
+  /// The config with what the block types imply filled in; `config_error` on contradictions.
+  static MambaConfig settle(MambaConfig c) {
+    c.validate("LanguageModel");
+    settle_all(c, Seq{});
+    const std::vector<std::string> pattern = pattern_names();
+    if (c.block_pattern.empty()) c.block_pattern = pattern;
+    MOSS_EXPECTS(c.block_pattern == pattern, config_error, "LanguageModel: the config's block_pattern is ",
+                 joined(c.block_pattern), " but the model type's pattern is ", joined(pattern));
+    MOSS_EXPECTS(c.n_layers % static_cast<index_t>(kPattern) == 0, config_error, "LanguageModel: num_hidden_layers is ",
+                 c.n_layers, ", which is not a multiple of the block pattern's length ", kPattern, " (",
+                 joined(pattern), ")");
+    if (c.moss_variant.empty() && pattern != std::vector<std::string>{"mamba"}) c.moss_variant = "custom";
+    return c;
+  }
+  template <std::size_t... I>
+  static void settle_all(MambaConfig& c, std::index_sequence<I...>) {
+    (Block<I>::settle(c), ...);
+  }
+  /// Calls f(integral_constant<I>) for the pattern position of layer i.
+  template <class F>
+  void at(index_t i, F&& f) const {
+    detail::visit_index<kPattern>(static_cast<std::size_t>(i) % kPattern, std::forward<F>(f));
+  }
+  template <std::size_t I>
+  static const typename Block<I>::Params& layer_params(const Params& p, index_t i) {
+    return std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
+  }
   template <class Backend>
   void embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
              TensorView<float, 2> out) const {
@@ -182,17 +313,19 @@ class LanguageModel {
                                          {}, logits});
   }
   void check_params(const char* where, const Params& p) const {
-    MOSS_EXPECTS(static_cast<index_t>(p.layers.size()) == config_.n_layers && p.embeddings.data(), config_error, where,
-                 ": the parameters hold ", p.layers.size(), " layers but the model has ", config_.n_layers);
+    MOSS_EXPECTS(static_cast<index_t>(p.size()) == config_.n_layers && p.embeddings.data(), config_error, where,
+                 ": the parameters hold ", p.size(), " layers but the model has ", config_.n_layers);
   }
   void check_cache(const char* where, const Cache& c, index_t batch) const {
-    MOSS_EXPECTS(c.batch == batch && static_cast<index_t>(c.layers.size()) == config_.n_layers, shape_error, where,
-                 ": the cache was made for batch ", c.batch, " and ", c.layers.size(), " layers but the call has batch ",
-                 batch, " and the model ", config_.n_layers, " layers");
+    std::size_t n = 0;
+    std::apply([&](const auto&... v) { ((n += v.size()), ...); }, c.layers);
+    MOSS_EXPECTS(c.batch == batch && static_cast<index_t>(n) == config_.n_layers, shape_error, where,
+                 ": the cache was made for batch ", c.batch, " and ", n, " layers but the call has batch ", batch,
+                 " and the model ", config_.n_layers, " layers");
   }
 
   MambaConfig config_;
-  Block block_;
+  Blocks blocks_;
   RmsNorm norm_f_;
 };
 

@@ -1,19 +1,59 @@
-// moss/models/mamba_config.hpp: the configuration of a Mamba language model, read from and
-// written to Hugging Face's `config.json` (`MambaForCausalLM`).
+// moss/models/mamba_config.hpp: the configuration of a moss language model, read from and
+// written to `config.json`.
+//
+// A Hugging Face `MambaForCausalLM` config (model_type "mamba") is read as it is. A moss model
+// with sparse layers writes model_type "moss" and these keys besides the Mamba ones
+// (docs: README.md, "The moss config.json"):
+//   "moss_variant":  "mamba" | "moe-mamba" | "blackmamba" | "rom" | "rom-moe" | "custom"
+//   "block_pattern": ["mamba", "moe"]    block names, repeated to num_hidden_layers
+//   "moe": { the MoE feed-forward blocks ("moe")
+//            "num_experts": 8, "top_k": 1, "router": "top1_switch" | "top_k" | "sinkhorn_top1" | <custom name>,
+//            "normalize": false, "sinkhorn_training": false, "capacity_factor": 0.0,
+//            "aux_loss_coef": 0.01, "z_loss_coef": 0.001,
+//            "expert": "mlp" | "gated_mlp", "activation": "relu" | "gelu" | "silu", "d_ff": 2304 },
+//   "rom": { the RoM mixers ("rom"): the same router keys, and
+//            "scope": "shared" | "per_projection", "projections": ["conv", "gate", "out"],
+//            "weight_placement": "out" | "gate" | "all" | "none" }
+//   (a dense feed-forward block "ffn" reads "moe"'s expert, activation and d_ff)
+// The layer types a model is built from must agree with these keys; the model fills in what
+// a config leaves out from its types (`settle`), and refuses what contradicts them.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "moss/core/dispatch.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/error.hpp"
 #include "moss/core/json.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/policy/router.hpp"
 
 namespace moss {
+
+/// The settings of one kind of sparse block of a moss model (REFERENCE.md §2–3): `"moe"` for
+/// MoE feed-forward blocks, `"rom"` for RoM mixers. Empty strings and zero counts mean "as the
+/// layer types say"; see `settle` in the layers.
+struct MoeConfig {
+  index_t num_experts = 0;           ///< X; 0: fixed by the type (moss::Experts<N>)
+  index_t top_k = 0;                 ///< K; 0: the router type's
+  std::string router;                ///< "top1_switch", "top_k" or "sinkhorn_top1"
+  bool normalize = false;            ///< TopK: renormalise the chosen weights
+  bool sinkhorn_training = false;    ///< SinkhornTop1: training-mode balancing
+  RouterSettings settings;           ///< capacity factor and loss coefficients
+  std::string expert;                ///< "mlp" or "gated_mlp" (feed-forward experts)
+  std::string activation;            ///< "relu", "gelu" or "silu"
+  index_t d_ff = 0;                  ///< hidden width of MLP experts; 0: 3 · d_model (MoE-Mamba's)
+  std::string scope;                 ///< RoM: "shared" or "per_projection"
+  std::vector<std::string> projections;  ///< RoM: the routed subset of {"conv", "gate", "out"}
+  std::string weight_placement;      ///< RoM: "out", "gate", "all" or "none"
+
+  /// The hidden width of MLP experts for d_model D.
+  index_t resolved_d_ff(index_t D) const { return d_ff > 0 ? d_ff : 3 * D; }
+};
 
 /// Sizes and flags of a Mamba-1 language model (REFERENCE.md §1). Defaults are Mamba-130M's.
 struct MambaConfig {
@@ -32,6 +72,10 @@ struct MambaConfig {
   std::int64_t bos_token_id = -1; ///< -1: none
   std::int64_t eos_token_id = -1; ///< -1: none
   std::optional<DType> dtype;     ///< the checkpoint's storage dtype (torch_dtype / dtype), if stated
+  std::string moss_variant;       ///< a moss model's variant name; empty for a Hugging Face Mamba
+  std::vector<std::string> block_pattern;  ///< block names repeated to n_layers; empty: as the model type says
+  MoeConfig moe;                  ///< MoE feed-forward blocks' settings (and a dense "ffn" block's width)
+  MoeConfig rom;                  ///< RoM mixers' settings
 
   index_t d_inner() const { return expand * d_model; }
   index_t resolved_dt_rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
@@ -106,6 +150,7 @@ struct MambaConfig {
         break;
       }
     }
+    if (const json::Value* v = j.find("model_type"); v && v->is_string() && v->as_string() == "moss") read_moss(j, c);
     c.validate(what);
     return c;
   }
@@ -134,7 +179,97 @@ struct MambaConfig {
       const DType d = *dtype;
       j.set("dtype", json::Value(std::string(d == DType::f32 ? "float32" : d == DType::f16 ? "float16" : "bfloat16")));
     }
+    if (is_moss()) write_moss(j);
     return j;
+  }
+
+  /// True for a moss model (anything but a plain Hugging Face Mamba).
+  bool is_moss() const { return !moss_variant.empty() && moss_variant != "mamba"; }
+
+ private:
+  static std::vector<std::string> strings(const json::Value& v) {
+    std::vector<std::string> out;
+    for (const json::Value& e : v.as_array()) out.push_back(e.as_string());
+    return out;
+  }
+  static void read_moss(const json::Value& j, MambaConfig& c) {
+    if (const json::Value* v = j.find("moss_variant"); v && !v->is_null()) c.moss_variant = v->as_string();
+    if (c.moss_variant.empty()) c.moss_variant = "custom";
+    if (const json::Value* v = j.find("block_pattern"); v && !v->is_null()) c.block_pattern = strings(*v);
+    read_section(j.find("moe"), c.moe);
+    read_section(j.find("rom"), c.rom);
+  }
+  static void read_section(const json::Value* m, MoeConfig& e) {
+    if (!m || m->is_null()) return;
+    MOSS_EXPECTS(m->is_object(), config_error, m->where(), " must be an object");
+    auto get_int = [&](const char* key, index_t& out) {
+      if (const json::Value* v = m->find(key); v && !v->is_null()) out = v->as_int();
+    };
+    auto get_str = [&](const char* key, std::string& out) {
+      if (const json::Value* v = m->find(key); v && !v->is_null()) out = v->as_string();
+    };
+    auto get_bool = [&](const char* key, bool& out) {
+      if (const json::Value* v = m->find(key); v && !v->is_null()) out = v->as_bool();
+    };
+    auto get_num = [&](const char* key, auto& out) {
+      if (const json::Value* v = m->find(key); v && !v->is_null())
+        out = static_cast<std::decay_t<decltype(out)>>(v->as_double());
+    };
+    get_int("num_experts", e.num_experts);
+    get_int("top_k", e.top_k);
+    get_str("router", e.router);
+    get_bool("normalize", e.normalize);
+    get_bool("sinkhorn_training", e.sinkhorn_training);
+    get_num("capacity_factor", e.settings.capacity_factor);
+    get_num("aux_loss_coef", e.settings.aux_loss_coef);
+    get_num("z_loss_coef", e.settings.z_loss_coef);
+    get_str("expert", e.expert);
+    get_str("activation", e.activation);
+    get_int("d_ff", e.d_ff);
+    get_str("scope", e.scope);
+    if (const json::Value* v = m->find("projections"); v && !v->is_null()) e.projections = strings(*v);
+    get_str("weight_placement", e.weight_placement);
+    MOSS_EXPECTS(e.num_experts >= 0 && e.top_k >= 0 && e.d_ff >= 0, config_error, m->where(),
+                 ": num_experts, top_k and d_ff must be ≥ 0");
+    e.settings.validate(m->where().c_str());
+  }
+  void write_moss(json::Value& j) const {
+    j.set("architectures", json::Value(json::Array{json::Value("MossForCausalLM")}));
+    j.set("model_type", json::Value("moss"));
+    j.set("moss_variant", json::Value(moss_variant));
+    json::Array pattern;
+    for (const auto& b : block_pattern) pattern.emplace_back(b);
+    j.set("block_pattern", json::Value(std::move(pattern)));
+    auto uses = [&](const char* block) {
+      for (const auto& b : block_pattern)
+        if (b == block) return true;
+      return false;
+    };
+    if (uses("moe") || uses("ffn")) j.set("moe", write_section(moe, true));
+    if (uses("rom")) j.set("rom", write_section(rom, false));
+  }
+  json::Value write_section(const MoeConfig& e, bool feed_forward) const {
+    json::Value m = json::Object{};
+    m.set("num_experts", json::Value(e.num_experts));
+    m.set("top_k", json::Value(e.top_k));
+    if (!e.router.empty()) m.set("router", json::Value(e.router));
+    m.set("normalize", json::Value(e.normalize));
+    m.set("sinkhorn_training", json::Value(e.sinkhorn_training));
+    m.set("capacity_factor", json::Value(e.settings.capacity_factor));
+    m.set("aux_loss_coef", json::Value(static_cast<double>(e.settings.aux_loss_coef)));
+    m.set("z_loss_coef", json::Value(static_cast<double>(e.settings.z_loss_coef)));
+    if (feed_forward) {
+      if (!e.expert.empty()) m.set("expert", json::Value(e.expert));
+      if (!e.activation.empty()) m.set("activation", json::Value(e.activation));
+      m.set("d_ff", json::Value(e.resolved_d_ff(d_model)));
+    } else {
+      if (!e.scope.empty()) m.set("scope", json::Value(e.scope));
+      json::Array a;
+      for (const auto& p : e.projections) a.emplace_back(p);
+      m.set("projections", json::Value(std::move(a)));
+      if (!e.weight_placement.empty()) m.set("weight_placement", json::Value(e.weight_placement));
+    }
+    return m;
   }
 };
 

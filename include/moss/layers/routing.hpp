@@ -1,0 +1,191 @@
+// moss/layers/routing.hpp: what every routed layer shares: the routing decision of one call
+// (router → permutation plan) and the report through which layers return their statistics.
+//
+//   moss::RoutingReport report;
+//   model.forward(backend, params, ids, logits, nullptr, &report);
+//   for (const moss::RouterStats& s : report.read()) std::cout << s.layer << " aux " << s.aux_loss;
+// A report keeps each layer's statistics in backend memory until `read()` copies them to the
+// host (on CUDA: one synchronisation per routed layer, only then).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moss/core/buffer.hpp"
+#include "moss/core/param_io.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/models/mamba_config.hpp"
+#include "moss/ops/permute.hpp"
+#include "moss/ops/router.hpp"
+#include "moss/ops/router/math.hpp"
+#include "moss/policy/router.hpp"
+
+namespace moss {
+
+/// The statistics of one router on one call, in host memory (REFERENCE.md §2).
+struct RouterStats {
+  std::string layer;                  ///< e.g. "layers.3.mixer" or "layers.3.mixer.router_out"
+  std::int64_t tokens = 0, k = 1;
+  std::vector<std::int64_t> counts;   ///< (X) pairs assigned to each expert before capacity
+  std::vector<std::int64_t> kept;     ///< (X) pairs each expert processed
+  std::int64_t dropped = 0;           ///< pairs over capacity (Σ counts − Σ kept)
+  float aux_loss = 0.0f;              ///< α · X · Σ f_i P_i (0 for routers without one)
+  float z_loss = 0.0f;                ///< β · mean logsumexp²
+  std::vector<float> prob_mean;       ///< (X) P_i: mean router probability of each expert
+};
+
+/// Collects the statistics of every routed layer a forward pass runs. Layers add entries in
+/// the order they run; `read()` brings them to the host.
+class RoutingReport {
+ public:
+  /// The prefix of the names that layers added next will carry (the model sets "layers.{i}").
+  void set_scope(std::string scope) { scope_ = std::move(scope); }
+  const std::string& scope() const { return scope_; }
+
+  /// Adds one router's statistics: `values` (2 + X floats from `router_stats`), the plan's
+  /// `counts` (X) and `offsets` (X + 1), all in `backend` memory.
+  template <class Backend>
+  void add(const Backend& backend, const std::string& name, index_t tokens, index_t k, index_t num_experts,
+           Buffer<float> values, Buffer<std::int32_t> counts, Buffer<std::int32_t> offsets) {
+    auto held = std::make_shared<Held>(Held{std::move(values), std::move(counts), std::move(offsets)});
+    std::string layer = scope_.empty() ? name : scope_ + "." + name;
+    entries_.push_back([backend, held, layer, tokens, k, num_experts] {
+      RouterStats s;
+      s.layer = layer;
+      s.tokens = tokens;
+      s.k = k;
+      const index_t X = num_experts;
+      std::vector<float> v(static_cast<std::size_t>(router_stats_size(X)));
+      std::vector<std::int32_t> c(static_cast<std::size_t>(X)), o(static_cast<std::size_t>(X + 1));
+      download(backend, v.data(), held->values.data(), router_stats_size(X));
+      download(backend, c.data(), held->counts.data(), X);
+      download(backend, o.data(), held->offsets.data(), X + 1);
+      s.aux_loss = v[0];
+      s.z_loss = v[1];
+      s.prob_mean.assign(v.begin() + 2, v.end());
+      std::int64_t assigned = 0;
+      for (index_t e = 0; e < X; ++e) {
+        s.counts.push_back(c[e]);
+        s.kept.push_back(o[e + 1] - o[e]);
+        assigned += c[e];
+      }
+      s.dropped = assigned - o[X];
+      return s;
+    });
+  }
+
+  /// Every entry's statistics, in the order the layers ran.
+  std::vector<RouterStats> read() const {
+    std::vector<RouterStats> out;
+    for (const auto& e : entries_) out.push_back(e());
+    return out;
+  }
+  /// Number of entries.
+  std::size_t size() const { return entries_.size(); }
+  /// Forgets every entry (and frees its buffers).
+  void clear() { entries_.clear(); }
+
+ private:
+  struct Held {
+    Buffer<float> values;
+    Buffer<std::int32_t> counts, offsets;
+  };
+  std::string scope_;
+  std::vector<std::function<RouterStats()>> entries_;
+};
+
+/// The config name of router type R (`R::name`, or "custom" for a router without one).
+template <Router R>
+std::string router_name() {
+  if constexpr (requires { R::name; }) {
+    return std::string(R::name);
+  } else {
+    return "custom";
+  }
+}
+
+/// A router of type R with the runtime settings of config section `m` (TopK's renormalisation,
+/// SinkhornTop1's mode).
+template <Router R>
+R router_from(const MoeConfig& m) {
+  R r{};
+  if constexpr (requires { r.renormalize; }) r.renormalize = m.normalize;
+  if constexpr (requires { r.training; }) r.training = m.sinkhorn_training;
+  return r;
+}
+
+/// Fills the router keys of section `m` that are unset from router type R, and throws
+/// `config_error` naming `section` when a set key contradicts the type.
+template <Router R>
+void settle_router(MoeConfig& m, const char* section) {
+  const std::string name = router_name<R>();
+  if (m.router.empty()) m.router = name;
+  MOSS_EXPECTS(m.router == name, config_error, "config ", section, ".router is \"", m.router,
+               "\" but the layer type's router is \"", name, "\"");
+  if (m.top_k == 0) m.top_k = R::k;
+  MOSS_EXPECTS(m.top_k == R::k, config_error, "config ", section, ".top_k is ", m.top_k, " but the layer type's router picks ",
+               R::k, " experts per token");
+  m.settings.validate((std::string("config ") + section).c_str());
+}
+
+/// One routing decision: logits, selection and the permutation plan of the call's tokens.
+struct RoutingDecision {
+  Buffer<float> logits;         // (tokens, X)
+  Buffer<std::int32_t> expert;  // (tokens, K)
+  Buffer<float> gate;           // (tokens, K)
+  PermutePlan plan;
+
+  ConstView<float, 2> gate_view() const { return {gate.data(), {plan.tokens, plan.k}, "gate"}; }
+};
+
+/// Routes `x` (tokens, D) with `router` and the float32 classifier `weight` (X, D), builds the
+/// plan (with capacity when `full_sequence` and a capacity factor is set: the decode path is
+/// dropless) and, when `report` is given, adds the statistics under `name`.
+template <class Backend, class T, Router R>
+RoutingDecision decide_routing(const Backend& backend, const R& router, const RouterSettings& settings,
+                               ConstView<T, 2> x, const Buffer<float>& weight, index_t num_experts, bool full_sequence,
+                               RoutingReport* report, const std::string& name) {
+  const index_t tokens = x.shape[0], D = x.shape[1], K = R::k;
+  RoutingDecision d;
+  d.logits = backend.template alloc<float>(tokens * num_experts);
+  d.expert = backend.template alloc<std::int32_t>(tokens * K);
+  d.gate = backend.template alloc<float>(tokens * K);
+  RouteArgs<T, R> a;
+  a.router = router;
+  a.x = x;
+  a.weight = ConstView<float, 2>(weight.data(), {num_experts, D}, "router.weight");
+  a.logits = d.logits.template view<2>({tokens, num_experts}, "router_logits");
+  a.expert = d.expert.template view<2>({tokens, K}, "expert");
+  a.gate = d.gate.template view<2>({tokens, K}, "gate");
+  route(backend, a);
+  const index_t capacity = full_sequence ? static_cast<index_t>(detail::route::expert_capacity(
+                                               settings.capacity_factor, tokens, K, num_experts))
+                                         : 0;
+  d.plan = make_permute_plan(backend, ConstView<std::int32_t, 2>(d.expert.data(), {tokens, K}, "expert"), num_experts,
+                             capacity);
+  if (report) {
+    Buffer<float> values = backend.template alloc<float>(router_stats_size(num_experts));
+    RouterStatsArgs s;
+    s.logits = ConstView<float, 2>(d.logits.data(), {tokens, num_experts}, "router_logits");
+    s.counts = d.plan.counts_view();
+    s.k = K;
+    s.aux_loss = R::aux_loss;
+    s.aux_loss_coef = settings.aux_loss_coef;
+    s.z_loss_coef = settings.z_loss_coef;
+    s.out = values.flat("router_stats");
+    router_stats(backend, s);
+    // The report keeps copies of the counts and offsets: the plan may be reused after this.
+    Buffer<std::int32_t> counts = backend.template alloc<std::int32_t>(num_experts);
+    Buffer<std::int32_t> offsets = backend.template alloc<std::int32_t>(num_experts + 1);
+    copy(backend, counts.flat(), ConstView<std::int32_t, 1>(d.plan.counts.flat()));
+    copy(backend, offsets.flat(), ConstView<std::int32_t, 1>(d.plan.offsets.flat()));
+    report->add(backend, name, tokens, K, num_experts, std::move(values), std::move(counts), std::move(offsets));
+  }
+  return d;
+}
+
+}  // namespace moss

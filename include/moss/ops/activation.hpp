@@ -1,0 +1,48 @@
+// moss/ops/activation.hpp: the activation between an MLP expert's two GEMMs.
+//
+//   out[r, c] = act(x[r, c])              (Mlp)
+//   out[r, c] = act(x[r, c]) · up[r, c]   (GatedMlp, when `up` is given)
+// float32 arithmetic, rounded once to T. `act` is an activation policy (Relu, Gelu, Silu).
+#pragma once
+
+#include "moss/backend/host.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/policy/experts.hpp"
+
+namespace moss {
+
+/// Arguments of `activation`.
+template <class T>
+struct ActivationArgs {
+  ConstView<T, 2> x;     // (rows, cols), unit inner stride
+  ConstView<T, 2> up;    // (rows, cols), unit inner stride, optional (gated)
+  TensorView<T, 2> out;  // (rows, cols), unit inner stride; may be x itself
+};
+
+/// Checks `a` once at op entry (both backends).
+template <class T>
+void validate(const ActivationArgs<T>& a, const char* where) {
+  static_assert(StorageType<T>, "moss::activation: T must be float, moss::f16 or moss::bf16");
+  expect_valid(where, a.x);
+  expect_valid(where, a.out);
+  const index_t rows = a.x.shape[0], cols = a.x.shape[1];
+  expect_shape(where, a.out, {rows, cols}, "(rows, cols)");
+  expect_unit_inner_stride(where, a.x);
+  expect_unit_inner_stride(where, a.out);
+  for (const auto* v : {&a.x, &a.up}) {
+    if (!present(*v)) continue;
+    MOSS_EXPECTS(rows <= 1 || v->stride[0] >= cols, shape_error, where, ": ", v->name, " has row stride ", v->stride[0],
+                 " but its rows are ", cols, " wide (rows must not overlap)");
+  }
+  MOSS_EXPECTS(rows <= 1 || a.out.stride[0] >= cols, shape_error, where, ": ", a.out.name, " has row stride ",
+               a.out.stride[0], " but its rows are ", cols, " wide (rows must not overlap)");
+  if (present(a.up)) {
+    expect_valid(where, a.up);
+    expect_shape(where, a.up, {rows, cols}, "(rows, cols)");
+    expect_unit_inner_stride(where, a.up);
+  }
+}
+
+}  // namespace moss
+
+#include "moss/ops/activation/host.hpp"

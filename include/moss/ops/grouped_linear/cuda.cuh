@@ -1,0 +1,43 @@
+// moss/ops/grouped_linear/cuda.cuh: `grouped_linear` on CUDA (needs nvcc): one cublasGemmEx per
+// non-empty expert segment (see moss/ops/grouped_linear.hpp for why, and the host
+// synchronisation it needs when no host offsets are given).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moss/backend/cuda.cuh"
+#include "moss/ops/grouped_linear.hpp"
+#include "moss/ops/linear/cuda.cuh"
+
+namespace moss {
+
+/// Runs every expert's linear map over its segment on the GPU, queued on the stream. Reads
+/// `offsets` to the host (one synchronisation) unless `host_offsets` is given.
+template <class T>
+void grouped_linear(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
+  validate(a, "grouped_linear");
+  const index_t X = a.weight.shape[0], out = a.weight.shape[1], in = a.weight.shape[2];
+  std::vector<std::int32_t> read;
+  const std::int32_t* off = a.host_offsets;
+  if (!off) {
+    read.resize(static_cast<std::size_t>(X + 1));
+    download(gpu, read.data(), a.offsets.data, X + 1);
+    off = read.data();
+  }
+  detail::check_offsets("grouped_linear", off, X, a.x.shape[0]);
+  for (index_t e = 0; e < X; ++e) {
+    const index_t r0 = off[e], n = off[e + 1] - off[e];
+    if (n == 0) continue;
+    LinearArgs<T> l;
+    l.x = ConstView<T, 2>(a.x.data + r0 * a.x.stride[0], {n, in}, {a.x.stride[0], 1}, a.x.name);
+    l.weight = ConstView<T, 2>(a.weight.data + e * out * in, {out, in}, a.weight.name);
+    if (present(a.bias)) l.bias = ConstView<T, 1>(a.bias.data + e * out, {out}, a.bias.name);
+    l.y = TensorView<T, 2>(a.y.data + r0 * a.y.stride[0], {n, out}, {a.y.stride[0], 1}, a.y.name);
+    // cublasGemmEx needs no per-shape plan: the segment lengths change with every batch, which
+    // would defeat cuBLASLt's plan cache.
+    detail::linear_gemm_ex(gpu, l);
+  }
+}
+
+}  // namespace moss

@@ -1,0 +1,154 @@
+// moss/ops/permute/kernel.cuh: the permutation kernels (needs nvcc).
+//
+// Plan: keys_kernel lays the (token, slot) pairs out slot-major (key = expert, value = pair
+// index s·T + t); CUB's radix sort (stable) sorts them by expert; bounds_kernel marks where each
+// expert's run starts and ends; offsets_kernel turns the run lengths into kept counts and row
+// offsets; scatter_kernel gives every kept pair its row. No host synchronisation, no atomics.
+// Gather: one warp per permuted row, 16-byte copies when aligned. Combine: one block per token,
+// each thread a 16-byte (or single-element) column chunk, slots added in order.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "moss/core/dtype.hpp"
+#include "moss/core/tensor.hpp"
+
+namespace moss::detail::permute {
+
+/// key[s·T + t] = expert[t·K + s] (X for an expert outside [0, X): sorted last and dropped),
+/// value = s·T + t.
+__global__ void keys_kernel(const std::int32_t* expert, index_t tokens, index_t k, int num_experts, std::int32_t* keys,
+                            std::int32_t* values) {
+  const index_t pairs = tokens * k;
+  for (index_t sm = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; sm < pairs;
+       sm += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const index_t t = sm % tokens, s = sm / tokens;
+    const std::int32_t e = expert[t * k + s];
+    keys[sm] = (e >= 0 && e < num_experts) ? e : num_experts;
+    values[sm] = static_cast<std::int32_t>(sm);
+  }
+}
+
+/// start[e] / end[e] = the sorted positions where expert e's run begins / ends (both 0 when
+/// the expert has no pair: the caller zeroes them).
+__global__ void bounds_kernel(const std::int32_t* keys, index_t pairs, int num_experts, std::int32_t* start,
+                              std::int32_t* end) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < pairs;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const std::int32_t e = keys[i];
+    if (e >= num_experts) continue;
+    if (i == 0 || keys[i - 1] != e) start[e] = static_cast<std::int32_t>(i);
+    if (i + 1 == pairs || keys[i + 1] != e) end[e] = static_cast<std::int32_t>(i + 1);
+  }
+}
+
+/// counts[e] = end − start; offsets = the exclusive scan of min(count, capacity) (one thread:
+/// X ≤ 256 additions).
+__global__ void offsets_kernel(const std::int32_t* start, const std::int32_t* end, int num_experts, index_t capacity,
+                               std::int32_t* counts, std::int32_t* offsets) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  std::int32_t acc = 0;
+  offsets[0] = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    const std::int32_t c = end[e] - start[e];
+    counts[e] = c;
+    acc += capacity > 0 && c > capacity ? static_cast<std::int32_t>(capacity) : c;
+    offsets[e + 1] = acc;
+  }
+}
+
+/// Rows of the kept pairs: pair_row[t·K + s] and row_pair[row]; dropped pairs get −1.
+__global__ void scatter_kernel(const std::int32_t* keys, const std::int32_t* values, index_t tokens, index_t k,
+                               int num_experts, index_t capacity, const std::int32_t* start,
+                               const std::int32_t* offsets, std::int32_t* pair_row, std::int32_t* row_pair) {
+  const index_t pairs = tokens * k;
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < pairs;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const std::int32_t e = keys[i];
+    const index_t sm = values[i];
+    const std::int32_t pair = static_cast<std::int32_t>((sm % tokens) * k + sm / tokens);
+    if (e >= num_experts) {
+      pair_row[pair] = -1;
+      continue;
+    }
+    const index_t rank = i - start[e];
+    if (capacity > 0 && rank >= capacity) {
+      pair_row[pair] = -1;
+    } else {
+      const std::int32_t row = offsets[e] + static_cast<std::int32_t>(rank);
+      pair_row[pair] = row;
+      row_pair[row] = pair;
+    }
+  }
+}
+
+/// out[r] = x[row_pair[r] / K] for r < offsets[X]: one warp per row.
+template <class T>
+__global__ void gather_kernel(const T* x, index_t x_row_stride, index_t D, const std::int32_t* row_pair,
+                              const std::int32_t* kept_end, index_t k, index_t rows, T* out, bool vector) {
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  const index_t kept = *kept_end;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
+  for (index_t r = (blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x) / 32; r < kept && r < rows; r += warps) {
+    const T* src = x + (row_pair[r] / k) * x_row_stride;
+    T* dst = out + r * D;
+    if (vector) {
+      for (index_t c = lane; c < D / V; c += 32)
+        reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+    } else {
+      for (index_t c = lane; c < D; c += 32) dst[c] = src[c];
+    }
+  }
+}
+
+/// out[t, c] = Σ_s (g[t,s] if c ∈ [w0, w1) else 1) · y[pair_row[t,s], c]: one block per token.
+template <class T>
+__global__ void combine_kernel(const T* y, index_t y_row_stride, const std::int32_t* pair_row, const float* gate,
+                               index_t tokens, index_t k, index_t D, index_t w0, index_t w1, T* out,
+                               index_t out_row_stride, bool vector) {
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  const int width = vector ? V : 1;
+  const index_t chunks = (D + width - 1) / width;
+  for (index_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    for (index_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+      float acc[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+      for (index_t s = 0; s < k; ++s) {
+        const std::int32_t row = pair_row[t * k + s];
+        if (row < 0) continue;
+        const float g = gate ? gate[t * k + s] : 1.0f;
+        const T* yr = y + row * y_row_stride + c * width;
+        if (vector) {
+          const uint4 q = *reinterpret_cast<const uint4*>(yr);
+          const T* e = reinterpret_cast<const T*>(&q);
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const index_t col = c * V + j;
+            const float v = to_float(e[j]);
+            acc[j] += (col >= w0 && col < w1) ? g * v : v;
+          }
+        } else {
+          const index_t col = c;
+          const float v = to_float(yr[0]);
+          acc[0] += (col >= w0 && col < w1) ? g * v : v;
+        }
+      }
+      T* o = out + t * out_row_stride + c * width;
+      if (vector) {
+        uint4 q;
+        T* e = reinterpret_cast<T*>(&q);
+#pragma unroll
+        for (int j = 0; j < V; ++j) e[j] = from_float<T>(acc[j]);
+        *reinterpret_cast<uint4*>(o) = q;
+      } else {
+        o[0] = from_float<T>(acc[0]);
+      }
+    }
+  }
+}
+
+}  // namespace moss::detail::permute

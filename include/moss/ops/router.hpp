@@ -1,0 +1,114 @@
+// moss/ops/router.hpp: the router of a sparse layer (REFERENCE.md §2) and its statistics.
+//
+//   logits[t, i]  = x[t, :] · weight[i, :]           float32 (x in T, weight float32)
+//   expert[t, s], gate[t, s] = router.select(logits[t], scores[t])   s < K, slot 0 the best
+// where scores = logits, or for a balancing router in training mode (SinkhornTop1) the row of
+// the Sinkhorn-Knopp balanced matrix of exp(logits) over all tokens of the call.
+//
+// The logits are bit-identical on every backend: both sum the dot product in the same order
+// (`detail::route::dot_order`), so host and CUDA select the same experts; probabilities and
+// gates may differ by rounding (the device's expf).
+//
+// `router_stats` turns the logits and the permutation's per-expert counts into the layer's
+// statistics: the load-balancing loss, the z-loss and the mean probability of each expert.
+//
+//   moss::route(moss::Host{}, args);           // the CPU oracle, this header
+//   moss::route(moss::Cuda{stream}, args);     // moss/ops/router/cuda.cuh
+#pragma once
+
+#include <cstdint>
+
+#include "moss/backend/host.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/policy/router.hpp"
+
+namespace moss {
+
+/// The largest expert count the router kernels support.
+inline constexpr index_t kMaxExperts = 256;
+
+/// Arguments of `route`.
+/// @tparam T storage type of x (float, f16 or bf16).
+/// @tparam R the router policy.
+template <class T, Router R>
+struct RouteArgs {
+  R router{};
+  ConstView<T, 2> x;                   // (tokens, D), unit inner stride
+  ConstView<float, 2> weight;          // (X, D), contiguous: the router's classifier
+  TensorView<float, 2> logits;         // (tokens, X), contiguous, written
+  TensorView<std::int32_t, 2> expert;  // (tokens, K), contiguous, written
+  TensorView<float, 2> gate;           // (tokens, K), contiguous, written: combine weights
+};
+
+/// Number of floats `router_stats` writes: aux loss, z-loss, then the X mean probabilities.
+constexpr index_t router_stats_size(index_t num_experts) { return 2 + num_experts; }
+
+/// Arguments of `router_stats`.
+struct RouterStatsArgs {
+  ConstView<float, 2> logits;         // (tokens, X) from `route`
+  ConstView<std::int32_t, 1> counts;  // (X) pairs assigned to each expert before capacity (the permutation's)
+  index_t k = 1;                      // experts per token
+  bool aux_loss = true;               // false: the aux loss is 0 (routers without one, e.g. Sinkhorn)
+  float aux_loss_coef = 0.01f;
+  float z_loss_coef = 0.001f;
+  TensorView<float, 1> out;  // (2 + X): [aux, z, P_0 .. P_{X-1}], written
+};
+
+namespace detail::route {
+
+/// Checks a (rows, cols) output view: the shape and contiguity.
+template <class V>
+void expect_output(const char* where, const V& v, const Extents<2>& shape, const char* axes) {
+  expect_valid(where, v);
+  expect_shape(where, v, shape, axes);
+  expect_contiguous(where, v);
+}
+
+}  // namespace detail::route
+
+/// Checks `a` once at op entry (both backends): 1 ≤ X ≤ kMaxExperts and K ≤ X (`config_error` /
+/// `unsupported_error`), D ≥ 1, the shapes and strides of every view (`shape_error`).
+template <class T, Router R>
+void validate(const RouteArgs<T, R>& a, const char* where) {
+  static_assert(StorageType<T>, "moss::route: T must be float, moss::f16 or moss::bf16");
+  expect_valid(where, a.x);
+  expect_valid(where, a.weight);
+  const index_t tokens = a.x.shape[0], D = a.x.shape[1], X = a.weight.shape[0];
+  MOSS_EXPECTS(D >= 1, config_error, where, ": ", a.x.name, " is ", shape_string(a.x.shape),
+               " (tokens, d_model) but d_model must be at least 1");
+  MOSS_EXPECTS(X >= 1, config_error, where, ": ", a.weight.name, " is ", shape_string(a.weight.shape),
+               " (experts, d_model) but there must be at least one expert");
+  MOSS_EXPECTS(X <= kMaxExperts, unsupported_error, where, ": ", X, " experts; supported: 1 to ", kMaxExperts);
+  MOSS_EXPECTS(R::k <= X, config_error, where, ": the router picks K = ", R::k, " experts per token but there are only ",
+               X);
+  expect_shape(where, a.weight, {X, D}, "(experts, d_model)");
+  expect_contiguous(where, a.weight);
+  expect_unit_inner_stride(where, a.x);
+  MOSS_EXPECTS(tokens <= 1 || a.x.stride[0] >= D, shape_error, where, ": ", a.x.name, " has row stride ", a.x.stride[0],
+               " but its rows are ", D, " wide (rows must not overlap)");
+  MOSS_EXPECTS(tokens <= INT32_MAX / R::k, unsupported_error, where, ": ", tokens, " tokens × K = ", R::k,
+               " pairs exceed the int32 pair index");
+  detail::route::expect_output(where, a.logits, {tokens, X}, "(tokens, experts)");
+  detail::route::expect_output(where, a.expert, {tokens, R::k}, "(tokens, K)");
+  detail::route::expect_output(where, a.gate, {tokens, R::k}, "(tokens, K)");
+}
+
+/// Checks `a` once at op entry (both backends).
+inline void validate(const RouterStatsArgs& a, const char* where) {
+  expect_valid(where, a.logits);
+  const index_t X = a.logits.shape[1];
+  MOSS_EXPECTS(X >= 1 && X <= kMaxExperts, unsupported_error, where, ": ", X, " experts; supported: 1 to ",
+               kMaxExperts);
+  MOSS_EXPECTS(a.k >= 1 && a.k <= X, config_error, where, ": K = ", a.k, " with ", X, " experts");
+  expect_contiguous(where, a.logits);
+  expect_valid(where, a.counts);
+  expect_shape(where, a.counts, {X}, "(experts)");
+  expect_contiguous(where, a.counts);
+  expect_valid(where, a.out);
+  expect_shape(where, a.out, {router_stats_size(X)}, "(2 + experts)");
+  expect_contiguous(where, a.out);
+}
+
+}  // namespace moss
+
+#include "moss/ops/router/host.hpp"

@@ -1,0 +1,101 @@
+// moss/ops/router/math.hpp: the router's arithmetic, written once for host and device.
+//
+// The dot products x[t] · weight[i] are summed in the order of the CUDA kernel's warp: lane l
+// (of 32) accumulates, with fused multiply-adds, the 16-byte chunks l, l + 32, l + 64, ... of
+// the row (chunk c = elements [c·V, c·V + V), V = 16 / sizeof(T)); the 32 partial sums are then
+// added by an xor butterfly (offsets 16, 8, 4, 2, 1). The host oracle replays exactly this, so
+// the float32 logits are bit-identical on both backends and so is every selection.
+#pragma once
+
+#include <cmath>
+
+#include "moss/core/config.hpp"
+#include "moss/core/dtype.hpp"
+#include "moss/policy/router.hpp"
+
+namespace moss::detail::route {
+
+/// Lanes of the dot product's partial sums (one warp).
+inline constexpr int kDotLanes = 32;
+
+/// a·b + c, rounded once (the device's FFMA, the host's std::fma).
+MOSS_HD float fma_f32(float a, float b, float c) {
+#if MOSS_DEVICE_PASS
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+/// Elements per 16-byte chunk of storage type T.
+template <class T>
+constexpr int chunk_elems() {
+  return static_cast<int>(16 / sizeof(T));
+}
+
+/// Lane `lane`'s partial sum of x · w over the row (length D), in the kernel's order.
+template <class T>
+MOSS_HD float lane_partial(const T* x, const float* w, long long D, int lane) {
+  constexpr int V = chunk_elems<T>();
+  float acc = 0.0f;
+  for (long long c = lane; c * V < D; c += kDotLanes)
+    for (int j = 0; j < V; ++j) {
+      const long long i = c * V + j;
+      if (i < D) acc = fma_f32(to_float(x[i]), w[i], acc);
+    }
+  return acc;
+}
+
+/// Adds 32 partial sums in the order of the warp's xor butterfly (every lane ends with this).
+MOSS_HD float butterfly_sum(float (&p)[kDotLanes]) {
+  for (int off = kDotLanes / 2; off > 0; off >>= 1) {
+    float next[kDotLanes];
+    for (int l = 0; l < kDotLanes; ++l) next[l] = p[l] + p[l ^ off];
+    for (int l = 0; l < kDotLanes; ++l) p[l] = next[l];
+  }
+  return p[0];
+}
+
+/// x · w in the kernel's order (host side of the bit-exact contract).
+template <class T>
+inline float dot_in_kernel_order(const T* x, const float* w, long long D) {
+  float p[kDotLanes];
+  for (int l = 0; l < kDotLanes; ++l) p[l] = lane_partial(x, w, D, l);
+  return butterfly_sum(p);
+}
+
+/// Capacity of each expert for T tokens, K slots, X experts and capacity factor cf > 0:
+/// max(1, ceil(cf · T · K / X)), computed in double (REFERENCE.md §2). 0 for cf = 0 (dropless).
+inline long long expert_capacity(double capacity_factor, long long tokens, long long k, long long experts) {
+  if (capacity_factor <= 0) return 0;
+  const double c = std::ceil(capacity_factor * static_cast<double>(tokens) * static_cast<double>(k) /
+                             static_cast<double>(experts));
+  return c < 1 ? 1 : static_cast<long long>(c);
+}
+
+/// log Σ exp(logits) of one token (max-shifted; NaN when a logit is NaN).
+MOSS_HD float log_sum_exp(const float* logits, int num_experts) {
+  const float m = max_logit(logits, num_experts);
+  const float s = sum_exp(logits, num_experts, m);
+#if MOSS_DEVICE_PASS
+  return m + ::logf(s);
+#else
+  return m + std::log(s);
+#endif
+}
+
+/// Sinkhorn-Knopp balancing of exp(logits) (BlackMamba / Megatron): scaling vectors d0 (tokens)
+/// and d1 (experts) alternate d0[t] = 1 / (T · (Σ_i d1[i]·c[t,i] + ε)) and
+/// d1[i] = 1 / (X · (Σ_t d0[t]·c[t,i] + ε)) from d1 = 1 until no d1 moves by kSinkhornTol or
+/// more, at most kSinkhornRounds rounds; the balanced row is d1[i]·c[t,i]·d0[t]. c[t,i] is
+/// exp(logits[t,i] − max_i logits[t,i]): the row shift is absorbed by d0 and keeps exp finite.
+inline constexpr float kSinkhornTol = 1e-4f;
+inline constexpr int kSinkhornRounds = 100;
+inline constexpr float kSinkhornEps = 1e-8f;
+
+/// c[t,i] of the Sinkhorn iteration for one token's logits.
+MOSS_HD float sinkhorn_cost(const float* logits, int num_experts, int i) {
+  return exp_f32(logits[i] - max_logit(logits, num_experts));
+}
+
+}  // namespace moss::detail::route
