@@ -1,7 +1,9 @@
-// moss-demo: the main job on an embedded default. Builds a Mamba language model (Mamba-130M's
-// shape with seeded random weights, or a Hugging Face checkpoint with --checkpoint DIR),
-// prefills a prompt, generates tokens through the decode path and prints prefill and decode
-// throughput — on the GPU when one is visible, else on the CPU.
+// moss-demo: the main job on an embedded default. Builds a language model (Mamba-130M's shape
+// with seeded random weights; --model picks the variant: dense Mamba, MoE-Mamba, BlackMamba,
+// RoM or RoM + MoE; or a checkpoint folder with --checkpoint DIR), prefills a prompt, generates
+// tokens through the decode path and prints prefill and decode throughput and, for routed
+// models, how the first routed layer spread the prompt over its experts — on the GPU when one
+// is visible, else on the CPU.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -12,10 +14,12 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: moss-demo [--checkpoint DIR] [--device cpu|cuda] [--dtype f32|bf16|f16]\n"
+    "usage: moss-demo [--model mamba|moe-mamba|blackmamba|rom|rom-moe] [--experts X]\n"
+    "                 [--checkpoint DIR] [--device cpu|cuda] [--dtype f32|bf16|f16]\n"
     "                 [--batch B] [--prompt-len L] [--generate N] [--layers N] [--seed S]\n"
     "                 [--temperature T --top-k K --top-p P]   (sampling; greedy by default)\n"
-    "Defaults: Mamba-130M shape (d_model 768, 24 layers, vocab 50280) with seeded random weights;\n"
+    "Defaults: dense Mamba, Mamba-130M shape (d_model 768, 24 layers, vocab 50280) with seeded\n"
+    "random weights (routed variants: 8 experts, top-1);\n"
     "GPU: bf16, batch 8, prompt 512, 128 new tokens; CPU: f32, batch 1, prompt 64, 16 new tokens.\n";
 
 struct Plan {
@@ -25,10 +29,11 @@ struct Plan {
   std::string checkpoint;
 };
 
-template <class T, class Backend>
+template <class Model, class Backend>
 void run(const Backend& backend, const char* device, moss::MambaConfig cfg, const Plan& plan) {
+  using T = typename Model::value_type;
   using clock = std::chrono::steady_clock;
-  const moss::MambaLM<T> model(cfg);
+  const Model model(cfg);
   auto t0 = clock::now();
   const auto params = plan.checkpoint.empty() ? model.init(backend, plan.seed)
                                               : model.load(backend, moss::Checkpoint(plan.checkpoint));
@@ -51,8 +56,9 @@ void run(const Backend& backend, const char* device, moss::MambaConfig cfg, cons
   }());
   const auto r = moss::generate(backend, model, params, prompt_view, opt);
 
-  std::printf("moss-demo: Mamba LM, d_model %lld, %lld layers, vocab %lld, d_state %lld, %s weights (%s), on %s\n",
-              static_cast<long long>(cfg.d_model), static_cast<long long>(cfg.n_layers),
+  const std::string variant = model.config().moss_variant.empty() ? "mamba" : model.config().moss_variant;
+  std::printf("moss-demo: %s LM, d_model %lld, %lld layers, vocab %lld, d_state %lld, %s weights (%s), on %s\n",
+              variant.c_str(), static_cast<long long>(cfg.d_model), static_cast<long long>(cfg.n_layers),
               static_cast<long long>(cfg.vocab_size), static_cast<long long>(cfg.d_state),
               std::string(moss::dtype_name(moss::dtype_of<T>)).c_str(),
               plan.checkpoint.empty() ? "seeded random" : plan.checkpoint.c_str(), device);
@@ -68,12 +74,57 @@ void run(const Backend& backend, const char* device, moss::MambaConfig cfg, cons
   std::printf("  row 0 generated:");
   for (moss::index_t i = plan.prompt_len; i < r.length; ++i) std::printf(" %lld", static_cast<long long>(r.tokens[i]));
   std::printf("\n");
+
+  // How the routed layers spread the prompt over their experts (one more prefill, with a report).
+  moss::RoutingReport report;
+  moss::Buffer<float> last = backend.template alloc<float>(plan.batch * cfg.vocab_size);
+  model.forward(backend, params, prompt_view, last.template view<3>({plan.batch, 1, cfg.vocab_size}, "logits"), nullptr,
+                &report);
+  const std::vector<moss::RouterStats> stats = report.read();
+  if (!stats.empty()) {
+    const moss::RouterStats& s = stats.front();
+    float aux = 0.0f;
+    std::int64_t dropped = 0;
+    for (const auto& e : stats) {
+      aux += e.aux_loss;
+      dropped += e.dropped;
+    }
+    std::printf("  routing: %zu routed layers, aux loss %.4f in all, %lld pairs dropped; %s tokens per expert:",
+                stats.size(), aux, static_cast<long long>(dropped), s.layer.c_str());
+    for (std::int64_t k : s.kept) std::printf(" %lld", static_cast<long long>(k));
+    std::printf("\n");
+  }
+}
+
+template <class Model>
+int run_on(const std::string& device, const moss::MambaConfig& cfg, const Plan& plan) {
+  if (device == "cpu") {
+    run<Model>(moss::Host{}, "cpu", cfg, plan);
+    return 0;
+  }
+#if defined(__CUDACC__)
+  if (device == "cuda") {
+    MOSS_EXPECTS(moss::cuda_device_count() > 0, moss::unsupported_error, "--device cuda: no CUDA device is visible");
+    moss::CudaStream stream;
+    cudaDeviceProp prop{};
+    MOSS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    run<Model>(moss::Cuda{stream.get()}, prop.name, cfg, plan);
+    return 0;
+  }
+#endif
+  moss::raise<moss::config_error>("--device is \"", device, "\"; supported here: cpu",
+#if defined(__CUDACC__)
+                                  ", cuda"
+#else
+                                  " (built without CUDA)"
+#endif
+  );
 }
 
 int main_checked(int argc, char** argv) {
   const moss::cli::Args args(argc, argv,
-                             {"--checkpoint", "--device", "--dtype", "--batch", "--prompt-len", "--generate", "--layers",
-                              "--seed", "--temperature", "--top-k", "--top-p"},
+                             {"--model", "--experts", "--checkpoint", "--device", "--dtype", "--batch", "--prompt-len",
+                              "--generate", "--layers", "--seed", "--temperature", "--top-k", "--top-p"},
                              {"--help", "-h"});
   if (args.has("--help") || args.has("-h")) {
     std::cout << kUsage;
@@ -99,33 +150,23 @@ int main_checked(int argc, char** argv) {
     plan.sampling.seed = plan.seed;
   }
   moss::MambaConfig cfg;  // Mamba-130M's shape
-  if (!plan.checkpoint.empty()) cfg = moss::load_mamba_config(plan.checkpoint);
+  if (!plan.checkpoint.empty()) {
+    cfg = moss::load_mamba_config(plan.checkpoint);
+    MOSS_EXPECTS(!args.has("--model") && !args.has("--experts"), moss::config_error,
+                 "--model and --experts describe a seeded model; a checkpoint's config.json names its own");
+  } else {
+    const std::string model = args.get("--model", "mamba");
+    cfg.moss_variant = model == "mamba" ? "" : model;
+    cfg.moe.num_experts = cfg.rom.num_experts = args.get_int("--experts", 8);
+  }
   if (args.has("--layers")) cfg.n_layers = args.get_int("--layers", cfg.n_layers);
   const moss::DType dtype = args.has("--dtype") ? moss::parse_storage_dtype(args.get("--dtype"), "--dtype")
                                                 : (gpu ? moss::DType::bf16 : cfg.dtype.value_or(moss::DType::f32));
   return moss::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (device == "cpu") {
-      run<T>(moss::Host{}, "cpu", cfg, plan);
-      return 0;
-    }
-#if defined(__CUDACC__)
-    if (device == "cuda") {
-      MOSS_EXPECTS(moss::cuda_device_count() > 0, moss::unsupported_error, "--device cuda: no CUDA device is visible");
-      moss::CudaStream stream;
-      cudaDeviceProp prop{};
-      MOSS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-      run<T>(moss::Cuda{stream.get()}, prop.name, cfg, plan);
-      return 0;
-    }
-#endif
-    moss::raise<moss::config_error>("--device is \"", device, "\"; supported here: cpu",
-#if defined(__CUDACC__)
-                                    ", cuda"
-#else
-                                    " (built without CUDA)"
-#endif
-    );
+    return moss::dispatch_variant<T>(cfg, [&](auto model_tag) {
+      return run_on<typename decltype(model_tag)::type>(device, cfg, plan);
+    });
   });
 }
 

@@ -1,4 +1,5 @@
-// moss-run: run a Hugging Face MambaForCausalLM checkpoint on token ids from a file.
+// moss-run: run a checkpoint folder on token ids from a file: a Hugging Face MambaForCausalLM,
+// or any moss model variant (MoE-Mamba, BlackMamba, RoM, RoM + MoE) saved by moss.
 //
 //   moss-run --checkpoint DIR --inputs FILE --output FILE [--generate N]
 //            [--device cpu|cuda] [--dtype f32|bf16|f16]
@@ -18,7 +19,8 @@ constexpr const char* kUsage =
     "usage: moss-run --checkpoint DIR --inputs FILE --output FILE [--generate N]\n"
     "                [--device cpu|cuda] [--dtype f32|bf16|f16]\n"
     "  --checkpoint DIR  a Hugging Face MambaForCausalLM folder (config.json, model.safetensors\n"
-    "                    or a sharded model.safetensors.index.json)\n"
+    "                    or a sharded model.safetensors.index.json), or a moss model folder\n"
+    "                    (config.json with model_type \"moss\": moe-mamba, blackmamba, rom, rom-moe)\n"
     "  --inputs FILE     safetensors file with int64 input_ids (batch, seqlen)\n"
     "  --output FILE     safetensors file to write: float32 logits (batch, seqlen, vocab) and,\n"
     "                    with --generate, int64 generated (batch, seqlen + N)\n"
@@ -31,10 +33,10 @@ struct Job {
   std::int64_t generate = 0;
 };
 
-template <class T, class Backend>
+template <class Model, class Backend>
 void run(const Backend& backend, const moss::MambaConfig& cfg, const Job& job) {
   const moss::Checkpoint ckpt(job.checkpoint);
-  const moss::MambaLM<T> model(cfg);
+  const Model model(cfg);
   const auto params = model.load(backend, ckpt);
 
   const moss::SafetensorsFile in(job.inputs);
@@ -66,6 +68,26 @@ void run(const Backend& backend, const moss::MambaConfig& cfg, const Job& job) {
               static_cast<long long>(L), static_cast<long long>(V), job.inputs.c_str(), job.output.c_str());
 }
 
+template <class Model>
+int run_on(const std::string& device, const moss::MambaConfig& cfg, const Job& job) {
+  if (device == "cpu") {
+    run<Model>(moss::Host{}, cfg, job);
+    return 0;
+  }
+#if defined(__CUDACC__)
+  if (device == "cuda") {
+    MOSS_EXPECTS(moss::cuda_device_count() > 0, moss::unsupported_error, "--device cuda: no CUDA device is visible");
+    moss::CudaStream stream;
+    run<Model>(moss::Cuda{stream.get()}, cfg, job);
+    return 0;
+  }
+  moss::raise<moss::config_error>("--device is \"", device, "\"; expected cpu or cuda");
+#else
+  moss::raise<moss::unsupported_error>("--device is \"", device,
+                                       "\"; this moss-run was built without CUDA and supports only cpu");
+#endif
+}
+
 int main_checked(int argc, char** argv) {
   const moss::cli::Args args(argc, argv, {"--checkpoint", "--inputs", "--output", "--generate", "--device", "--dtype"},
                              {"--help", "-h"});
@@ -88,22 +110,10 @@ int main_checked(int argc, char** argv) {
 #endif
   return moss::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (device == "cpu") {
-      run<T>(moss::Host{}, cfg, job);
-      return 0;
-    }
-#if defined(__CUDACC__)
-    if (device == "cuda") {
-      MOSS_EXPECTS(moss::cuda_device_count() > 0, moss::unsupported_error, "--device cuda: no CUDA device is visible");
-      moss::CudaStream stream;
-      run<T>(moss::Cuda{stream.get()}, cfg, job);
-      return 0;
-    }
-    moss::raise<moss::config_error>("--device is \"", device, "\"; expected cpu or cuda");
-#else
-    moss::raise<moss::unsupported_error>("--device is \"", device,
-                                         "\"; this moss-run was built without CUDA and supports only cpu");
-#endif
+    return moss::dispatch_variant<T>(cfg, [&](auto model_tag) {
+      using Model = typename decltype(model_tag)::type;
+      return run_on<Model>(device, cfg, job);
+    });
   });
 }
 

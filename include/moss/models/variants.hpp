@@ -15,6 +15,7 @@
 #include <string_view>
 #include <utility>
 
+#include "moss/core/dispatch.hpp"
 #include "moss/layers/feed_forward.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/residual.hpp"
@@ -81,5 +82,22 @@ using RomLM = detail::NamedModel<RomBlock<T>, detail::RomName>;
 /// The hybrid RoM + FFN-MoE.
 template <StorageType T>
 using RomMoeLM = detail::NamedModel<Pattern<RomBlock<T>, SwitchMoeBlock<T>>, detail::RomMoeName>;
+
+/// The names `dispatch_variant` knows, as a config's `moss_variant` spells them.
+inline constexpr std::string_view kVariantNames = "mamba, moe-mamba, blackmamba, rom, rom-moe";
+
+/// Calls f(type_tag<Model>{}) with the named model type of `config` in storage type T
+/// ("" or "mamba": MambaLM). A custom pattern has no built-in type: `unsupported_error`.
+template <StorageType T, class F>
+decltype(auto) dispatch_variant(const MambaConfig& config, F&& f) {
+  const std::string v = config.moss_variant.empty() ? "mamba" : config.moss_variant;
+  if (v == "mamba") return std::forward<F>(f)(type_tag<MambaLM<T>>{});
+  if (v == "moe-mamba") return std::forward<F>(f)(type_tag<MoeMambaLM<T>>{});
+  if (v == "blackmamba") return std::forward<F>(f)(type_tag<BlackMambaLM<T>>{});
+  if (v == "rom") return std::forward<F>(f)(type_tag<RomLM<T>>{});
+  if (v == "rom-moe") return std::forward<F>(f)(type_tag<RomMoeLM<T>>{});
+  raise<unsupported_error>("moss_variant \"", v, "\" has no built-in model type; supported: ", kVariantNames,
+                           " (a custom pattern runs from a program that names its type)");
+}
 
 }  // namespace moss

@@ -25,22 +25,19 @@ void validate(const ActivationArgs<T>& a, const char* where) {
   static_assert(StorageType<T>, "moss::activation: T must be float, moss::f16 or moss::bf16");
   expect_valid(where, a.x);
   expect_valid(where, a.out);
+  if (present(a.up)) expect_valid(where, a.up);
   const index_t rows = a.x.shape[0], cols = a.x.shape[1];
   expect_shape(where, a.out, {rows, cols}, "(rows, cols)");
-  expect_unit_inner_stride(where, a.x);
-  expect_unit_inner_stride(where, a.out);
-  for (const auto* v : {&a.x, &a.up}) {
-    if (!present(*v)) continue;
-    MOSS_EXPECTS(rows <= 1 || v->stride[0] >= cols, shape_error, where, ": ", v->name, " has row stride ", v->stride[0],
+  if (present(a.up)) expect_shape(where, a.up, {rows, cols}, "(rows, cols)");
+  auto rows_ok = [&](const auto& v) {
+    if (!present(v)) return;
+    expect_unit_inner_stride(where, v);
+    MOSS_EXPECTS(rows <= 1 || v.stride[0] >= cols, shape_error, where, ": ", v.name, " has row stride ", v.stride[0],
                  " but its rows are ", cols, " wide (rows must not overlap)");
-  }
-  MOSS_EXPECTS(rows <= 1 || a.out.stride[0] >= cols, shape_error, where, ": ", a.out.name, " has row stride ",
-               a.out.stride[0], " but its rows are ", cols, " wide (rows must not overlap)");
-  if (present(a.up)) {
-    expect_valid(where, a.up);
-    expect_shape(where, a.up, {rows, cols}, "(rows, cols)");
-    expect_unit_inner_stride(where, a.up);
-  }
+  };
+  rows_ok(a.x);
+  rows_ok(a.up);
+  rows_ok(a.out);
 }
 
 }  // namespace moss

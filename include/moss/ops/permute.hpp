@@ -14,7 +14,9 @@
 //                    [weight_begin, weight_end) are multiplied by g, the others are summed as is.
 //
 // Integers are int32 (pair and row indices; tokens · K < 2^31). The plan is integer-exact, so
-// host and CUDA build the same one. The CUDA plan never synchronises with the host.
+// host and CUDA build the same one. The CUDA plan never synchronises with the host. The host
+// gather and combine check every index of the plan they are given (`shape_error`); the CUDA
+// ones trust it (a plan made by `permute_plan` is always in range).
 #pragma once
 
 #include <cstdint>

@@ -55,10 +55,15 @@ inline void permute_plan(const Host&, const PermutePlanArgs& a) {
 template <class T>
 void gather_rows(const Host&, const GatherRowsArgs<T>& a) {
   validate(a, "gather_rows");
-  const index_t D = a.x.shape[1];
+  const index_t D = a.x.shape[1], rows = a.row_pair.shape[0];
   const index_t kept = a.offsets.data[a.offsets.shape[0] - 1];
+  MOSS_EXPECTS(kept >= 0 && kept <= rows, shape_error, "gather_rows: ", a.offsets.name, " ends at ", kept,
+               " kept rows but the plan has ", rows, " rows");
   for (index_t r = 0; r < kept; ++r) {
-    const index_t t = a.row_pair.data[r] / a.k;
+    const index_t pair = a.row_pair.data[r];
+    MOSS_EXPECTS(pair >= 0 && pair < rows, shape_error, "gather_rows: ", a.row_pair.name, "[", r, "] = ", pair,
+                 " is not a pair in [0, ", rows, ")");
+    const index_t t = pair / a.k;
     const T* src = a.x.data + t * a.x.stride[0];
     std::copy(src, src + D, a.out.data + r * D);
   }
@@ -75,6 +80,8 @@ void combine_rows(const Host&, const CombineRowsArgs<T>& a) {
     for (index_t s = 0; s < K; ++s) {
       const std::int32_t row = a.pair_row.data[t * K + s];
       if (row < 0) continue;
+      MOSS_EXPECTS(row < a.y.shape[0], shape_error, "combine_rows: ", a.pair_row.name, "[", t, ", ", s, "] = ", row,
+                   " is not a row of ", a.y.name, " ", shape_string(a.y.shape));
       const float g = present(a.gate) ? a.gate.data[t * K + s] : 1.0f;
       const T* y = a.y.data + row * a.y.stride[0];
       for (index_t c = 0; c < D; ++c) {

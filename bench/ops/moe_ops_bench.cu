@@ -1,0 +1,153 @@
+// CUDA benchmarks of the sparse-layer ops at PERFORMANCE.md's expert shape: 16384 tokens,
+// 8 experts, top-1, 2048 → 8192, bf16.
+//
+// grouped_linear: timed against a dense cublasGemmEx of the same FLOPs (16384 × 2048 × 8192)
+// measured in the same benchmark, for balanced segments (2048 rows each) and skewed ones (half
+// the tokens on expert 0, the rest spread over the others). Counters: fraction_of_dense (dense
+// time / grouped time; PERFORMANCE.md's bar is ≥ 0.80 now, ≥ 0.95 later), dense_ms, TFLOP/s.
+// `_with_offset_read` includes the device → host copy of the offsets and its synchronisation
+// (what a layer pays once per routing decision).
+//
+// router_permute_gather: route (Top1Switch, float32 logits) + permute_plan + gather_rows, no host
+// synchronisation; anchor PyTorch 0.25 ms, goal ≤ 0.08 ms (the floor: x read twice and written
+// once, ≈ 0.067 ms at 3 TB/s).
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "moss/ops/grouped_linear/cuda.cuh"
+#include "moss/ops/permute/cuda.cuh"
+#include "moss/ops/router/cuda.cuh"
+#include "moss_bench.cuh"
+
+namespace {
+
+using moss::bf16;
+using moss::ConstView;
+using moss::index_t;
+using moss::TensorView;
+
+constexpr index_t kTokens = 16384, kExperts = 8, kIn = 2048, kOut = 8192;
+
+/// Median time in ms of `reps` event-timed runs of fn (after warm-up).
+template <class F>
+double median_ms(cudaStream_t stream, int reps, F&& fn) {
+  cudaEvent_t a, b;
+  MOSS_CUDA_CHECK(cudaEventCreate(&a));
+  MOSS_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    MOSS_CUDA_CHECK(cudaEventRecord(a, stream));
+    fn();
+    MOSS_CUDA_CHECK(cudaEventRecord(b, stream));
+    MOSS_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    MOSS_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  MOSS_CUDA_CHECK(cudaEventDestroy(a));
+  MOSS_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+/// Row offsets of the expert segments: balanced, or half the rows on expert 0.
+std::vector<std::int32_t> segment_offsets(bool skewed) {
+  std::vector<std::int32_t> off(kExperts + 1, 0);
+  if (!skewed) {
+    for (index_t e = 0; e < kExperts; ++e) off[e + 1] = static_cast<std::int32_t>((e + 1) * kTokens / kExperts);
+  } else {
+    off[1] = kTokens / 2;
+    const index_t rest = kTokens - kTokens / 2;
+    for (index_t e = 1; e < kExperts; ++e) off[e + 1] = static_cast<std::int32_t>(kTokens / 2 + e * rest / (kExperts - 1));
+  }
+  return off;
+}
+
+/// The dense reference: one cublasGemmEx over all tokens with one expert's weight shape.
+double dense_gemm_ms(const moss::Cuda& gpu, const moss::Buffer<bf16>& x, const moss::Buffer<bf16>& w,
+                     moss::Buffer<bf16>& y) {
+  moss::LinearArgs<bf16> l{ConstView<bf16, 2>(x.data(), {kTokens, kIn}), ConstView<bf16, 2>(w.data(), {kOut, kIn}), {},
+                           TensorView<bf16, 2>(y.data(), {kTokens, kOut})};
+  return median_ms(gpu.stream, 20, [&] { moss::detail::linear_gemm_ex(gpu, l); });
+}
+
+void run_grouped(benchmark::State& state, bool skewed, bool read_offsets) {
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto x = moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f);
+  const auto w = moss::bench::device_randn<bf16>(gpu, kExperts * kOut * kIn, 2, 0.02f);
+  auto y = gpu.alloc<bf16>(kTokens * kOut);
+  const std::vector<std::int32_t> host_off = segment_offsets(skewed);
+  moss::Buffer<std::int32_t> dev_off = moss::upload(gpu, host_off.data(), kExperts + 1);
+  const double dense_ms = dense_gemm_ms(gpu, x, w, y);
+
+  moss::GroupedLinearArgs<bf16> g;
+  g.x = ConstView<bf16, 2>(x.data(), {kTokens, kIn});
+  g.weight = ConstView<bf16, 3>(w.data(), {kExperts, kOut, kIn});
+  g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {kExperts + 1});
+  g.host_offsets = read_offsets ? nullptr : host_off.data();
+  g.y = TensorView<bf16, 2>(y.data(), {kTokens, kOut});
+  moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear(gpu, g); });
+
+  const double flops = 2.0 * kTokens * kIn * kOut;
+  using benchmark::Counter;
+  const double it = static_cast<double>(state.iterations());
+  state.counters["flops"] = Counter(flops * it, Counter::kIsRate);
+  state.counters["dense_ms"] = dense_ms;
+  // dense time / grouped time: a rate counter of dense seconds per iteration.
+  state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
+}
+
+void BM_grouped_linear_bf16_balanced(benchmark::State& s) { run_grouped(s, false, false); }
+void BM_grouped_linear_bf16_skewed(benchmark::State& s) { run_grouped(s, true, false); }
+void BM_grouped_linear_bf16_balanced_with_offset_read(benchmark::State& s) { run_grouped(s, false, true); }
+void BM_grouped_linear_bf16_skewed_with_offset_read(benchmark::State& s) { run_grouped(s, true, true); }
+BENCHMARK(BM_grouped_linear_bf16_balanced)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_bf16_skewed)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_bf16_balanced_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_bf16_skewed_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync).
+void BM_router_permute_gather_bf16(benchmark::State& state) {
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const int sets = moss::bench::rotation_count(static_cast<double>(kTokens) * kIn * sizeof(bf16));
+  std::vector<moss::Buffer<bf16>> xs;
+  for (int i = 0; i < sets; ++i) xs.push_back(moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 10 + i));
+  const auto wr = moss::bench::device_randn<float>(gpu, kExperts * kIn, 3, 0.02f);
+  auto logits = gpu.alloc<float>(kTokens * kExperts);
+  auto expert = gpu.alloc<std::int32_t>(kTokens);
+  auto gate = gpu.alloc<float>(kTokens);
+  auto pair_row = gpu.alloc<std::int32_t>(kTokens), row_pair = gpu.alloc<std::int32_t>(kTokens);
+  auto offsets = gpu.alloc<std::int32_t>(kExperts + 1), counts = gpu.alloc<std::int32_t>(kExperts);
+  auto xp = gpu.alloc<bf16>(kTokens * kIn);
+  int next = 0;
+  moss::bench::time_cuda(state, gpu.stream, [&] {
+    moss::RouteArgs<bf16, moss::Top1Switch> r;
+    r.x = ConstView<bf16, 2>(xs[next].data(), {kTokens, kIn});
+    r.weight = ConstView<float, 2>(wr.data(), {kExperts, kIn});
+    r.logits = logits.view<2>({kTokens, kExperts});
+    r.expert = expert.view<2>({kTokens, 1});
+    r.gate = gate.view<2>({kTokens, 1});
+    moss::route(gpu, r);
+    moss::permute_plan(gpu, moss::PermutePlanArgs{ConstView<std::int32_t, 2>(expert.data(), {kTokens, 1}), kExperts, 0,
+                                                   pair_row.flat(), row_pair.flat(), offsets.flat(), counts.flat()});
+    moss::gather_rows(gpu, moss::GatherRowsArgs<bf16>{r.x, ConstView<std::int32_t, 1>(row_pair.data(), {kTokens}),
+                                                       ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
+                                                       xp.view<2>({kTokens, kIn})});
+    next = (next + 1) % sets;
+  });
+  const double bytes = 3.0 * kTokens * kIn * sizeof(bf16);  // x read by the router and the gather, written once
+  moss::bench::set_rates(state, bytes, 0);
+  state.counters["anchor_ms"] = 0.25;
+  state.counters["goal_ms"] = 0.08;
+}
+BENCHMARK(BM_router_permute_gather_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
