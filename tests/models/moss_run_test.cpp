@@ -79,3 +79,49 @@ TEST_CASE("moss-run refuses bad arguments and files with a message", "[host][mod
   fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --device tpu",
              "--device");
 }
+
+namespace {
+
+/// Saves a seeded `Model` to a temporary folder, runs moss-run on it and compares its logits and
+/// greedy tokens with the same model run in this process.
+template <class Model>
+void check_saved_variant(const char* variant) {
+  INFO("variant " << variant);
+  MambaConfig cfg;
+  cfg.d_model = 32, cfg.n_layers = 4, cfg.vocab_size = 64;
+  cfg.moe.num_experts = 4, cfg.rom.num_experts = 4;
+  const Model model(cfg);
+  const Host host;
+  const auto params = model.init(host, 5);
+  const auto tmp = std::filesystem::temp_directory_path() / ("moss_run_" + std::string(variant) + "_" + std::to_string(::getpid()));
+  model.save(host, params, tmp / "model");
+  std::vector<std::int64_t> ids(2 * 9);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 13 + 5) % 64);
+  SafetensorsWriter in;
+  in.add("input_ids", {2, 9}, ids);
+  in.write(tmp / "inputs.safetensors");
+
+  const auto r = run_moss("--checkpoint " + (tmp / "model").string() + " --inputs " + (tmp / "inputs.safetensors").string() +
+                          " --output " + (tmp / "out.safetensors").string() + " --generate 2 --device cpu");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const SafetensorsFile got((tmp / "out.safetensors").string());
+  std::vector<float> want(2 * 9 * 64);
+  model.forward(host, params, ConstView<std::int64_t, 2>(ids.data(), {2, 9}, "ids"),
+                TensorView<float, 3>(want.data(), {2, 9, 64}, "logits"));
+  CHECK(test::rel_l2(got.read_as<float>("logits", {2, 9, 64}), want) <= 1e-6);
+  GenerateOptions opt;
+  opt.max_new_tokens = 2;
+  const auto gen = generate(host, model, params, ConstView<std::int64_t, 2>(ids.data(), {2, 9}, "ids"), opt);
+  CHECK(got.read_as<std::int64_t>("generated", {2, 11}) == gen.tokens);
+  std::filesystem::remove_all(tmp);
+}
+
+}  // namespace
+
+TEST_CASE("moss-run runs every moss variant from a saved folder", "[host][models][cli]") {
+  check_saved_variant<MoeMambaLM<float>>("moe-mamba");
+  check_saved_variant<BlackMambaLM<float>>("blackmamba");
+  check_saved_variant<RomLM<float>>("rom");
+  check_saved_variant<RomMoeLM<float>>("rom-moe");
+}
