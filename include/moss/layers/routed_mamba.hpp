@@ -57,6 +57,12 @@ class RoutedMamba {
   static_assert(S::shared || std::is_same_v<typename V::weight, WeightOut>,
                 "moss::RoutedMamba: with PerProjectionRouting every projection is weighted by its own router; "
                 "leave the weight placement at its default (WeightOut)");
+  static_assert(!S::shared || V::placement != Placement::out || V::out,
+                "moss::RoutedMamba: WeightOut puts g on Out Proj, which this variant does not route; route Out, or "
+                "choose WeightGate, WeightAll or WeightNone");
+  static_assert(!S::shared || V::placement != Placement::gate || V::gate,
+                "moss::RoutedMamba: WeightGate puts g on Gate Proj, which this variant does not route; route Gate, or "
+                "choose WeightOut, WeightAll or WeightNone");
 
  public:
   using value_type = T;
@@ -206,6 +212,7 @@ class RoutedMamba {
     expect_contiguous(where, out);
     core_.check_cache(where, cache, batch);
     const index_t tokens = batch * L, ED = dims_.d_inner;
+    if (tokens == 0) return;  // nothing to route; a cache keeps its state
     const ConstView<T, 2> x2(x.data, {tokens, D}, "x");
     Routings d = route_in(backend, p, x2, true, report);
     Buffer<T> xz = backend.template alloc<T>(tokens * 2 * ED);
@@ -227,6 +234,7 @@ class RoutedMamba {
     expect_contiguous(where, x);
     expect_contiguous(where, out);
     core_.check_cache(where, &cache, batch);
+    if (batch == 0) return;
     Routings d = route_in(backend, p, x, false, report);
     Buffer<T> xz = backend.template alloc<T>(batch * 2 * ED);
     project_in(backend, p, x, d, xz.data());

@@ -194,7 +194,6 @@ struct MambaConfig {
   }
   static void read_moss(const json::Value& j, MambaConfig& c) {
     if (const json::Value* v = j.find("moss_variant"); v && !v->is_null()) c.moss_variant = v->as_string();
-    if (c.moss_variant.empty()) c.moss_variant = "custom";
     if (const json::Value* v = j.find("block_pattern"); v && !v->is_null()) c.block_pattern = strings(*v);
     read_section(j.find("moe"), c.moe);
     read_section(j.find("rom"), c.rom);
