@@ -1,0 +1,380 @@
+// CUDA tests of the sparse layers: MoeFeedForward and RoutedMamba on the GPU against the same
+// layers on the host (the same seeded weights on both), full sequence and one-token steps, with
+// and without capacity, f32 and bf16, and the Hugging Face SwitchTransformersSparseMLP fixture.
+//
+// The layer input is the same on both backends, so the router logits are bit-identical and
+// every routing decision (expert, plan, counts, drops) must agree exactly; outputs agree within
+// the layer tolerances (f32 1e-5 for the feed-forward block, 1e-4 for a RoM mixer as for the
+// dense Mamba mixer; bf16 1e-2 and 3e-2). The one router that reads an activation the two
+// backends compute differently is PerProjectionRouting's Out router (it routes y ⊙ silu(z)):
+// in f32 the difference (~1e-6) cannot move a decision in practice, in bf16 it can flip a near
+// tie, so the bf16 runs give that router zero weights (every logit 0: expert 0, exactly, on
+// both backends) and keep the seeded Conv and Gate routers.
+#include <algorithm>
+#include <catch2/catch_test_macros.hpp>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "moss/moss.hpp"
+#include "moss_test.hpp"
+
+using namespace moss;
+
+namespace {
+
+template <class T>
+std::vector<T> poisoned(index_t n) {
+  return std::vector<T>(static_cast<std::size_t>(n), from_float<T>(NAN));
+}
+
+template <class T, class Backend>
+std::vector<T> fetch(const Backend& backend, const Buffer<T>& b) {
+  std::vector<T> v(static_cast<std::size_t>(b.size()));
+  download(backend, v.data(), b.data(), b.size());
+  return v;
+}
+
+/// |a − b| ≤ tol · |b| (+ a tiny floor for values that are 0 on both sides).
+bool close(double a, double b, double tol) { return std::fabs(a - b) <= tol * std::fabs(b) + 1e-9; }
+
+/// Report entries agree: names, token counts, counts, kept and dropped pairs exactly; the
+/// losses and mean probabilities within `tol`.
+void check_reports(const std::vector<RouterStats>& got, const std::vector<RouterStats>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const RouterStats &g = got[i], &w = want[i];
+    CAPTURE(i, w.layer);
+    CHECK(g.layer == w.layer);
+    CHECK(g.tokens == w.tokens);
+    CHECK(g.k == w.k);
+    CHECK(g.counts == w.counts);
+    CHECK(g.kept == w.kept);
+    CHECK(g.dropped == w.dropped);
+    CHECK(close(g.aux_loss, w.aux_loss, tol));
+    CHECK(close(g.z_loss, w.z_loss, tol));
+    REQUIRE(g.prob_mean.size() == w.prob_mean.size());
+    for (std::size_t e = 0; e < g.prob_mean.size(); ++e) CHECK(close(g.prob_mean[e], w.prob_mean[e], tol));
+  }
+}
+
+/// Replaces a router's weight by zeros on `backend`: every logit is then exactly 0, ties go to
+/// the lowest experts, so every token takes expert 0 (and 1, 2, ... for its further slots).
+template <class Backend>
+void zero_router(const Backend& backend, Buffer<float>& w) {
+  const std::vector<float> z(static_cast<std::size_t>(w.size()), 0.0f);
+  w = upload(backend, z.data(), static_cast<index_t>(z.size()));
+}
+
+constexpr double kStatsTol = 1e-5;
+
+// ---------------------------------------------------------------------------------------------
+// MoeFeedForward
+
+template <class T>
+struct FfnRun {
+  std::vector<T> out;                 // (batch, L, D) forward
+  std::vector<T> step;                // (batch, D) one step
+  std::vector<RouterStats> report;    // forward's entry, then the step's
+};
+
+template <class Layer, class Backend, class T = typename Layer::value_type>
+FfnRun<T> run_ffn(const Backend& backend, const Layer& layer, const typename Layer::Params& p, const std::vector<T>& x,
+                  const std::vector<T>& x_step, index_t batch, index_t L, index_t D) {
+  FfnRun<T> r;
+  RoutingReport report;
+  const Buffer<T> dx = upload(backend, x.data(), static_cast<index_t>(x.size()));
+  const std::vector<T> poison = poisoned<T>(batch * L * D);
+  Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
+  layer.forward(backend, p, ConstView<T, 3>(dx.data(), {batch, L, D}, "x"), dy.template view<3>({batch, L, D}, "out"),
+                nullptr, &report);
+  r.out = fetch(backend, dy);
+  typename Layer::Cache cache = layer.make_cache(backend, batch);
+  const Buffer<T> dxs = upload(backend, x_step.data(), static_cast<index_t>(x_step.size()));
+  const std::vector<T> poison_step = poisoned<T>(batch * D);
+  Buffer<T> dys = upload(backend, poison_step.data(), static_cast<index_t>(poison_step.size()));
+  layer.step(backend, p, ConstView<T, 2>(dxs.data(), {batch, D}, "x"), dys.template view<2>({batch, D}, "out"), cache,
+             &report);
+  r.step = fetch(backend, dys);
+  r.report = report.read();
+  return r;
+}
+
+/// The layer on both backends from the same seed; `zero` replaces the router by zeros.
+template <class Layer>
+void compare_ffn(const Cuda& gpu, const Layer& layer, index_t D, index_t batch, index_t L, double tol,
+                 std::uint64_t seed, bool zero = false) {
+  using T = typename Layer::value_type;
+  Rng r1(seed), r2(seed);
+  auto hp = layer.init(Host{}, r1, 4);
+  auto gp = layer.init(gpu, r2, 4);
+  if (zero) {
+    zero_router(Host{}, hp.router);
+    zero_router(gpu, gp.router);
+  }
+  const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * L * D), seed + 1));
+  const auto xs = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * D), seed + 2));
+  const FfnRun<T> want = run_ffn(Host{}, layer, hp, x, xs, batch, L, D);
+  const FfnRun<T> got = run_ffn(gpu, layer, gp, x, xs, batch, L, D);
+  CAPTURE(batch, L, D, layer.num_experts(), layer.settings().capacity_factor, zero);
+  CHECK(test::rel_l2(got.out, want.out) <= tol);
+  CHECK(test::rel_l2(got.step, want.step) <= tol);
+  check_reports(got.report, want.report, kStatsTol);
+  REQUIRE(want.report.size() == 2);
+  CHECK(want.report[1].dropped == 0);  // the step is dropless
+  if (zero) {
+    CHECK(want.report[0].counts[0] == batch * L);  // expert 0 took every token's slot 0
+    if (layer.settings().capacity_factor == 0) CHECK(want.report[0].dropped == 0);
+  }
+}
+
+template <class T>
+void compare_ffn_variants(const Cuda& gpu, index_t batch, index_t L, double capacity_factor, double tol,
+                          std::uint64_t seed, bool zero = false) {
+  const index_t D = 64, X = 8;
+  RouterSettings s;
+  s.capacity_factor = capacity_factor;
+  // MoE-Mamba's block: Switch top-1 over ReLU MLP experts of width 3·D.
+  compare_ffn(gpu, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, T>(D, 3 * D, X, {}, s), D, batch, L, tol, seed, zero);
+  // Top-2 over SwiGLU experts, with and without renormalised weights.
+  for (bool renormalize : {false, true})
+    compare_ffn(gpu, MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, T>(D, 96, X, TopK<2>{renormalize}, s), D, batch,
+                L, tol, seed + 10, zero);
+  // BlackMamba's block in inference mode: Sinkhorn top-1 (argmax of sigmoid) over SwiGLU experts.
+  compare_ffn(gpu, MoeFeedForward<SinkhornTop1, Experts<>, GatedMlp<Silu>, T>(D, 96, X, SinkhornTop1{false}, s), D,
+              batch, L, tol, seed + 20, zero);
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoutedMamba
+
+template <class T>
+struct RomRun {
+  std::vector<T> full;                  // (batch, L, D) forward without a cache
+  std::vector<T> prefill;               // (batch, L, D) forward into a cache
+  std::vector<std::vector<T>> steps;    // (batch, D) per decode step
+  std::vector<float> ssm_state;         // the cache after the steps
+  std::vector<T> conv_state;
+  std::vector<RouterStats> report;      // every call's entries in order
+};
+
+template <class Layer, class Backend, class T = typename Layer::value_type>
+RomRun<T> run_rom(const Backend& backend, const Layer& layer, const typename Layer::Params& p, const std::vector<T>& x,
+                  const std::vector<std::vector<T>>& x_steps, index_t batch, index_t L) {
+  const index_t D = layer.dims().d_model;
+  RomRun<T> r;
+  RoutingReport report;
+  const Buffer<T> dx = upload(backend, x.data(), static_cast<index_t>(x.size()));
+  const std::vector<T> poison = poisoned<T>(batch * L * D);
+  const ConstView<T, 3> xv(dx.data(), {batch, L, D}, "x");
+  {
+    Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
+    layer.forward(backend, p, xv, dy.template view<3>({batch, L, D}, "out"), nullptr, &report);
+    r.full = fetch(backend, dy);
+  }
+  auto cache = layer.make_cache(backend, batch);
+  {
+    Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
+    layer.forward(backend, p, xv, dy.template view<3>({batch, L, D}, "out"), &cache, &report);
+    r.prefill = fetch(backend, dy);
+  }
+  const std::vector<T> poison_step = poisoned<T>(batch * D);
+  for (const std::vector<T>& xs : x_steps) {
+    const Buffer<T> dxs = upload(backend, xs.data(), static_cast<index_t>(xs.size()));
+    Buffer<T> dys = upload(backend, poison_step.data(), static_cast<index_t>(poison_step.size()));
+    layer.step(backend, p, ConstView<T, 2>(dxs.data(), {batch, D}, "x"), dys.template view<2>({batch, D}, "out"), cache,
+               &report);
+    r.steps.push_back(fetch(backend, dys));
+  }
+  r.ssm_state = fetch(backend, cache.ssm_state);
+  r.conv_state = fetch(backend, cache.conv_state);
+  r.report = report.read();
+  return r;
+}
+
+/// Which routers of a RoM layer get zero weights (see the file comment).
+enum class ZeroRouters { none, out_only, all };
+
+template <class Params>
+void zero_rom_routers(const Cuda& gpu, Params& hp, Params& gp, ZeroRouters z) {
+  if (z == ZeroRouters::none) return;
+  auto both = [&](Buffer<float>& h, Buffer<float>& g) {
+    if (!h.data()) return;  // a router this layer type does not have
+    zero_router(Host{}, h);
+    zero_router(gpu, g);
+  };
+  both(hp.router_out, gp.router_out);
+  if (z == ZeroRouters::all) {
+    both(hp.router, gp.router);
+    both(hp.router_conv, gp.router_conv);
+    both(hp.router_gate, gp.router_gate);
+  }
+}
+
+template <class Layer>
+void compare_rom(const Cuda& gpu, const Layer& layer, index_t batch, index_t L, index_t steps, double tol,
+                 std::uint64_t seed, ZeroRouters zero = ZeroRouters::none) {
+  using T = typename Layer::value_type;
+  const index_t D = layer.dims().d_model;
+  Rng r1(seed), r2(seed);
+  auto hp = layer.init(Host{}, r1, 4);
+  auto gp = layer.init(gpu, r2, 4);
+  zero_rom_routers(gpu, hp, gp, zero);
+  const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * L * D), seed + 1));
+  std::vector<std::vector<T>> xs;
+  for (index_t s = 0; s < steps; ++s)
+    xs.push_back(test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * D), seed + 2 + s)));
+  const RomRun<T> want = run_rom(Host{}, layer, hp, x, xs, batch, L);
+  const RomRun<T> got = run_rom(gpu, layer, gp, x, xs, batch, L);
+  CAPTURE(batch, L, steps, layer.num_experts(), layer.settings().capacity_factor, int(zero));
+  CHECK(test::rel_l2(got.full, want.full) <= tol);
+  CHECK(test::rel_l2(got.prefill, want.prefill) <= tol);
+  REQUIRE(got.steps.size() == want.steps.size());
+  for (std::size_t s = 0; s < got.steps.size(); ++s) {
+    CAPTURE(s);
+    CHECK(test::rel_l2(got.steps[s], want.steps[s]) <= tol);
+  }
+  CHECK(test::rel_l2(got.ssm_state, want.ssm_state) <= tol);
+  CHECK(test::rel_l2(got.conv_state, want.conv_state) <= tol);
+  // Stats of routers reading y (PerProjectionRouting's Out router) see slightly different
+  // logits on the two backends: compare their floats at the layer tolerance.
+  check_reports(got.report, want.report, std::max(kStatsTol, tol));
+}
+
+MambaDims rom_dims(index_t d_model) {
+  MambaConfig cfg;
+  cfg.d_model = d_model;
+  cfg.d_state = 16;
+  return MambaDims::from(cfg);
+}
+
+template <class T>
+void compare_rom_variants(const Cuda& gpu, index_t batch, index_t L, double capacity_factor, double tol,
+                          std::uint64_t seed) {
+  const MambaDims dims = rom_dims(64);
+  const index_t X = 4, steps = 3;
+  RouterSettings s;
+  s.capacity_factor = capacity_factor;
+  // The paper's main setting: top-1, one shared decision, g on Out.
+  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, T>(dims, X, {}, s), batch, L, steps, tol, seed);
+  // Top-2 with every weight placement (they differ only for K > 1).
+  using P = Routed<Conv, Gate, Out>;
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightOut>>(dims, X, {}, s), batch, L,
+              steps, tol, seed + 10);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightGate>>(dims, X, {}, s), batch,
+              L, steps, tol, seed + 20);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightAll>>(dims, X, {}, s), batch, L,
+              steps, tol, seed + 30);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightNone>>(dims, X, {}, s), batch,
+              L, steps, tol, seed + 40);
+  // Conv dense, Gate and Out routed (no fused in_proj).
+  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, T, RomVariant<Routed<Gate, Out>>>(dims, X, {}, s), batch,
+              L, steps, tol, seed + 50);
+  // The naive baseline: a router per projection.
+  compare_rom(gpu, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<>, T>(dims, X, TopK<2>{true}, s), batch, L, steps,
+              tol, seed + 60, std::is_same_v<T, float> ? ZeroRouters::none : ZeroRouters::out_only);
+}
+
+}  // namespace
+
+TEST_CASE("MoeFeedForward: CUDA forward and step equal the host", "[cuda][layers][moe]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  std::uint64_t seed = 11;
+  for (index_t L : {1, 7, 64}) {
+    for (double cf : {0.0, 1.0, 0.5}) {
+      seed += 100;
+      compare_ffn_variants<float>(gpu, 2, L, cf, 1e-5, seed);
+      compare_ffn_variants<bf16>(gpu, 2, L, cf, 1e-2, seed + 50);
+    }
+  }
+}
+
+TEST_CASE("MoeFeedForward: CUDA when one expert takes every token (the others empty)", "[cuda][layers][moe]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  for (double cf : {0.0, 1.0}) {
+    compare_ffn_variants<float>(gpu, 3, 21, cf, 1e-5, 5, true);
+    compare_ffn_variants<bf16>(gpu, 3, 21, cf, 1e-2, 6, true);
+  }
+}
+
+TEST_CASE("MoeFeedForward: CUDA at a wider shape (d_model 256, 8 experts, 512 tokens)", "[cuda][layers][moe]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  RouterSettings s;
+  s.capacity_factor = 1.25;
+  compare_ffn(gpu, MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, bf16>(256, 512, 8, TopK<2>{true}, s), 256, 2, 256,
+              1e-2, 77);
+  compare_ffn(gpu, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, float>(256, 768, 8, {}, s), 256, 2, 256, 1e-5, 78);
+}
+
+TEST_CASE("MoeFeedForward on CUDA reproduces Hugging Face SwitchTransformersSparseMLP", "[cuda][layers][moe][hf]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  const std::string path = test::data_dir() + "/hf_switch_tiny/switch.safetensors";
+  REQUIRE(std::filesystem::exists(path));
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const Checkpoint ckpt(path);
+  const MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, float> layer(32, 64, 8);
+  const auto x = ckpt.read_as<float>("x", {2, 20, 32});
+  const auto want = ckpt.read_as<float>("out0", {2, 20, 32});
+  const auto gp = layer.load(gpu, ckpt, "w.");
+  const auto hp = layer.load(Host{}, ckpt, "w.");
+  const FfnRun<float> got = run_ffn(gpu, layer, gp, x, std::vector<float>(x.begin(), x.begin() + 2 * 32), 2, 20, 32);
+  const FfnRun<float> host = run_ffn(Host{}, layer, hp, x, std::vector<float>(x.begin(), x.begin() + 2 * 32), 2, 20, 32);
+  const double err = test::rel_l2(got.out, want);
+  INFO("relative L2 error against the fixture " << err);
+  CHECK(err <= 1e-5);
+  CHECK(test::rel_l2(got.out, host.out) <= 1e-5);
+  check_reports(got.report, host.report, kStatsTol);
+  REQUIRE(got.report.size() == 2);
+  CHECK(got.report[0].tokens == 40);
+  CHECK(got.report[0].dropped == 0);
+  CHECK(got.report[0].counts[3] == 13);  // the fixture's README: 13 of the 40 tokens go to expert 3
+}
+
+TEST_CASE("RoutedMamba: CUDA forward, prefill and decode steps equal the host", "[cuda][layers][rom]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  std::uint64_t seed = 21;
+  for (index_t L : {1, 7, 40}) {
+    for (double cf : {0.0, 1.0}) {
+      seed += 100;
+      compare_rom_variants<float>(gpu, 2, L, cf, 1e-4, seed);
+      compare_rom_variants<bf16>(gpu, 2, L, cf, 3e-2, seed + 50);
+    }
+  }
+}
+
+TEST_CASE("RoutedMamba: CUDA when one expert takes every token (the others empty)", "[cuda][layers][rom]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const MambaDims dims = rom_dims(64);
+  for (double cf : {0.0, 1.0}) {
+    RouterSettings s;
+    s.capacity_factor = cf;
+    compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, float>(dims, 4, {}, s), 2, 33, 2, 1e-4, 3,
+                ZeroRouters::all);
+    compare_rom(gpu, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<>, bf16>(dims, 4, {}, s), 2, 33, 2, 3e-2, 4,
+                ZeroRouters::all);
+  }
+}
+
+TEST_CASE("RoutedMamba: CUDA at a wider shape (d_model 256, 8 experts, 2 × 200 tokens)", "[cuda][layers][rom]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  RouterSettings s;
+  s.capacity_factor = 1.0;
+  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, bf16>(rom_dims(256), 8, {}, s), 2, 200, 4, 3e-2, 9);
+  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, float>(rom_dims(256), 8, {}, s), 2, 200, 4, 1e-4, 10);
+}
