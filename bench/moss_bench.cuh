@@ -8,7 +8,9 @@
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
-#include <random>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "moss/backend/cuda.cuh"
@@ -48,16 +50,40 @@ inline int rotation_count(double bytes_per_set, double l2_bytes = 50e6) {
   return n < 1 ? 1 : (n > 8 ? 8 : n);
 }
 
-/// A device buffer of `n` elements of T filled with N(mean, stddev) values (never zeros).
+/// The i-th value of a seeded N(0, 1) stream: splitmix64 of (seed, i) → two uniforms → Box–Muller.
+/// The same on host and device; used to fill benchmark inputs on the GPU without a host copy.
+MOSS_HD float hashed_normal(std::uint64_t seed, std::uint64_t i) {
+  auto mix = [](std::uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  const std::uint64_t a = mix(seed * 0x100000001b3ull ^ mix(2 * i)), b = mix(a ^ mix(2 * i + 1));
+  const float u1 = (static_cast<float>(a >> 40) + 1.0f) * 0x1.0p-24f;  // (0, 1]
+  const float u2 = static_cast<float>(b >> 40) * 0x1.0p-24f;           // [0, 1)
+  return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795865f * u2);
+}
+
+/// Fills `out` with N(mean, stddev²) values of the stream `seed`.
+template <class T>
+__global__ void fill_normal_kernel(T* out, index_t n, std::uint64_t seed, float stddev, float mean) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    out[i] = from_float<T>(mean + stddev * hashed_normal(seed, static_cast<std::uint64_t>(i)));
+}
+
+/// A device buffer of `n` elements of T filled with N(mean, stddev²) values (never zeros),
+/// generated on the device (benchmarks fill gigabytes; a host generator took seconds per buffer).
 template <class T>
 Buffer<T> device_randn(const Cuda& gpu, index_t n, std::uint64_t seed, float stddev = 1.0f, float mean = 0.0f) {
-  std::vector<T> host(static_cast<std::size_t>(n));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(mean, stddev);
-  for (auto& x : host) x = from_float<T>(dist(rng));
   Buffer<T> d = gpu.alloc<T>(n);
-  MOSS_CUDA_CHECK(cudaMemcpyAsync(d.data(), host.data(), sizeof(T) * host.size(), cudaMemcpyHostToDevice, gpu.stream));
-  gpu.synchronize();
+  if (n > 0) {
+    const index_t blocks = std::min<index_t>((n + 255) / 256, 65535);
+    fill_normal_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, gpu.stream>>>(d.data(), n, seed, stddev, mean);
+    MOSS_CHECK_LAUNCH("fill_normal_kernel", gpu.stream);
+    gpu.synchronize();
+  }
   return d;
 }
 

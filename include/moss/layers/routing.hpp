@@ -5,7 +5,9 @@
 //   model.forward(backend, params, ids, logits, nullptr, &report);
 //   for (const moss::RouterStats& s : report.read()) std::cout << s.layer << " aux " << s.aux_loss;
 // A report keeps each layer's statistics in backend memory until `read()` copies them to the
-// host (on CUDA: one synchronisation per routed layer, only then).
+// host (on CUDA: one synchronisation per routed layer, only then). It holds the backend object
+// (on CUDA, its stream) and stream-ordered buffers: read and drop it before that stream is
+// destroyed.
 #pragma once
 
 #include <cstdint>

@@ -5,9 +5,11 @@
 // where scores = logits, or for a balancing router in training mode (SinkhornTop1) the row of
 // the Sinkhorn-Knopp balanced matrix of exp(logits) over all tokens of the call.
 //
-// The logits are bit-identical on every backend: both sum the dot product in the same order
-// (`detail::route::dot_order`), so host and CUDA select the same experts; probabilities and
-// gates may differ by rounding (the device's expf).
+// The logits are bit-identical on every backend for identical inputs: both sum the dot product
+// in the same order (`detail::route::dot_in_kernel_order`), so host and CUDA select the same
+// experts; probabilities and gates may differ by rounding (the device's expf). A router that
+// reads a computed activation (a later layer's input, RoM's per-projection Out router) sees
+// inputs that already differ by rounding between backends, so near-ties may route differently.
 //
 // `router_stats` turns the logits and the permutation's per-expert counts into the layer's
 // statistics: the load-balancing loss, the z-loss and the mean probability of each expert.
