@@ -44,6 +44,30 @@ void time_cuda(benchmark::State& state, cudaStream_t stream, F&& fn) {
   MOSS_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
+/// Median time in ms of `reps` event-timed calls of fn (after three warm-up calls): a reference
+/// timed inside another benchmark (e.g. the dense GEMM a grouped GEMM is compared with).
+template <class F>
+double median_ms(cudaStream_t stream, int reps, F&& fn) {
+  cudaEvent_t a, b;
+  MOSS_CUDA_CHECK(cudaEventCreate(&a));
+  MOSS_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    MOSS_CUDA_CHECK(cudaEventRecord(a, stream));
+    fn();
+    MOSS_CUDA_CHECK(cudaEventRecord(b, stream));
+    MOSS_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    MOSS_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  MOSS_CUDA_CHECK(cudaEventDestroy(a));
+  MOSS_CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 /// Number of input sets to rotate among so that together they exceed `l2_bytes` twice over.
 inline int rotation_count(double bytes_per_set, double l2_bytes = 50e6) {
   const int n = static_cast<int>(2 * l2_bytes / bytes_per_set) + 1;

@@ -10,7 +10,8 @@
 using Rom = moss::RoutedMamba<moss::TopK<2>, moss::SharedRouting, moss::Experts<8>, float,
                               moss::RomVariant<moss::Routed<moss::Conv, moss::Gate, moss::Out>, moss::WeightAll>>;
 using Ffn = moss::MoeFeedForward<moss::Top1Switch, moss::Experts<8>, moss::Mlp<moss::Relu>, float>;
-using Model = moss::LanguageModel<moss::Pattern<moss::Residual<moss::RmsNorm, Rom>, moss::Residual<moss::RmsNorm, Ffn>>>;
+using Model =
+    moss::LanguageModel<moss::Pattern<moss::Residual<moss::RmsNorm, Rom>, moss::Residual<moss::RmsNorm, Ffn>>>;
 
 template <class Backend>
 void demo(const Backend& backend, const char* where) {

@@ -8,9 +8,9 @@
 #include "moss/moss.hpp"
 
 struct ConfidentTop2 {
-  static constexpr int k = 2;                     // slots per token (a dropped slot gets weight 0)
-  static constexpr bool balanced = false;         // no Sinkhorn pass: scores are the logits
-  static constexpr bool aux_loss = true;          // the Switch load-balancing loss applies
+  static constexpr int k = 2;                                 // slots per token (a dropped slot gets weight 0)
+  static constexpr bool balanced = false;                     // no Sinkhorn pass: scores are the logits
+  static constexpr bool aux_loss = true;                      // the Switch load-balancing loss applies
   static constexpr std::string_view name = "confident_top2";  // its config.json name
   float ratio = 0.5f;
 

@@ -35,8 +35,8 @@ void run(const Backend& backend, const char* device, moss::MambaConfig cfg, cons
   using clock = std::chrono::steady_clock;
   const Model model(cfg);
   auto t0 = clock::now();
-  const auto params = plan.checkpoint.empty() ? model.init(backend, plan.seed)
-                                              : model.load(backend, moss::Checkpoint(plan.checkpoint));
+  const auto params =
+      plan.checkpoint.empty() ? model.init(backend, plan.seed) : model.load(backend, moss::Checkpoint(plan.checkpoint));
   backend.synchronize();
   const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
 
@@ -137,8 +137,11 @@ int main_checked(int argc, char** argv) {
   if (device == "auto") device = "cpu";
 #endif
   const bool gpu = device == "cuda";
-  Plan plan{args.get_int("--batch", gpu ? 8 : 1), args.get_int("--prompt-len", gpu ? 512 : 64),
-            args.get_int("--generate", gpu ? 128 : 16), static_cast<std::uint64_t>(args.get_int("--seed", 0)), {},
+  Plan plan{args.get_int("--batch", gpu ? 8 : 1),
+            args.get_int("--prompt-len", gpu ? 512 : 64),
+            args.get_int("--generate", gpu ? 128 : 16),
+            static_cast<std::uint64_t>(args.get_int("--seed", 0)),
+            {},
             args.get("--checkpoint")};
   MOSS_EXPECTS(plan.batch >= 1 && plan.prompt_len >= 1 && plan.generate >= 1, moss::config_error,
                "--batch, --prompt-len and --generate must be ≥ 1");
@@ -164,9 +167,8 @@ int main_checked(int argc, char** argv) {
                                                 : (gpu ? moss::DType::bf16 : cfg.dtype.value_or(moss::DType::f32));
   return moss::dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return moss::dispatch_variant<T>(cfg, [&](auto model_tag) {
-      return run_on<typename decltype(model_tag)::type>(device, cfg, plan);
-    });
+    return moss::dispatch_variant<T>(
+        cfg, [&](auto model_tag) { return run_on<typename decltype(model_tag)::type>(device, cfg, plan); });
   });
 }
 

@@ -18,29 +18,6 @@ using namespace moss;
 
 constexpr index_t kBatch = 8, kLen = 2048, kModel = 2048, kExperts = 8;
 
-/// Median ms of event-timed calls of fn.
-template <class F>
-double median_ms(cudaStream_t stream, int reps, F&& fn) {
-  cudaEvent_t a, b;
-  MOSS_CUDA_CHECK(cudaEventCreate(&a));
-  MOSS_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    MOSS_CUDA_CHECK(cudaEventRecord(a, stream));
-    fn();
-    MOSS_CUDA_CHECK(cudaEventRecord(b, stream));
-    MOSS_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    MOSS_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  MOSS_CUDA_CHECK(cudaEventDestroy(a));
-  MOSS_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 MambaConfig layer_config() {
   MambaConfig c;
   c.d_model = kModel;
@@ -63,7 +40,7 @@ void BM_rom_layer_forward(benchmark::State& state) {
   const Mamba<bf16> dense(MambaDims::from(c));
   Rng rng(1);
   const auto dp = dense.init(gpu, rng, 48);
-  const double dense_ms = median_ms(gpu.stream, 20, [&] { dense.forward(gpu, dp, xv, yv); });
+  const double dense_ms = bench::median_ms(gpu.stream, 20, [&] { dense.forward(gpu, dp, xv, yv); });
 
   using Rom = RoutedMamba<TopK<1>, SharedRouting, Experts<kExperts>, bf16>;
   const Rom rom(MambaDims::from(c), kExperts);
@@ -91,7 +68,7 @@ void BM_moe_feed_forward(benchmark::State& state) {
   Rng rng(1);
   const FeedForward<Mlp<Relu>, bf16> dense(kModel, F);
   const auto dp = dense.init(gpu, rng, 48);
-  const double dense_ms = median_ms(gpu.stream, 20, [&] { dense.forward(gpu, dp, xv, yv); });
+  const double dense_ms = bench::median_ms(gpu.stream, 20, [&] { dense.forward(gpu, dp, xv, yv); });
 
   const MoeFeedForward<Top1Switch, Experts<kExperts>, Mlp<Relu>, bf16> moe(kModel, F, kExperts);
   const auto mp = moe.init(gpu, rng, 48);

@@ -31,29 +31,6 @@ using moss::TensorView;
 
 constexpr index_t kTokens = 16384, kExperts = 8, kIn = 2048, kOut = 8192;
 
-/// Median time in ms of `reps` event-timed runs of fn (after warm-up).
-template <class F>
-double median_ms(cudaStream_t stream, int reps, F&& fn) {
-  cudaEvent_t a, b;
-  MOSS_CUDA_CHECK(cudaEventCreate(&a));
-  MOSS_CUDA_CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<float> t;
-  for (int i = 0; i < reps; ++i) {
-    MOSS_CUDA_CHECK(cudaEventRecord(a, stream));
-    fn();
-    MOSS_CUDA_CHECK(cudaEventRecord(b, stream));
-    MOSS_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0;
-    MOSS_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  MOSS_CUDA_CHECK(cudaEventDestroy(a));
-  MOSS_CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 /// Row offsets of the expert segments: balanced, or half the rows on expert 0.
 std::vector<std::int32_t> segment_offsets(bool skewed) {
   std::vector<std::int32_t> off(kExperts + 1, 0);
@@ -62,7 +39,8 @@ std::vector<std::int32_t> segment_offsets(bool skewed) {
   } else {
     off[1] = kTokens / 2;
     const index_t rest = kTokens - kTokens / 2;
-    for (index_t e = 1; e < kExperts; ++e) off[e + 1] = static_cast<std::int32_t>(kTokens / 2 + e * rest / (kExperts - 1));
+    for (index_t e = 1; e < kExperts; ++e)
+      off[e + 1] = static_cast<std::int32_t>(kTokens / 2 + e * rest / (kExperts - 1));
   }
   return off;
 }
@@ -70,9 +48,11 @@ std::vector<std::int32_t> segment_offsets(bool skewed) {
 /// The dense reference: one cublasGemmEx over all tokens with one expert's weight shape.
 double dense_gemm_ms(const moss::Cuda& gpu, const moss::Buffer<bf16>& x, const moss::Buffer<bf16>& w,
                      moss::Buffer<bf16>& y) {
-  moss::LinearArgs<bf16> l{ConstView<bf16, 2>(x.data(), {kTokens, kIn}), ConstView<bf16, 2>(w.data(), {kOut, kIn}), {},
+  moss::LinearArgs<bf16> l{ConstView<bf16, 2>(x.data(), {kTokens, kIn}),
+                           ConstView<bf16, 2>(w.data(), {kOut, kIn}),
+                           {},
                            TensorView<bf16, 2>(y.data(), {kTokens, kOut})};
-  return median_ms(gpu.stream, 20, [&] { moss::detail::linear_gemm_ex(gpu, l); });
+  return moss::bench::median_ms(gpu.stream, 20, [&] { moss::detail::linear_gemm_ex(gpu, l); });
 }
 
 void run_grouped(benchmark::State& state, bool skewed, bool read_offsets) {
@@ -135,10 +115,10 @@ void BM_router_permute_gather_bf16(benchmark::State& state) {
     r.gate = gate.view<2>({kTokens, 1});
     moss::route(gpu, r);
     moss::permute_plan(gpu, moss::PermutePlanArgs{ConstView<std::int32_t, 2>(expert.data(), {kTokens, 1}), kExperts, 0,
-                                                   pair_row.flat(), row_pair.flat(), offsets.flat(), counts.flat()});
+                                                  pair_row.flat(), row_pair.flat(), offsets.flat(), counts.flat()});
     moss::gather_rows(gpu, moss::GatherRowsArgs<bf16>{r.x, ConstView<std::int32_t, 1>(row_pair.data(), {kTokens}),
-                                                       ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
-                                                       xp.view<2>({kTokens, kIn})});
+                                                      ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
+                                                      xp.view<2>({kTokens, kIn})});
     next = (next + 1) % sets;
   });
   const double bytes = 3.0 * kTokens * kIn * sizeof(bf16);  // x read by the router and the gather, written once

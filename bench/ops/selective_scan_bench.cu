@@ -126,11 +126,13 @@ void BM_selective_scan_bf16_channel_first(benchmark::State& state) {
 template <int kStepsPerGroup>
 void BM_selective_scan_bf16_channel_last_group(benchmark::State& state) {
   constexpr moss::detail::ScanTuning row{64, 16, 128, 2, 32, 16, kStepsPerGroup};
-  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
+  run_scan(state, true,
+           [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
 }
 void BM_selective_scan_bf16_channel_last_two_threads_per_channel(benchmark::State& state) {
   constexpr moss::detail::ScanTuning row{64, 8, 128, 4, 32, 16, 1};
-  run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
+  run_scan(state, true,
+           [](const moss::Cuda& gpu, const auto& a) { moss::detail::scan::launch_scan<bf16, row>(gpu, a); });
 }
 
 BENCHMARK(BM_selective_scan_bf16_channel_last)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -30,14 +30,17 @@ std::filesystem::path temp_dir(const std::string& name) {
 
 /// The experts of a feed-forward block in double.
 template <class Expert, class T>
-test::FfnRefWeights ffn_ref(index_t X, index_t D, index_t F, const Buffer<T>& wi, const Buffer<T>& up, const Buffer<T>& wo) {
+test::FfnRefWeights ffn_ref(index_t X, index_t D, index_t F, const Buffer<T>& wi, const Buffer<T>& up,
+                            const Buffer<T>& wo) {
   test::FfnRefWeights w;
   w.X = X;
   w.D = D;
   w.F = F;
   w.gated = Expert::kind == ExpertKind::gated_mlp;
   using A = typename Expert::activation;
-  w.act = std::is_same_v<A, Relu> ? test::RefAct::relu : std::is_same_v<A, Gelu> ? test::RefAct::gelu : test::RefAct::silu;
+  w.act = std::is_same_v<A, Relu>   ? test::RefAct::relu
+          : std::is_same_v<A, Gelu> ? test::RefAct::gelu
+                                    : test::RefAct::silu;
   w.wi = test::widen(wi);
   w.up = test::widen(up);
   w.wo = test::widen(wo);
@@ -70,8 +73,8 @@ template <class Layer, class T>
 std::vector<T> run_forward(const Layer& layer, const typename Layer::Params& p, const std::vector<T>& x, index_t batch,
                            index_t L, index_t D, RoutingReport* report = nullptr) {
   std::vector<T> out(static_cast<std::size_t>(batch * L * D), from_float<T>(NAN));
-  layer.forward(Host{}, p, ConstView<T, 3>(x.data(), {batch, L, D}, "x"), TensorView<T, 3>(out.data(), {batch, L, D}, "out"),
-                nullptr, report);
+  layer.forward(Host{}, p, ConstView<T, 3>(x.data(), {batch, L, D}, "x"),
+                TensorView<T, 3>(out.data(), {batch, L, D}, "out"), nullptr, report);
   return out;
 }
 
@@ -91,7 +94,8 @@ void check_stats(const RouterStats& s, const test::RefRouting& r, const test::Re
   check_close(s.aux_loss, ref.aux, 1e-5, "aux_loss");
   check_close(s.z_loss, ref.z, 1e-5, "z_loss");
   REQUIRE(s.prob_mean.size() == ref.prob_mean.size());
-  for (std::size_t i = 0; i < ref.prob_mean.size(); ++i) check_close(s.prob_mean[i], ref.prob_mean[i], 1e-5, "prob_mean");
+  for (std::size_t i = 0; i < ref.prob_mean.size(); ++i)
+    check_close(s.prob_mean[i], ref.prob_mean[i], 1e-5, "prob_mean");
 }
 
 /// MoeFeedForward<R, Experts<>, Expert, T> on random data against the float64 loop: output,
@@ -115,7 +119,8 @@ test::RefRouting check_moe_forward(R router, const MoeCase& c, double tol) {
   std::vector<double> balanced;
   if constexpr (std::is_same_v<R, SinkhornTop1>)
     if (router.training) balanced = test::ref_sinkhorn(logits, tokens, c.X);
-  test::RefRouting r = test::ref_route(logits, tokens, c.X, R::k, test::ref_router_kind(router), balanced.empty() ? nullptr : &balanced);
+  test::RefRouting r =
+      test::ref_route(logits, tokens, c.X, R::k, test::ref_router_kind(router), balanced.empty() ? nullptr : &balanced);
   if (!balanced.empty()) {
     // The float32 Sinkhorn of the layer and this float64 one agree on every clear argmax.
     INFO("smallest gap between the best and second balanced score: " << r.margin);
@@ -165,7 +170,8 @@ void check_all_routers(double tol) {
   }
   SECTION("one token") { check_moe_forward<TopK<2>, Mlp<Relu>, T>({}, {.batch = 1, .L = 1, .seed = 10}, tol); }
   SECTION("with capacity") {
-    const auto r = check_moe_forward<TopK<2>, GatedMlp<Silu>, T>({}, {.batch = 3, .L = 8, .capacity_factor = 0.75, .seed = 11}, tol);
+    const auto r = check_moe_forward<TopK<2>, GatedMlp<Silu>, T>(
+        {}, {.batch = 3, .L = 8, .capacity_factor = 0.75, .seed = 11}, tol);
     CHECK(r.dropped > 0);
   }
 }
@@ -411,8 +417,8 @@ TEST_CASE("MoeFeedForward step (one token per sequence) equals forward on L = 1"
   auto cache = layer.make_cache(Host{}, batch);
   std::vector<float> stepped(static_cast<std::size_t>(batch * D), NAN);
   RoutingReport step_report, fwd_report;
-  layer.step(Host{}, p, ConstView<float, 2>(x.data(), {batch, D}, "x"), TensorView<float, 2>(stepped.data(), {batch, D}, "out"),
-             cache, &step_report);
+  layer.step(Host{}, p, ConstView<float, 2>(x.data(), {batch, D}, "x"),
+             TensorView<float, 2>(stepped.data(), {batch, D}, "out"), cache, &step_report);
   const auto full = run_forward(layer, p, x, batch, 1, D, &fwd_report);
   CHECK(step_report.read().at(0).dropped == 0);
   if (!with_capacity) {
@@ -490,9 +496,10 @@ TEST_CASE("MoeFeedForward refuses wrong shapes and contradicting sizes", "[host]
   const auto p = random_params(layer, D, F, 71);
   std::vector<float> x(2 * 3 * 20), out(2 * 3 * 16);
   SECTION("input of the wrong width") {
-    REQUIRE_THROWS_WITH(layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 20}, "x"),
-                                      TensorView<float, 3>(out.data(), {2, 3, 16}, "out")),
-                        ContainsSubstring("MoeFeedForward::forward: x is [2, 3, 20] (batch, seqlen, d_model) but expected [*, *, 16]"));
+    REQUIRE_THROWS_WITH(
+        layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 20}, "x"),
+                      TensorView<float, 3>(out.data(), {2, 3, 16}, "out")),
+        ContainsSubstring("MoeFeedForward::forward: x is [2, 3, 20] (batch, seqlen, d_model) but expected [*, *, 16]"));
   }
   SECTION("output of the wrong shape") {
     REQUIRE_THROWS_AS(layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 16}, "x"),

@@ -76,9 +76,9 @@ constexpr double kStatsTol = 1e-5;
 
 template <class T>
 struct FfnRun {
-  std::vector<T> out;                 // (batch, L, D) forward
-  std::vector<T> step;                // (batch, D) one step
-  std::vector<RouterStats> report;    // forward's entry, then the step's
+  std::vector<T> out;               // (batch, L, D) forward
+  std::vector<T> step;              // (batch, D) one step
+  std::vector<RouterStats> report;  // forward's entry, then the step's
 };
 
 template <class Layer, class Backend, class T = typename Layer::value_type>
@@ -138,7 +138,8 @@ void compare_ffn_variants(const Cuda& gpu, index_t batch, index_t L, double capa
   RouterSettings s;
   s.capacity_factor = capacity_factor;
   // MoE-Mamba's block: Switch top-1 over ReLU MLP experts of width 3·D.
-  compare_ffn(gpu, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, T>(D, 3 * D, X, {}, s), D, batch, L, tol, seed, zero);
+  compare_ffn(gpu, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, T>(D, 3 * D, X, {}, s), D, batch, L, tol, seed,
+              zero);
   // Top-2 over SwiGLU experts, with and without renormalised weights.
   for (bool renormalize : {false, true})
     compare_ffn(gpu, MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, T>(D, 96, X, TopK<2>{renormalize}, s), D, batch,
@@ -153,12 +154,12 @@ void compare_ffn_variants(const Cuda& gpu, index_t batch, index_t L, double capa
 
 template <class T>
 struct RomRun {
-  std::vector<T> full;                  // (batch, L, D) forward without a cache
-  std::vector<T> prefill;               // (batch, L, D) forward into a cache
-  std::vector<std::vector<T>> steps;    // (batch, D) per decode step
-  std::vector<float> ssm_state;         // the cache after the steps
+  std::vector<T> full;                // (batch, L, D) forward without a cache
+  std::vector<T> prefill;             // (batch, L, D) forward into a cache
+  std::vector<std::vector<T>> steps;  // (batch, D) per decode step
+  std::vector<float> ssm_state;       // the cache after the steps
   std::vector<T> conv_state;
-  std::vector<RouterStats> report;      // every call's entries in order
+  std::vector<RouterStats> report;  // every call's entries in order
 };
 
 template <class Layer, class Backend, class T = typename Layer::value_type>
@@ -262,17 +263,17 @@ void compare_rom_variants(const Cuda& gpu, index_t batch, index_t L, double capa
   compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, T>(dims, X, {}, s), batch, L, steps, tol, seed);
   // Top-2 with every weight placement (they differ only for K > 1).
   using P = Routed<Conv, Gate, Out>;
-  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightOut>>(dims, X, {}, s), batch, L,
-              steps, tol, seed + 10);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightOut>>(dims, X, {}, s), batch,
+              L, steps, tol, seed + 10);
   compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightGate>>(dims, X, {}, s), batch,
               L, steps, tol, seed + 20);
-  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightAll>>(dims, X, {}, s), batch, L,
-              steps, tol, seed + 30);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightAll>>(dims, X, {}, s), batch,
+              L, steps, tol, seed + 30);
   compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<P, WeightNone>>(dims, X, {}, s), batch,
               L, steps, tol, seed + 40);
   // Conv dense, Gate and Out routed (no fused in_proj).
-  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, T, RomVariant<Routed<Gate, Out>>>(dims, X, {}, s), batch,
-              L, steps, tol, seed + 50);
+  compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, T, RomVariant<Routed<Gate, Out>>>(dims, X, {}, s),
+              batch, L, steps, tol, seed + 50);
   // The naive baseline: a router per projection.
   compare_rom(gpu, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<>, T>(dims, X, TopK<2>{true}, s), batch, L, steps,
               tol, seed + 60, std::is_same_v<T, float> ? ZeroRouters::none : ZeroRouters::out_only);
@@ -328,7 +329,8 @@ TEST_CASE("MoeFeedForward on CUDA reproduces Hugging Face SwitchTransformersSpar
   const auto gp = layer.load(gpu, ckpt, "w.");
   const auto hp = layer.load(Host{}, ckpt, "w.");
   const FfnRun<float> got = run_ffn(gpu, layer, gp, x, std::vector<float>(x.begin(), x.begin() + 2 * 32), 2, 20, 32);
-  const FfnRun<float> host = run_ffn(Host{}, layer, hp, x, std::vector<float>(x.begin(), x.begin() + 2 * 32), 2, 20, 32);
+  const FfnRun<float> host =
+      run_ffn(Host{}, layer, hp, x, std::vector<float>(x.begin(), x.begin() + 2 * 32), 2, 20, 32);
   const double err = test::rel_l2(got.out, want);
   INFO("relative L2 error against the fixture " << err);
   CHECK(err <= 1e-5);

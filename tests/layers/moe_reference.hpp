@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "layers/mamba_reference.hpp"
-#include "moss_test.hpp"
 #include "moss/layers/routed_mamba.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/policy/router.hpp"
+#include "moss_test.hpp"
 
 namespace moss::test {
 
@@ -70,17 +70,17 @@ std::vector<float> layer_logits(const T* x, index_t tokens, index_t D, const std
 
 /// How the reference turns logits into a selection and combine weights (REFERENCE.md §2).
 enum class RefRouter {
-  top1_switch,  ///< argmax, g = softmax[e]
-  top_k,        ///< K largest, g = softmax of each
-  top_k_renorm, ///< K largest, g = softmax renormalised over the K
-  sinkhorn,     ///< argmax of the given scores (logits in inference mode), g = sigmoid(logit_e)
+  top1_switch,   ///< argmax, g = softmax[e]
+  top_k,         ///< K largest, g = softmax of each
+  top_k_renorm,  ///< K largest, g = softmax renormalised over the K
+  sinkhorn,      ///< argmax of the given scores (logits in inference mode), g = sigmoid(logit_e)
 };
 
 /// One (token, slot) pair of a routing decision.
 struct RefSlot {
-  int expert = -1;      ///< the chosen expert
-  double g = 0.0;       ///< its combine weight
-  bool dropped = false; ///< over capacity: contributes nothing
+  int expert = -1;       ///< the chosen expert
+  double g = 0.0;        ///< its combine weight
+  bool dropped = false;  ///< over capacity: contributes nothing
 };
 
 /// A routing decision of T tokens and K slots: slots[t·K + s].
@@ -103,7 +103,8 @@ RefRouter ref_router_kind(const R& r) {
   } else if constexpr (std::is_same_v<R, SinkhornTop1>) {
     return RefRouter::sinkhorn;
   } else {
-    static_assert(requires { r.renormalize; }, "moe_reference.hpp: a router the reference does not know");
+    static_assert(
+        requires { r.renormalize; }, "moe_reference.hpp: a router the reference does not know");
     return r.renormalize ? RefRouter::top_k_renorm : RefRouter::top_k;
   }
 }
@@ -170,7 +171,8 @@ inline RefRouting ref_route(const std::vector<float>& logits, index_t tokens, in
 /// priority (every token's slot 0 in token order, then slot 1, ...), the rest dropped.
 inline void ref_apply_capacity(RefRouting& r, double cf) {
   if (cf <= 0) return;
-  const double c = std::ceil(cf * static_cast<double>(r.tokens) * static_cast<double>(r.k) / static_cast<double>(r.experts));
+  const double c =
+      std::ceil(cf * static_cast<double>(r.tokens) * static_cast<double>(r.k) / static_cast<double>(r.experts));
   const std::int64_t C = std::max<std::int64_t>(1, static_cast<std::int64_t>(c));
   r.kept.assign(static_cast<std::size_t>(r.experts), 0);
   r.dropped = 0;
@@ -211,7 +213,8 @@ inline RefStats ref_stats(const std::vector<float>& logits, const RefRouting& r,
   }
   s.z *= beta;
   double dot = 0;
-  for (index_t i = 0; i < X; ++i) dot += static_cast<double>(r.counts[i]) / static_cast<double>(T * r.k) * s.prob_mean[i];
+  for (index_t i = 0; i < X; ++i)
+    dot += static_cast<double>(r.counts[i]) / static_cast<double>(T * r.k) * s.prob_mean[i];
   s.aux = has_aux ? alpha * static_cast<double>(X) * dot : 0.0;
   return s;
 }
@@ -257,9 +260,12 @@ enum class RefAct { relu, gelu, silu };
 
 inline double ref_act(RefAct a, double x) {
   switch (a) {
-    case RefAct::relu: return x > 0 ? x : 0.0;
-    case RefAct::gelu: return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
-    case RefAct::silu: return x / (1.0 + std::exp(-x));
+    case RefAct::relu:
+      return x > 0 ? x : 0.0;
+    case RefAct::gelu:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case RefAct::silu:
+      return x / (1.0 + std::exp(-x));
   }
   return 0;
 }
@@ -324,7 +330,8 @@ struct RomRefWeights {
 /// The RoM layer's parameters in double, following routed_mamba.hpp's layout: with Conv and
 /// Gate sharing one decision, expert i's (2·ED, D) in_proj has the Conv rows first.
 template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V>
-RomRefWeights rom_ref_weights(const RoutedMamba<R, S, E, T, V>& layer, const typename RoutedMamba<R, S, E, T, V>::Params& p) {
+RomRefWeights rom_ref_weights(const RoutedMamba<R, S, E, T, V>& layer,
+                              const typename RoutedMamba<R, S, E, T, V>::Params& p) {
   const MambaDims& d = layer.dims();
   RomRefWeights w;
   w.D = d.d_model;
@@ -456,10 +463,14 @@ struct RefPlacement {
   bool conv = false, gate = false, out = true;
   static RefPlacement of(Placement p) {
     switch (p) {
-      case Placement::out: return {false, false, true};
-      case Placement::gate: return {false, true, false};
-      case Placement::all: return {true, true, true};
-      case Placement::none: return {false, false, false};
+      case Placement::out:
+        return {false, false, true};
+      case Placement::gate:
+        return {false, true, false};
+      case Placement::all:
+        return {true, true, true};
+      case Placement::none:
+        return {false, false, false};
     }
     return {};
   }

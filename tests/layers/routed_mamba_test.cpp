@@ -4,11 +4,11 @@
 // cache, the cache of dense Mamba's size), checkpoints, errors and the zero-length call.
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -72,8 +72,8 @@ std::vector<T> run_forward(const Layer& layer, const typename Layer::Params& p, 
                            index_t L, typename Layer::Cache* cache = nullptr, RoutingReport* report = nullptr) {
   const index_t D = layer.dims().d_model;
   std::vector<T> out(static_cast<std::size_t>(batch * L * D), from_float<T>(NAN));
-  layer.forward(Host{}, p, ConstView<T, 3>(x.data(), {batch, L, D}, "x"), TensorView<T, 3>(out.data(), {batch, L, D}, "out"),
-                cache, report);
+  layer.forward(Host{}, p, ConstView<T, 3>(x.data(), {batch, L, D}, "x"),
+                TensorView<T, 3>(out.data(), {batch, L, D}, "out"), cache, report);
   return out;
 }
 
@@ -82,8 +82,8 @@ std::vector<T> run_step(const Layer& layer, const typename Layer::Params& p, con
                         typename Layer::Cache& cache, RoutingReport* report = nullptr) {
   const index_t D = layer.dims().d_model;
   std::vector<T> out(static_cast<std::size_t>(batch * D), from_float<T>(NAN));
-  layer.step(Host{}, p, ConstView<T, 2>(x.data(), {batch, D}, "x"), TensorView<T, 2>(out.data(), {batch, D}, "out"), cache,
-             report);
+  layer.step(Host{}, p, ConstView<T, 2>(x.data(), {batch, D}, "x"), TensorView<T, 2>(out.data(), {batch, D}, "out"),
+             cache, report);
   return out;
 }
 
@@ -99,9 +99,9 @@ struct RomRefResult {
 /// The float64 RoM mixer for `layer` with params `p` on x (batch, L, D): routing from the
 /// layer's own float32 logits (REFERENCE.md §2), capacity factor from the layer's settings.
 template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V>
-RomRefResult rom_reference(const RoutedMamba<R, S, E, T, V>& layer, const typename RoutedMamba<R, S, E, T, V>::Params& p,
-                           const std::vector<T>& x, index_t batch, index_t L, const test::RefStates* init = nullptr,
-                           test::RefStates* final_states = nullptr) {
+RomRefResult rom_reference(const RoutedMamba<R, S, E, T, V>& layer,
+                           const typename RoutedMamba<R, S, E, T, V>::Params& p, const std::vector<T>& x, index_t batch,
+                           index_t L, const test::RefStates* init = nullptr, test::RefStates* final_states = nullptr) {
   const index_t D = layer.dims().d_model, ED = layer.dims().d_inner, X = layer.num_experts(), K = R::k;
   const index_t tokens = batch * L;
   const double cf = layer.settings().capacity_factor;
@@ -113,8 +113,10 @@ RomRefResult rom_reference(const RoutedMamba<R, S, E, T, V>& layer, const typena
     const auto logits = test::layer_logits(in, tokens, width, test::host_copy(w), X);
     test::RefRouting r = test::ref_route(logits, tokens, X, K, kind);
     test::ref_apply_capacity(r, cf);
-    if (keep) *keep = logits;
-    else res.logits.push_back(logits);
+    if (keep)
+      *keep = logits;
+    else
+      res.logits.push_back(logits);
     return r;
   };
   test::RefRouting conv, gate, out_routing;
@@ -140,7 +142,8 @@ RomRefResult rom_reference(const RoutedMamba<R, S, E, T, V>& layer, const typena
     if (V::conv) res.routings.push_back(conv);
     if (V::gate) res.routings.push_back(gate);
   }
-  res.out = test::ref_rom(res.weights, test::to_double(x), batch, L, rr, res.placement, init, final_states, &out_routing);
+  res.out =
+      test::ref_rom(res.weights, test::to_double(x), batch, L, rr, res.placement, init, final_states, &out_routing);
   if constexpr (!S::shared) {
     if (V::out) {
       // m here and in the layer differ by rounding: the Out router must not sit on a near-tie.
@@ -181,19 +184,18 @@ using OnlyOut = Routed<Out>;
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("RoutedMamba with TopK<2> matches a float64 RoM mixer", "[host][layers][moe][rom]",
-                   (Rom2<SharedRouting, RomVariant<CGO, WeightOut>>), (Rom2<SharedRouting, RomVariant<CGO, WeightGate>>),
-                   (Rom2<SharedRouting, RomVariant<CGO, WeightAll>>), (Rom2<SharedRouting, RomVariant<CGO, WeightNone>>),
-                   (Rom2<SharedRouting, RomVariant<GO, WeightOut>>), (Rom2<SharedRouting, RomVariant<GO, WeightGate>>),
-                   (Rom2<SharedRouting, RomVariant<GO, WeightAll>>), (Rom2<SharedRouting, RomVariant<GO, WeightNone>>),
-                   (Rom2<SharedRouting, RomVariant<OnlyOut, WeightOut>>), (Rom2<SharedRouting, RomVariant<OnlyOut, WeightAll>>),
-                   (Rom2<SharedRouting, RomVariant<OnlyOut, WeightNone>>),
-                   (Rom2<SharedRouting, RomVariant<Routed<Conv>, WeightAll>>),
-                   (Rom2<SharedRouting, RomVariant<Routed<Conv, Gate>, WeightGate>>),
-                   (Rom2<SharedRouting, RomVariant<Routed<Out, Conv>, WeightAll>>),
-                   (Rom2<PerProjectionRouting, RomVariant<CGO>>), (Rom2<PerProjectionRouting, RomVariant<GO>>),
-                   (Rom2<PerProjectionRouting, RomVariant<OnlyOut>>),
-                   (Rom2<PerProjectionRouting, RomVariant<Routed<Conv>>>)) {
+TEMPLATE_TEST_CASE(
+    "RoutedMamba with TopK<2> matches a float64 RoM mixer", "[host][layers][moe][rom]",
+    (Rom2<SharedRouting, RomVariant<CGO, WeightOut>>), (Rom2<SharedRouting, RomVariant<CGO, WeightGate>>),
+    (Rom2<SharedRouting, RomVariant<CGO, WeightAll>>), (Rom2<SharedRouting, RomVariant<CGO, WeightNone>>),
+    (Rom2<SharedRouting, RomVariant<GO, WeightOut>>), (Rom2<SharedRouting, RomVariant<GO, WeightGate>>),
+    (Rom2<SharedRouting, RomVariant<GO, WeightAll>>), (Rom2<SharedRouting, RomVariant<GO, WeightNone>>),
+    (Rom2<SharedRouting, RomVariant<OnlyOut, WeightOut>>), (Rom2<SharedRouting, RomVariant<OnlyOut, WeightAll>>),
+    (Rom2<SharedRouting, RomVariant<OnlyOut, WeightNone>>), (Rom2<SharedRouting, RomVariant<Routed<Conv>, WeightAll>>),
+    (Rom2<SharedRouting, RomVariant<Routed<Conv, Gate>, WeightGate>>),
+    (Rom2<SharedRouting, RomVariant<Routed<Out, Conv>, WeightAll>>), (Rom2<PerProjectionRouting, RomVariant<CGO>>),
+    (Rom2<PerProjectionRouting, RomVariant<GO>>), (Rom2<PerProjectionRouting, RomVariant<OnlyOut>>),
+    (Rom2<PerProjectionRouting, RomVariant<Routed<Conv>>>)) {
   using Layer = TestType;
   const MambaConfig cfg = rom_config();
   const bool renormalize = GENERATE(false, true);
@@ -223,8 +225,8 @@ TEMPLATE_TEST_CASE("RoutedMamba with TopK<2> matches a float64 RoM mixer", "[hos
     CHECK(stats[i].counts == ref.routings[i].counts);
     CHECK(stats[i].dropped == 0);
     // the losses, once per router (once per layer with shared routing)
-    const auto rs = test::ref_stats(ref.logits[i], ref.routings[i], layer.settings().aux_loss_coef,
-                                    layer.settings().z_loss_coef);
+    const auto rs =
+        test::ref_stats(ref.logits[i], ref.routings[i], layer.settings().aux_loss_coef, layer.settings().z_loss_coef);
     CHECK(std::abs(stats[i].aux_loss - rs.aux) <= 1e-5 * rs.aux);
     CHECK(std::abs(stats[i].z_loss - rs.z) <= 1e-5 * rs.z);
   }
@@ -234,7 +236,8 @@ TEMPLATE_TEST_CASE("RoutedMamba with TopK<2> matches a float64 RoM mixer", "[hos
     for (Placement other : {Placement::out, Placement::gate, Placement::all, Placement::none}) {
       const auto pl = test::RefPlacement::of(other);
       const auto& mine = ref.placement;
-      const bool differs = (V::conv && pl.conv != mine.conv) || (V::gate && pl.gate != mine.gate) || (V::out && pl.out != mine.out);
+      const bool differs =
+          (V::conv && pl.conv != mine.conv) || (V::gate && pl.gate != mine.gate) || (V::out && pl.out != mine.out);
       if (!differs) continue;
       test::RomRefRouting rr;
       rr.conv = rr.gate = &ref.routings[0];
@@ -258,13 +261,15 @@ TEST_CASE("RoutedMamba sums the K = 2 expert outputs before the conv", "[host][l
   const auto out = run_forward(layer, p, x, batch, L);
   const auto ref = rom_reference(layer, p, x, batch, L);
   CHECK(test::rel_l2(out, ref.out) <= 1e-5);
-  const auto per_slot = test::ref_rom_conv_per_slot(ref.weights, test::to_double(x), batch, L, ref.routings[0], ref.placement);
+  const auto per_slot =
+      test::ref_rom_conv_per_slot(ref.weights, test::to_double(x), batch, L, ref.routings[0], ref.placement);
   const double apart = test::rel_l2(out, per_slot);
   INFO("distance to the per-slot-conv design: " << apart);
   CHECK(apart > 1e-2);
 }
 
-TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every placement", "[host][layers][moe][rom]") {
+TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every placement",
+          "[host][layers][moe][rom]") {
   // g = 1 for top-1 with renormalisation, so WeightOut, WeightGate, WeightAll and WeightNone
   // compute the unweighted layer; without renormalisation g = p < 1 and they differ.
   const MambaConfig cfg = rom_config();
@@ -283,7 +288,8 @@ TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every
   }
   const Checkpoint ckpt(dir / "rom.safetensors");
   auto run = [&]<class W>() {
-    const RoutedMamba<TopK<1>, SharedRouting, Experts<>, float, RomVariant<CGO, W>> layer(MambaDims::from(cfg), kExperts, router);
+    const RoutedMamba<TopK<1>, SharedRouting, Experts<>, float, RomVariant<CGO, W>> layer(MambaDims::from(cfg),
+                                                                                          kExperts, router);
     const auto q = layer.load(Host{}, ckpt, "m.");
     const auto out = run_forward(layer, q, x, batch, L);
     CHECK(test::rel_l2(out, rom_reference(layer, q, x, batch, L).out) <= 1e-5);
@@ -352,8 +358,8 @@ TEST_CASE("RoutedMamba with one expert equals dense Mamba with the same weights"
       std::vector<float> xt(static_cast<std::size_t>(batch * D)), yt(xt.size());
       for (index_t b = 0; b < batch; ++b) std::copy_n(x.begin() + (b * L + t) * D, D, xt.begin() + b * D);
       const auto got = run_step(rom, p, xt, batch, rc);
-      dense.step(Host{}, dp, ConstView<float, 2>(xt.data(), {batch, D}, "x"), TensorView<float, 2>(yt.data(), {batch, D}, "out"),
-                 dc);
+      dense.step(Host{}, dp, ConstView<float, 2>(xt.data(), {batch, D}, "x"),
+                 TensorView<float, 2>(yt.data(), {batch, D}, "out"), dc);
       CHECK(test::rel_l2(got, yt) <= 1e-6);
     }
     CHECK(test::rel_l2(test::widen(rc.ssm_state), test::widen(dc.ssm_state)) <= 1e-6);
@@ -464,10 +470,12 @@ TEMPLATE_TEST_CASE("RoutedMamba with capacity drops pairs from every routed proj
   CHECK(dropped > 0);
 }
 
-TEMPLATE_TEST_CASE("RoutedMamba in bf16 and f16 stays within the layer tolerance", "[host][layers][moe][rom]", bf16, f16) {
+TEMPLATE_TEST_CASE("RoutedMamba in bf16 and f16 stays within the layer tolerance", "[host][layers][moe][rom]", bf16,
+                   f16) {
   using T = TestType;
   const MambaConfig cfg = rom_config();
-  const RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<CGO, WeightAll>> layer(MambaDims::from(cfg), kExperts);
+  const RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<CGO, WeightAll>> layer(MambaDims::from(cfg),
+                                                                                            kExperts);
   const auto p = rom_params(layer, 171);
   const index_t batch = 2, L = 11;
   const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 172));
@@ -509,13 +517,23 @@ TEST_CASE("RoutedMamba checkpoints use the documented names and load back bit fo
       if (c.contains("backbone.layers.0.mixer." + k)) CHECK(c.info("backbone.layers.0.mixer." + k).shape == v);
     }
     const auto q = layer.load(Host{}, c, "backbone.layers.0.mixer.");
-    for (auto [a, b] : {std::pair{&p.router, &q.router}, {&p.router_conv, &q.router_conv}, {&p.router_gate, &q.router_gate},
-                        {&p.router_out, &q.router_out}, {&p.dt_bias, &q.dt_bias}, {&p.A_log, &q.A_log}, {&p.A, &q.A},
+    for (auto [a, b] : {std::pair{&p.router, &q.router},
+                        {&p.router_conv, &q.router_conv},
+                        {&p.router_gate, &q.router_gate},
+                        {&p.router_out, &q.router_out},
+                        {&p.dt_bias, &q.dt_bias},
+                        {&p.A_log, &q.A_log},
+                        {&p.A, &q.A},
                         {&p.D, &q.D}})
       CHECK(test::same_bits(*a, *b));
-    for (auto [a, b] : {std::pair{&p.in_proj, &q.in_proj}, {&p.conv_proj, &q.conv_proj}, {&p.gate_proj, &q.gate_proj},
-                        {&p.out_proj, &q.out_proj}, {&p.conv_weight, &q.conv_weight}, {&p.conv_bias, &q.conv_bias},
-                        {&p.x_proj, &q.x_proj}, {&p.dt_proj, &q.dt_proj}})
+    for (auto [a, b] : {std::pair{&p.in_proj, &q.in_proj},
+                        {&p.conv_proj, &q.conv_proj},
+                        {&p.gate_proj, &q.gate_proj},
+                        {&p.out_proj, &q.out_proj},
+                        {&p.conv_weight, &q.conv_weight},
+                        {&p.conv_bias, &q.conv_bias},
+                        {&p.x_proj, &q.x_proj},
+                        {&p.dt_proj, &q.dt_proj}})
       CHECK(test::same_bits(*a, *b));
     const auto x = test::randn(static_cast<std::size_t>(2 * 5 * D), 182);
     CHECK(run_forward(layer, p, x, 2, 5) == run_forward(layer, q, x, 2, 5));
@@ -526,9 +544,9 @@ TEST_CASE("RoutedMamba checkpoints use the documented names and load back bit fo
   }
   SECTION("shared routing, Gate + Out: Conv Proj dense") {
     check.template operator()<Rom2<SharedRouting, RomVariant<GO, WeightGate>>>({{"router.weight", {X, D}},
-                                                                                 {"in_proj_conv.weight", {ED, D}},
-                                                                                 {"in_proj_gate.weight", {X, ED, D}},
-                                                                                 {"out_proj.weight", {X, D, ED}}});
+                                                                                {"in_proj_conv.weight", {ED, D}},
+                                                                                {"in_proj_gate.weight", {X, ED, D}},
+                                                                                {"out_proj.weight", {X, D, ED}}});
   }
   SECTION("shared routing, Out only") {
     check.template operator()<Rom2<SharedRouting, RomVariant<OnlyOut>>>({{"router.weight", {X, D}},
@@ -537,14 +555,18 @@ TEST_CASE("RoutedMamba checkpoints use the documented names and load back bit fo
                                                                          {"out_proj.weight", {X, D, ED}}});
   }
   SECTION("per-projection routing: three routers, the Out router over d_inner") {
-    check.template operator()<Rom2<PerProjectionRouting, RomVariant<CGO>>>(
-        {{"router_conv.weight", {X, D}}, {"router_gate.weight", {X, D}}, {"router_out.weight", {X, ED}},
-         {"in_proj_conv.weight", {X, ED, D}}, {"in_proj_gate.weight", {X, ED, D}}, {"out_proj.weight", {X, D, ED}}});
+    check.template operator()<Rom2<PerProjectionRouting, RomVariant<CGO>>>({{"router_conv.weight", {X, D}},
+                                                                            {"router_gate.weight", {X, D}},
+                                                                            {"router_out.weight", {X, ED}},
+                                                                            {"in_proj_conv.weight", {X, ED, D}},
+                                                                            {"in_proj_gate.weight", {X, ED, D}},
+                                                                            {"out_proj.weight", {X, D, ED}}});
   }
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful messages", "[host][layers][moe][rom][errors]") {
+TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful messages",
+          "[host][layers][moe][rom][errors]") {
   MambaConfig cfg = rom_config();
   using Layer = Rom2<SharedRouting, RomVariant<CGO>>;
   SECTION("use_bias = true is unsupported") {
@@ -558,7 +580,8 @@ TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful
   }
   SECTION("a type fixing 8 experts with a config saying 4") {
     using Eight = RoutedMamba<TopK<1>, SharedRouting, Experts<8>, float>;
-    REQUIRE_THROWS_WITH(Eight(MambaDims::from(cfg), 4), ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
+    REQUIRE_THROWS_WITH(Eight(MambaDims::from(cfg), 4),
+                        ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
     cfg.rom.num_experts = 4;
     REQUIRE_THROWS_WITH(Eight::settle(cfg), ContainsSubstring("config rom.num_experts"));
   }
@@ -566,9 +589,10 @@ TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful
     const Layer layer(MambaDims::from(cfg), kExperts);
     const auto p = rom_params(layer, 191);
     std::vector<float> x(2 * 3 * 20), out(2 * 3 * 16);
-    REQUIRE_THROWS_WITH(layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 20}, "x"),
-                                      TensorView<float, 3>(out.data(), {2, 3, 16}, "out")),
-                        ContainsSubstring("RoutedMamba::forward: x is [2, 3, 20] (batch, seqlen, d_model) but expected [*, *, 16]"));
+    REQUIRE_THROWS_WITH(
+        layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 20}, "x"),
+                      TensorView<float, 3>(out.data(), {2, 3, 16}, "out")),
+        ContainsSubstring("RoutedMamba::forward: x is [2, 3, 20] (batch, seqlen, d_model) but expected [*, *, 16]"));
     REQUIRE_THROWS_WITH(layer.forward(Host{}, p, ConstView<float, 3>(x.data(), {2, 3, 16}, "x"),
                                       TensorView<float, 3>(out.data(), {2, 2, 16}, "out")),
                         ContainsSubstring("RoutedMamba::forward: out is [2, 2, 16]"));
@@ -596,13 +620,15 @@ TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful
     REQUIRE_THROWS_AS(layer.load(Host{}, c, "m."), io_error);
     REQUIRE_THROWS_WITH(layer.load(Host{}, c, "m."), ContainsSubstring("m.in_proj.weight"));
     // a shared-routing checkpoint does not load as per-projection routing
-    REQUIRE_THROWS_WITH((Rom2<PerProjectionRouting, RomVariant<CGO>>(MambaDims::from(wide), kExperts).load(Host{}, c, "m.")),
-                        ContainsSubstring("m.router_conv.weight"));
+    REQUIRE_THROWS_WITH(
+        (Rom2<PerProjectionRouting, RomVariant<CGO>>(MambaDims::from(wide), kExperts).load(Host{}, c, "m.")),
+        ContainsSubstring("m.router_conv.weight"));
     std::filesystem::remove_all(dir);
   }
 }
 
-TEST_CASE("A zero-length input is a no-op for RoutedMamba, as for Mamba and MoeFeedForward", "[host][layers][moe][rom]") {
+TEST_CASE("A zero-length input is a no-op for RoutedMamba, as for Mamba and MoeFeedForward",
+          "[host][layers][moe][rom]") {
   // Nothing to route: no error about gates or plans (DESIGN.md: never a misleading failure).
   const MambaConfig cfg = rom_config();
   const index_t D = cfg.d_model;

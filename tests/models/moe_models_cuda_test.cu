@@ -165,7 +165,8 @@ void compare_model(const Cuda& gpu, const MambaConfig& cfg, double tol, std::uin
   for (const auto& s : want.full_report) routed += s.tokens == batch * L;
   CHECK(routed == static_cast<index_t>(want.full_report.size()));
   CHECK(want.decode_report.size() == want.full_report.size() * static_cast<std::size_t>(1 + steps));
-  for (std::size_t i = want.full_report.size(); i < want.decode_report.size(); ++i) CHECK(want.decode_report[i].dropped == 0);
+  for (std::size_t i = want.full_report.size(); i < want.decode_report.size(); ++i)
+    CHECK(want.decode_report[i].dropped == 0);
   if (zero)
     for (const auto& s : want.full_report) CHECK(s.counts[0] == batch * L);
 }
@@ -180,7 +181,8 @@ void compare_every_variant(const Cuda& gpu, double tol, bool zero) {
 
 }  // namespace
 
-TEST_CASE("Named sparse models: CUDA logits and routing equal the host's (f32, seeded routers)", "[cuda][models][moe]") {
+TEST_CASE("Named sparse models: CUDA logits and routing equal the host's (f32, seeded routers)",
+          "[cuda][models][moe]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   CudaStream stream;
   const Cuda gpu{stream.get()};

@@ -3,11 +3,11 @@
 // residual wiring against a hand composition of the layers, and config contradictions.
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -72,10 +72,12 @@ template <class Model>
 typename Model::Params boosted_params(const Model& model, std::uint64_t seed) {
   auto p = model.init(Host{}, seed);
   std::uint64_t s = seed * 100;
-  std::apply([&](auto&... per_position) { ((std::for_each(per_position.begin(), per_position.end(),
-                                                          [&](auto& block) { boost(block.mixer, s += 10); })),
-                                          ...); },
-             p.layers);
+  std::apply(
+      [&](auto&... per_position) {
+        ((std::for_each(per_position.begin(), per_position.end(), [&](auto& block) { boost(block.mixer, s += 10); })),
+         ...);
+      },
+      p.layers);
   return p;
 }
 
@@ -135,7 +137,8 @@ TEST_CASE("A Pattern whose length does not divide the depth is a config_error", 
                                                  ContainsSubstring("multiple of the block pattern's length 2") &&
                                                  ContainsSubstring("[\"mamba\", \"moe\"]"));
   using Three = LanguageModel<Pattern<MambaBlock<float>, RomBlock<float>, SwitchMoeBlock<float>>>;
-  REQUIRE_THROWS_WITH(Three(tiny_config(4)), ContainsSubstring("num_hidden_layers is 4") && ContainsSubstring("length 3"));
+  REQUIRE_THROWS_WITH(Three(tiny_config(4)),
+                      ContainsSubstring("num_hidden_layers is 4") && ContainsSubstring("length 3"));
   REQUIRE_THROWS_AS(MoeMambaLM<float>(tiny_config(5)), config_error);
 }
 
@@ -183,8 +186,9 @@ TEST_CASE("Layer i of a Pattern uses block type i mod n", "[host][models][moe]")
     model.save(Host{}, p, dir);
     const Checkpoint c(dir);
     const index_t D = 16, ED = 32;
-    for (index_t i : {0, 3}) CHECK(c.info("backbone.layers." + std::to_string(i) + ".mixer.in_proj.weight").shape ==
-                                   std::vector<index_t>{2 * ED, D});
+    for (index_t i : {0, 3})
+      CHECK(c.info("backbone.layers." + std::to_string(i) + ".mixer.in_proj.weight").shape ==
+            std::vector<index_t>{2 * ED, D});
     for (index_t i : {1, 4}) {
       CHECK(c.info("backbone.layers." + std::to_string(i) + ".mixer.in_proj.weight").shape ==
             std::vector<index_t>{kRomExperts, 2 * ED, D});
@@ -237,14 +241,15 @@ TEST_CASE("Layer i of a Pattern uses block type i mod n", "[host][models][moe]")
     const auto p = boosted_params(model, 5);
     RoutingReport report;
     logits_of(model, p, token_ids(4, 6), 1, 4, &report);
-    CHECK(layer_names(report) ==
-          std::vector<std::string>{"layers.0.mixer.router_conv", "layers.0.mixer.router_gate", "layers.0.mixer.router_out",
-                                   "layers.1.mixer.router_conv", "layers.1.mixer.router_gate", "layers.1.mixer.router_out"});
+    CHECK(layer_names(report) == std::vector<std::string>{"layers.0.mixer.router_conv", "layers.0.mixer.router_gate",
+                                                          "layers.0.mixer.router_out", "layers.1.mixer.router_conv",
+                                                          "layers.1.mixer.router_gate", "layers.1.mixer.router_out"});
   }
 }
 
 TEMPLATE_TEST_CASE("Named variants round-trip through save, load_mamba_config and load", "[host][models][moe]",
-                   MoeMambaLM<float>, BlackMambaLM<float>, RomLM<float>, RomMoeLM<float>, RomMoeLM<bf16>, BlackMambaLM<f16>) {
+                   MoeMambaLM<float>, BlackMambaLM<float>, RomLM<float>, RomMoeLM<float>, RomMoeLM<bf16>,
+                   BlackMambaLM<f16>) {
   using Model = TestType;
   using T = typename Model::value_type;
   const VariantKeys want = keys_of(Model::variant);
@@ -267,7 +272,9 @@ TEMPLATE_TEST_CASE("Named variants round-trip through save, load_mamba_config an
   CHECK(j.at("model_type").as_string() == "moss");
   CHECK(j.at("moss_variant").as_string() == Model::variant);
   CHECK(strings_of(j.at("block_pattern")) == want.pattern);
-  CHECK(j.at("dtype").as_string() == (std::is_same_v<T, float> ? "float32" : std::is_same_v<T, bf16> ? "bfloat16" : "float16"));
+  CHECK(j.at("dtype").as_string() == (std::is_same_v<T, float>  ? "float32"
+                                      : std::is_same_v<T, bf16> ? "bfloat16"
+                                                                : "float16"));
   CHECK(j.at("num_hidden_layers").as_int() == 4);
   CHECK(j.at("hidden_size").as_int() == 16);
   CHECK(j.at("tie_word_embeddings").as_bool() == false);
@@ -383,7 +390,8 @@ TEMPLATE_TEST_CASE("Prefill and decode steps of a MoE model equal the full forwa
   CHECK(cache.length == prompt);
   auto row = [&](index_t t) {
     std::vector<float> r(static_cast<std::size_t>(batch * kVocab));
-    for (index_t b = 0; b < batch; ++b) std::copy_n(full.begin() + (b * L + t) * kVocab, kVocab, r.begin() + b * kVocab);
+    for (index_t b = 0; b < batch; ++b)
+      std::copy_n(full.begin() + (b * L + t) * kVocab, kVocab, r.begin() + b * kVocab);
     return r;
   };
   CHECK(test::rel_l2(last, row(prompt - 1)) <= 1e-5);
@@ -488,7 +496,8 @@ TEST_CASE("Config contradictions are config_errors naming the key", "[host][mode
   SECTION("a block_pattern that differs from the type's") {
     c.block_pattern = {"moe", "mamba"};
     REQUIRE_THROWS_AS(MoeMambaLM<float>(c), config_error);
-    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("block_pattern") && ContainsSubstring("[\"moe\", \"mamba\"]") &&
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("block_pattern") &&
+                                                  ContainsSubstring("[\"moe\", \"mamba\"]") &&
                                                   ContainsSubstring("[\"mamba\", \"moe\"]"));
     c.block_pattern = {"rom"};
     REQUIRE_THROWS_WITH(RomMoeLM<float>(c), ContainsSubstring("block_pattern"));
@@ -540,10 +549,13 @@ TEST_CASE("Config contradictions are config_errors naming the key", "[host][mode
     CHECK_NOTHROW(RomLM<float>(ok));
   }
   SECTION("bad values in config.json") {
-    auto parse = [](const std::string& text) { return MambaConfig::from_json(json::parse(text, "config.json"), "config.json"); };
+    auto parse = [](const std::string& text) {
+      return MambaConfig::from_json(json::parse(text, "config.json"), "config.json");
+    };
     REQUIRE_THROWS_WITH(parse(R"({"model_type": "moss", "moe": {"capacity_factor": -1}})"),
                         ContainsSubstring("capacity_factor"));
     REQUIRE_THROWS_AS(parse(R"({"model_type": "moss", "moe": 5})"), config_error);
-    REQUIRE_THROWS_WITH(parse(R"({"model_type": "moss", "rom": {"num_experts": -2}})"), ContainsSubstring("num_experts"));
+    REQUIRE_THROWS_WITH(parse(R"({"model_type": "moss", "rom": {"num_experts": -2}})"),
+                        ContainsSubstring("num_experts"));
   }
 }

@@ -1,9 +1,9 @@
 // End-to-end tests of the moss-run command: the Hugging Face fixture's logits and greedy tokens
 // come back through the files it writes, and bad arguments or files give a message and a
 // non-zero exit.
+#include <unistd.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -38,10 +38,11 @@ Outcome run_moss(const std::string& args) {
 
 TEST_CASE("moss-run reproduces the fixture's logits and greedy tokens", "[host][models][cli]") {
   const std::string dir = test::data_dir() + "/hf_mamba_tiny";
-  const auto out = std::filesystem::temp_directory_path() / ("moss_run_out_" + std::to_string(::getpid()) + ".safetensors");
+  const auto out =
+      std::filesystem::temp_directory_path() / ("moss_run_out_" + std::to_string(::getpid()) + ".safetensors");
   // The reference file holds input_ids (2, 33); greedy generation continues it by 3 tokens.
-  const auto r = run_moss("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output " + out.string() +
-                          " --generate 3 --device cpu --dtype f32");
+  const auto r = run_moss("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output " +
+                          out.string() + " --generate 3 --device cpu --dtype f32");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const SafetensorsFile got(out.string());
@@ -68,16 +69,19 @@ TEST_CASE("moss-run refuses bad arguments and files with a message", "[host][mod
   };
   fails_with("", "--checkpoint, --inputs and --output are required");
   fails_with("--bogus 1", "unknown argument");
-  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --generate x",
-             "needs an integer");
+  fails_with(
+      "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --generate x",
+      "needs an integer");
   fails_with("--checkpoint /nonexistent --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors",
              "/nonexistent");
   fails_with("--checkpoint " + dir + " --inputs " + dir + "/model.safetensors --output /tmp/x.safetensors",
              "input_ids");
-  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --dtype i8",
-             "unknown dtype");
-  fails_with("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --device tpu",
-             "--device");
+  fails_with(
+      "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --dtype i8",
+      "unknown dtype");
+  fails_with(
+      "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --device tpu",
+      "--device");
 }
 
 namespace {
@@ -93,7 +97,8 @@ void check_saved_variant(const char* variant) {
   const Model model(cfg);
   const Host host;
   const auto params = model.init(host, 5);
-  const auto tmp = std::filesystem::temp_directory_path() / ("moss_run_" + std::string(variant) + "_" + std::to_string(::getpid()));
+  const auto tmp =
+      std::filesystem::temp_directory_path() / ("moss_run_" + std::string(variant) + "_" + std::to_string(::getpid()));
   model.save(host, params, tmp / "model");
   std::vector<std::int64_t> ids(2 * 9);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 13 + 5) % 64);
@@ -101,8 +106,9 @@ void check_saved_variant(const char* variant) {
   in.add("input_ids", {2, 9}, ids);
   in.write(tmp / "inputs.safetensors");
 
-  const auto r = run_moss("--checkpoint " + (tmp / "model").string() + " --inputs " + (tmp / "inputs.safetensors").string() +
-                          " --output " + (tmp / "out.safetensors").string() + " --generate 2 --device cpu");
+  const auto r =
+      run_moss("--checkpoint " + (tmp / "model").string() + " --inputs " + (tmp / "inputs.safetensors").string() +
+               " --output " + (tmp / "out.safetensors").string() + " --generate 2 --device cpu");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const SafetensorsFile got((tmp / "out.safetensors").string());

@@ -17,9 +17,14 @@
 #include "moss/backend/cuda.cuh"
 #include "moss/ops/activation.hpp"
 #include "moss/ops/activation/cuda.cuh"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 namespace {
+
+using moss::test::device_copy;
+using moss::test::host_copy;
+using moss::test::same_bits;
 
 using moss::bf16;
 using moss::Buffer;
@@ -29,23 +34,6 @@ using moss::f16;
 using moss::Host;
 using moss::index_t;
 using moss::TensorView;
-
-template <class T>
-Buffer<T> device_copy(const Cuda& gpu, const std::vector<T>& v) {
-  return moss::upload(gpu, v.data(), static_cast<index_t>(v.size()));
-}
-
-template <class T>
-std::vector<T> host_copy(const Cuda& gpu, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  moss::download(gpu, v.data(), b.data(), b.size());
-  return v;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
 
 /// Where the (rows, cols) operands sit: contiguous, a wider 16-byte aligned row stride, or one
 /// element off 16 bytes with an odd stride (the scalar path).

@@ -32,9 +32,12 @@ double silu64(double x) { return x / (1.0 + std::exp(-x)); }
 
 template <class Act>
 double act64(double x) {
-  if constexpr (std::is_same_v<Act, moss::Relu>) return relu64(x);
-  else if constexpr (std::is_same_v<Act, moss::Gelu>) return gelu64(x);
-  else return silu64(x);
+  if constexpr (std::is_same_v<Act, moss::Relu>)
+    return relu64(x);
+  else if constexpr (std::is_same_v<Act, moss::Gelu>)
+    return gelu64(x);
+  else
+    return silu64(x);
 }
 
 /// An (activation, storage type) pair for TEMPLATE_TEST_CASE.
@@ -123,8 +126,8 @@ TEMPLATE_TEST_CASE("activation matches float64 formulas", "[host][ops][activatio
   }
 }
 
-TEMPLATE_TEST_CASE("activation: NaN propagates, out-of-range values stay finite where the math is", "[host][ops][activation]",
-                   moss::Relu, moss::Gelu, moss::Silu) {
+TEMPLATE_TEST_CASE("activation: NaN propagates, out-of-range values stay finite where the math is",
+                   "[host][ops][activation]", moss::Relu, moss::Gelu, moss::Silu) {
   using Act = TestType;
   const std::vector<float> x{kNaN, 1.0f, -1.0f, 2.0f, 40.0f, -40.0f, 100.0f, -100.0f};
   const std::vector<float> up{1.0f, kNaN, 2.0f, 0.0f, 1.0f, 1.0f, 1.0f, 1.0f};
@@ -244,25 +247,31 @@ TEST_CASE("activation: every validation error", "[host][ops][activation][errors]
     auto a = good();
     a.x = ConstView<f16, 2>(x.data(), {rows, cols}, {12, 2}, "x");
     REQUIRE_THROWS_AS(moss::activation<moss::Silu>(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("x needs unit stride in its last dimension"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("x needs unit stride in its last dimension"));
     a = good();
     a.up = ConstView<f16, 2>(up.data(), {rows, cols}, {12, 2}, "up");
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("up needs unit stride in its last dimension"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("up needs unit stride in its last dimension"));
     a = good();
     a.out = TensorView<f16, 2>(out.data(), {rows, cols}, {12, 2}, "out");
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("out needs unit stride in its last dimension"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("out needs unit stride in its last dimension"));
   }
   SECTION("overlapping rows") {
     auto a = good();
     a.x = ConstView<f16, 2>(x.data(), {rows, cols}, {5, 1}, "x");
     REQUIRE_THROWS_AS(moss::activation<moss::Silu>(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("x has row stride 5 but its rows are 6 wide"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("x has row stride 5 but its rows are 6 wide"));
     a = good();
     a.up = ConstView<f16, 2>(up.data(), {rows, cols}, {2, 1}, "up");
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("up has row stride 2 but its rows are 6 wide"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("up has row stride 2 but its rows are 6 wide"));
     a = good();
     a.out = TensorView<f16, 2>(out.data(), {rows, cols}, {4, 1}, "out");
-    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a), ContainsSubstring("out has row stride 4 but its rows are 6 wide"));
+    REQUIRE_THROWS_WITH(moss::activation<moss::Silu>(host, a),
+                        ContainsSubstring("out has row stride 4 but its rows are 6 wide"));
   }
   SECTION("missing data, negative strides") {
     auto a = good();

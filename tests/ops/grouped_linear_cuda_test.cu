@@ -17,9 +17,13 @@
 #include "moss/core/random.hpp"
 #include "moss/ops/grouped_linear.hpp"
 #include "moss/ops/grouped_linear/cuda.cuh"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 namespace {
+
+using moss::test::device_copy;
+using moss::test::host_copy;
 
 using moss::bf16;
 using moss::Buffer;
@@ -29,18 +33,6 @@ using moss::f16;
 using moss::Host;
 using moss::index_t;
 using moss::TensorView;
-
-template <class T>
-Buffer<T> device_copy(const Cuda& gpu, const std::vector<T>& v) {
-  return moss::upload(gpu, v.data(), static_cast<index_t>(v.size()));
-}
-
-template <class T>
-std::vector<T> host_copy(const Cuda& gpu, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  moss::download(gpu, v.data(), b.data(), b.size());
-  return v;
-}
 
 template <class T>
 bool same_bits(const T& a, const T& b) {
@@ -54,7 +46,7 @@ struct Case {
   std::vector<std::int32_t> segments;  // (X)
   index_t tail = 0;                    // rows past offsets[X] (never written)
   index_t in = 1, out = 1;
-  index_t pad_x = 0, pad_y = 0;        // extra elements per row of x / y
+  index_t pad_x = 0, pad_y = 0;  // extra elements per row of x / y
 };
 
 template <class T>
@@ -67,8 +59,8 @@ void check_case(const Cuda& gpu, const Case& c, bool with_bias, bool host_offset
   CAPTURE(c.name, X, rows, kept, in, out, ldx, ldy, with_bias, host_offsets);
 
   const auto xs = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(rows * ldx), seed));
-  const auto w = moss::test::to_storage<T>(
-      moss::test::randn(static_cast<std::size_t>(X * out * in), seed + 1, static_cast<float>(1.0 / std::sqrt(double(in)))));
+  const auto w = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(X * out * in), seed + 1,
+                                                             static_cast<float>(1.0 / std::sqrt(double(in)))));
   const auto b = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(X * out), seed + 2, 0.5f));
   const T poison = moss::from_float<T>(NAN);
   const std::vector<T> y_poisoned(static_cast<std::size_t>(std::max<index_t>(rows * ldy, 1)), poison);
@@ -171,8 +163,8 @@ TEST_CASE("grouped_linear: CUDA refuses bad offsets as the host does", "[cuda][o
   const Buffer<float> dx = device_copy(gpu, std::vector<float>(rows * in, 1.0f));
   const Buffer<float> dw = device_copy(gpu, std::vector<float>(X * out * in, 1.0f));
   Buffer<float> dy = gpu.alloc<float>(rows * out);
-  for (const std::vector<std::int32_t>& off : {std::vector<std::int32_t>{0, 3, 2}, std::vector<std::int32_t>{0, 2, 5},
-                                               std::vector<std::int32_t>{1, 2, 3}}) {
+  for (const std::vector<std::int32_t>& off :
+       {std::vector<std::int32_t>{0, 3, 2}, std::vector<std::int32_t>{0, 2, 5}, std::vector<std::int32_t>{1, 2, 3}}) {
     const Buffer<std::int32_t> doff = device_copy(gpu, off);
     moss::GroupedLinearArgs<float> g;
     g.x = ConstView<float, 2>(dx.data(), {rows, in}, "x");

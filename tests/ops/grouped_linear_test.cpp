@@ -2,10 +2,10 @@
 // and a float64 loop per expert (empty experts, one expert taking every row, rows past
 // offsets[X], strided rows, host offsets), the offset checks and every validation error; and
 // the ops chained into one MoE forward against a float64 loop.
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -118,7 +118,8 @@ TEMPLATE_TEST_CASE("grouped_linear: hand-computed two-expert case", "[host][ops]
   for (int i = 0; i < 6; ++i) CHECK(moss::to_float(y[i]) == want_b[i]);
 }
 
-TEMPLATE_TEST_CASE("grouped_linear matches a float64 loop per expert", "[host][ops][grouped_linear]", float, f16, bf16) {
+TEMPLATE_TEST_CASE("grouped_linear matches a float64 loop per expert", "[host][ops][grouped_linear]", float, f16,
+                   bf16) {
   using T = TestType;
   const double tol = std::is_same_v<T, float> ? 1e-6 : moss::test::op_tolerance<T>();
   struct Shape {
@@ -130,8 +131,10 @@ TEMPLATE_TEST_CASE("grouped_linear matches a float64 loop per expert", "[host][o
     const Problem<T> pb(s.rows, s.in, s.out, s.X, seed += 10);
     // Offset patterns: random with empty experts and rows left over, every row on one expert
     // (the last, then the first), and every row covered.
-    std::vector<I32> patterns{random_offsets(s.X, s.rows - s.rows / 4, seed + 5), random_offsets(s.X, s.rows, seed + 6)};
-    I32 last(static_cast<std::size_t>(s.X + 1), 0), first(static_cast<std::size_t>(s.X + 1), static_cast<std::int32_t>(s.rows));
+    std::vector<I32> patterns{random_offsets(s.X, s.rows - s.rows / 4, seed + 5),
+                              random_offsets(s.X, s.rows, seed + 6)};
+    I32 last(static_cast<std::size_t>(s.X + 1), 0),
+        first(static_cast<std::size_t>(s.X + 1), static_cast<std::int32_t>(s.rows));
     last[s.X] = static_cast<std::int32_t>(s.rows);
     first[0] = 0;
     patterns.push_back(last);
@@ -169,7 +172,7 @@ TEST_CASE("grouped_linear: each expert uses its own weight and bias", "[host][op
   std::copy(pb.bias.begin() + 8, pb.bias.end(), swapped.bias.begin());
   const I32 off2{0, 7, 7, 12};  // rows 0..6 now on the old expert 2, 7..11 on the old expert 0
   moss::grouped_linear(moss::Host{}, swapped.args(off2, y2.data(), 4, true));
-  const auto ref = pb.reference(I32{0, 0, 0, 12}, true);   // every row through expert 2
+  const auto ref = pb.reference(I32{0, 0, 0, 12}, true);     // every row through expert 2
   const auto ref0 = pb.reference(I32{0, 12, 12, 12}, true);  // every row through expert 0
   std::vector<float> got_a(y2.begin(), y2.begin() + 28), got_b(y2.begin() + 28, y2.end());
   CHECK(moss::test::rel_l2(got_a, std::vector<double>(ref.begin(), ref.begin() + 28)) <= 1e-6);
@@ -272,26 +275,30 @@ TEST_CASE("grouped_linear: every validation error", "[host][ops][grouped_linear]
     auto a = good();
     a.weight = ConstView<bf16, 3>(pb.w.data(), {3, 4, 4}, "weight");
     REQUIRE_THROWS_AS(moss::grouped_linear(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a),
-                        ContainsSubstring("grouped_linear: weight is [3, 4, 4] (experts, out, in) but expected [3, 4, 5]"));
+    REQUIRE_THROWS_WITH(
+        moss::grouped_linear(host, a),
+        ContainsSubstring("grouped_linear: weight is [3, 4, 4] (experts, out, in) but expected [3, 4, 5]"));
   }
   SECTION("offsets of the wrong length") {
     auto a = good();
     a.offsets = ConstView<std::int32_t, 1>(off.data(), {3}, "offsets");
     REQUIRE_THROWS_AS(moss::grouped_linear(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a), ContainsSubstring("offsets is [3] (experts + 1) but expected [4]"));
+    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a),
+                        ContainsSubstring("offsets is [3] (experts + 1) but expected [4]"));
   }
   SECTION("y of the wrong shape") {
     auto a = good();
     a.y = TensorView<bf16, 2>(y.data(), {6, 3}, "y");
     REQUIRE_THROWS_AS(moss::grouped_linear(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a), ContainsSubstring("y is [6, 3] (rows, out) but expected [6, 4]"));
+    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a),
+                        ContainsSubstring("y is [6, 3] (rows, out) but expected [6, 4]"));
   }
   SECTION("bias of the wrong shape, or not contiguous") {
     auto a = good();
     a.bias = ConstView<bf16, 2>(pb.bias.data(), {2, 4}, "bias");
     REQUIRE_THROWS_AS(moss::grouped_linear(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a), ContainsSubstring("bias is [2, 4] (experts, out) but expected [3, 4]"));
+    REQUIRE_THROWS_WITH(moss::grouped_linear(host, a),
+                        ContainsSubstring("bias is [2, 4] (experts, out) but expected [3, 4]"));
     a.bias = ConstView<bf16, 2>(pb.w.data(), {3, 4}, {8, 1}, "bias");
     REQUIRE_THROWS_WITH(moss::grouped_linear(host, a), ContainsSubstring("bias [3, 4] must be contiguous"));
   }
@@ -354,7 +361,8 @@ TEMPLATE_TEST_CASE("route → plan → gather → grouped_linear → combine equ
     CAPTURE(cf);
     const moss::Host host;
     const index_t C = moss::detail::route::expert_capacity(cf, tokens, 2, X);
-    moss::PermutePlan plan = moss::make_permute_plan(host, ConstView<std::int32_t, 2>(expert.data(), {tokens, 2}, "expert"), X, C);
+    moss::PermutePlan plan =
+        moss::make_permute_plan(host, ConstView<std::int32_t, 2>(expert.data(), {tokens, 2}, "expert"), X, C);
     const auto& host_off = moss::read_offsets(host, plan);
     REQUIRE(host_off.size() == static_cast<std::size_t>(X + 1));
     if (cf > 0) REQUIRE(host_off[X] < tokens * 2);  // capacity 1.0 with a skewed router drops pairs

@@ -21,9 +21,14 @@
 #include "moss/ops/permute.hpp"
 #include "moss/ops/permute/cuda.cuh"
 #include "moss/ops/router/math.hpp"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 namespace {
+
+using moss::test::device_copy;
+using moss::test::host_copy;
+using moss::test::same_bits;
 
 using moss::bf16;
 using moss::Buffer;
@@ -33,23 +38,6 @@ using moss::f16;
 using moss::Host;
 using moss::index_t;
 using moss::TensorView;
-
-template <class T>
-Buffer<T> device_copy(const Cuda& gpu, const std::vector<T>& v) {
-  return moss::upload(gpu, v.data(), static_cast<index_t>(v.size()));
-}
-
-template <class T>
-std::vector<T> host_copy(const Cuda& gpu, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  moss::download(gpu, v.data(), b.data(), b.size());
-  return v;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
 
 template <class T>
 bool same_bits(const T& a, const T& b) {
@@ -178,7 +166,8 @@ PlanOut host_copy(const Cuda& gpu, const DevicePlan& d) {
 /// The plan as permute.hpp defines it, written independently: pairs in slot-major order
 /// (every slot-0 pair in token order, then slot 1, ...), each expert keeping its first C; an
 /// expert outside [0, X) is dropped (the CUDA plan's documented treatment).
-PlanOut reference_plan(const std::vector<std::int32_t>& experts, index_t tokens, index_t K, index_t X, index_t capacity) {
+PlanOut reference_plan(const std::vector<std::int32_t>& experts, index_t tokens, index_t K, index_t X,
+                       index_t capacity) {
   PlanOut p;
   p.pair_row.assign(static_cast<std::size_t>(tokens * K), -1);
   p.row_pair.assign(static_cast<std::size_t>(tokens * K), -1);
@@ -187,7 +176,8 @@ PlanOut reference_plan(const std::vector<std::int32_t>& experts, index_t tokens,
   for (const std::int32_t e : experts)
     if (e >= 0 && e < X) ++p.counts[e];
   for (index_t e = 0; e < X; ++e) {
-    const std::int32_t kept = capacity > 0 ? std::min<std::int32_t>(p.counts[e], static_cast<std::int32_t>(capacity)) : p.counts[e];
+    const std::int32_t kept =
+        capacity > 0 ? std::min<std::int32_t>(p.counts[e], static_cast<std::int32_t>(capacity)) : p.counts[e];
     p.offsets[e + 1] = p.offsets[e] + kept;
   }
   std::vector<std::int32_t> rank(static_cast<std::size_t>(X), 0);
@@ -267,7 +257,8 @@ TEST_CASE("permute_plan: CUDA drops an expert outside [0, X) (the host raises)",
   const Buffer<std::int32_t> dex = device_copy(gpu, experts);
   for (index_t capacity : capacities(tokens, K, X)) {
     CAPTURE(capacity);
-    CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, capacity)) == reference_plan(experts, tokens, K, X, capacity));
+    CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, capacity)) ==
+          reference_plan(experts, tokens, K, X, capacity));
   }
 }
 
@@ -496,7 +487,8 @@ TEMPLATE_TEST_CASE("permute ops: CUDA with no tokens", "[cuda][ops][permute]", f
   CHECK(got.offsets == std::vector<std::int32_t>(X + 1, 0));
   const Buffer<TestType> dx = gpu.alloc<TestType>(0), dy = gpu.alloc<TestType>(0), dout = gpu.alloc<TestType>(0);
   moss::GatherRowsArgs<TestType> g{ConstView<TestType, 2>(dx.data(), {0, D}, "x"), plan.row_pair.flat("row_pair"),
-                                   plan.offsets.flat("offsets"), K, TensorView<TestType, 2>(dout.data(), {0, D}, "out")};
+                                   plan.offsets.flat("offsets"), K,
+                                   TensorView<TestType, 2>(dout.data(), {0, D}, "out")};
   moss::gather_rows(gpu, g);
   moss::CombineRowsArgs<TestType> c;
   c.y = ConstView<TestType, 2>(dy.data(), {0, D}, "y");

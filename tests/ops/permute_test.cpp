@@ -2,10 +2,10 @@
 // against hand-worked plans (slot-major capacity priority, empty experts, K = X), a plan
 // reference written here, the capacity formula, gather/combine against float64 loops, strided
 // and poisoned buffers, and every validation error.
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -185,7 +185,8 @@ TEST_CASE("permute_plan: random plans match the reference and are consistent", "
   struct Shape {
     index_t T, K, X;
   };
-  const Shape shapes[] = {{1, 1, 1}, {1, 2, 2}, {17, 1, 4}, {50, 2, 8}, {33, 3, 5}, {64, 4, 4}, {200, 2, 16}, {9, 1, 32}};
+  const Shape shapes[] = {{1, 1, 1},  {1, 2, 2},  {17, 1, 4},   {50, 2, 8},
+                          {33, 3, 5}, {64, 4, 4}, {200, 2, 16}, {9, 1, 32}};
   std::uint64_t seed = 900;
   for (const Shape& sh : shapes) {
     for (double cf : {0.0, 0.5, 1.0, 1.25, 3.0}) {
@@ -230,10 +231,10 @@ TEST_CASE("expert_capacity: max(1, ceil(cf·T·K/X)) in double, 0 when dropless"
   using moss::detail::route::expert_capacity;
   CHECK(expert_capacity(0.0, 100, 2, 8) == 0);
   CHECK(expert_capacity(1.0, 8, 1, 4) == 2);
-  CHECK(expert_capacity(1.0, 12, 2, 8) == 3);    // exact: no rounding up
-  CHECK(expert_capacity(1.0, 13, 2, 8) == 4);    // 3.25 → 4
-  CHECK(expert_capacity(1.25, 10, 2, 4) == 7);   // 6.25 → 7
-  CHECK(expert_capacity(0.01, 3, 1, 8) == 1);    // 0.00375 → at least 1
+  CHECK(expert_capacity(1.0, 12, 2, 8) == 3);   // exact: no rounding up
+  CHECK(expert_capacity(1.0, 13, 2, 8) == 4);   // 3.25 → 4
+  CHECK(expert_capacity(1.25, 10, 2, 4) == 7);  // 6.25 → 7
+  CHECK(expert_capacity(0.01, 3, 1, 8) == 1);   // 0.00375 → at least 1
   CHECK(expert_capacity(2.0, 1, 1, 64) == 1);
   CHECK(expert_capacity(1.0, 0, 1, 4) == 1);
   // 2^24 + 1 tokens on one expert: exact in double, not in float.
@@ -265,7 +266,8 @@ namespace {
 
 /// gather_rows into a poisoned (rows, D) buffer.
 template <class T>
-std::vector<T> run_gather(const std::vector<T>& x, index_t tokens, index_t D, index_t x_stride, const Plan& p, index_t K) {
+std::vector<T> run_gather(const std::vector<T>& x, index_t tokens, index_t D, index_t x_stride, const Plan& p,
+                          index_t K) {
   std::vector<T> out(static_cast<std::size_t>(tokens * K * D), moss::from_float<T>(kNaN));
   moss::GatherRowsArgs<T> a;
   a.x = ConstView<T, 2>(x.data(), {tokens, D}, {x_stride, 1}, "x");
@@ -279,8 +281,8 @@ std::vector<T> run_gather(const std::vector<T>& x, index_t tokens, index_t D, in
 
 /// combine_rows of y (rows, D) into `out` (tokens, D) with row stride `out_stride`.
 template <class T>
-void run_combine(const std::vector<T>& y, index_t tokens, index_t K, index_t D, const Plan& p, const std::vector<float>* gate,
-                 index_t wb, index_t we, T* out, index_t out_stride) {
+void run_combine(const std::vector<T>& y, index_t tokens, index_t K, index_t D, const Plan& p,
+                 const std::vector<float>* gate, index_t wb, index_t we, T* out, index_t out_stride) {
   moss::CombineRowsArgs<T> a;
   a.y = ConstView<T, 2>(y.data(), {tokens * K, D}, "y");
   a.pair_row = ConstView<std::int32_t, 2>(p.pair_row.data(), {tokens, K}, "pair_row");
@@ -352,7 +354,8 @@ TEMPLATE_TEST_CASE("gather then combine with K = 1 and gate 1 gives x back exact
   }
 }
 
-TEMPLATE_TEST_CASE("combine_rows with K = 2 and gates matches a float64 loop", "[host][ops][permute]", float, f16, bf16) {
+TEMPLATE_TEST_CASE("combine_rows with K = 2 and gates matches a float64 loop", "[host][ops][permute]", float, f16,
+                   bf16) {
   using T = TestType;
   const double tol = std::is_same_v<T, float> ? 1e-6 : moss::test::op_tolerance<T>();
   const index_t tokens = 45, K = 2, D = 23, X = 6;
@@ -425,8 +428,10 @@ TEMPLATE_TEST_CASE("combine_rows: dropped pairs contribute zero and every output
   for (index_t t = 0; t < tokens; ++t) {
     bool any = false;
     for (index_t s = 0; s < K; ++s) {
-      if (p.pair_row[t * K + s] < 0) gate[t * K + s] = kNaN;
-      else any = true;
+      if (p.pair_row[t * K + s] < 0)
+        gate[t * K + s] = kNaN;
+      else
+        any = true;
     }
     dropped_tokens += any ? 0 : 1;
   }
@@ -443,7 +448,8 @@ TEMPLATE_TEST_CASE("combine_rows: dropped pairs contribute zero and every output
   }
 }
 
-TEMPLATE_TEST_CASE("combine_rows writes a strided output without touching the gaps", "[host][ops][permute]", float, f16) {
+TEMPLATE_TEST_CASE("combine_rows writes a strided output without touching the gaps", "[host][ops][permute]", float,
+                   f16) {
   using T = TestType;
   const index_t tokens = 21, K = 2, D = 9, X = 3, stride = D + 5, lead = 2;
   const I32 ex = random_experts(tokens, K, X, 1401);
@@ -485,7 +491,8 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     auto a = plan_args();
     a.expert = ConstView<std::int32_t, 2>(expert.data(), {T, 0}, "expert");
     REQUIRE_THROWS_AS(moss::permute_plan(host, a), moss::config_error);
-    REQUIRE_THROWS_WITH(moss::permute_plan(host, a), ContainsSubstring("expert is [4, 0] (tokens, K) but K must be at least 1"));
+    REQUIRE_THROWS_WITH(moss::permute_plan(host, a),
+                        ContainsSubstring("expert is [4, 0] (tokens, K) but K must be at least 1"));
   }
   SECTION("plan: no experts, K > X, negative capacity") {
     auto a = plan_args();
@@ -512,7 +519,8 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     a = plan_args();
     a.offsets = TensorView<std::int32_t, 1>(offsets.data(), {X}, "offsets");
     REQUIRE_THROWS_AS(moss::permute_plan(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::permute_plan(host, a), ContainsSubstring("offsets is [3] (experts + 1) but expected [4]"));
+    REQUIRE_THROWS_WITH(moss::permute_plan(host, a),
+                        ContainsSubstring("offsets is [3] (experts + 1) but expected [4]"));
     a = plan_args();
     a.counts = TensorView<std::int32_t, 1>(counts.data(), {X + 1}, "counts");
     REQUIRE_THROWS_WITH(moss::permute_plan(host, a), ContainsSubstring("counts is [4] (experts) but expected [3]"));
@@ -566,7 +574,8 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     a = gather_args();
     a.out = TensorView<float, 2>(permuted.data(), {T * K, D + 1}, "permuted");
     REQUIRE_THROWS_AS(moss::gather_rows(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::gather_rows(host, a), ContainsSubstring("permuted is [8, 6] (rows, d) but expected [8, 5]"));
+    REQUIRE_THROWS_WITH(moss::gather_rows(host, a),
+                        ContainsSubstring("permuted is [8, 6] (rows, d) but expected [8, 5]"));
     a = gather_args();
     a.out = TensorView<float, 2>(permuted.data(), {T * K, D}, {8, 1}, "permuted");
     REQUIRE_THROWS_WITH(moss::gather_rows(host, a), ContainsSubstring("permuted [8, 5] must be contiguous"));
@@ -602,7 +611,8 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     a.out = TensorView<float, 2>(out.data(), {T, D - 1}, "out");
     a.weight_end = D - 1;
     REQUIRE_THROWS_AS(moss::combine_rows(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::combine_rows(host, a), ContainsSubstring("out is [4, 4] (tokens, d) but expected [4, 5]"));
+    REQUIRE_THROWS_WITH(moss::combine_rows(host, a),
+                        ContainsSubstring("out is [4, 4] (tokens, d) but expected [4, 5]"));
     a = combine_args();
     a.out = TensorView<float, 2>(out.data(), {T, D}, {3, 1}, "out");
     REQUIRE_THROWS_AS(moss::combine_rows(host, a), moss::shape_error);
@@ -616,7 +626,8 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     a.weight_begin = 2;
     a.weight_end = D + 1;
     REQUIRE_THROWS_AS(moss::combine_rows(host, a), moss::config_error);
-    REQUIRE_THROWS_WITH(moss::combine_rows(host, a), ContainsSubstring("weighted columns [2, 6) are not inside [0, 5)"));
+    REQUIRE_THROWS_WITH(moss::combine_rows(host, a),
+                        ContainsSubstring("weighted columns [2, 6) are not inside [0, 5)"));
     a.weight_begin = 3;
     a.weight_end = 2;
     REQUIRE_THROWS_AS(moss::combine_rows(host, a), moss::config_error);
@@ -630,6 +641,7 @@ TEST_CASE("permute ops: every validation error", "[host][ops][permute][errors]")
     auto a = combine_args();
     a.gate = ConstView<float, 2>(gate.data(), {T, 1}, "gate");
     REQUIRE_THROWS_AS(moss::combine_rows(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::combine_rows(host, a), ContainsSubstring("gate is [4, 1] (tokens, K) but expected [4, 2]"));
+    REQUIRE_THROWS_WITH(moss::combine_rows(host, a),
+                        ContainsSubstring("gate is [4, 1] (tokens, K) but expected [4, 2]"));
   }
 }

@@ -23,9 +23,14 @@
 #include "moss/core/random.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/cuda.cuh"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 namespace {
+
+using moss::test::device_copy;
+using moss::test::host_copy;
+using moss::test::same_bits;
 
 using moss::bf16;
 using moss::Buffer;
@@ -36,23 +41,6 @@ using moss::Host;
 using moss::index_t;
 using moss::TensorView;
 
-template <class T>
-Buffer<T> device_copy(const Cuda& gpu, const std::vector<T>& v) {
-  return moss::upload(gpu, v.data(), static_cast<index_t>(v.size()));
-}
-
-template <class T>
-std::vector<T> host_copy(const Cuda& gpu, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  moss::download(gpu, v.data(), b.data(), b.size());
-  return v;
-}
-
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
 /// max_i |a_i − b_i| / |b_i| (0 for equal values, including equal infinities); NaN on one side
 /// only gives +inf.
 double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
@@ -61,7 +49,8 @@ double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i]))) continue;
     if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
-    m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(b[i])), 1e-30));
+    m = std::max(m,
+                 std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(b[i])), 1e-30));
   }
   return m;
 }
@@ -125,7 +114,8 @@ Routed route_cuda(const Cuda& gpu, const R& router, const PlacedX<T>& px, const 
                   index_t D, index_t X) {
   const Buffer<T> dx = device_copy(gpu, px.wide);
   Buffer<float> dl = device_copy(gpu, std::vector<float>(static_cast<std::size_t>(tokens * X), kPoison));
-  Buffer<std::int32_t> de = device_copy(gpu, std::vector<std::int32_t>(static_cast<std::size_t>(tokens * R::k), kPoisonIndex));
+  Buffer<std::int32_t> de =
+      device_copy(gpu, std::vector<std::int32_t>(static_cast<std::size_t>(tokens * R::k), kPoisonIndex));
   Buffer<float> dg = device_copy(gpu, std::vector<float>(static_cast<std::size_t>(tokens * R::k), kPoison));
   moss::RouteArgs<T, R> a;
   a.router = router;
@@ -154,9 +144,9 @@ struct Shape {
 // Each token count, d_model and expert count of the contract appears with several of the
 // others; the weight (X·D floats) is staged in the kernel's shared memory in some shapes and
 // read from global memory in others (X = 17 or 256 with D = 2048).
-constexpr Shape kShapes[] = {{1, 1, 1},      {1, 2048, 8},   {7, 33, 17},     {7, 2048, 256},  {257, 2048, 17},
-                             {1000, 1, 64},  {1000, 33, 8},  {1000, 2048, 8}, {257, 33, 256},  {4097, 33, 17},
-                             {4097, 1, 1},   {16384, 64, 8}, {16384, 1, 8}};
+constexpr Shape kShapes[] = {{1, 1, 1},     {1, 2048, 8},   {7, 33, 17},     {7, 2048, 256}, {257, 2048, 17},
+                             {1000, 1, 64}, {1000, 33, 8},  {1000, 2048, 8}, {257, 33, 256}, {4097, 33, 17},
+                             {4097, 1, 1},  {16384, 64, 8}, {16384, 1, 8}};
 
 /// Routes one shape on both backends (the host once, CUDA once per layout) and checks the
 /// contract: logits bit for bit, experts exactly, gates within 1e-6.
@@ -216,7 +206,8 @@ TEST_CASE("route: CUDA with no tokens writes nothing", "[cuda][ops][router]") {
   const Cuda gpu{stream.get()};
   const auto w = make_weight(8, 33, 1);
   const Buffer<float> dw = device_copy(gpu, w);
-  const Routed got = route_cuda(gpu, moss::TopK<2>{}, place(std::vector<float>{}, 0, 33, Layout::contiguous), dw, 0, 33, 8);
+  const Routed got =
+      route_cuda(gpu, moss::TopK<2>{}, place(std::vector<float>{}, 0, 33, Layout::contiguous), dw, 0, 33, 8);
   CHECK(got.logits.empty());
   CHECK(got.expert.empty());
   const Routed got_s =
@@ -280,8 +271,8 @@ TEMPLATE_TEST_CASE("route: SinkhornTop1 training mode on CUDA balances like the 
     index_t tokens, d_model, experts;
     bool skewed;  // expert 0 gets +3 on every logit: inference mode sends it most tokens
   };
-  const Case cases[] = {{1, 33, 8, false},      {64, 33, 8, false},   {1000, 33, 8, true}, {1000, 64, 17, false},
-                        {4097, 64, 64, true},   {16384, 64, 8, true}, {2048, 2048, 8, false}};
+  const Case cases[] = {{1, 33, 8, false},    {64, 33, 8, false},   {1000, 33, 8, true},   {1000, 64, 17, false},
+                        {4097, 64, 64, true}, {16384, 64, 8, true}, {2048, 2048, 8, false}};
   std::uint64_t seed = 900;
   for (const Case& c : cases) {
     seed += 10;
@@ -296,7 +287,8 @@ TEMPLATE_TEST_CASE("route: SinkhornTop1 training mode on CUDA balances like the 
     const auto x = moss::test::to_storage<TestType>(xf);
     const Routed want = route_host(moss::SinkhornTop1{true}, x, w, tokens, D, X);
     const Buffer<float> dw = device_copy(gpu, w);
-    const Routed got = route_cuda(gpu, moss::SinkhornTop1{true}, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
+    const Routed got =
+        route_cuda(gpu, moss::SinkhornTop1{true}, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
     // The logits are the same kernel as in inference mode: bit-identical.
     CHECK(same_bits(got.logits, want.logits));
     // Selections: a tiny fraction of near ties may go either way.

@@ -2,10 +2,10 @@
 // selections (REFERENCE.md §2: ties, NaN, K = X, Sinkhorn), the logits against a float64 loop
 // and against the documented warp summation order (re-derived here), the worked example of the
 // load-balancing loss, the z-loss, and every validation error.
+#include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -163,7 +163,7 @@ index_t argmax_row(const std::vector<V>& m, index_t t, index_t X) {
 TEMPLATE_TEST_CASE("route: hand-computed logits and selections", "[host][ops][router]", float, f16, bf16) {
   using T = TestType;
   // Every value and every logit is exact in all three storage types.
-  const auto x = moss::test::to_storage<T>({1, 2, 3, -1, 0.5f, 2});          // (2, 3)
+  const auto x = moss::test::to_storage<T>({1, 2, 3, -1, 0.5f, 2});            // (2, 3)
   const std::vector<float> w{1, 0, 0, 0, 1, -1, 0.5f, 0.5f, 0.5f, -1, -1, 1};  // (4, 3)
   const std::vector<float> l0{1, -1, 3, 0}, l1{-1, -1.5f, 0.75f, 2.5f};
 
@@ -273,9 +273,7 @@ TEST_CASE("route: ties go to the lowest expert index", "[host][ops][router]") {
     CHECK(eq.expert == std::vector<std::int32_t>{0, 1, 2});
     for (float g : eq.gate) CHECK(g == 0.25f);
   }
-  SECTION("SinkhornTop1 inference") {
-    CHECK(route_logits(moss::SinkhornTop1{}, {-1, 4, 0, 4}).expert[0] == 1);
-  }
+  SECTION("SinkhornTop1 inference") { CHECK(route_logits(moss::SinkhornTop1{}, {-1, 4, 0, 4}).expert[0] == 1); }
 }
 
 TEST_CASE("route: a NaN logit is never selected unless all are NaN", "[host][ops][router]") {
@@ -450,7 +448,9 @@ TEST_CASE("route: SinkhornTop1 training mode ranks the Sinkhorn-balanced matrix"
     }
   }
   SECTION("training spreads the skewed batch over more experts than inference") {
-    const auto used = [](const std::vector<int>& c) { return std::count_if(c.begin(), c.end(), [](int n) { return n > 0; }); };
+    const auto used = [](const std::vector<int>& c) {
+      return std::count_if(c.begin(), c.end(), [](int n) { return n > 0; });
+    };
     CHECK(used(count_trn) == X);
     CHECK(used(count_trn) > used(count_inf));
     CHECK(*std::max_element(count_trn.begin(), count_trn.end()) < count_inf[0]);
@@ -503,8 +503,9 @@ TEST_CASE("route: zero tokens write nothing", "[host][ops][router]") {
 namespace {
 
 /// Runs `router_stats` over logits (T, X) and counts (X); the output is poisoned first.
-std::vector<float> run_stats(const std::vector<float>& logits, index_t T, index_t X, const std::vector<std::int32_t>& counts,
-                             index_t k, bool aux_loss = true, float alpha = 0.01f, float beta = 0.001f) {
+std::vector<float> run_stats(const std::vector<float>& logits, index_t T, index_t X,
+                             const std::vector<std::int32_t>& counts, index_t k, bool aux_loss = true,
+                             float alpha = 0.01f, float beta = 0.001f) {
   std::vector<float> out(static_cast<std::size_t>(moss::router_stats_size(X)), kNaN);
   moss::RouterStatsArgs a;
   a.logits = ConstView<float, 2>(logits.data(), {T, X}, "logits");
@@ -537,10 +538,10 @@ TEST_CASE("router_stats: the worked example of REFERENCE.md §2", "[host][ops][r
   REQUIRE(counts == std::vector<std::int32_t>{1, 1});
 
   const auto s = run_stats(logits, 2, 2, counts, 1);
-  CHECK(near_rel(s[0], 0.01, 1e-6));      // aux = 0.01 · 2 · (0.5·0.65 + 0.5·0.35)
-  CHECK(std::fabs(s[1]) <= 1e-9);         // z: logsumexp = 0 for every token
-  CHECK(near_rel(s[2], 0.65, 1e-6));      // P_0
-  CHECK(near_rel(s[3], 0.35, 1e-6));      // P_1
+  CHECK(near_rel(s[0], 0.01, 1e-6));  // aux = 0.01 · 2 · (0.5·0.65 + 0.5·0.35)
+  CHECK(std::fabs(s[1]) <= 1e-9);     // z: logsumexp = 0 for every token
+  CHECK(near_rel(s[2], 0.65, 1e-6));  // P_0
+  CHECK(near_rel(s[3], 0.35, 1e-6));  // P_1
 
   SECTION("α scales the loss; aux_loss = false gives 0 and keeps the rest") {
     CHECK(near_rel(run_stats(logits, 2, 2, counts, 1, true, 0.02f)[0], 0.02, 1e-6));
@@ -629,13 +630,15 @@ TEST_CASE("route and router_stats: every validation error", "[host][ops][router]
     auto a = good();
     a.weight = ConstView<float, 2>(w.data(), {X, 5}, "weight");
     REQUIRE_THROWS_AS(moss::route(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::route(host, a), ContainsSubstring("route: weight is [4, 5] (experts, d_model) but expected [4, 6]"));
+    REQUIRE_THROWS_WITH(moss::route(host, a),
+                        ContainsSubstring("route: weight is [4, 5] (experts, d_model) but expected [4, 6]"));
   }
   SECTION("logits have the wrong shape") {
     auto a = good();
     a.logits = TensorView<float, 2>(logits.data(), {T, 3}, "logits");
     REQUIRE_THROWS_AS(moss::route(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::route(host, a), ContainsSubstring("logits is [2, 3] (tokens, experts) but expected [2, 4]"));
+    REQUIRE_THROWS_WITH(moss::route(host, a),
+                        ContainsSubstring("logits is [2, 3] (tokens, experts) but expected [2, 4]"));
   }
   SECTION("expert has the wrong K") {
     auto a = good();
@@ -729,7 +732,8 @@ TEST_CASE("route and router_stats: every validation error", "[host][ops][router]
     auto a = stats();
     a.counts = ConstView<std::int32_t, 1>(counts.data(), {3}, "counts");
     REQUIRE_THROWS_AS(moss::router_stats(host, a), moss::shape_error);
-    REQUIRE_THROWS_WITH(moss::router_stats(host, a), ContainsSubstring("router_stats: counts is [3] (experts) but expected [4]"));
+    REQUIRE_THROWS_WITH(moss::router_stats(host, a),
+                        ContainsSubstring("router_stats: counts is [3] (experts) but expected [4]"));
   }
   SECTION("router_stats: out of the wrong length") {
     auto a = stats();

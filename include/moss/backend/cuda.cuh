@@ -22,36 +22,36 @@
 #include "moss/core/error.hpp"
 
 /// Throws `moss::cuda_error` when a CUDA runtime call fails.
-#define MOSS_CUDA_CHECK(expr)                                                                        \
-  do {                                                                                               \
-    const cudaError_t moss_err_ = (expr);                                                            \
-    if (moss_err_ != cudaSuccess)                                                                    \
-      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cudaGetErrorName(moss_err_), " (",      \
+#define MOSS_CUDA_CHECK(expr)                                                                             \
+  do {                                                                                                    \
+    const cudaError_t moss_err_ = (expr);                                                                 \
+    if (moss_err_ != cudaSuccess)                                                                         \
+      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cudaGetErrorName(moss_err_), " (",            \
                                         cudaGetErrorString(moss_err_), ") at ", __FILE__, ":", __LINE__); \
   } while (0)
 
 /// Throws `moss::cuda_error` when a cuBLAS / cuBLASLt call fails.
-#define MOSS_CUBLAS_CHECK(expr)                                                                      \
-  do {                                                                                               \
-    const cublasStatus_t moss_st_ = (expr);                                                          \
-    if (moss_st_ != CUBLAS_STATUS_SUCCESS)                                                           \
-      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cublasGetStatusName(moss_st_), " (",    \
+#define MOSS_CUBLAS_CHECK(expr)                                                                             \
+  do {                                                                                                      \
+    const cublasStatus_t moss_st_ = (expr);                                                                 \
+    if (moss_st_ != CUBLAS_STATUS_SUCCESS)                                                                  \
+      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cublasGetStatusName(moss_st_), " (",            \
                                         cublasGetStatusString(moss_st_), ") at ", __FILE__, ":", __LINE__); \
   } while (0)
 
 /// Checks the launch of the kernel just queued (and, with MOSS_SYNC_LAUNCHES, its completion).
-#define MOSS_CHECK_LAUNCH(kernel_name, stream)                                                       \
-  do {                                                                                               \
-    const cudaError_t moss_err_ = cudaGetLastError();                                                \
-    if (moss_err_ != cudaSuccess)                                                                    \
-      ::moss::raise<::moss::cuda_error>("launch of ", kernel_name, " failed: ", cudaGetErrorName(moss_err_), \
-                                        " (", cudaGetErrorString(moss_err_), ") at ", __FILE__, ":", __LINE__); \
-    if constexpr (MOSS_SYNC_LAUNCHES) {                                                              \
-      const cudaError_t moss_sync_ = cudaStreamSynchronize(stream);                                  \
-      if (moss_sync_ != cudaSuccess)                                                                 \
-        ::moss::raise<::moss::cuda_error>(kernel_name, " failed while running: ", cudaGetErrorName(moss_sync_), \
-                                          " (", cudaGetErrorString(moss_sync_), ") at ", __FILE__, ":", __LINE__); \
-    }                                                                                                \
+#define MOSS_CHECK_LAUNCH(kernel_name, stream)                                                                        \
+  do {                                                                                                                \
+    const cudaError_t moss_err_ = cudaGetLastError();                                                                 \
+    if (moss_err_ != cudaSuccess)                                                                                     \
+      ::moss::raise<::moss::cuda_error>("launch of ", kernel_name, " failed: ", cudaGetErrorName(moss_err_), " (",    \
+                                        cudaGetErrorString(moss_err_), ") at ", __FILE__, ":", __LINE__);             \
+    if constexpr (MOSS_SYNC_LAUNCHES) {                                                                               \
+      const cudaError_t moss_sync_ = cudaStreamSynchronize(stream);                                                   \
+      if (moss_sync_ != cudaSuccess)                                                                                  \
+        ::moss::raise<::moss::cuda_error>(kernel_name, " failed while running: ", cudaGetErrorName(moss_sync_), " (", \
+                                          cudaGetErrorString(moss_sync_), ") at ", __FILE__, ":", __LINE__);          \
+    }                                                                                                                 \
   } while (0)
 
 namespace moss {
@@ -144,7 +144,8 @@ struct Cuda {
     int dev = 0;
     MOSS_CUDA_CHECK(cudaGetDevice(&dev));
     void* p = nullptr;
-    MOSS_CUDA_CHECK(cudaMallocFromPoolAsync(&p, static_cast<std::size_t>(n) * sizeof(T), detail::memory_pool(dev), stream));
+    MOSS_CUDA_CHECK(
+        cudaMallocFromPoolAsync(&p, static_cast<std::size_t>(n) * sizeof(T), detail::memory_pool(dev), stream));
     return Buffer<T>(static_cast<T*>(p), n, Device::cuda,
                      {[](void* q, void* s) { (void)cudaFreeAsync(q, static_cast<cudaStream_t>(s)); }, stream});
   }
@@ -189,7 +190,8 @@ Buffer<T> to_device(const Cuda& gpu, const Buffer<T>& host) {
 /// Sets every element of `b` to zero bits (queued on the stream).
 template <class T>
 void fill_zero(const Cuda& gpu, Buffer<T>& b) {
-  if (b.size()) MOSS_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, static_cast<std::size_t>(b.size()) * sizeof(T), gpu.stream));
+  if (b.size())
+    MOSS_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, static_cast<std::size_t>(b.size()) * sizeof(T), gpu.stream));
 }
 
 /// A new device buffer holding a copy of `n` host elements at `src` (synchronous: `src` may be
@@ -198,8 +200,8 @@ template <class T>
 Buffer<T> upload(const Cuda& gpu, const T* src, index_t n) {
   Buffer<T> b = gpu.alloc<T>(n);
   if (n) {
-    MOSS_CUDA_CHECK(cudaMemcpyAsync(b.data(), src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyHostToDevice,
-                                    gpu.stream));
+    MOSS_CUDA_CHECK(
+        cudaMemcpyAsync(b.data(), src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyHostToDevice, gpu.stream));
     gpu.synchronize();
   }
   return b;
@@ -209,7 +211,8 @@ Buffer<T> upload(const Cuda& gpu, const T* src, index_t n) {
 template <class T>
 void download(const Cuda& gpu, T* dst, const T* src, index_t n) {
   if (!n) return;
-  MOSS_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
+  MOSS_CUDA_CHECK(
+      cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
   gpu.synchronize();
 }
 

@@ -33,7 +33,8 @@ namespace detail {
 template <class T, class Backend, class Name>
 Buffer<T> load_stacked(const Backend& backend, const Checkpoint& ckpt, const std::string& stacked, Name per_expert,
                        index_t X, index_t rows, index_t cols) {
-  if (ckpt.contains(stacked) || !ckpt.contains(per_expert(0))) return load_param<T>(backend, ckpt, stacked, {X, rows, cols});
+  if (ckpt.contains(stacked) || !ckpt.contains(per_expert(0)))
+    return load_param<T>(backend, ckpt, stacked, {X, rows, cols});
   std::vector<T> all;
   all.reserve(static_cast<std::size_t>(X * rows * cols));
   for (index_t i = 0; i < X; ++i) {

@@ -85,7 +85,8 @@ class FeedForward {
     Params p;
     p.wi = upload_values<T>(backend, normal_values(rng, d_ff_ * d_model_, 0.02));
     if constexpr (gated) p.up = upload_values<T>(backend, normal_values(rng, d_ff_ * d_model_, 0.02));
-    p.wo = upload_values<T>(backend, normal_values(rng, d_model_ * d_ff_, 0.02 / std::sqrt(static_cast<double>(n_layers))));
+    p.wo = upload_values<T>(backend,
+                            normal_values(rng, d_model_ * d_ff_, 0.02 / std::sqrt(static_cast<double>(n_layers))));
     return p;
   }
   template <class Backend>
@@ -109,7 +110,8 @@ class FeedForward {
 
   /// out = wo · act(wi · x) (gated: down · (act(gate · x) ⊙ up · x)) for every token.
   template <class Backend>
-  void forward(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out, Cache* = nullptr) const {
+  void forward(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out,
+               Cache* = nullptr) const {
     detail::expect_block_io("FeedForward::forward", x, out, d_model_);
     apply(backend, p, ConstView<T, 2>(x.data, {x.shape[0] * x.shape[1], d_model_}, "x"),
           TensorView<T, 2>(out.data, {x.shape[0] * x.shape[1], d_model_}, "out"));
@@ -127,17 +129,23 @@ class FeedForward {
   void apply(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<T, 2> out) const {
     const index_t rows = x.shape[0], D = d_model_, F = d_ff_;
     Buffer<T> h = backend.template alloc<T>(rows * F);
-    linear(backend, LinearArgs<T>{x, ConstView<T, 2>(p.wi.data(), {F, D}, "wi.weight"), {}, h.template view<2>({rows, F}, "hidden")});
+    linear(backend,
+           LinearArgs<T>{
+               x, ConstView<T, 2>(p.wi.data(), {F, D}, "wi.weight"), {}, h.template view<2>({rows, F}, "hidden")});
     ActivationArgs<T> act{ConstView<T, 2>(h.data(), {rows, F}, "hidden"), {}, h.template view<2>({rows, F}, "hidden")};
     Buffer<T> u;
     if constexpr (gated) {
       u = backend.template alloc<T>(rows * F);
-      linear(backend, LinearArgs<T>{x, ConstView<T, 2>(p.up.data(), {F, D}, "up.weight"), {}, u.template view<2>({rows, F}, "up")});
+      linear(
+          backend,
+          LinearArgs<T>{x, ConstView<T, 2>(p.up.data(), {F, D}, "up.weight"), {}, u.template view<2>({rows, F}, "up")});
       act.up = ConstView<T, 2>(u.data(), {rows, F}, "up");
     }
     activation<Act>(backend, act);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(h.data(), {rows, F}, "hidden"), ConstView<T, 2>(p.wo.data(), {D, F}, "wo.weight"),
-                                  {}, out});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(h.data(), {rows, F}, "hidden"),
+                                  ConstView<T, 2>(p.wo.data(), {D, F}, "wo.weight"),
+                                  {},
+                                  out});
   }
   index_t d_model_, d_ff_;
 };
@@ -199,7 +207,8 @@ class MoeFeedForward {
   Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
     Params p;
     const std::string hf = prefix + "router.classifier.weight";
-    const std::string name = ckpt.contains(hf) && !ckpt.contains(prefix + "router.weight") ? hf : prefix + "router.weight";
+    const std::string name =
+        ckpt.contains(hf) && !ckpt.contains(prefix + "router.weight") ? hf : prefix + "router.weight";
     p.router = load_param<float>(backend, ckpt, name, {experts_.num_experts, experts_.d_model});
     p.experts = experts_.load(backend, ckpt, prefix);
     return p;

@@ -183,8 +183,8 @@ class MambaCore {
     Buffer<T> v = backend.template alloc<T>(tokens * ED);  // (batch, L, ED)
     const TensorView<T, 3> v_cl(v.data(), {batch, ED, L}, {L * ED, 1, ED}, "conv_out");
     Buffer<T> conv_final;
-    CausalConv1dArgs<T> conv{u, weight2(p.conv_weight, ED, W, "conv1d.weight"), bias1(p.conv_bias, ED, "conv1d.bias"), true,
-                             {}, v_cl, {}};
+    CausalConv1dArgs<T> conv{
+        u, weight2(p.conv_weight, ED, W, "conv1d.weight"), bias1(p.conv_bias, ED, "conv1d.bias"), true, {}, v_cl, {}};
     if (cache) {
       conv_final = backend.template alloc<T>(batch * ED * (W - 1));
       conv.initial_state = ConstView<T, 3>(cache->conv_state.data(), {batch, ED, W - 1}, "conv_state");
@@ -193,11 +193,14 @@ class MambaCore {
     causal_conv1d(backend, conv);
 
     Buffer<T> x_dbl = backend.template alloc<T>(tokens * XP);  // (tokens, R + 2N) = [dt_low | B | C]
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"), weight2(p.x_proj, XP, ED, "x_proj.weight"),
-                                  {}, x_dbl.template view<2>({tokens, XP}, "x_dbl")});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"),
+                                  weight2(p.x_proj, XP, ED, "x_proj.weight"),
+                                  {},
+                                  x_dbl.template view<2>({tokens, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(tokens * ED);
     linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
-                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"), {},
+                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"),
+                                  {},
                                   delta.template view<2>({tokens, ED}, "delta")});
 
     Buffer<float> ssm_final;
@@ -232,17 +235,21 @@ class MambaCore {
     using detail::bias1;
     using detail::weight2;
     Buffer<T> v = backend.template alloc<T>(batch * ED);
-    causal_conv1d_step(backend, CausalConv1dStepArgs<T>{
-                                    TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
-                                    ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"),
-                                    weight2(p.conv_weight, ED, W, "conv1d.weight"), bias1(p.conv_bias, ED, "conv1d.bias"), true,
-                                    v.template view<2>({batch, ED}, "conv_out")});
+    causal_conv1d_step(
+        backend, CausalConv1dStepArgs<T>{
+                     TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
+                     ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), weight2(p.conv_weight, ED, W, "conv1d.weight"),
+                     bias1(p.conv_bias, ED, "conv1d.bias"), true, v.template view<2>({batch, ED}, "conv_out")});
     Buffer<T> x_dbl = backend.template alloc<T>(batch * XP);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"), weight2(p.x_proj, XP, ED, "x_proj.weight"),
-                                  {}, x_dbl.template view<2>({batch, XP}, "x_dbl")});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"),
+                                  weight2(p.x_proj, XP, ED, "x_proj.weight"),
+                                  {},
+                                  x_dbl.template view<2>({batch, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(batch * ED);
     linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"),
-                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"), {}, delta.template view<2>({batch, ED}, "delta")});
+                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"),
+                                  {},
+                                  delta.template view<2>({batch, ED}, "delta")});
     SelectiveScanStepArgs<T> s;
     s.state = TensorView<float, 3>(cache.ssm_state.data(), {batch, ED, N}, "ssm_state");
     s.u = ConstView<T, 2>(v.data(), {batch, ED}, "conv_out");
@@ -348,12 +355,14 @@ class Mamba {
     using detail::weight2;
 
     Buffer<T> xz = backend.template alloc<T>(tokens * 2 * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x.data, {tokens, D}, "x"), weight2(p.in_proj, 2 * ED, D, "in_proj.weight"),
-                                  bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"), xz.template view<2>({tokens, 2 * ED}, "xz")});
+    linear(backend,
+           LinearArgs<T>{ConstView<T, 2>(x.data, {tokens, D}, "x"), weight2(p.in_proj, 2 * ED, D, "in_proj.weight"),
+                         bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"), xz.template view<2>({tokens, 2 * ED}, "xz")});
     Buffer<T> y = backend.template alloc<T>(tokens * ED);
     core_.forward(backend, p, xz.data(), batch, L, y.data(), cache);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(y.data(), {tokens, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
-                                  bias1(p.out_proj_bias, D, "out_proj.bias"), TensorView<T, 2>(out.data, {tokens, D}, "out")});
+    linear(backend,
+           LinearArgs<T>{ConstView<T, 2>(y.data(), {tokens, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
+                         bias1(p.out_proj_bias, D, "out_proj.bias"), TensorView<T, 2>(out.data, {tokens, D}, "out")});
   }
 
   /// One-token decode: `out = mixer(x)` for one new token per sequence, updating the cache.
@@ -370,12 +379,14 @@ class Mamba {
     using detail::bias1;
     using detail::weight2;
     Buffer<T> xz = backend.template alloc<T>(batch * 2 * ED);
-    linear(backend, LinearArgs<T>{x, weight2(p.in_proj, 2 * ED, D, "in_proj.weight"), bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"),
-                                  xz.template view<2>({batch, 2 * ED}, "xz")});
+    linear(backend,
+           LinearArgs<T>{x, weight2(p.in_proj, 2 * ED, D, "in_proj.weight"),
+                         bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"), xz.template view<2>({batch, 2 * ED}, "xz")});
     Buffer<T> y = backend.template alloc<T>(batch * ED);
     core_.step(backend, p, xz.data(), batch, y.data(), cache);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(y.data(), {batch, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
-                                  bias1(p.out_proj_bias, D, "out_proj.bias"), out});
+    linear(backend,
+           LinearArgs<T>{ConstView<T, 2>(y.data(), {batch, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
+                         bias1(p.out_proj_bias, D, "out_proj.bias"), out});
   }
 
  private:

@@ -74,15 +74,18 @@ class RoutedMamba {
 
   /// Owned weights: the shared core plus routers and projections (see the file comment).
   struct Params : MambaCoreParams<T> {
-    Buffer<float> router;                             // shared: (X, D)
+    Buffer<float> router;                                // shared: (X, D)
     Buffer<float> router_conv, router_gate, router_out;  // per projection
-    Buffer<T> in_proj;                                // fused: (X, 2·ED, D)
-    Buffer<T> conv_proj, gate_proj;                   // unfused: (X, ED, D) or (ED, D)
-    Buffer<T> out_proj;                               // (X, D, ED) or (D, ED)
+    Buffer<T> in_proj;                                   // fused: (X, 2·ED, D)
+    Buffer<T> conv_proj, gate_proj;                      // unfused: (X, ED, D) or (ED, D)
+    Buffer<T> out_proj;                                  // (X, D, ED) or (D, ED)
   };
 
   RoutedMamba(const MambaDims& dims, index_t num_experts, R router = {}, RouterSettings settings = {})
-      : dims_(dims), core_(dims), router_(router), settings_(settings),
+      : dims_(dims),
+        core_(dims),
+        router_(router),
+        settings_(settings),
         num_experts_(E::resolve(num_experts, "RoutedMamba")) {
     MOSS_EXPECTS(!dims.use_bias, unsupported_error,
                  "RoutedMamba: use_bias = true is not supported (projection experts have no biases); supported: "
@@ -109,8 +112,8 @@ class RoutedMamba {
     std::sort(given.begin(), given.end());
     std::vector<std::string> want = routed;
     std::sort(want.begin(), want.end());
-    MOSS_EXPECTS(given == want, config_error, "config rom.projections does not match the layer type's routed projections ",
-                 join(routed));
+    MOSS_EXPECTS(given == want, config_error,
+                 "config rom.projections does not match the layer type's routed projections ", join(routed));
     const std::string weight(V::weight::name);
     if (m.weight_placement.empty()) m.weight_placement = weight;
     MOSS_EXPECTS(m.weight_placement == weight, config_error, "config rom.weight_placement is \"", m.weight_placement,
@@ -147,8 +150,8 @@ class RoutedMamba {
       p.gate_proj = upload_values<T>(backend, normal_values(rng, (V::gate ? X : 1) * ED * D, 0.02));
     }
     core_.init(backend, rng, p);
-    p.out_proj = upload_values<T>(backend, normal_values(rng, (V::out ? X : 1) * D * ED,
-                                                         0.02 / std::sqrt(static_cast<double>(n_layers))));
+    p.out_proj = upload_values<T>(
+        backend, normal_values(rng, (V::out ? X : 1) * D * ED, 0.02 / std::sqrt(static_cast<double>(n_layers))));
     return p;
   }
 
@@ -270,7 +273,8 @@ class RoutedMamba {
   }
 
   template <class Backend>
-  Routings route_in(const Backend& backend, const Params& p, ConstView<T, 2> x, bool full, RoutingReport* report) const {
+  Routings route_in(const Backend& backend, const Params& p, ConstView<T, 2> x, bool full,
+                    RoutingReport* report) const {
     Routings d;
     if constexpr (S::shared) {
       d.shared = decide(backend, x, p.router, full, report, "mixer", d.shared_offsets);
@@ -316,8 +320,8 @@ class RoutedMamba {
     const index_t tokens = x.shape[0], D = dims_.d_model, ED = dims_.d_inner;
     if constexpr (kFusedIn) {
       const index_t w0 = V::weights_conv ? 0 : ED, w1 = V::weights_gate ? 2 * ED : ED;
-      routed_linear(backend, d.shared, d.shared_offsets, x, p.in_proj, 2 * ED, V::weights_conv || V::weights_gate, w0, w1,
-                    TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"));
+      routed_linear(backend, d.shared, d.shared_offsets, x, p.in_proj, 2 * ED, V::weights_conv || V::weights_gate, w0,
+                    w1, TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"));
     } else {
       const TensorView<T, 2> u(xz, {tokens, ED}, {2 * ED, 1}, "u");
       const TensorView<T, 2> z(xz + ED, {tokens, ED}, {2 * ED, 1}, "z");

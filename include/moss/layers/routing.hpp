@@ -30,14 +30,14 @@ namespace moss {
 
 /// The statistics of one router on one call, in host memory (REFERENCE.md §2).
 struct RouterStats {
-  std::string layer;                  ///< e.g. "layers.3.mixer" or "layers.3.mixer.router_out"
+  std::string layer;  ///< e.g. "layers.3.mixer" or "layers.3.mixer.router_out"
   std::int64_t tokens = 0, k = 1;
-  std::vector<std::int64_t> counts;   ///< (X) pairs assigned to each expert before capacity
-  std::vector<std::int64_t> kept;     ///< (X) pairs each expert processed
-  std::int64_t dropped = 0;           ///< pairs over capacity (Σ counts − Σ kept)
-  float aux_loss = 0.0f;              ///< α · X · Σ f_i P_i (0 for routers without one)
-  float z_loss = 0.0f;                ///< β · mean logsumexp²
-  std::vector<float> prob_mean;       ///< (X) P_i: mean router probability of each expert
+  std::vector<std::int64_t> counts;  ///< (X) pairs assigned to each expert before capacity
+  std::vector<std::int64_t> kept;    ///< (X) pairs each expert processed
+  std::int64_t dropped = 0;          ///< pairs over capacity (Σ counts − Σ kept)
+  float aux_loss = 0.0f;             ///< α · X · Σ f_i P_i (0 for routers without one)
+  float z_loss = 0.0f;               ///< β · mean logsumexp²
+  std::vector<float> prob_mean;      ///< (X) P_i: mean router probability of each expert
 };
 
 /// Collects the statistics of every routed layer a forward pass runs. Layers add entries in
@@ -129,8 +129,8 @@ void settle_router(MoeConfig& m, const char* section) {
   MOSS_EXPECTS(m.router == name, config_error, "config ", section, ".router is \"", m.router,
                "\" but the layer type's router is \"", name, "\"");
   if (m.top_k == 0) m.top_k = R::k;
-  MOSS_EXPECTS(m.top_k == R::k, config_error, "config ", section, ".top_k is ", m.top_k, " but the layer type's router picks ",
-               R::k, " experts per token");
+  MOSS_EXPECTS(m.top_k == R::k, config_error, "config ", section, ".top_k is ", m.top_k,
+               " but the layer type's router picks ", R::k, " experts per token");
   m.settings.validate((std::string("config ") + section).c_str());
 }
 
@@ -164,9 +164,10 @@ RoutingDecision decide_routing(const Backend& backend, const R& router, const Ro
   a.expert = d.expert.template view<2>({tokens, K}, "expert");
   a.gate = d.gate.template view<2>({tokens, K}, "gate");
   route(backend, a);
-  const index_t capacity = full_sequence ? static_cast<index_t>(detail::route::expert_capacity(
-                                               settings.capacity_factor, tokens, K, num_experts))
-                                         : 0;
+  const index_t capacity =
+      full_sequence
+          ? static_cast<index_t>(detail::route::expert_capacity(settings.capacity_factor, tokens, K, num_experts))
+          : 0;
   d.plan = make_permute_plan(backend, ConstView<std::int32_t, 2>(d.expert.data(), {tokens, K}, "expert"), num_experts,
                              capacity);
   if (report) {

@@ -85,10 +85,10 @@ class LanguageModel {
 
   /// Owned weights on one backend.
   struct Params {
-    Buffer<T> embeddings;               // (V, D)
-    Buffer<T> lm_head;                  // (V, D); empty when tied to the embeddings
-    RmsNorm::Params norm_f;             // (D)
-    typename Per<Seq>::params layers;   // per pattern position, layers i ≡ position (mod n) in order
+    Buffer<T> embeddings;              // (V, D)
+    Buffer<T> lm_head;                 // (V, D); empty when tied to the embeddings
+    RmsNorm::Params norm_f;            // (D)
+    typename Per<Seq>::params layers;  // per pattern position, layers i ≡ position (mod n) in order
     /// Number of layers held.
     std::size_t size() const {
       std::size_t n = 0;
@@ -128,7 +128,8 @@ class LanguageModel {
     if (!config_.tie_embeddings) p.lm_head = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
     p.norm_f = norm_f_.init(backend);
     for (index_t i = 0; i < config_.n_layers; ++i)
-      at(i, [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).init(backend, rng, config_.n_layers)); });
+      at(i,
+         [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).init(backend, rng, config_.n_layers)); });
     return p;
   }
 
@@ -142,7 +143,8 @@ class LanguageModel {
     if (!config_.tie_embeddings) p.lm_head = load_param<T>(backend, ckpt, "lm_head.weight", {V, D});
     p.norm_f = norm_f_.load(backend, ckpt, "backbone.norm_f.weight");
     for (index_t i = 0; i < config_.n_layers; ++i)
-      at(i, [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, ckpt, layer_prefix(i))); });
+      at(i,
+         [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, ckpt, layer_prefix(i))); });
     return p;
   }
 
@@ -190,7 +192,8 @@ class LanguageModel {
     MOSS_EXPECTS(L >= 1, shape_error, where, ": ", ids.name, " is ", shape_string(ids.shape),
                  " (batch, seqlen) but needs seqlen ≥ 1");
     MOSS_EXPECTS(logits.shape[1] == L || logits.shape[1] == 1, shape_error, where, ": ", logits.name, " is ",
-                 shape_string(logits.shape), " (batch, seqlen, vocab) but expected [", batch, ", ", L, " or 1, ", V, "]");
+                 shape_string(logits.shape), " (batch, seqlen, vocab) but expected [", batch, ", ", L, " or 1, ", V,
+                 "]");
     expect_shape(where, logits, {batch, logits.shape[1], V}, "(batch, seqlen, vocab)");
     expect_contiguous(where, logits);
     check_params(where, p);
@@ -213,8 +216,9 @@ class LanguageModel {
     norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({tokens, D}, "normed"));
     // Every position, or only the last row of each sequence (a strided view, no copy).
     const bool last_only = logits.shape[1] == 1 && L > 1;
-    const ConstView<T, 2> head_in = last_only ? ConstView<T, 2>(normed.data() + (L - 1) * D, {batch, D}, {L * D, 1}, "normed")
-                                              : ConstView<T, 2>(normed.data(), {tokens, D}, "normed");
+    const ConstView<T, 2> head_in = last_only
+                                        ? ConstView<T, 2>(normed.data() + (L - 1) * D, {batch, D}, {L * D, 1}, "normed")
+                                        : ConstView<T, 2>(normed.data(), {tokens, D}, "normed");
     head(backend, p, head_in, TensorView<float, 2>(logits.data, {head_in.shape[0], V}, "logits"));
     if (cache) cache->length += L;
   }
@@ -309,8 +313,9 @@ class LanguageModel {
   template <class Backend>
   void head(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<float, 2> logits) const {
     const Buffer<T>& w = config_.tie_embeddings ? p.embeddings : p.lm_head;
-    linear(backend, LinearArgs<T, float>{x, ConstView<T, 2>(w.data(), {config_.vocab_size, config_.d_model}, "lm_head.weight"),
-                                         {}, logits});
+    linear(backend,
+           LinearArgs<T, float>{
+               x, ConstView<T, 2>(w.data(), {config_.vocab_size, config_.d_model}, "lm_head.weight"), {}, logits});
   }
   void check_params(const char* where, const Params& p) const {
     MOSS_EXPECTS(static_cast<index_t>(p.size()) == config_.n_layers && p.embeddings.data(), config_error, where,

@@ -38,18 +38,18 @@ namespace moss {
 /// MoE feed-forward blocks, `"rom"` for RoM mixers. Empty strings and zero counts mean "as the
 /// layer types say"; see `settle` in the layers.
 struct MoeConfig {
-  index_t num_experts = 0;           ///< X; 0: fixed by the type (moss::Experts<N>)
-  index_t top_k = 0;                 ///< K; 0: the router type's
-  std::string router;                ///< "top1_switch", "top_k" or "sinkhorn_top1"
-  bool normalize = false;            ///< TopK: renormalise the chosen weights
-  bool sinkhorn_training = false;    ///< SinkhornTop1: training-mode balancing
-  RouterSettings settings;           ///< capacity factor and loss coefficients
-  std::string expert;                ///< "mlp" or "gated_mlp" (feed-forward experts)
-  std::string activation;            ///< "relu", "gelu" or "silu"
-  index_t d_ff = 0;                  ///< hidden width of MLP experts; 0: 3 · d_model (MoE-Mamba's)
-  std::string scope;                 ///< RoM: "shared" or "per_projection"
+  index_t num_experts = 0;               ///< X; 0: fixed by the type (moss::Experts<N>)
+  index_t top_k = 0;                     ///< K; 0: the router type's
+  std::string router;                    ///< "top1_switch", "top_k" or "sinkhorn_top1"
+  bool normalize = false;                ///< TopK: renormalise the chosen weights
+  bool sinkhorn_training = false;        ///< SinkhornTop1: training-mode balancing
+  RouterSettings settings;               ///< capacity factor and loss coefficients
+  std::string expert;                    ///< "mlp" or "gated_mlp" (feed-forward experts)
+  std::string activation;                ///< "relu", "gelu" or "silu"
+  index_t d_ff = 0;                      ///< hidden width of MLP experts; 0: 3 · d_model (MoE-Mamba's)
+  std::string scope;                     ///< RoM: "shared" or "per_projection"
   std::vector<std::string> projections;  ///< RoM: the routed subset of {"conv", "gate", "out"}
-  std::string weight_placement;      ///< RoM: "out", "gate", "all" or "none"
+  std::string weight_placement;          ///< RoM: "out", "gate", "all" or "none"
 
   /// The hidden width of MLP experts for d_model D.
   index_t resolved_d_ff(index_t D) const { return d_ff > 0 ? d_ff : 3 * D; }
@@ -57,25 +57,25 @@ struct MoeConfig {
 
 /// Sizes and flags of a Mamba-1 language model (REFERENCE.md §1). Defaults are Mamba-130M's.
 struct MambaConfig {
-  index_t d_model = 768;          ///< hidden_size (D)
-  index_t n_layers = 24;          ///< num_hidden_layers
-  index_t vocab_size = 50280;     ///< V
-  index_t d_state = 16;           ///< state_size (N)
-  index_t expand = 2;             ///< E; d_inner = E·D
-  index_t d_conv = 4;             ///< conv_kernel (W)
-  index_t dt_rank = 0;            ///< time_step_rank (R); 0 means "auto" = ceil(D / 16)
-  bool use_bias = false;          ///< in_proj / out_proj biases
-  bool use_conv_bias = true;      ///< conv1d bias
-  bool tie_embeddings = true;     ///< lm_head shares the embedding matrix
-  bool residual_in_fp32 = true;   ///< the residual stream is kept in float32
-  float eps = 1e-5f;              ///< layer_norm_epsilon
-  std::int64_t bos_token_id = -1; ///< -1: none
-  std::int64_t eos_token_id = -1; ///< -1: none
-  std::optional<DType> dtype;     ///< the checkpoint's storage dtype (torch_dtype / dtype), if stated
-  std::string moss_variant;       ///< a moss model's variant name; empty for a Hugging Face Mamba
+  index_t d_model = 768;                   ///< hidden_size (D)
+  index_t n_layers = 24;                   ///< num_hidden_layers
+  index_t vocab_size = 50280;              ///< V
+  index_t d_state = 16;                    ///< state_size (N)
+  index_t expand = 2;                      ///< E; d_inner = E·D
+  index_t d_conv = 4;                      ///< conv_kernel (W)
+  index_t dt_rank = 0;                     ///< time_step_rank (R); 0 means "auto" = ceil(D / 16)
+  bool use_bias = false;                   ///< in_proj / out_proj biases
+  bool use_conv_bias = true;               ///< conv1d bias
+  bool tie_embeddings = true;              ///< lm_head shares the embedding matrix
+  bool residual_in_fp32 = true;            ///< the residual stream is kept in float32
+  float eps = 1e-5f;                       ///< layer_norm_epsilon
+  std::int64_t bos_token_id = -1;          ///< -1: none
+  std::int64_t eos_token_id = -1;          ///< -1: none
+  std::optional<DType> dtype;              ///< the checkpoint's storage dtype (torch_dtype / dtype), if stated
+  std::string moss_variant;                ///< a moss model's variant name; empty for a Hugging Face Mamba
   std::vector<std::string> block_pattern;  ///< block names repeated to n_layers; empty: as the model type says
-  MoeConfig moe;                  ///< MoE feed-forward blocks' settings (and a dense "ffn" block's width)
-  MoeConfig rom;                  ///< RoM mixers' settings
+  MoeConfig moe;                           ///< MoE feed-forward blocks' settings (and a dense "ffn" block's width)
+  MoeConfig rom;                           ///< RoM mixers' settings
 
   index_t d_inner() const { return expand * d_model; }
   index_t resolved_dt_rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
@@ -122,8 +122,8 @@ struct MambaConfig {
     get_int("conv_kernel", c.d_conv);
     if (const json::Value* v = j.find("time_step_rank"); v && !v->is_null()) {
       if (v->is_string()) {
-        MOSS_EXPECTS(v->as_string() == "auto", config_error, what, ": time_step_rank is \"",
-                     v->as_string(), "\", expected an integer or \"auto\"");
+        MOSS_EXPECTS(v->as_string() == "auto", config_error, what, ": time_step_rank is \"", v->as_string(),
+                     "\", expected an integer or \"auto\"");
         c.dt_rank = 0;
       } else {
         c.dt_rank = v->as_int();

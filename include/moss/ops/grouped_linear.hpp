@@ -27,12 +27,12 @@ namespace moss {
 /// @tparam T storage type of x, weight, bias and y (float, f16 or bf16).
 template <class T>
 struct GroupedLinearArgs {
-  ConstView<T, 2> x;                       // (rows, in), unit inner stride
-  ConstView<T, 3> weight;                  // (X, out, in), contiguous
-  ConstView<T, 2> bias;                    // (X, out), contiguous, optional
-  ConstView<std::int32_t, 1> offsets;      // (X + 1), backend memory: non-decreasing, offsets[0] = 0, offsets[X] ≤ rows
+  ConstView<T, 2> x;                   // (rows, in), unit inner stride
+  ConstView<T, 3> weight;              // (X, out, in), contiguous
+  ConstView<T, 2> bias;                // (X, out), contiguous, optional
+  ConstView<std::int32_t, 1> offsets;  // (X + 1), backend memory: non-decreasing, offsets[0] = 0, offsets[X] ≤ rows
   const std::int32_t* host_offsets = nullptr;  // (X + 1) the same offsets in host memory, if the caller has them
-  TensorView<T, 2> y;                      // (rows, out), unit inner stride
+  TensorView<T, 2> y;                          // (rows, out), unit inner stride
 };
 
 /// Checks `a` once at op entry (both backends); the offsets' values are checked where they are
@@ -73,8 +73,8 @@ inline void check_offsets(const char* where, const std::int32_t* offsets, index_
   for (index_t e = 0; e < num_experts; ++e)
     MOSS_EXPECTS(offsets[e + 1] >= offsets[e], shape_error, where, ": offsets[", e + 1, "] = ", offsets[e + 1],
                  " is below offsets[", e, "] = ", offsets[e], " (segments must be non-decreasing)");
-  MOSS_EXPECTS(offsets[num_experts] <= rows, shape_error, where, ": offsets[", num_experts, "] = ",
-               offsets[num_experts], " exceeds the ", rows, " rows of x");
+  MOSS_EXPECTS(offsets[num_experts] <= rows, shape_error, where, ": offsets[", num_experts,
+               "] = ", offsets[num_experts], " exceeds the ", rows, " rows of x");
 }
 
 }  // namespace detail

@@ -42,22 +42,22 @@ struct PermutePlanArgs {
 /// Arguments of `gather_rows`.
 template <class T>
 struct GatherRowsArgs {
-  ConstView<T, 2> x;                     // (tokens, D), unit inner stride
-  ConstView<std::int32_t, 1> row_pair;   // (rows) from the plan
-  ConstView<std::int32_t, 1> offsets;    // (X + 1) from the plan: rows [0, offsets[X]) are written
-  index_t k = 1;                         // slots per token: the token of pair p is p / K
-  TensorView<T, 2> out;                  // (rows, D), contiguous
+  ConstView<T, 2> x;                    // (tokens, D), unit inner stride
+  ConstView<std::int32_t, 1> row_pair;  // (rows) from the plan
+  ConstView<std::int32_t, 1> offsets;   // (X + 1) from the plan: rows [0, offsets[X]) are written
+  index_t k = 1;                        // slots per token: the token of pair p is p / K
+  TensorView<T, 2> out;                 // (rows, D), contiguous
 };
 
 /// Arguments of `combine_rows`.
 template <class T>
 struct CombineRowsArgs {
-  ConstView<T, 2> y;                     // (rows, D), unit inner stride: one row per kept pair
-  ConstView<std::int32_t, 2> pair_row;   // (tokens, K) from the plan
-  ConstView<float, 2> gate;              // (tokens, K), optional: combine weights
-  index_t weight_begin = 0;              // columns [weight_begin, weight_end) are multiplied by the gate
+  ConstView<T, 2> y;                    // (rows, D), unit inner stride: one row per kept pair
+  ConstView<std::int32_t, 2> pair_row;  // (tokens, K) from the plan
+  ConstView<float, 2> gate;             // (tokens, K), optional: combine weights
+  index_t weight_begin = 0;             // columns [weight_begin, weight_end) are multiplied by the gate
   index_t weight_end = 0;
-  TensorView<T, 2> out;                  // (tokens, D), unit inner stride, written (every element)
+  TensorView<T, 2> out;  // (tokens, D), unit inner stride, written (every element)
 };
 
 /// The owned result of `permute_plan` on one backend, for a layer to reuse across its
@@ -85,8 +85,8 @@ inline void validate(const PermutePlanArgs& a, const char* where) {
   const index_t tokens = a.expert.shape[0], K = a.expert.shape[1];
   MOSS_EXPECTS(K >= 1, config_error, where, ": ", a.expert.name, " is ", shape_string(a.expert.shape),
                " (tokens, K) but K must be at least 1");
-  MOSS_EXPECTS(a.num_experts >= 1 && a.num_experts < INT32_MAX, config_error, where, ": num_experts is ",
-               a.num_experts, ", expected ≥ 1");
+  MOSS_EXPECTS(a.num_experts >= 1 && a.num_experts < INT32_MAX, config_error, where, ": num_experts is ", a.num_experts,
+               ", expected ≥ 1");
   MOSS_EXPECTS(K <= a.num_experts, config_error, where, ": K = ", K, " slots but only ", a.num_experts, " experts");
   MOSS_EXPECTS(tokens <= INT32_MAX / K, unsupported_error, where, ": ", tokens, " tokens × K = ", K,
                " pairs exceed the int32 pair index");
@@ -153,8 +153,8 @@ void validate(const CombineRowsArgs<T>& a, const char* where) {
     expect_shape(where, a.gate, {tokens, K}, "(tokens, K)");
     expect_contiguous(where, a.gate);
   } else {
-    MOSS_EXPECTS(a.weight_begin == a.weight_end, config_error, where, ": columns [", a.weight_begin, ", ",
-                 a.weight_end, ") are to be weighted but no gate was given");
+    MOSS_EXPECTS(a.weight_begin == a.weight_end, config_error, where, ": columns [", a.weight_begin, ", ", a.weight_end,
+                 ") are to be weighted but no gate was given");
   }
 }
 
@@ -171,8 +171,9 @@ PermutePlan make_permute_plan(const Backend& backend, ConstView<std::int32_t, 2>
   p.row_pair = backend.template alloc<std::int32_t>(p.rows());
   p.offsets = backend.template alloc<std::int32_t>(num_experts + 1);
   p.counts = backend.template alloc<std::int32_t>(num_experts);
-  permute_plan(backend, PermutePlanArgs{expert, num_experts, capacity, p.pair_row.flat("pair_row"),
-                                        p.row_pair.flat("row_pair"), p.offsets.flat("offsets"), p.counts.flat("counts")});
+  permute_plan(backend,
+               PermutePlanArgs{expert, num_experts, capacity, p.pair_row.flat("pair_row"), p.row_pair.flat("row_pair"),
+                               p.offsets.flat("offsets"), p.counts.flat("counts")});
   return p;
 }
 

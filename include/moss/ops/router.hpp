@@ -81,8 +81,8 @@ void validate(const RouteArgs<T, R>& a, const char* where) {
   MOSS_EXPECTS(X >= 1, config_error, where, ": ", a.weight.name, " is ", shape_string(a.weight.shape),
                " (experts, d_model) but there must be at least one expert");
   MOSS_EXPECTS(X <= kMaxExperts, unsupported_error, where, ": ", X, " experts; supported: 1 to ", kMaxExperts);
-  MOSS_EXPECTS(R::k <= X, config_error, where, ": the router picks K = ", R::k, " experts per token but there are only ",
-               X);
+  MOSS_EXPECTS(R::k <= X, config_error, where, ": the router picks K = ", R::k,
+               " experts per token but there are only ", X);
   expect_shape(where, a.weight, {X, D}, "(experts, d_model)");
   expect_contiguous(where, a.weight);
   expect_unit_inner_stride(where, a.x);

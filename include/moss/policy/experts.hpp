@@ -109,7 +109,7 @@ struct GatedMlp {
 
 /// An expert-kind policy of a feed-forward block: `Mlp<Act>` or `GatedMlp<Act>`.
 template <class E>
-concept FeedForwardExpert = (E::kind == ExpertKind::mlp || E::kind == ExpertKind::gated_mlp) &&
-                            Activation<typename E::activation>;
+concept FeedForwardExpert =
+    (E::kind == ExpertKind::mlp || E::kind == ExpertKind::gated_mlp) && Activation<typename E::activation>;
 
 }  // namespace moss

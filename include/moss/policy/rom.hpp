@@ -49,12 +49,13 @@ struct Out {
 template <class... P>
 struct Routed {
   static_assert(sizeof...(P) >= 1, "moss::Routed<...>: route at least one projection (else use moss::Mamba)");
-  static_assert(((std::is_same_v<P, Conv> || std::is_same_v<P, Gate> || std::is_same_v<P, Out>) && ...),
+  static_assert(((std::is_same_v<P, Conv> || std::is_same_v<P, Gate> || std::is_same_v<P, Out>)&&...),
                 "moss::Routed<...>: every projection must be moss::Conv, moss::Gate or moss::Out");
   static constexpr bool conv = (std::is_same_v<P, Conv> || ...);
   static constexpr bool gate = (std::is_same_v<P, Gate> || ...);
   static constexpr bool out = (std::is_same_v<P, Out> || ...);
-  static_assert(int(conv) + int(gate) + int(out) == int(sizeof...(P)), "moss::Routed<...>: a projection is listed twice");
+  static_assert(int(conv) + int(gate) + int(out) == int(sizeof...(P)),
+                "moss::Routed<...>: a projection is listed twice");
 };
 
 /// Where the combine weight g multiplies (REFERENCE.md §3's table). With K = 1 and

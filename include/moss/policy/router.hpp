@@ -152,7 +152,8 @@ concept Router = requires(const R& r, const float* logits, int n, int* experts, 
   { R::balanced } -> std::convertible_to<bool>;
   { R::aux_loss } -> std::convertible_to<bool>;
   r.select(logits, logits, n, experts, weights);
-} && (R::k >= 1);
+}
+&&(R::k >= 1);
 
 /// Whether router `R` needs the balanced scores on this call.
 template <Router R>
@@ -176,8 +177,8 @@ struct RouterSettings {
                  capacity_factor, ", expected ≥ 0 (0 = dropless)");
     MOSS_EXPECTS(std::isfinite(aux_loss_coef) && aux_loss_coef >= 0, config_error, where, ": aux_loss_coef is ",
                  aux_loss_coef, ", expected ≥ 0");
-    MOSS_EXPECTS(std::isfinite(z_loss_coef) && z_loss_coef >= 0, config_error, where, ": z_loss_coef is ",
-                 z_loss_coef, ", expected ≥ 0");
+    MOSS_EXPECTS(std::isfinite(z_loss_coef) && z_loss_coef >= 0, config_error, where, ": z_loss_coef is ", z_loss_coef,
+                 ", expected ≥ 0");
   }
 };
 

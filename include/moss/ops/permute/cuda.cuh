@@ -51,8 +51,9 @@ inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
     MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.data(), keys.data() + P, values.data(),
                                                     values.data() + P, static_cast<int>(P), 0, bits, gpu.stream));
     Buffer<unsigned char> temp = gpu.alloc<unsigned char>(static_cast<index_t>(temp_bytes));
-    MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data(), temp_bytes, keys.data(), keys.data() + P, values.data(),
-                                                    values.data() + P, static_cast<int>(P), 0, bits, gpu.stream));
+    MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data(), temp_bytes, keys.data(), keys.data() + P,
+                                                    values.data(), values.data() + P, static_cast<int>(P), 0, bits,
+                                                    gpu.stream));
     const std::int32_t* sorted_keys = keys.data() + P;
     const std::int32_t* sorted_values = values.data() + P;
     bounds_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(sorted_keys, P, X, bounds.data(),
@@ -81,7 +82,8 @@ void gather_rows(const Cuda& gpu, const GatherRowsArgs<T>& a) {
   if (rows == 0) return;
   constexpr index_t V = 16 / sizeof(T);
   const bool vector = D % V == 0 && reinterpret_cast<std::uintptr_t>(a.x.data) % 16 == 0 &&
-                      reinterpret_cast<std::uintptr_t>(a.out.data) % 16 == 0 && (a.x.shape[0] <= 1 || a.x.stride[0] % V == 0);
+                      reinterpret_cast<std::uintptr_t>(a.out.data) % 16 == 0 &&
+                      (a.x.shape[0] <= 1 || a.x.stride[0] % V == 0);
   constexpr int threads = kPermuteTuning.threads;
   gather_kernel<T><<<blocks_for(rows * 32, threads), threads, 0, gpu.stream>>>(
       a.x.data, a.x.stride[0], D, a.row_pair.data, a.offsets.data + (a.offsets.shape[0] - 1), a.k, rows, a.out.data,
@@ -102,10 +104,9 @@ void combine_rows(const Cuda& gpu, const CombineRowsArgs<T>& a) {
                       (a.y.shape[0] <= 1 || a.y.stride[0] % V == 0) && (tokens <= 1 || a.out.stride[0] % V == 0);
   constexpr int threads = kPermuteTuning.combine_threads;
   const unsigned blocks = static_cast<unsigned>(std::min<index_t>(tokens, 65535));
-  combine_kernel<T><<<blocks, threads, 0, gpu.stream>>>(a.y.data, a.y.shape[0] > 1 ? a.y.stride[0] : D, a.pair_row.data,
-                                                        present(a.gate) ? a.gate.data : nullptr, tokens, K, D,
-                                                        a.weight_begin, a.weight_end, a.out.data,
-                                                        tokens > 1 ? a.out.stride[0] : D, vector);
+  combine_kernel<T><<<blocks, threads, 0, gpu.stream>>>(
+      a.y.data, a.y.shape[0] > 1 ? a.y.stride[0] : D, a.pair_row.data, present(a.gate) ? a.gate.data : nullptr, tokens,
+      K, D, a.weight_begin, a.weight_end, a.out.data, tokens > 1 ? a.out.stride[0] : D, vector);
   MOSS_CHECK_LAUNCH("combine_kernel", gpu.stream);
 }
 

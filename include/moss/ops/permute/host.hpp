@@ -24,12 +24,14 @@ inline void permute_plan(const Host&, const PermutePlanArgs& a) {
       MOSS_EXPECTS(e >= 0 && e < X, shape_error, "permute_plan: ", a.expert.name, "[", t, ", ", s, "] = ", e,
                    " is not an expert in [0, ", X, ")");
     }
-  std::stable_sort(order.begin(), order.end(), [&](std::int32_t l, std::int32_t r) { return expert_of(l) < expert_of(r); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::int32_t l, std::int32_t r) { return expert_of(l) < expert_of(r); });
   std::vector<std::int32_t> counts(static_cast<std::size_t>(X), 0);
   for (index_t p = 0; p < P; ++p) ++counts[a.expert.data[p]];
   a.offsets.data[0] = 0;
   for (index_t e = 0; e < X; ++e) {
-    const std::int32_t kept = a.capacity > 0 ? static_cast<std::int32_t>(std::min<index_t>(counts[e], a.capacity)) : counts[e];
+    const std::int32_t kept =
+        a.capacity > 0 ? static_cast<std::int32_t>(std::min<index_t>(counts[e], a.capacity)) : counts[e];
     a.offsets.data[e + 1] = a.offsets.data[e] + kept;
     a.counts.data[e] = counts[e];
   }

@@ -92,7 +92,8 @@ __global__ void gather_kernel(const T* x, index_t x_row_stride, index_t D, const
   const index_t kept = *kept_end;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
-  for (index_t r = (blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x) / 32; r < kept && r < rows; r += warps) {
+  for (index_t r = (blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x) / 32; r < kept && r < rows;
+       r += warps) {
     const T* src = x + (row_pair[r] / k) * x_row_stride;
     T* dst = out + r * D;
     if (vector) {

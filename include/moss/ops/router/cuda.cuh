@@ -64,11 +64,13 @@ void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
   Buffer<float> scores = gpu.alloc<float>(tokens * p.X);
   Buffer<float> d0 = gpu.alloc<float>(tokens);
   const std::size_t sh = sizeof(float) * (cfg.sinkhorn_threads + 2 * p.X);
-  route_sinkhorn_kernel<<<1, cfg.sinkhorn_threads, sh, gpu.stream>>>(a.logits.data, tokens, p.X, scores.data(), d0.data());
+  route_sinkhorn_kernel<<<1, cfg.sinkhorn_threads, sh, gpu.stream>>>(a.logits.data, tokens, p.X, scores.data(),
+                                                                     d0.data());
   MOSS_CHECK_LAUNCH("route_sinkhorn_kernel", gpu.stream);
-  const unsigned sel_blocks = static_cast<unsigned>(std::min<index_t>(ceil_div<index_t>(tokens, cfg.select_threads), 65535));
-  route_select_kernel<R><<<sel_blocks, cfg.select_threads, 0, gpu.stream>>>(a.router, a.logits.data, scores.data(), tokens,
-                                                                          p.X, a.expert.data, a.gate.data);
+  const unsigned sel_blocks =
+      static_cast<unsigned>(std::min<index_t>(ceil_div<index_t>(tokens, cfg.select_threads), 65535));
+  route_select_kernel<R><<<sel_blocks, cfg.select_threads, 0, gpu.stream>>>(a.router, a.logits.data, scores.data(),
+                                                                            tokens, p.X, a.expert.data, a.gate.data);
   MOSS_CHECK_LAUNCH("route_select_kernel", gpu.stream);
 }
 

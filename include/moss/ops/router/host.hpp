@@ -55,7 +55,8 @@ void route(const Host&, const RouteArgs<T, R>& a) {
   const int X = static_cast<int>(a.weight.shape[0]);
   for (index_t t = 0; t < tokens; ++t)
     for (int i = 0; i < X; ++i)
-      a.logits.data[t * X + i] = detail::route::dot_in_kernel_order(a.x.data + t * a.x.stride[0], a.weight.data + i * D, D);
+      a.logits.data[t * X + i] =
+          detail::route::dot_in_kernel_order(a.x.data + t * a.x.stride[0], a.weight.data + i * D, D);
   std::vector<float> balanced;
   if (router_wants_balance(a.router) && tokens > 0) balanced = detail::route::sinkhorn_scores(a.logits);
   for (index_t t = 0; t < tokens; ++t) {

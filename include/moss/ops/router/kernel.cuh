@@ -31,15 +31,15 @@ struct RouteParams {
   R router;
   const T* x = nullptr;
   index_t x_row_stride = 0;
-  const float* weight = nullptr;  // (X, D)
-  float* logits = nullptr;        // (tokens, X)
-  std::int32_t* expert = nullptr; // (tokens, K)
-  float* gate = nullptr;          // (tokens, K)
+  const float* weight = nullptr;   // (X, D)
+  float* logits = nullptr;         // (tokens, X)
+  std::int32_t* expert = nullptr;  // (tokens, K)
+  float* gate = nullptr;           // (tokens, K)
   index_t tokens = 0, D = 0;
   int X = 0;
-  bool vector_x = false;       // x rows are 16-byte aligned: chunk loads are one uint4
+  bool vector_x = false;  // x rows are 16-byte aligned: chunk loads are one uint4
   bool weight_in_smem = false;
-  bool select = true;          // false: a balancing pass selects later
+  bool select = true;  // false: a balancing pass selects later
 };
 
 /// Loads chunk c (V elements, zero past D) of row x as floats.

@@ -68,8 +68,8 @@ inline float dot_in_kernel_order(const T* x, const float* w, long long D) {
 /// max(1, ceil(cf · T · K / X)), computed in double (REFERENCE.md §2). 0 for cf = 0 (dropless).
 inline long long expert_capacity(double capacity_factor, long long tokens, long long k, long long experts) {
   if (capacity_factor <= 0) return 0;
-  const double c = std::ceil(capacity_factor * static_cast<double>(tokens) * static_cast<double>(k) /
-                             static_cast<double>(experts));
+  const double c =
+      std::ceil(capacity_factor * static_cast<double>(tokens) * static_cast<double>(k) / static_cast<double>(experts));
   return c < 1 ? 1 : static_cast<long long>(c);
 }
 

@@ -8,12 +8,12 @@ namespace moss::detail::route {
 
 /// Launch shape of the router kernels.
 struct RouteTuning {
-  int warps_per_block;       // tokens in flight per block of the logits kernel (one warp each)
-  int blocks_per_sm;         // persistent grid of the logits kernel: the weight is staged once per block
-  int smem_weight_bytes;     // stage the weight in shared memory up to this size (else read through L1)
-  int select_threads;        // per block of the select kernel
-  int sinkhorn_threads;      // the one block of the Sinkhorn kernel
-  int stats_threads;         // tokens per tile of the statistics (a power of two)
+  int warps_per_block;    // tokens in flight per block of the logits kernel (one warp each)
+  int blocks_per_sm;      // persistent grid of the logits kernel: the weight is staged once per block
+  int smem_weight_bytes;  // stage the weight in shared memory up to this size (else read through L1)
+  int select_threads;     // per block of the select kernel
+  int sinkhorn_threads;   // the one block of the Sinkhorn kernel
+  int stats_threads;      // tokens per tile of the statistics (a power of two)
 };
 
 inline constexpr RouteTuning kRouteTuning{8, 2, 96 * 1024, 256, 1024, 256};

@@ -251,8 +251,8 @@ MOSS_DEVICE float update_and_read(float (&h)[kSpt], const float (&a_scaled)[kSpt
 /// staged as floats: first every step's u, Δ and z (independent of the state), then the state
 /// updates, then the gates and the stores that replace u by the output in the tile.
 template <class T, int kSpt, int kSteps>
-MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T* su, const T* sd, const T* sz,
-                              int own, int own_step, int t0, const float* fb, const float* fc, int bc_ld, float bias,
+MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T* su, const T* sd, const T* sz, int own,
+                              int own_step, int t0, const float* fb, const float* fc, int bc_ld, float bias,
                               bool softplus, bool has_d, float d_skip, bool has_z) {
   float u[kSteps], dt[kSteps], zv[kSteps], y[kSteps];
 #pragma unroll
