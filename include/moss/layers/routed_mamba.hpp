@@ -251,7 +251,6 @@ class RoutedMamba {
   /// (the Out router runs later, on y).
   struct Routings {
     RoutingDecision shared, conv, gate;
-    std::vector<std::int32_t> shared_offsets, conv_offsets, gate_offsets;
   };
 
   /// The shape of a projection's weight: (X, rows, cols) routed, (rows, cols) dense.
@@ -266,10 +265,8 @@ class RoutedMamba {
 
   template <class Backend>
   RoutingDecision decide(const Backend& backend, ConstView<T, 2> x, const Buffer<float>& weight, bool full,
-                         RoutingReport* report, const char* name, std::vector<std::int32_t>& offsets) const {
-    RoutingDecision d = decide_routing(backend, router_, settings_, x, weight, num_experts_, full, report, name);
-    offsets = read_offsets(backend, d.plan);
-    return d;
+                         RoutingReport* report, const char* name) const {
+    return decide_routing(backend, router_, settings_, x, weight, num_experts_, full, report, name);
   }
 
   template <class Backend>
@@ -277,23 +274,25 @@ class RoutedMamba {
                     RoutingReport* report) const {
     Routings d;
     if constexpr (S::shared) {
-      d.shared = decide(backend, x, p.router, full, report, "mixer", d.shared_offsets);
+      d.shared = decide(backend, x, p.router, full, report, "mixer");
     } else {
-      if (V::conv) d.conv = decide(backend, x, p.router_conv, full, report, "mixer.router_conv", d.conv_offsets);
-      if (V::gate) d.gate = decide(backend, x, p.router_gate, full, report, "mixer.router_gate", d.gate_offsets);
+      if (V::conv) d.conv = decide(backend, x, p.router_conv, full, report, "mixer.router_conv");
+      if (V::gate) d.gate = decide(backend, x, p.router_gate, full, report, "mixer.router_gate");
     }
     return d;
   }
 
-  /// `rows_out` (tokens, width, row stride ld) = Σ_s (g ·) W_{e_s} x_t through `decision`.
+  /// out (tokens, width) = Σ_s (g ·) W_{e_s} x_t through `decision`. The gather is queued before
+  /// the plan's offsets are read (the decision's one host synchronisation, cached in the plan).
   template <class Backend>
-  void routed_linear(const Backend& backend, const RoutingDecision& decision, const std::vector<std::int32_t>& offsets,
-                     ConstView<T, 2> x, const Buffer<T>& weight, index_t width, bool weighted, index_t weight_begin,
-                     index_t weight_end, TensorView<T, 2> out) const {
+  void routed_linear(const Backend& backend, RoutingDecision& decision, ConstView<T, 2> x, const Buffer<T>& weight,
+                     index_t width, bool weighted, index_t weight_begin, index_t weight_end,
+                     TensorView<T, 2> out) const {
     const index_t in = x.shape[1], rows = decision.plan.rows();
     Buffer<T> xp = backend.template alloc<T>(rows * in);
     gather_rows(backend, GatherRowsArgs<T>{x, decision.plan.row_pair_view(), decision.plan.offsets_view(), R::k,
                                            xp.template view<2>({rows, in}, "permuted_x")});
+    const std::vector<std::int32_t>& offsets = read_offsets(backend, decision.plan);
     Buffer<T> yp = backend.template alloc<T>(rows * width);
     GroupedLinearArgs<T> g;
     g.x = ConstView<T, 2>(xp.data(), {rows, in}, "permuted_x");
@@ -316,28 +315,25 @@ class RoutedMamba {
 
   /// xz (tokens, 2·ED) = [u | z] from the routed or dense Conv and Gate projections.
   template <class Backend>
-  void project_in(const Backend& backend, const Params& p, ConstView<T, 2> x, const Routings& d, T* xz) const {
+  void project_in(const Backend& backend, const Params& p, ConstView<T, 2> x, Routings& d, T* xz) const {
     const index_t tokens = x.shape[0], D = dims_.d_model, ED = dims_.d_inner;
     if constexpr (kFusedIn) {
       const index_t w0 = V::weights_conv ? 0 : ED, w1 = V::weights_gate ? 2 * ED : ED;
-      routed_linear(backend, d.shared, d.shared_offsets, x, p.in_proj, 2 * ED, V::weights_conv || V::weights_gate, w0,
-                    w1, TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"));
+      routed_linear(backend, d.shared, x, p.in_proj, 2 * ED, V::weights_conv || V::weights_gate, w0, w1,
+                    TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"));
     } else {
       const TensorView<T, 2> u(xz, {tokens, ED}, {2 * ED, 1}, "u");
       const TensorView<T, 2> z(xz + ED, {tokens, ED}, {2 * ED, 1}, "z");
-      half(backend, p.conv_proj, V::conv, S::shared ? d.shared : d.conv, S::shared ? d.shared_offsets : d.conv_offsets,
-           x, !S::shared || V::weights_conv, u, D, ED);
-      half(backend, p.gate_proj, V::gate, S::shared ? d.shared : d.gate, S::shared ? d.shared_offsets : d.gate_offsets,
-           x, !S::shared || V::weights_gate, z, D, ED);
+      half(backend, p.conv_proj, V::conv, S::shared ? d.shared : d.conv, x, !S::shared || V::weights_conv, u, D, ED);
+      half(backend, p.gate_proj, V::gate, S::shared ? d.shared : d.gate, x, !S::shared || V::weights_gate, z, D, ED);
     }
   }
 
   template <class Backend>
-  void half(const Backend& backend, const Buffer<T>& weight, bool routed, const RoutingDecision& decision,
-            const std::vector<std::int32_t>& offsets, ConstView<T, 2> x, bool weighted, TensorView<T, 2> out, index_t D,
-            index_t ED) const {
+  void half(const Backend& backend, const Buffer<T>& weight, bool routed, RoutingDecision& decision, ConstView<T, 2> x,
+            bool weighted, TensorView<T, 2> out, index_t D, index_t ED) const {
     if (routed) {
-      routed_linear(backend, decision, offsets, x, weight, ED, weighted, 0, ED, out);
+      routed_linear(backend, decision, x, weight, ED, weighted, 0, ED, out);
     } else {
       linear(backend, LinearArgs<T>{x, ConstView<T, 2>(weight.data(), {ED, D}, "in_proj"), {}, out});
     }
@@ -345,17 +341,16 @@ class RoutedMamba {
 
   /// out (tokens, D) from y (tokens, ED) through the routed or dense Out projection.
   template <class Backend>
-  void project_out(const Backend& backend, const Params& p, ConstView<T, 2> y, const Routings& d, bool full,
+  void project_out(const Backend& backend, const Params& p, ConstView<T, 2> y, Routings& d, bool full,
                    RoutingReport* report, TensorView<T, 2> out) const {
     const index_t D = dims_.d_model, ED = dims_.d_inner;
     if constexpr (!V::out) {
       linear(backend, LinearArgs<T>{y, ConstView<T, 2>(p.out_proj.data(), {D, ED}, "out_proj.weight"), {}, out});
     } else if constexpr (S::shared) {
-      routed_linear(backend, d.shared, d.shared_offsets, y, p.out_proj, D, V::weights_out, 0, D, out);
+      routed_linear(backend, d.shared, y, p.out_proj, D, V::weights_out, 0, D, out);
     } else {
-      std::vector<std::int32_t> offsets;
-      const RoutingDecision o = decide(backend, y, p.router_out, full, report, "mixer.router_out", offsets);
-      routed_linear(backend, o, offsets, y, p.out_proj, D, true, 0, D, out);
+      RoutingDecision o = decide(backend, y, p.router_out, full, report, "mixer.router_out");
+      routed_linear(backend, o, y, p.out_proj, D, true, 0, D, out);
     }
   }
 
