@@ -20,45 +20,19 @@
 #include <vector>
 
 #include "moss/moss.hpp"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 using namespace moss;
 
 namespace {
 
+using moss::test::check_reports;
+using moss::test::host_copy;
+
 template <class T>
 std::vector<T> poisoned(index_t n) {
   return std::vector<T>(static_cast<std::size_t>(n), from_float<T>(NAN));
-}
-
-template <class T, class Backend>
-std::vector<T> fetch(const Backend& backend, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  download(backend, v.data(), b.data(), b.size());
-  return v;
-}
-
-/// |a − b| ≤ tol · |b| (+ a tiny floor for values that are 0 on both sides).
-bool close(double a, double b, double tol) { return std::fabs(a - b) <= tol * std::fabs(b) + 1e-9; }
-
-/// Report entries agree: names, token counts, counts, kept and dropped pairs exactly; the
-/// losses and mean probabilities within `tol`.
-void check_reports(const std::vector<RouterStats>& got, const std::vector<RouterStats>& want, double tol) {
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const RouterStats &g = got[i], &w = want[i];
-    CAPTURE(i, w.layer);
-    CHECK(g.layer == w.layer);
-    CHECK(g.tokens == w.tokens);
-    CHECK(g.k == w.k);
-    CHECK(g.counts == w.counts);
-    CHECK(g.kept == w.kept);
-    CHECK(g.dropped == w.dropped);
-    CHECK(close(g.aux_loss, w.aux_loss, tol));
-    CHECK(close(g.z_loss, w.z_loss, tol));
-    REQUIRE(g.prob_mean.size() == w.prob_mean.size());
-    for (std::size_t e = 0; e < g.prob_mean.size(); ++e) CHECK(close(g.prob_mean[e], w.prob_mean[e], tol));
-  }
 }
 
 /// Replaces a router's weight by zeros on `backend`: every logit is then exactly 0, ties go to
@@ -91,14 +65,14 @@ FfnRun<T> run_ffn(const Backend& backend, const Layer& layer, const typename Lay
   Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
   layer.forward(backend, p, ConstView<T, 3>(dx.data(), {batch, L, D}, "x"), dy.template view<3>({batch, L, D}, "out"),
                 nullptr, &report);
-  r.out = fetch(backend, dy);
+  r.out = host_copy(backend, dy);
   typename Layer::Cache cache = layer.make_cache(backend, batch);
   const Buffer<T> dxs = upload(backend, x_step.data(), static_cast<index_t>(x_step.size()));
   const std::vector<T> poison_step = poisoned<T>(batch * D);
   Buffer<T> dys = upload(backend, poison_step.data(), static_cast<index_t>(poison_step.size()));
   layer.step(backend, p, ConstView<T, 2>(dxs.data(), {batch, D}, "x"), dys.template view<2>({batch, D}, "out"), cache,
              &report);
-  r.step = fetch(backend, dys);
+  r.step = host_copy(backend, dys);
   r.report = report.read();
   return r;
 }
@@ -174,13 +148,13 @@ RomRun<T> run_rom(const Backend& backend, const Layer& layer, const typename Lay
   {
     Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
     layer.forward(backend, p, xv, dy.template view<3>({batch, L, D}, "out"), nullptr, &report);
-    r.full = fetch(backend, dy);
+    r.full = host_copy(backend, dy);
   }
   auto cache = layer.make_cache(backend, batch);
   {
     Buffer<T> dy = upload(backend, poison.data(), static_cast<index_t>(poison.size()));
     layer.forward(backend, p, xv, dy.template view<3>({batch, L, D}, "out"), &cache, &report);
-    r.prefill = fetch(backend, dy);
+    r.prefill = host_copy(backend, dy);
   }
   const std::vector<T> poison_step = poisoned<T>(batch * D);
   for (const std::vector<T>& xs : x_steps) {
@@ -188,10 +162,10 @@ RomRun<T> run_rom(const Backend& backend, const Layer& layer, const typename Lay
     Buffer<T> dys = upload(backend, poison_step.data(), static_cast<index_t>(poison_step.size()));
     layer.step(backend, p, ConstView<T, 2>(dxs.data(), {batch, D}, "x"), dys.template view<2>({batch, D}, "out"), cache,
                &report);
-    r.steps.push_back(fetch(backend, dys));
+    r.steps.push_back(host_copy(backend, dys));
   }
-  r.ssm_state = fetch(backend, cache.ssm_state);
-  r.conv_state = fetch(backend, cache.conv_state);
+  r.ssm_state = host_copy(backend, cache.ssm_state);
+  r.conv_state = host_copy(backend, cache.conv_state);
   r.report = report.read();
   return r;
 }

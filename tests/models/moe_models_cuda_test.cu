@@ -18,43 +18,20 @@
 #include <vector>
 
 #include "moss/moss.hpp"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 using namespace moss;
 
 namespace {
 
-template <class T, class Backend>
-std::vector<T> fetch(const Backend& backend, const Buffer<T>& b) {
-  std::vector<T> v(static_cast<std::size_t>(b.size()));
-  download(backend, v.data(), b.data(), b.size());
-  return v;
-}
+using moss::test::check_reports;
+using moss::test::host_copy;
 
 template <class Backend>
 Buffer<float> poisoned_logits(const Backend& backend, index_t n) {
   const std::vector<float> v(static_cast<std::size_t>(n), NAN);
   return upload(backend, v.data(), n);
-}
-
-bool close(double a, double b, double tol) { return std::fabs(a - b) <= tol * std::fabs(b) + 1e-9; }
-
-void check_reports(const std::vector<RouterStats>& got, const std::vector<RouterStats>& want, double tol) {
-  REQUIRE(got.size() == want.size());
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const RouterStats &g = got[i], &w = want[i];
-    CAPTURE(i, w.layer);
-    CHECK(g.layer == w.layer);
-    CHECK(g.tokens == w.tokens);
-    CHECK(g.k == w.k);
-    CHECK(g.counts == w.counts);
-    CHECK(g.kept == w.kept);
-    CHECK(g.dropped == w.dropped);
-    CHECK(close(g.aux_loss, w.aux_loss, tol));
-    CHECK(close(g.z_loss, w.z_loss, tol));
-    REQUIRE(g.prob_mean.size() == w.prob_mean.size());
-    for (std::size_t e = 0; e < g.prob_mean.size(); ++e) CHECK(close(g.prob_mean[e], w.prob_mean[e], tol));
-  }
 }
 
 /// Gives every router of the model zero weights (see the file comment).
@@ -96,19 +73,19 @@ ModelRun run_model(const Backend& backend, const Model& model, const typename Mo
     RoutingReport report;
     Buffer<float> logits = poisoned_logits(backend, batch * L * V);
     model.forward(backend, p, prompt, logits.template view<3>({batch, L, V}, "logits"), nullptr, &report);
-    r.full = fetch(backend, logits);
+    r.full = host_copy(backend, logits);
     r.full_report = report.read();
   }
   auto cache = model.make_cache(backend, batch);
   RoutingReport report;
   Buffer<float> last = poisoned_logits(backend, batch * V);
   model.forward(backend, p, prompt, last.template view<3>({batch, 1, V}, "logits"), &cache, &report);
-  r.prefill = fetch(backend, last);
+  r.prefill = host_copy(backend, last);
   for (const auto& next : step_ids) {
     Buffer<float> logits = poisoned_logits(backend, batch * V);
     model.step(backend, p, ConstView<std::int64_t, 1>(next.data(), {batch}, "next_ids"),
                logits.template view<2>({batch, V}, "logits"), cache, &report);
-    r.steps.push_back(fetch(backend, logits));
+    r.steps.push_back(host_copy(backend, logits));
   }
   r.decode_report = report.read();
   return r;

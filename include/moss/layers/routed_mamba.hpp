@@ -113,7 +113,8 @@ class RoutedMamba {
     std::vector<std::string> want = routed;
     std::sort(want.begin(), want.end());
     MOSS_EXPECTS(given == want, config_error,
-                 "config rom.projections does not match the layer type's routed projections ", join(routed));
+                 "config rom.projections does not match the layer type's routed projections ",
+                 detail::quoted_list(routed));
     const std::string weight(V::weight::name);
     if (m.weight_placement.empty()) m.weight_placement = weight;
     MOSS_EXPECTS(m.weight_placement == weight, config_error, "config rom.weight_placement is \"", m.weight_placement,
@@ -256,11 +257,6 @@ class RoutedMamba {
   /// The shape of a projection's weight: (X, rows, cols) routed, (rows, cols) dense.
   std::vector<index_t> shape(bool routed, index_t rows, index_t cols) const {
     return routed ? std::vector<index_t>{num_experts_, rows, cols} : std::vector<index_t>{rows, cols};
-  }
-  static std::string join(const std::vector<std::string>& v) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
-    return s + "]";
   }
 
   template <class Backend>

@@ -20,11 +20,11 @@ namespace moss {
 
 /// How the next token is picked from the logits.
 struct SamplingOptions {
-  bool greedy = true;         ///< argmax (ties → lowest id); the other fields are ignored
-  float temperature = 1.0f;   ///< > 0; logits are divided by it
-  index_t top_k = 0;          ///< keep the k most likely tokens (0: all)
-  float top_p = 1.0f;         ///< keep the smallest set whose probability reaches top_p (1: all)
-  std::uint64_t seed = 0;     ///< seed of the sampler's generator
+  bool greedy = true;        ///< argmax (ties → lowest id); the other fields are ignored
+  float temperature = 1.0f;  ///< > 0; logits are divided by it
+  index_t top_k = 0;         ///< keep the k most likely tokens (0: all)
+  float top_p = 1.0f;        ///< keep the smallest set whose probability reaches top_p (1: all)
+  std::uint64_t seed = 0;    ///< seed of the sampler's generator
 
   void validate() const {
     MOSS_EXPECTS(greedy || (temperature > 0 && std::isfinite(temperature)), config_error,
@@ -89,19 +89,19 @@ inline std::int64_t sample_token(const float* logits, index_t V, const SamplingO
 struct GenerateOptions {
   index_t max_new_tokens = 16;
   SamplingOptions sampling;
-  bool stop_at_eos = false;   ///< a sequence stops after it emits the config's eos_token_id
-  bool record_logits = false; ///< keep the logits of every generated position
+  bool stop_at_eos = false;    ///< a sequence stops after it emits the config's eos_token_id
+  bool record_logits = false;  ///< keep the logits of every generated position
 };
 
 /// Tokens and timings of one `generate` call.
 struct GenerateResult {
   index_t batch = 0;
-  index_t length = 0;                 ///< prompt length + generated tokens (the longest row)
-  std::vector<std::int64_t> tokens;   ///< (batch, length); rows that stopped early are padded with eos
-  std::vector<float> logits;          ///< (batch, steps, V) when record_logits
-  index_t steps = 0;                  ///< new tokens generated per row
+  index_t length = 0;                ///< prompt length + generated tokens (the longest row)
+  std::vector<std::int64_t> tokens;  ///< (batch, length); rows that stopped early are padded with eos
+  std::vector<float> logits;         ///< (batch, steps, V) when record_logits
+  index_t steps = 0;                 ///< new tokens generated per row
   double prefill_seconds = 0;
-  double decode_seconds = 0;          ///< time of the one-token steps (steps − 1 of them)
+  double decode_seconds = 0;  ///< time of the one-token steps (steps − 1 of them)
 };
 
 /// Generates up to `opt.max_new_tokens` tokens after `prompt` (host memory, (batch, L)) with

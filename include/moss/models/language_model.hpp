@@ -266,11 +266,6 @@ class LanguageModel {
   static std::tuple<Block<I>...> make_blocks(const MambaConfig& c, std::index_sequence<I...>) {
     return std::tuple<Block<I>...>(Block<I>::from(c)...);
   }
-  static std::string joined(const std::vector<std::string>& v) {
-    std::string s = "[";
-    for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
-    return s + "]";
-  }
   /// The config with what the block types imply filled in; `config_error` on contradictions.
   static MambaConfig settle(MambaConfig c) {
     c.validate("LanguageModel");
@@ -278,10 +273,11 @@ class LanguageModel {
     const std::vector<std::string> pattern = pattern_names();
     if (c.block_pattern.empty()) c.block_pattern = pattern;
     MOSS_EXPECTS(c.block_pattern == pattern, config_error, "LanguageModel: the config's block_pattern is ",
-                 joined(c.block_pattern), " but the model type's pattern is ", joined(pattern));
+                 detail::quoted_list(c.block_pattern), " but the model type's pattern is ",
+                 detail::quoted_list(pattern));
     MOSS_EXPECTS(c.n_layers % static_cast<index_t>(kPattern) == 0, config_error, "LanguageModel: num_hidden_layers is ",
                  c.n_layers, ", which is not a multiple of the block pattern's length ", kPattern, " (",
-                 joined(pattern), ")");
+                 detail::quoted_list(pattern), ")");
     if (c.moss_variant.empty() && pattern != std::vector<std::string>{"mamba"}) c.moss_variant = "custom";
     return c;
   }

@@ -34,6 +34,17 @@
 
 namespace moss {
 
+namespace detail {
+
+/// ["a", "b"]: a list of names for messages.
+inline std::string quoted_list(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
+  return s + "]";
+}
+
+}  // namespace detail
+
 /// The settings of one kind of sparse block of a moss model (REFERENCE.md §2–3): `"moe"` for
 /// MoE feed-forward blocks, `"rom"` for RoM mixers. Empty strings and zero counts mean "as the
 /// layer types say"; see `settle` in the layers.

@@ -14,7 +14,7 @@ namespace moss {
 
 namespace detail::route {
 
-/// The device's multiprocessor count (cached per device).
+/// The current device's multiprocessor count (a cheap attribute query; sizes the persistent grid).
 inline int sm_count() {
   int dev = 0;
   MOSS_CUDA_CHECK(cudaGetDevice(&dev));
