@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "moss/core/tensor.hpp"
 
@@ -72,6 +74,68 @@ class Buffer {
   index_t size_ = 0;
   Device device_ = Device::host;
   Deleter deleter_{};
+};
+
+/// An owning, named tensor: a buffer, its extents and its name. Layers hold their parameters and
+/// long-lived scratch as tensors, so a shape is stated once (where the tensor is made) and every
+/// view, message and checkpoint entry takes it from there. An empty tensor (no data) stands for
+/// an absent optional parameter: its views are not `present`.
+/// @tparam T element type.
+/// @tparam Rank number of dimensions (≥ 1).
+template <class T, std::size_t Rank>
+class Tensor {
+ public:
+  using element_type = T;
+  static constexpr std::size_t rank = Rank;
+
+  Tensor() = default;
+  /// Takes `buffer`, which must hold exactly prod(shape) elements.
+  Tensor(Buffer<T> buffer, const Extents<Rank>& shape, std::string name)
+      : buffer_(std::move(buffer)), shape_(shape), name_(std::move(name)) {
+    MOSS_EXPECTS(!name_.empty(), config_error, "Tensor: every tensor needs a name (it is used in messages)");
+    index_t n = 1;
+    for (auto s : shape_) {
+      MOSS_EXPECTS(s >= 0, shape_error, "Tensor: ", name_, " has negative extent ", shape_string(shape_));
+      n *= s;
+    }
+    MOSS_EXPECTS(n == buffer_.size(), shape_error, "Tensor: ", name_, " ", shape_string(shape_), " needs ", n,
+                 " elements but its buffer holds ", buffer_.size());
+  }
+
+  /// Whether the tensor was made (a default-constructed one is an absent optional parameter).
+  bool present() const { return !name_.empty(); }
+  T* data() const { return buffer_.data(); }
+  const Extents<Rank>& shape() const { return shape_; }
+  index_t size(std::size_t d) const { return shape_[d]; }
+  index_t numel() const { return buffer_.size(); }
+  const std::string& name() const { return name_; }
+  Device device() const { return buffer_.device(); }
+  Buffer<T>& buffer() { return buffer_; }
+  const Buffer<T>& buffer() const { return buffer_; }
+  /// The extents as a list (the form checkpoint files use).
+  std::vector<index_t> dims() const { return std::vector<index_t>(shape_.begin(), shape_.end()); }
+
+  /// A contiguous view named after the tensor (null data when absent).
+  TensorView<T, Rank> view() const {
+    if (!present()) return {};
+    return TensorView<T, Rank>(buffer_.data(), shape_, name_.c_str());
+  }
+  /// A read-only view; tensors convert to one implicitly, so ops take them directly.
+  ConstView<T, Rank> cview() const { return view(); }
+  operator ConstView<T, Rank>() const { return view(); }  // NOLINT(google-explicit-constructor)
+  /// The memory read as another shape of the same element count (e.g. (X, out, in) as (X·out, in)).
+  template <std::size_t R2>
+  TensorView<T, R2> view_as(const Extents<R2>& shape) const {
+    return buffer_.template view<R2>(shape, name_.c_str());
+  }
+
+  /// Frees the memory (the tensor becomes absent).
+  void reset() noexcept { buffer_.reset(); }
+
+ private:
+  Buffer<T> buffer_;
+  Extents<Rank> shape_{};
+  std::string name_;
 };
 
 }  // namespace moss

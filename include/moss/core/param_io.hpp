@@ -1,13 +1,22 @@
-// moss/core/param_io.hpp: moving parameters between checkpoints, random init and a backend.
+// moss/core/param_io.hpp: making parameters: seeded random init, reading them from a weight
+// source (a checkpoint), writing them to a checkpoint, on any backend.
 //
-// Templates over the backend object: `upload` / `download` (found by argument-dependent
-// lookup in backend/host.hpp and backend/cuda.cuh) move the data, so every layer writes its
-// load, init and save once for both backends.
+// Templates over the backend object: `upload` / `download` move the data. The host overloads
+// come from backend/host.hpp (included here); the CUDA ones from backend/cuda.cuh, found by
+// argument-dependent lookup when a layer is instantiated with `moss::Cuda`. So every layer
+// writes its load, init and save once for both backends.
+//
+// A parameter is a `Tensor` named by its checkpoint name relative to its block ("in_proj.weight",
+// "experts.wi.weight"); the block's prefix ("backbone.layers.3.mixer.") is added when it is
+// read or written, so the same layer serves any position.
 #pragma once
 
+#include <array>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
+#include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
 #include "moss/core/random.hpp"
 #include "moss/core/safetensors.hpp"
@@ -16,19 +25,11 @@ namespace moss {
 
 /// Reads tensor `name` of exactly `shape` from `ckpt`, converted to T, onto `backend`.
 /// A missing tensor or a wrong shape is an `io_error` naming the file and the tensor.
-template <class T, class Backend>
-Buffer<T> load_param(const Backend& backend, const Checkpoint& ckpt, const std::string& name,
+template <class T, class Backend, class Source>
+Buffer<T> load_param(const Backend& backend, const Source& ckpt, const std::string& name,
                      const std::vector<index_t>& shape) {
-  const std::vector<T> host = ckpt.read_as<T>(name, shape);
+  const std::vector<T> host = ckpt.template read_as<T>(name, shape);
   return upload(backend, host.data(), static_cast<index_t>(host.size()));
-}
-
-/// Like `load_param` but returns an empty buffer when the checkpoint has no tensor `name`.
-template <class T, class Backend>
-Buffer<T> load_optional_param(const Backend& backend, const Checkpoint& ckpt, const std::string& name,
-                              const std::vector<index_t>& shape) {
-  if (!ckpt.contains(name)) return Buffer<T>();
-  return load_param<T>(backend, ckpt, name, shape);
 }
 
 /// Uploads host values (as float) converted to T.
@@ -60,6 +61,76 @@ void save_param(const Backend& backend, SafetensorsWriter& writer, const std::st
   std::vector<T> host(static_cast<std::size_t>(b.size()));
   download(backend, host.data(), b.data(), b.size());
   writer.add(name, shape, host);
+}
+
+/// Number of elements of `shape`.
+template <std::size_t Rank>
+index_t element_count(const Extents<Rank>& shape) {
+  index_t n = 1;
+  for (auto s : shape) n *= s;
+  return n;
+}
+
+/// A tensor named `name` holding `values` (as float, converted to T) on `backend`.
+template <class T, std::size_t Rank, class Backend>
+Tensor<T, Rank> tensor_of(const Backend& backend, const Extents<Rank>& shape, const std::vector<float>& values,
+                          std::string name) {
+  MOSS_EXPECTS(static_cast<index_t>(values.size()) == element_count(shape), shape_error, "tensor_of: ", name, " ",
+               shape_string(shape), " needs ", element_count(shape), " values but got ", values.size());
+  return Tensor<T, Rank>(upload_values<T>(backend, values), shape, std::move(name));
+}
+
+/// A tensor of N(0, stddev²) draws.
+template <class T, std::size_t Rank, class Backend>
+Tensor<T, Rank> normal_tensor(const Backend& backend, Rng& rng, const Extents<Rank>& shape, double stddev,
+                              std::string name) {
+  return tensor_of<T>(backend, shape, normal_values(rng, element_count(shape), stddev), std::move(name));
+}
+
+/// A tensor of U(lo, hi) draws.
+template <class T, std::size_t Rank, class Backend>
+Tensor<T, Rank> uniform_tensor(const Backend& backend, Rng& rng, const Extents<Rank>& shape, double lo, double hi,
+                               std::string name) {
+  return tensor_of<T>(backend, shape, uniform_values(rng, element_count(shape), lo, hi), std::move(name));
+}
+
+/// A tensor with every element `value`.
+template <class T, std::size_t Rank, class Backend>
+Tensor<T, Rank> constant_tensor(const Backend& backend, const Extents<Rank>& shape, float value, std::string name) {
+  return tensor_of<T>(backend, shape, std::vector<float>(static_cast<std::size_t>(element_count(shape)), value),
+                      std::move(name));
+}
+
+/// Reads `prefix + name` of exactly `shape` from `src` (converted to T) into a tensor named `name`.
+/// A missing tensor or another shape is an `io_error` naming the file and the tensor.
+template <class T, std::size_t Rank, class Backend, class Source>
+Tensor<T, Rank> load_tensor(const Backend& backend, const Source& src, const std::string& prefix,
+                            const std::string& name, const Extents<Rank>& shape) {
+  return Tensor<T, Rank>(
+      load_param<T>(backend, src, prefix + name, std::vector<index_t>(shape.begin(), shape.end())), shape, name);
+}
+
+/// Like `load_tensor`, but the tensor may be stored under any of `names` (the first is the
+/// canonical one, later ones are accepted aliases, e.g. Hugging Face's); the tensor is named
+/// after the canonical one.
+template <class T, std::size_t Rank, class Backend, class Source>
+Tensor<T, Rank> load_tensor_any(const Backend& backend, const Source& src, const std::string& prefix,
+                                std::initializer_list<std::string> names, const Extents<Rank>& shape) {
+  const std::string& canonical = *names.begin();
+  for (const std::string& n : names)
+    if (src.contains(prefix + n)) {
+      Tensor<T, Rank> t = load_tensor<T>(backend, src, prefix, n, shape);
+      return Tensor<T, Rank>(std::move(t.buffer()), shape, canonical);
+    }
+  return load_tensor<T>(backend, src, prefix, canonical, shape);  // raises the missing-tensor error
+}
+
+/// Adds `t` to `writer` as `prefix + t.name()` (absent tensors are skipped).
+template <class T, std::size_t Rank, class Backend>
+void save_tensor(const Backend& backend, SafetensorsWriter& writer, const std::string& prefix,
+                 const Tensor<T, Rank>& t) {
+  if (!t.present()) return;
+  save_param(backend, writer, prefix + t.name(), t.buffer(), t.dims());
 }
 
 }  // namespace moss

@@ -1,182 +1,295 @@
-// moss/layers/experts.hpp: expert containers, X experts of one kind with weights stacked on a
-// leading expert axis (REFERENCE.md §2, "Experts"), applied to the rows of a permuted buffer.
+// moss/layers/experts.hpp: expert kinds (docs/math.md §2, "Experts"). An expert kind is one
+// struct that carries everything about itself, so a new kind lives in the user's own file
+// (examples/05_custom_expert.cpp writes a squared-ReLU MLP):
 //
-// Checkpoint names (moss's scheme; `prefix` is the layer's, e.g. "backbone.layers.1.mixer."):
-//   LinearExpert   {prefix}{name}.weight (X, out, in), {prefix}{name}.bias (X, out)
-//   Mlp<Act>       {prefix}experts.wi.weight (X, F, D), {prefix}experts.wo.weight (X, D, F)
-//   GatedMlp<Act>  {prefix}experts.gate.weight (X, F, D), {prefix}experts.up.weight (X, F, D),
-//                  {prefix}experts.down.weight (X, D, F)
-// Loading also accepts Hugging Face's per-expert names ({prefix}experts.expert_{i}.wi.weight,
+//   struct MyExpert {
+//     static constexpr std::string_view name = "my_expert";   // its config name
+//     template <StorageType T> struct Params { ... };          // Tensors, (X, ...) stacked
+//     template <StorageType T, class Backend>
+//     static Params<T> init(const Backend&, Rng&, const ExpertShape&, const std::string& base);
+//     template <StorageType T, class Backend, class Source>
+//     static Params<T> load(const Backend&, const Source&, const std::string& prefix,
+//                           const std::string& base, const ExpertShape&);
+//     template <class Backend, StorageType T>
+//     static void save(const Backend&, const Params<T>&, const ExpertShape&, SafetensorsWriter&,
+//                      const std::string& prefix);
+//     template <class Backend, StorageType T>
+//     static void apply(const Backend&, const Params<T>&, const Dispatch<T>&, ConstView<T, 2> x,
+//                       TensorView<T, 2> out, ColumnWeighting);
+//   };
+// `apply` takes the un-gathered input x (tokens, in), the dispatch (a routing plan, or dense)
+// and writes the combined output (tokens, out); it is written against moss/layers/dispatch.hpp
+// so a fused grouped kernel can replace the gather and combine behind it.
+//
+// Checkpoint names, `base` being the stack's name inside its block ("experts." for MoE
+// feed-forward blocks, "" for a dense FeedForward, "in_proj." for a RoM projection):
+//   LinearExpert   {base}weight (X, out, in), {base}bias (X, out)
+//   Mlp<Act>       {base}wi.weight (X, F, D), {base}wo.weight (X, D, F)
+//   GatedMlp<Act>  {base}gate.weight (X, F, D), {base}up.weight (X, F, D), {base}down.weight (X, D, F)
+// A dense stack (`ExpertShape::stacked` false) stores the same names without the expert axis.
+// Loading a stacked MLP also accepts Hugging Face's per-expert names ({base}expert_{i}.wi.weight,
 // (F, D) each, as SwitchTransformersSparseMLP writes them) and stacks them (expert i → index i).
 #pragma once
 
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
 #include "moss/core/param_io.hpp"
-#include "moss/core/safetensors.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/layers/dispatch.hpp"
 #include "moss/ops/activation.hpp"
-#include "moss/ops/grouped_linear.hpp"
-#include "moss/ops/linear.hpp"
-#include "moss/policy/experts.hpp"
+#include "moss/policy/activation.hpp"
 
 namespace moss {
 
+/// The sizes of one stack of experts of one kind.
+struct ExpertShape {
+  index_t experts = 1;     ///< X
+  index_t in = 0;          ///< input width (D)
+  index_t hidden = 0;      ///< hidden width F of MLP kinds (unused by LinearExpert)
+  index_t out = 0;         ///< output width
+  bool stacked = true;     ///< checkpoints carry the leading expert axis (false: a dense block's (out, in))
+  bool bias = false;       ///< a bias per expert (LinearExpert)
+  double out_scale = 1.0;  ///< init: the output side's stddev is 0.02 · out_scale (1/sqrt(n_layers))
+
+  /// Throws `config_error` naming `where` for an impossible size.
+  void validate(const char* where) const {
+    MOSS_EXPECTS(experts >= 1 && in >= 1 && out >= 1 && hidden >= 0, config_error, where, ": experts ", experts,
+                 ", in ", in, ", hidden ", hidden, ", out ", out, " must be at least 1 (hidden ≥ 0)");
+    MOSS_EXPECTS(stacked || experts == 1, config_error, where, ": a dense (unstacked) stack has one expert, not ",
+                 experts);
+  }
+};
+
 namespace detail {
 
-/// Reads the stacked tensor `stacked` (X, rows, cols), or else the per-expert tensors
-/// `per_expert(i)` (rows, cols) stacked; an `io_error` names the stacked name when neither exists.
-template <class T, class Backend, class Name>
-Buffer<T> load_stacked(const Backend& backend, const Checkpoint& ckpt, const std::string& stacked, Name per_expert,
-                       index_t X, index_t rows, index_t cols) {
-  if (ckpt.contains(stacked) || !ckpt.contains(per_expert(0)))
-    return load_param<T>(backend, ckpt, stacked, {X, rows, cols});
+/// The checkpoint shape of one (X, rows, cols) stacked weight: itself, or (rows, cols) when dense.
+inline std::vector<index_t> stored_shape(const ExpertShape& s, index_t rows, index_t cols) {
+  return s.stacked ? std::vector<index_t>{s.experts, rows, cols} : std::vector<index_t>{rows, cols};
+}
+
+/// Reads the (X, rows, cols) weight `{prefix}{base}{leaf}` into a tensor named `{base}{leaf}`.
+/// A stacked stack also accepts Hugging Face's per-expert tensors `{prefix}{base}expert_{i}.{leaf}`
+/// (rows, cols) each; a dense one reads (rows, cols). A missing tensor names the canonical name.
+template <class T, class Backend, class Source>
+Tensor<T, 3> load_expert_weight(const Backend& backend, const Source& src, const std::string& prefix,
+                                const std::string& base, const std::string& leaf, const ExpertShape& s,
+                                index_t rows, index_t cols) {
+  const std::string name = base + leaf, full = prefix + name;
+  const Extents<3> shape{s.experts, rows, cols};
+  auto per_expert = [&](index_t i) { return prefix + base + "expert_" + std::to_string(i) + "." + leaf; };
+  if (!s.stacked || src.contains(full) || !src.contains(per_expert(0)))
+    return Tensor<T, 3>(load_param<T>(backend, src, full, stored_shape(s, rows, cols)), shape, name);
   std::vector<T> all;
-  all.reserve(static_cast<std::size_t>(X * rows * cols));
-  for (index_t i = 0; i < X; ++i) {
-    const std::vector<T> one = ckpt.read_as<T>(per_expert(i), {rows, cols});
+  all.reserve(static_cast<std::size_t>(s.experts * rows * cols));
+  for (index_t i = 0; i < s.experts; ++i) {
+    const std::vector<T> one = src.template read_as<T>(per_expert(i), {rows, cols});
     all.insert(all.end(), one.begin(), one.end());
   }
-  return upload(backend, all.data(), static_cast<index_t>(all.size()));
+  return Tensor<T, 3>(upload(backend, all.data(), static_cast<index_t>(all.size())), shape, name);
+}
+
+/// Writes a stacked weight under `prefix + t.name()` in the stack's stored shape.
+template <class Backend, class T>
+void save_expert_weight(const Backend& backend, SafetensorsWriter& w, const std::string& prefix,
+                        const Tensor<T, 3>& t, const ExpertShape& s) {
+  save_param(backend, w, prefix + t.name(), t.buffer(), stored_shape(s, t.size(1), t.size(2)));
+}
+
+/// Checks that a stack's tensor has the (X, rows, cols) the shape says.
+template <class T>
+void expect_expert_weight(const char* where, const Tensor<T, 3>& t, const Extents<3>& shape) {
+  MOSS_EXPECTS(t.shape() == shape, shape_error, where, ": ", t.name(), " is ", shape_string(t.shape()),
+               " (experts, out, in) but expected ", shape_string(shape));
 }
 
 }  // namespace detail
 
-/// A stack of X linear experts W_i x (+ b_i), (X, out, in): RoM's projections.
-template <StorageType T>
-struct LinearExperts {
-  struct Params {
-    Buffer<T> weight;  // (X, out, in)
-    Buffer<T> bias;    // (X, out), optional
-  };
-  index_t num_experts = 0, in = 0, out = 0;
-  bool bias = false;
+/// A linear expert W_i x (+ b_i): RoM's projections. Weight (X, out, in), bias (X, out).
+struct LinearExpert {
+  static constexpr std::string_view name = "linear";
 
-  /// Weights N(0, stddev²) per expert; biases 0.
-  template <class Backend>
-  Params init(const Backend& backend, Rng& rng, double stddev) const {
-    Params p;
-    p.weight = upload_values<T>(backend, normal_values(rng, num_experts * out * in, stddev));
-    if (bias) p.bias = upload_values<T>(backend, std::vector<float>(static_cast<std::size_t>(num_experts * out), 0.0f));
+  template <StorageType T>
+  struct Params {
+    Tensor<T, 3> weight;  // (X, out, in)
+    Tensor<T, 2> bias;    // (X, out), optional
+  };
+
+  /// Weight N(0, (0.02 · out_scale)²), bias 0.
+  template <StorageType T, class Backend>
+  static Params<T> init(const Backend& backend, Rng& rng, const ExpertShape& s, const std::string& base) {
+    Params<T> p;
+    p.weight = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.out, s.in}, 0.02 * s.out_scale, base + "weight");
+    if (s.bias) p.bias = constant_tensor<T>(backend, Extents<2>{s.experts, s.out}, 0.0f, base + "bias");
     return p;
   }
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& name) const {
-    Params p;
-    p.weight = load_param<T>(backend, ckpt, name + ".weight", {num_experts, out, in});
-    if (bias) p.bias = load_param<T>(backend, ckpt, name + ".bias", {num_experts, out});
+  template <StorageType T, class Backend, class Source>
+  static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
+                        const ExpertShape& s) {
+    Params<T> p;
+    p.weight = detail::load_expert_weight<T>(backend, src, prefix, base, "weight", s, s.out, s.in);
+    if (s.bias) {
+      const std::vector<index_t> stored =
+          s.stacked ? std::vector<index_t>{s.experts, s.out} : std::vector<index_t>{s.out};
+      p.bias = Tensor<T, 2>(load_param<T>(backend, src, prefix + base + "bias", stored), {s.experts, s.out},
+                            base + "bias");
+    }
     return p;
   }
-  template <class Backend>
-  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& name) const {
-    save_param(backend, w, name + ".weight", p.weight, {num_experts, out, in});
-    if (bias) save_param(backend, w, name + ".bias", p.bias, {num_experts, out});
+  template <class Backend, StorageType T>
+  static void save(const Backend& backend, const Params<T>& p, const ExpertShape& s, SafetensorsWriter& w,
+                   const std::string& prefix) {
+    detail::save_expert_weight(backend, w, prefix, p.weight, s);
+    if (p.bias.present())
+      save_param(backend, w, prefix + p.bias.name(), p.bias.buffer(),
+                 s.stacked ? p.bias.dims() : std::vector<index_t>{s.out});
   }
-  /// y[rows of expert e] = x[rows of e] · W_eᵀ (+ b_e) over the plan's segments.
-  template <class Backend>
-  void apply(const Backend& backend, const Params& p, const PermutePlan& plan, const std::vector<std::int32_t>& offsets,
-             ConstView<T, 2> x, TensorView<T, 2> y) const {
-    GroupedLinearArgs<T> g;
-    g.x = x;
-    g.weight = ConstView<T, 3>(p.weight.data(), {num_experts, out, in}, "experts.weight");
-    if (bias) g.bias = ConstView<T, 2>(p.bias.data(), {num_experts, out}, "experts.bias");
-    g.offsets = plan.offsets_view();
-    g.host_offsets = offsets.data();
-    g.y = y;
-    grouped_linear(backend, g);
+  /// out = Σ_s (g ·) W_{e_s} x_t (+ b_{e_s}).
+  template <class Backend, StorageType T>
+  static void apply(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                    TensorView<T, 2> out, ColumnWeighting weighting) {
+    Buffer<T> xs, ys;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const TensorView<T, 2> y = d.output_rows(backend, out, ys);
+    d.linear(backend, rows, p.weight, p.bias, y);
+    d.combine(backend, y, out, weighting);
   }
 };
 
-/// A stack of X feed-forward experts of kind `Expert` (Mlp<Act> or GatedMlp<Act>), hidden width F.
-template <FeedForwardExpert Expert, StorageType T>
-struct FeedForwardExperts {
-  static constexpr bool gated = Expert::kind == ExpertKind::gated_mlp;
-  using Act = typename Expert::activation;
-  struct Params {
-    Buffer<T> wi;  // (X, F, D): Mlp's wi, GatedMlp's gate
-    Buffer<T> up;  // (X, F, D): GatedMlp only
-    Buffer<T> wo;  // (X, D, F): Mlp's wo, GatedMlp's down
-  };
-  index_t num_experts = 0, d_model = 0, d_ff = 0;
+/// An MLP expert wo_i · act(wi_i · x) of hidden width F (MoE-Mamba: ReLU, F = 3·D).
+template <Activation Act>
+struct Mlp {
+  using activation = Act;
+  static constexpr std::string_view name = "mlp";
 
-  /// The input-side weights N(0, 0.02²), the output side N(0, (0.02 / sqrt(n_layers))²).
-  template <class Backend>
-  Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
-    const index_t X = num_experts, D = d_model, F = d_ff;
-    Params p;
-    p.wi = upload_values<T>(backend, normal_values(rng, X * F * D, 0.02));
-    if constexpr (gated) p.up = upload_values<T>(backend, normal_values(rng, X * F * D, 0.02));
-    p.wo = upload_values<T>(backend, normal_values(rng, X * D * F, 0.02 / std::sqrt(static_cast<double>(n_layers))));
+  template <StorageType T>
+  struct Params {
+    Tensor<T, 3> wi;  // (X, F, D)
+    Tensor<T, 3> wo;  // (X, D, F)
+  };
+
+  /// wi N(0, 0.02²), wo N(0, (0.02 · out_scale)²).
+  template <StorageType T, class Backend>
+  static Params<T> init(const Backend& backend, Rng& rng, const ExpertShape& s, const std::string& base) {
+    Params<T> p;
+    p.wi = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.hidden, s.in}, 0.02, base + "wi.weight");
+    p.wo = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.out, s.hidden}, 0.02 * s.out_scale,
+                            base + "wo.weight");
     return p;
   }
-  /// Loads `{prefix}experts.*` (stacked, or Hugging Face's per-expert names).
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
-    const index_t X = num_experts, D = d_model, F = d_ff;
-    auto name = [&](const char* w) { return prefix + "experts." + w + ".weight"; };
-    auto per = [&](const char* w) {
-      return [&prefix, w](index_t i) { return prefix + "experts.expert_" + std::to_string(i) + "." + w + ".weight"; };
+  template <StorageType T, class Backend, class Source>
+  static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
+                        const ExpertShape& s) {
+    return {detail::load_expert_weight<T>(backend, src, prefix, base, "wi.weight", s, s.hidden, s.in),
+            detail::load_expert_weight<T>(backend, src, prefix, base, "wo.weight", s, s.out, s.hidden)};
+  }
+  template <class Backend, StorageType T>
+  static void save(const Backend& backend, const Params<T>& p, const ExpertShape& s, SafetensorsWriter& w,
+                   const std::string& prefix) {
+    detail::save_expert_weight(backend, w, prefix, p.wi, s);
+    detail::save_expert_weight(backend, w, prefix, p.wo, s);
+  }
+  /// out = Σ_s (g ·) wo_e · act(wi_e · x_t).
+  template <class Backend, StorageType T>
+  static void apply(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                    TensorView<T, 2> out, ColumnWeighting weighting) {
+    Buffer<T> xs, hs, ys;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const index_t R = d.rows(), F = p.wi.size(1);
+    hs = backend.template alloc<T>(R * F);
+    const TensorView<T, 2> h = hs.template view<2>({R, F}, "hidden");
+    d.linear(backend, rows, p.wi, {}, h);
+    const index_t kept = d.kept_rows(backend);
+    const TensorView<T, 2> hk(h.data, {kept, F}, "hidden");
+    moss::activation<Act>(backend, ActivationArgs<T>{hk, {}, hk});
+    const TensorView<T, 2> y = d.output_rows(backend, out, ys);
+    d.linear(backend, h, p.wo, {}, y);
+    d.combine(backend, y, out, weighting);
+  }
+};
+
+/// A gated MLP expert down_i · (act(gate_i · x) ⊙ (up_i · x)); `GatedMlp<Silu>` is SwiGLU.
+template <Activation Act>
+struct GatedMlp {
+  using activation = Act;
+  static constexpr std::string_view name = "gated_mlp";
+
+  template <StorageType T>
+  struct Params {
+    Tensor<T, 3> gate;  // (X, F, D)
+    Tensor<T, 3> up;    // (X, F, D)
+    Tensor<T, 3> down;  // (X, D, F)
+  };
+
+  /// gate and up N(0, 0.02²), down N(0, (0.02 · out_scale)²).
+  template <StorageType T, class Backend>
+  static Params<T> init(const Backend& backend, Rng& rng, const ExpertShape& s, const std::string& base) {
+    Params<T> p;
+    p.gate = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.hidden, s.in}, 0.02, base + "gate.weight");
+    p.up = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.hidden, s.in}, 0.02, base + "up.weight");
+    p.down = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.out, s.hidden}, 0.02 * s.out_scale,
+                              base + "down.weight");
+    return p;
+  }
+  template <StorageType T, class Backend, class Source>
+  static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
+                        const ExpertShape& s) {
+    return {detail::load_expert_weight<T>(backend, src, prefix, base, "gate.weight", s, s.hidden, s.in),
+            detail::load_expert_weight<T>(backend, src, prefix, base, "up.weight", s, s.hidden, s.in),
+            detail::load_expert_weight<T>(backend, src, prefix, base, "down.weight", s, s.out, s.hidden)};
+  }
+  template <class Backend, StorageType T>
+  static void save(const Backend& backend, const Params<T>& p, const ExpertShape& s, SafetensorsWriter& w,
+                   const std::string& prefix) {
+    detail::save_expert_weight(backend, w, prefix, p.gate, s);
+    detail::save_expert_weight(backend, w, prefix, p.up, s);
+    detail::save_expert_weight(backend, w, prefix, p.down, s);
+  }
+  /// out = Σ_s (g ·) down_e · (act(gate_e · x_t) ⊙ up_e · x_t).
+  template <class Backend, StorageType T>
+  static void apply(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                    TensorView<T, 2> out, ColumnWeighting weighting) {
+    Buffer<T> xs, hs, us, ys;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const index_t R = d.rows(), F = p.gate.size(1);
+    hs = backend.template alloc<T>(R * F);
+    us = backend.template alloc<T>(R * F);
+    const TensorView<T, 2> h = hs.template view<2>({R, F}, "hidden");
+    const TensorView<T, 2> u = us.template view<2>({R, F}, "up");
+    d.linear(backend, rows, p.gate, {}, h);
+    d.linear(backend, rows, p.up, {}, u);
+    const index_t kept = d.kept_rows(backend);
+    const TensorView<T, 2> hk(h.data, {kept, F}, "hidden");
+    moss::activation<Act>(backend, ActivationArgs<T>{hk, ConstView<T, 2>(u.data, {kept, F}, "up"), hk});
+    const TensorView<T, 2> y = d.output_rows(backend, out, ys);
+    d.linear(backend, h, p.down, {}, y);
+    d.combine(backend, y, out, weighting);
+  }
+};
+
+/// What every expert-kind struct provides (see the top of this file), checked for storage type T.
+template <class E, class T>
+concept ExpertKind =
+    StorageType<T> && requires { typename E::template Params<T>; } &&
+    requires(const Host& h, Rng& rng, const ExpertShape& s, const std::string& name,
+             const typename E::template Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x, TensorView<T, 2> out,
+             SafetensorsWriter& w) {
+      { E::name } -> std::convertible_to<std::string_view>;
+      { E::template init<T>(h, rng, s, name) } -> std::same_as<typename E::template Params<T>>;
+      E::save(h, p, s, w, name);
+      E::apply(h, p, d, x, out, ColumnWeighting{});
     };
-    Params p;
-    if constexpr (gated) {
-      p.wi = detail::load_stacked<T>(backend, ckpt, name("gate"), per("gate"), X, F, D);
-      p.up = detail::load_stacked<T>(backend, ckpt, name("up"), per("up"), X, F, D);
-      p.wo = detail::load_stacked<T>(backend, ckpt, name("down"), per("down"), X, D, F);
-    } else {
-      p.wi = detail::load_stacked<T>(backend, ckpt, name("wi"), per("wi"), X, F, D);
-      p.wo = detail::load_stacked<T>(backend, ckpt, name("wo"), per("wo"), X, D, F);
-    }
-    return p;
-  }
-  template <class Backend>
-  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    const index_t X = num_experts, D = d_model, F = d_ff;
-    auto name = [&](const char* n) { return prefix + "experts." + n + ".weight"; };
-    save_param(backend, w, name(gated ? "gate" : "wi"), p.wi, {X, F, D});
-    if constexpr (gated) save_param(backend, w, name("up"), p.up, {X, F, D});
-    save_param(backend, w, name(gated ? "down" : "wo"), p.wo, {X, D, F});
-  }
-  /// y = expert_e(x) for the rows of each expert e (x, y: (rows, D); rows past offsets[X] untouched).
-  template <class Backend>
-  void apply(const Backend& backend, const Params& p, const PermutePlan& plan, const std::vector<std::int32_t>& offsets,
-             ConstView<T, 2> x, TensorView<T, 2> y) const {
-    const index_t X = num_experts, D = d_model, F = d_ff;
-    const index_t kept = offsets.back();
-    if (kept == 0) return;
-    Buffer<T> h = backend.template alloc<T>(kept * F);
-    const ConstView<T, 2> xk(x.data, {kept, D}, x.stride, x.name);
-    GroupedLinearArgs<T> g;
-    g.x = xk;
-    g.weight = ConstView<T, 3>(p.wi.data(), {X, F, D}, gated ? "experts.gate.weight" : "experts.wi.weight");
-    g.offsets = plan.offsets_view();
-    g.host_offsets = offsets.data();
-    g.y = h.template view<2>({kept, F}, "hidden");
-    grouped_linear(backend, g);
-    ActivationArgs<T> act;
-    act.x = ConstView<T, 2>(h.data(), {kept, F}, "hidden");
-    act.out = h.template view<2>({kept, F}, "hidden");
-    Buffer<T> u;
-    if constexpr (gated) {
-      u = backend.template alloc<T>(kept * F);
-      GroupedLinearArgs<T> gu = g;
-      gu.weight = ConstView<T, 3>(p.up.data(), {X, F, D}, "experts.up.weight");
-      gu.y = u.template view<2>({kept, F}, "up");
-      grouped_linear(backend, gu);
-      act.up = ConstView<T, 2>(u.data(), {kept, F}, "up");
-    }
-    activation<Act>(backend, act);
-    GroupedLinearArgs<T> go;
-    go.x = ConstView<T, 2>(h.data(), {kept, F}, "hidden");
-    go.weight = ConstView<T, 3>(p.wo.data(), {X, D, F}, gated ? "experts.down.weight" : "experts.wo.weight");
-    go.offsets = plan.offsets_view();
-    go.host_offsets = offsets.data();
-    go.y = TensorView<T, 2>(y.data, {kept, D}, y.stride, y.name);
-    grouped_linear(backend, go);
-  }
-};
+
+/// An expert kind of a feed-forward block (D → F → D): one whose stack has a hidden width.
+/// Every `ExpertKind` qualifies; LinearExpert (no hidden layer) is excluded by name only
+/// because a feed-forward block of linear experts would have no nonlinearity.
+template <class E, class T>
+concept FeedForwardExpert = ExpertKind<E, T> && !std::same_as<E, LinearExpert>;
 
 }  // namespace moss

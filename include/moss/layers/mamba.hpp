@@ -1,4 +1,4 @@
-// moss/layers/mamba.hpp: the Mamba-1 mixer (REFERENCE.md §1), prefill and one-token decode.
+// moss/layers/mamba.hpp: the Mamba-1 mixer (docs/math.md §1), prefill and one-token decode.
 //
 // Dataflow of `forward` (tokens = batch · L; every arrow is one op, no transpose copies):
 //   x (tokens, D) ─in_proj→ xz (tokens, 2·ED) ─┬─ u = xz[:, :ED] ─conv1d+SiLU→ v (tokens, ED)
@@ -18,48 +18,53 @@
 #include "moss/core/buffer.hpp"
 #include "moss/core/param_io.hpp"
 #include "moss/core/tensor.hpp"
-#include "moss/models/mamba_config.hpp"
+#include "moss/io/json.hpp"
 #include "moss/ops/causal_conv1d.hpp"
 #include "moss/ops/linear.hpp"
 #include "moss/ops/selective_scan.hpp"
 
 namespace moss {
 
-/// Sizes of one Mamba mixer, derived from a MambaConfig.
+/// The sizes of one Mamba mixer: the model's shared sizes (Hugging Face's config keys), which
+/// every block of a model receives (models/ derives them from config.json).
 struct MambaDims {
-  index_t d_model, d_inner, d_state, d_conv, dt_rank;
-  bool use_bias, use_conv_bias;
-  static MambaDims from(const MambaConfig& c) {
-    return {c.d_model, c.d_inner(), c.d_state, c.d_conv, c.resolved_dt_rank(), c.use_bias, c.use_conv_bias};
-  }
+  index_t d_model = 0, d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0;
+  bool use_bias = false, use_conv_bias = true;
+  /// Width of x_proj's output: [dt_low | B | C].
   index_t x_proj_out() const { return dt_rank + 2 * d_state; }
+  /// Throws `config_error` naming `where` for an impossible size.
+  void validate(const char* where) const {
+    MOSS_EXPECTS(d_model >= 1 && d_inner >= 1 && d_state >= 1 && d_conv >= 1 && dt_rank >= 1, config_error, where,
+                 ": d_model ", d_model, ", d_inner ", d_inner, ", d_state ", d_state, ", d_conv ", d_conv,
+                 ", dt_rank ", dt_rank, " must all be at least 1");
+  }
 };
 
 /// The weights every Mamba-style mixer shares: conv1d, x_proj, dt_proj, A and D (RoM keeps one
-/// copy of these while its projections become experts).
+/// copy of these while its projections become experts). Names are Hugging Face's.
 /// @tparam T storage type of the conv and the projections; A, D and dt bias stay float32.
 template <StorageType T>
 struct MambaCoreParams {
-  Buffer<T> conv_weight;  // (ED, W)
-  Buffer<T> conv_bias;    // (ED) when use_conv_bias
-  Buffer<T> x_proj;       // (R + 2N, ED)
-  Buffer<T> dt_proj;      // (ED, R)
-  Buffer<float> dt_bias;  // (ED)
-  Buffer<float> A;        // (ED, N) = −exp(A_log), derived once at load time
-  Buffer<float> A_log;    // (ED, N) as stored, kept for saving and training
-  Buffer<float> D;        // (ED)
+  Tensor<T, 2> conv_weight;  // (ED, W) "conv1d.weight", stored (ED, 1, W)
+  Tensor<T, 1> conv_bias;    // (ED) "conv1d.bias" when use_conv_bias
+  Tensor<T, 2> x_proj;       // (R + 2N, ED) "x_proj.weight"
+  Tensor<T, 2> dt_proj;      // (ED, R) "dt_proj.weight"
+  Tensor<float, 1> dt_bias;  // (ED) "dt_proj.bias"
+  Tensor<float, 2> A;        // (ED, N) = −exp(A_log), derived once at load time (not saved)
+  Tensor<float, 2> A_log;    // (ED, N) as stored, kept for saving and training
+  Tensor<float, 1> D;        // (ED) "D"
 };
 
 /// Owned weights of one Mamba mixer on one backend (names as in Hugging Face checkpoints).
 template <StorageType T>
 struct MambaParams : MambaCoreParams<T> {
-  Buffer<T> in_proj;        // (2·ED, D)
-  Buffer<T> in_proj_bias;   // (2·ED) when use_bias
-  Buffer<T> out_proj;       // (D, ED)
-  Buffer<T> out_proj_bias;  // (D) when use_bias
+  Tensor<T, 2> in_proj;        // (2·ED, D) "in_proj.weight"
+  Tensor<T, 1> in_proj_bias;   // (2·ED) "in_proj.bias" when use_bias
+  Tensor<T, 2> out_proj;       // (D, ED) "out_proj.weight"
+  Tensor<T, 1> out_proj_bias;  // (D) "out_proj.bias" when use_bias
 };
 
-/// Decode state of one Mamba mixer for a batch of sequences (REFERENCE.md §1, "Decode").
+/// Decode state of one Mamba mixer for a batch of sequences (docs/math.md §1, "Decode").
 template <StorageType T>
 struct MambaCache {
   Buffer<T> conv_state;     // (batch, ED, W − 1): the last W − 1 conv inputs, oldest first
@@ -67,31 +72,29 @@ struct MambaCache {
   index_t batch = 0;
 };
 
-namespace detail {
-
-template <class U>
-ConstView<U, 2> weight2(const Buffer<U>& b, index_t rows, index_t cols, const char* name) {
-  return ConstView<U, 2>(b.data(), {rows, cols}, name);
-}
-template <class U>
-ConstView<U, 1> bias1(const Buffer<U>& b, index_t n, const char* name) {
-  if (!b.data()) return {};
-  return ConstView<U, 1>(b.data(), {n}, name);
-}
-
-}  // namespace detail
+/// The config section of a block that has no settings of its own (its sizes are the model's
+/// shared `MambaDims`): reads and writes nothing.
+struct NoBlockConfig {
+  static NoBlockConfig from_json(const io::JsonRef&) { return {}; }
+  void to_json(io::Json&) const {}
+};
 
 /// The part of a Mamba mixer between its input and output projections:
 ///   u, z (the in_proj output's halves) → conv1d + SiLU → x_proj → dt_proj → selective scan,
 /// gated by z, → y (tokens, ED). `Mamba` puts dense projections around it; `RoutedMamba`
 /// routed ones. The decode state is the same for both.
-template <StorageType T>
+/// @tparam T storage type.
+/// @tparam Scan the selective-scan strategy (`AutoScan` picks one by shape; see
+///         moss/ops/selective_scan.hpp for the strategies and how to write one's own).
+template <StorageType T, class Scan = AutoScan>
 class MambaCore {
+  static_assert(ScanStrategy<Scan, T>, "moss::MambaCore: Scan is not a moss::ScanStrategy for this storage type");
+
  public:
   using Params = MambaCoreParams<T>;
   using Cache = MambaCache<T>;
 
-  explicit MambaCore(const MambaDims& dims) : dims_(dims) {}
+  explicit MambaCore(const MambaDims& dims) : dims_(dims) { dims_.validate("MambaCore"); }
   const MambaDims& dims() const { return dims_; }
 
   /// Random weights as Hugging Face's MambaPreTrainedModel draws them (see `Mamba::init`); the
@@ -100,47 +103,49 @@ class MambaCore {
   void init(const Backend& backend, Rng& rng, Params& p) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
     const double conv_bound = 1.0 / std::sqrt(static_cast<double>(W));
-    p.conv_weight = upload_values<T>(backend, uniform_values(rng, ED * W, -conv_bound, conv_bound));
-    if (dims_.use_conv_bias) p.conv_bias = upload_values<T>(backend, uniform_values(rng, ED, -conv_bound, conv_bound));
-    p.x_proj = upload_values<T>(backend, normal_values(rng, dims_.x_proj_out() * ED, 0.02));
+    p.conv_weight = uniform_tensor<T>(backend, rng, Extents<2>{ED, W}, -conv_bound, conv_bound, "conv1d.weight");
+    if (dims_.use_conv_bias)
+      p.conv_bias = uniform_tensor<T>(backend, rng, Extents<1>{ED}, -conv_bound, conv_bound, "conv1d.bias");
+    p.x_proj = normal_tensor<T>(backend, rng, Extents<2>{dims_.x_proj_out(), ED}, 0.02, "x_proj.weight");
     const double dt_std = 1.0 / std::sqrt(static_cast<double>(R));
-    p.dt_proj = upload_values<T>(backend, uniform_values(rng, ED * R, -dt_std, dt_std));
-    std::vector<float> dt_bias(ED), a_log(ED * N), d(ED, 1.0f);
+    p.dt_proj = uniform_tensor<T>(backend, rng, Extents<2>{ED, R}, -dt_std, dt_std, "dt_proj.weight");
+    std::vector<float> dt_bias(static_cast<std::size_t>(ED)), a_log(static_cast<std::size_t>(ED * N));
     for (auto& b : dt_bias) {
       const double dt = std::max(1e-4, std::exp(rng.uniform(std::log(1e-3), std::log(1e-1))));
       b = static_cast<float>(dt + std::log(-std::expm1(-dt)));  // softplus⁻¹(dt)
     }
     for (index_t c = 0; c < ED; ++c)
       for (index_t n = 0; n < N; ++n) a_log[c * N + n] = static_cast<float>(std::log(static_cast<double>(n + 1)));
-    p.dt_bias = upload_values<float>(backend, dt_bias);
+    p.dt_bias = tensor_of<float>(backend, Extents<1>{ED}, dt_bias, "dt_proj.bias");
     set_a_log(backend, p, a_log);
-    p.D = upload_values<float>(backend, d);
+    p.D = constant_tensor<float>(backend, Extents<1>{ED}, 1.0f, "D");
   }
 
   /// Loads conv1d, x_proj, dt_proj, A_log and D under `prefix` (Hugging Face names).
-  template <class Backend>
-  void load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix, Params& p) const {
+  template <class Backend, class Source>
+  void load(const Backend& backend, const Source& src, const std::string& prefix, Params& p) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
-    p.conv_weight = load_param<T>(backend, ckpt, prefix + "conv1d.weight", {ED, 1, W});
-    if (dims_.use_conv_bias) p.conv_bias = load_param<T>(backend, ckpt, prefix + "conv1d.bias", {ED});
-    p.x_proj = load_param<T>(backend, ckpt, prefix + "x_proj.weight", {dims_.x_proj_out(), ED});
-    p.dt_proj = load_param<T>(backend, ckpt, prefix + "dt_proj.weight", {ED, R});
-    p.dt_bias = load_param<float>(backend, ckpt, prefix + "dt_proj.bias", {ED});
-    set_a_log(backend, p, ckpt.read_as<float>(prefix + "A_log", {ED, N}));
-    p.D = load_param<float>(backend, ckpt, prefix + "D", {ED});
+    p.conv_weight = Tensor<T, 2>(load_param<T>(backend, src, prefix + "conv1d.weight", {ED, 1, W}), {ED, W},
+                                 "conv1d.weight");
+    if (dims_.use_conv_bias) p.conv_bias = load_tensor<T>(backend, src, prefix, "conv1d.bias", Extents<1>{ED});
+    p.x_proj = load_tensor<T>(backend, src, prefix, "x_proj.weight", Extents<2>{dims_.x_proj_out(), ED});
+    p.dt_proj = load_tensor<T>(backend, src, prefix, "dt_proj.weight", Extents<2>{ED, R});
+    p.dt_bias = load_tensor<float>(backend, src, prefix, "dt_proj.bias", Extents<1>{ED});
+    set_a_log(backend, p, src.template read_as<float>(prefix + "A_log", {ED, N}));
+    p.D = load_tensor<float>(backend, src, prefix, "D", Extents<1>{ED});
   }
 
   /// Adds the shared weights to `w` under `prefix`.
   template <class Backend>
   void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
-    save_param(backend, w, prefix + "conv1d.weight", p.conv_weight, {ED, 1, W});
-    if (dims_.use_conv_bias) save_param(backend, w, prefix + "conv1d.bias", p.conv_bias, {ED});
-    save_param(backend, w, prefix + "x_proj.weight", p.x_proj, {dims_.x_proj_out(), ED});
-    save_param(backend, w, prefix + "dt_proj.weight", p.dt_proj, {ED, R});
-    save_param(backend, w, prefix + "dt_proj.bias", p.dt_bias, {ED});
-    save_param(backend, w, prefix + "A_log", p.A_log, {ED, N});
-    save_param(backend, w, prefix + "D", p.D, {ED});
+    save_param(backend, w, prefix + "conv1d.weight", p.conv_weight.buffer(),
+               {dims_.d_inner, 1, dims_.d_conv});
+    save_tensor(backend, w, prefix, p.conv_bias);
+    save_tensor(backend, w, prefix, p.x_proj);
+    save_tensor(backend, w, prefix, p.dt_proj);
+    save_tensor(backend, w, prefix, p.dt_bias);
+    save_tensor(backend, w, prefix, p.A_log);
+    save_tensor(backend, w, prefix, p.D);
   }
 
   /// A zeroed decode cache for `batch` sequences on `backend`.
@@ -174,8 +179,6 @@ class MambaCore {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
     const index_t tokens = batch * L;
     const index_t XP = dims_.x_proj_out();
-    using detail::bias1;
-    using detail::weight2;
 
     // u and z are column halves of xz, read as (batch, ED, L) channel-last views.
     const ConstView<T, 3> u(xz, {batch, ED, L}, {L * 2 * ED, 1, 2 * ED}, "u");
@@ -183,8 +186,7 @@ class MambaCore {
     Buffer<T> v = backend.template alloc<T>(tokens * ED);  // (batch, L, ED)
     const TensorView<T, 3> v_cl(v.data(), {batch, ED, L}, {L * ED, 1, ED}, "conv_out");
     Buffer<T> conv_final;
-    CausalConv1dArgs<T> conv{
-        u, weight2(p.conv_weight, ED, W, "conv1d.weight"), bias1(p.conv_bias, ED, "conv1d.bias"), true, {}, v_cl, {}};
+    CausalConv1dArgs<T> conv{u, p.conv_weight, p.conv_bias, true, {}, v_cl, {}};
     if (cache) {
       conv_final = backend.template alloc<T>(batch * ED * (W - 1));
       conv.initial_state = ConstView<T, 3>(cache->conv_state.data(), {batch, ED, W - 1}, "conv_state");
@@ -193,26 +195,22 @@ class MambaCore {
     causal_conv1d(backend, conv);
 
     Buffer<T> x_dbl = backend.template alloc<T>(tokens * XP);  // (tokens, R + 2N) = [dt_low | B | C]
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"),
-                                  weight2(p.x_proj, XP, ED, "x_proj.weight"),
-                                  {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"), p.x_proj, {},
                                   x_dbl.template view<2>({tokens, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(tokens * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
-                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"),
-                                  {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"), p.dt_proj, {},
                                   delta.template view<2>({tokens, ED}, "delta")});
 
     Buffer<float> ssm_final;
     SelectiveScanArgs<T> scan;
     scan.u = v_cl;
     scan.delta = ConstView<T, 3>(delta.data(), {batch, ED, L}, {L * ED, 1, ED}, "delta");
-    scan.A = ConstView<float, 2>(p.A.data(), {ED, N}, "A");
+    scan.A = p.A;
     scan.B = ConstView<T, 4>(x_dbl.data() + R, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "B");
     scan.C = ConstView<T, 4>(x_dbl.data() + R + N, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "C");
-    scan.D = ConstView<float, 1>(p.D.data(), {ED}, "D");
+    scan.D = p.D;
     scan.z = z;
-    scan.delta_bias = ConstView<float, 1>(p.dt_bias.data(), {ED}, "dt_proj.bias");
+    scan.delta_bias = p.dt_bias;
     scan.delta_softplus = true;
     scan.out = TensorView<T, 3>(y, {batch, ED, L}, {L * ED, 1, ED}, "y");
     if (cache) {
@@ -220,7 +218,7 @@ class MambaCore {
       scan.initial_state = ConstView<float, 3>(cache->ssm_state.data(), {batch, ED, N}, "ssm_state");
       scan.final_state = TensorView<float, 3>(ssm_final.data(), {batch, ED, N}, "ssm_state");
     }
-    selective_scan(backend, scan);
+    selective_scan<Scan>(backend, scan);
     if (cache) {
       cache->conv_state = std::move(conv_final);
       cache->ssm_state = std::move(ssm_final);
@@ -232,34 +230,27 @@ class MambaCore {
   void step(const Backend& backend, const Params& p, const T* xz, index_t batch, T* y, Cache& cache) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
     const index_t XP = dims_.x_proj_out();
-    using detail::bias1;
-    using detail::weight2;
     Buffer<T> v = backend.template alloc<T>(batch * ED);
-    causal_conv1d_step(
-        backend, CausalConv1dStepArgs<T>{
-                     TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
-                     ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), weight2(p.conv_weight, ED, W, "conv1d.weight"),
-                     bias1(p.conv_bias, ED, "conv1d.bias"), true, v.template view<2>({batch, ED}, "conv_out")});
+    causal_conv1d_step(backend, CausalConv1dStepArgs<T>{
+                                    TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
+                                    ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), p.conv_weight, p.conv_bias,
+                                    true, v.template view<2>({batch, ED}, "conv_out")});
     Buffer<T> x_dbl = backend.template alloc<T>(batch * XP);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"),
-                                  weight2(p.x_proj, XP, ED, "x_proj.weight"),
-                                  {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"), p.x_proj, {},
                                   x_dbl.template view<2>({batch, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(batch * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"),
-                                  weight2(p.dt_proj, ED, R, "dt_proj.weight"),
-                                  {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"), p.dt_proj, {},
                                   delta.template view<2>({batch, ED}, "delta")});
     SelectiveScanStepArgs<T> s;
     s.state = TensorView<float, 3>(cache.ssm_state.data(), {batch, ED, N}, "ssm_state");
     s.u = ConstView<T, 2>(v.data(), {batch, ED}, "conv_out");
     s.delta = ConstView<T, 2>(delta.data(), {batch, ED}, "delta");
-    s.A = ConstView<float, 2>(p.A.data(), {ED, N}, "A");
+    s.A = p.A;
     s.B = ConstView<T, 3>(x_dbl.data() + R, {batch, 1, N}, {XP, 0, 1}, "B");
     s.C = ConstView<T, 3>(x_dbl.data() + R + N, {batch, 1, N}, {XP, 0, 1}, "C");
-    s.D = ConstView<float, 1>(p.D.data(), {ED}, "D");
+    s.D = p.D;
     s.z = ConstView<T, 2>(xz + ED, {batch, ED}, {2 * ED, 1}, "z");
-    s.delta_bias = ConstView<float, 1>(p.dt_bias.data(), {ED}, "dt_proj.bias");
+    s.delta_bias = p.dt_bias;
     s.delta_softplus = true;
     s.out = TensorView<T, 2>(y, {batch, ED}, "y");
     selective_scan_step(backend, s);
@@ -267,30 +258,34 @@ class MambaCore {
 
  private:
   template <class Backend>
-  static void set_a_log(const Backend& backend, Params& p, const std::vector<float>& a_log) {
+  void set_a_log(const Backend& backend, Params& p, const std::vector<float>& a_log) const {
     std::vector<float> a(a_log.size());
     for (std::size_t i = 0; i < a.size(); ++i) a[i] = -std::exp(a_log[i]);
-    p.A_log = upload_values<float>(backend, a_log);
-    p.A = upload_values<float>(backend, a);
+    const Extents<2> shape{dims_.d_inner, dims_.d_state};
+    p.A_log = tensor_of<float>(backend, shape, a_log, "A_log");
+    p.A = tensor_of<float>(backend, shape, a, "A");
   }
   MambaDims dims_;
 };
 
-/// The Mamba-1 mixer. Sizes are runtime values; the storage type is the template parameter.
+/// The Mamba-1 mixer (docs/math.md §1). Sizes are runtime values (the model's `MambaDims`); the
+/// storage type and the scan strategy are template parameters.
 /// @tparam T storage type of weights and activations (float, f16 or bf16).
-template <StorageType T>
+/// @tparam Scan the selective-scan strategy (default `AutoScan`).
+template <StorageType T, class Scan = AutoScan>
 class Mamba {
  public:
   using value_type = T;
   using Params = MambaParams<T>;
   using Cache = MambaCache<T>;
+  /// A dense mixer has no settings beyond the model's shared sizes.
+  using Config = NoBlockConfig;
   /// The block's name in a moss config's `block_pattern`.
   static constexpr std::string_view block_name = "mamba";
 
-  explicit Mamba(const MambaDims& dims) : dims_(dims), core_(dims) {}
-  /// The mixer of a model with config `c`.
-  static Mamba from(const MambaConfig& c) { return Mamba(MambaDims::from(c)); }
+  explicit Mamba(const MambaDims& dims, const Config& = {}) : dims_(dims), core_(dims) {}
   const MambaDims& dims() const { return dims_; }
+  Config config() const { return {}; }
 
   /// Random weights initialised as Hugging Face's MambaPreTrainedModel does: projections
   /// N(0, 0.02) (out_proj scaled by 1/sqrt(n_layers)), A_log = log(1..N), D = 1, dt bias the
@@ -299,36 +294,36 @@ class Mamba {
   Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
     const index_t D = dims_.d_model, ED = dims_.d_inner;
     Params p;
-    p.in_proj = upload_values<T>(backend, normal_values(rng, 2 * ED * D, 0.02));
-    if (dims_.use_bias) p.in_proj_bias = upload_values<T>(backend, std::vector<float>(2 * ED, 0.0f));
+    p.in_proj = normal_tensor<T>(backend, rng, Extents<2>{2 * ED, D}, 0.02, "in_proj.weight");
+    if (dims_.use_bias) p.in_proj_bias = constant_tensor<T>(backend, Extents<1>{2 * ED}, 0.0f, "in_proj.bias");
     core_.init(backend, rng, p);
-    p.out_proj = upload_values<T>(backend, normal_values(rng, D * ED, 0.02 / std::sqrt(static_cast<double>(n_layers))));
-    if (dims_.use_bias) p.out_proj_bias = upload_values<T>(backend, std::vector<float>(D, 0.0f));
+    p.out_proj = normal_tensor<T>(backend, rng, Extents<2>{D, ED}, 0.02 / std::sqrt(static_cast<double>(n_layers)),
+                                  "out_proj.weight");
+    if (dims_.use_bias) p.out_proj_bias = constant_tensor<T>(backend, Extents<1>{D}, 0.0f, "out_proj.bias");
     return p;
   }
 
   /// Loads the mixer's weights, Hugging Face names under `prefix` (e.g. "backbone.layers.3.mixer.").
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
+  template <class Backend, class Source>
+  Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     const index_t D = dims_.d_model, ED = dims_.d_inner;
     Params p;
-    p.in_proj = load_param<T>(backend, ckpt, prefix + "in_proj.weight", {2 * ED, D});
-    if (dims_.use_bias) p.in_proj_bias = load_param<T>(backend, ckpt, prefix + "in_proj.bias", {2 * ED});
-    core_.load(backend, ckpt, prefix, p);
-    p.out_proj = load_param<T>(backend, ckpt, prefix + "out_proj.weight", {D, ED});
-    if (dims_.use_bias) p.out_proj_bias = load_param<T>(backend, ckpt, prefix + "out_proj.bias", {D});
+    p.in_proj = load_tensor<T>(backend, src, prefix, "in_proj.weight", Extents<2>{2 * ED, D});
+    if (dims_.use_bias) p.in_proj_bias = load_tensor<T>(backend, src, prefix, "in_proj.bias", Extents<1>{2 * ED});
+    core_.load(backend, src, prefix, p);
+    p.out_proj = load_tensor<T>(backend, src, prefix, "out_proj.weight", Extents<2>{D, ED});
+    if (dims_.use_bias) p.out_proj_bias = load_tensor<T>(backend, src, prefix, "out_proj.bias", Extents<1>{D});
     return p;
   }
 
   /// Adds the mixer's weights to `w` under Hugging Face names.
   template <class Backend>
   void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    const index_t D = dims_.d_model, ED = dims_.d_inner;
-    save_param(backend, w, prefix + "in_proj.weight", p.in_proj, {2 * ED, D});
-    if (dims_.use_bias) save_param(backend, w, prefix + "in_proj.bias", p.in_proj_bias, {2 * ED});
+    save_tensor(backend, w, prefix, p.in_proj);
+    save_tensor(backend, w, prefix, p.in_proj_bias);
     core_.save(backend, p, w, prefix);
-    save_param(backend, w, prefix + "out_proj.weight", p.out_proj, {D, ED});
-    if (dims_.use_bias) save_param(backend, w, prefix + "out_proj.bias", p.out_proj_bias, {D});
+    save_tensor(backend, w, prefix, p.out_proj);
+    save_tensor(backend, w, prefix, p.out_proj_bias);
   }
 
   /// A zeroed decode cache for `batch` sequences on `backend`.
@@ -351,18 +346,14 @@ class Mamba {
     expect_contiguous(where, out);
     core_.check_cache(where, cache, batch);
     const index_t tokens = batch * L;
-    using detail::bias1;
-    using detail::weight2;
 
     Buffer<T> xz = backend.template alloc<T>(tokens * 2 * ED);
-    linear(backend,
-           LinearArgs<T>{ConstView<T, 2>(x.data, {tokens, D}, "x"), weight2(p.in_proj, 2 * ED, D, "in_proj.weight"),
-                         bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"), xz.template view<2>({tokens, 2 * ED}, "xz")});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x.data, {tokens, D}, "x"), p.in_proj, p.in_proj_bias,
+                                  xz.template view<2>({tokens, 2 * ED}, "xz")});
     Buffer<T> y = backend.template alloc<T>(tokens * ED);
     core_.forward(backend, p, xz.data(), batch, L, y.data(), cache);
-    linear(backend,
-           LinearArgs<T>{ConstView<T, 2>(y.data(), {tokens, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
-                         bias1(p.out_proj_bias, D, "out_proj.bias"), TensorView<T, 2>(out.data, {tokens, D}, "out")});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(y.data(), {tokens, ED}, "y"), p.out_proj, p.out_proj_bias,
+                                  TensorView<T, 2>(out.data, {tokens, D}, "out")});
   }
 
   /// One-token decode: `out = mixer(x)` for one new token per sequence, updating the cache.
@@ -376,22 +367,16 @@ class Mamba {
     expect_contiguous(where, x);
     expect_contiguous(where, out);
     core_.check_cache(where, &cache, batch);
-    using detail::bias1;
-    using detail::weight2;
     Buffer<T> xz = backend.template alloc<T>(batch * 2 * ED);
-    linear(backend,
-           LinearArgs<T>{x, weight2(p.in_proj, 2 * ED, D, "in_proj.weight"),
-                         bias1(p.in_proj_bias, 2 * ED, "in_proj.bias"), xz.template view<2>({batch, 2 * ED}, "xz")});
+    linear(backend, LinearArgs<T>{x, p.in_proj, p.in_proj_bias, xz.template view<2>({batch, 2 * ED}, "xz")});
     Buffer<T> y = backend.template alloc<T>(batch * ED);
     core_.step(backend, p, xz.data(), batch, y.data(), cache);
-    linear(backend,
-           LinearArgs<T>{ConstView<T, 2>(y.data(), {batch, ED}, "y"), weight2(p.out_proj, D, ED, "out_proj.weight"),
-                         bias1(p.out_proj_bias, D, "out_proj.bias"), out});
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(y.data(), {batch, ED}, "y"), p.out_proj, p.out_proj_bias, out});
   }
 
  private:
   MambaDims dims_;
-  MambaCore<T> core_;
+  MambaCore<T, Scan> core_;
 };
 
 }  // namespace moss

@@ -14,7 +14,8 @@
 #include "moss/core/param_io.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/layers/routing.hpp"
-#include "moss/models/mamba_config.hpp"
+#include "moss/layers/block.hpp"
+#include "moss/layers/mamba.hpp"
 #include "moss/ops/rms_norm.hpp"
 
 namespace moss {
@@ -26,29 +27,38 @@ struct ResidualStream {
   Buffer<T> pending;            // (tokens, D) or empty
 };
 
-/// RMS normalisation with a float32 weight (REFERENCE.md §1). A norm policy of `Residual`.
+/// The model-level settings of a norm: its width and epsilon, and whether the residual stream is
+/// float32 (Hugging Face's `layer_norm_epsilon`, `residual_in_fp32`).
+struct NormSettings {
+  index_t dim = 0;
+  float eps = 1e-5f;
+  bool residual_in_fp32 = true;
+};
+
+/// RMS normalisation with a float32 weight (docs/math.md §1). A norm policy of `Residual`.
 struct RmsNorm {
-  /// The weight `norm.weight` (D).
+  /// The weight (D), named as its checkpoint entry ("norm.weight", "norm_f.weight").
   struct Params {
-    Buffer<float> weight;
+    Tensor<float, 1> weight;
   };
   float eps = 1e-5f;
   bool residual_in_fp32 = true;
   index_t dim = 0;
 
-  static RmsNorm from(const MambaConfig& c) { return RmsNorm{c.eps, c.residual_in_fp32, c.d_model}; }
+  RmsNorm() = default;
+  explicit RmsNorm(const NormSettings& s) : eps(s.eps), residual_in_fp32(s.residual_in_fp32), dim(s.dim) {}
 
   template <class Backend>
-  Params init(const Backend& backend) const {
-    return {upload_values<float>(backend, std::vector<float>(static_cast<std::size_t>(dim), 1.0f))};
+  Params init(const Backend& backend, const std::string& name) const {
+    return {constant_tensor<float>(backend, Extents<1>{dim}, 1.0f, name)};
+  }
+  template <class Backend, class Source>
+  Params load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& name) const {
+    return {load_tensor<float>(backend, src, prefix, name, Extents<1>{dim})};
   }
   template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& name) const {
-    return {load_param<float>(backend, ckpt, name, {dim})};
-  }
-  template <class Backend>
-  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& name) const {
-    save_param(backend, w, name, p.weight, {dim});
+  void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
+    save_tensor(backend, w, prefix, p.weight);
   }
 
   /// Adds `rs.pending` to the stream (if any), then writes norm(stream) · weight to `out`.
@@ -58,7 +68,7 @@ struct RmsNorm {
     a.residual = rs.stream;
     if (rs.pending.data()) a.delta = ConstView<T, 2>(rs.pending.data(), rs.stream.shape, "pending");
     a.residual_in_fp32 = residual_in_fp32;
-    a.weight = ConstView<float, 1>(p.weight.data(), {dim}, "norm.weight");
+    a.weight = p.weight;
     a.eps = eps;
     a.out = out;
     rms_norm(backend, a);
@@ -81,15 +91,18 @@ class Residual {
     typename Mixer::Params mixer;
   };
 
+  /// The block's config section is the mixer's.
+  using Config = typename Mixer::Config;
+  static_assert(BlockConfig<Config>, "moss::Residual: the mixer's Config must have from_json and to_json");
+
   Residual(Norm norm, Mixer mixer) : norm_(std::move(norm)), mixer_(std::move(mixer)) {}
-  /// The block of layer `config` describes (the norm and mixer read their sizes from it).
-  static Residual from(const MambaConfig& c) { return Residual(Norm::from(c), Mixer::from(c)); }
+  /// The block of a model with shared sizes `dims`, norm settings `norm` and mixer config `config`.
+  Residual(const NormSettings& norm, const MambaDims& dims, const Config& config)
+      : norm_(norm), mixer_(dims, config) {}
   /// The block's name in a config's `block_pattern` (the mixer's).
   static constexpr std::string_view block_name = Mixer::block_name;
-  /// Fills in / checks the config keys the mixer reads (see the layers' `settle`).
-  static void settle(MambaConfig& c) {
-    if constexpr (requires { Mixer::settle(c); }) Mixer::settle(c);
-  }
+  /// The mixer's config (with what its types imply filled in).
+  decltype(auto) config() const { return mixer_.config(); }
 
   const Mixer& mixer() const { return mixer_; }
   /// The mixer, e.g. to change a router's runtime mode.
@@ -98,16 +111,16 @@ class Residual {
 
   template <class Backend>
   Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
-    return {norm_.init(backend), mixer_.init(backend, rng, n_layers)};
+    return {norm_.init(backend, "norm.weight"), mixer_.init(backend, rng, n_layers)};
   }
   /// Loads `prefix` + "norm.weight" and the mixer under `prefix` + "mixer.".
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
-    return {norm_.load(backend, ckpt, prefix + "norm.weight"), mixer_.load(backend, ckpt, prefix + "mixer.")};
+  template <class Backend, class Source>
+  Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
+    return {norm_.load(backend, src, prefix, "norm.weight"), mixer_.load(backend, src, prefix + "mixer.")};
   }
   template <class Backend>
   void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    norm_.save(backend, p.norm, w, prefix + "norm.weight");
+    norm_.save(backend, p.norm, w, prefix);
     mixer_.save(backend, p.mixer, w, prefix + "mixer.");
   }
   template <class Backend>

@@ -1,29 +1,36 @@
-// moss/layers/routed_mamba.hpp: the Routing Mamba (RoM) mixer (REFERENCE.md §3, Zhan et al.
-// 2025): a Mamba-1 mixer whose Conv, Gate and Out projections are X linear experts sharing one
-// routing decision; conv1d, x_proj, dt_proj, A and D stay one shared copy (`MambaCore`).
+// moss/layers/routed_mamba.hpp: the Routing Mamba (RoM) mixer (docs/math.md §3, Zhan et al.
+// 2025): `MambaCore` (conv1d, x_proj, dt_proj, A and D: one shared copy) plus its three
+// projections, Conv, Gate and Out, each a `LinearExpert` stack: routed (X experts) or dense.
 //
-// Dataflow of `forward` with shared routing (tokens = batch · L):
-//   x ─router→ expert, gate ─permute_plan→ plan (once) ─gather→ xp (rows, D)
-//   xp ─grouped GEMM, Conv and Gate experts fused: expert i's (2·ED, D) matrix is a dense
-//       in_proj→ (rows, 2·ED) ─combine (Σ over the K slots, before the conv)→ xz (tokens, 2·ED)
+// Dataflow of `forward` (tokens = batch · L):
+//   x ─routers on the layer input→ decisions (one per distinct router of the scope)
+//   x ─Conv, Gate (LinearExpert::apply through the dispatch path; Conv and Gate fused into one
+//      (X, 2·ED, D) stack when one decision routes both: expert i's matrix is a dense in_proj)
+//      → xz (tokens, 2·ED), K slots summed before the conv
 //   xz ─MambaCore (conv1d, x_proj, dt_proj, scan gated by z)→ y (tokens, ED)
-//   y ─gather (the same plan)→ grouped GEMM (Out experts) ─weighted combine→ out (tokens, D)
-// The combine weight g multiplies what the placement says (`RomVariant`). The decode state is
-// dense Mamba's (the conv and scan run once per token on one ED-wide stream), and the one-token
-// step routes the batch's tokens the same way (dropless). One host synchronisation per routing
-// decision reads the plan's offsets for the grouped GEMMs (see grouped_linear.hpp).
+//   y ─Out (the same decision, or its own router on y for PerProjectionRouting)→ out (tokens, D)
+// Which projections are routed, which router routes each and where the combine weight g
+// multiplies are the policies of moss/policy/rom.hpp; this file reads them only through
+// `kRouted<P>`, `kWeighted<P>` and the router table below, so a new scope or placement is one
+// struct there. The decode state is dense Mamba's (the conv and scan run once per token on one
+// ED-wide stream); the one-token step routes the batch's tokens the same way (dropless). One host
+// synchronisation per routing decision reads the plan's offsets for the grouped GEMMs.
 //
 // Checkpoint names under the mixer's prefix:
-//   router.weight (X, D) float32                   shared routing
-//   router_conv.weight, router_gate.weight (X, D), router_out.weight (X, ED)   per-projection routing
-//   in_proj.weight (X, 2·ED, D)                    Conv and Gate routed with one shared decision
-//   in_proj_conv.weight, in_proj_gate.weight       otherwise: (X, ED, D) routed, (ED, D) dense
+//   {router}.weight (X, D) float32, or (X, ED) for a router on Out's input; {router} is the
+//                      scope's name: "router" (shared), "router_conv" / "router_gate" / "router_out"
+//   in_proj.weight (X, 2·ED, D)       Conv and Gate routed by one decision
+//   in_proj_conv.weight, in_proj_gate.weight   otherwise: (X, ED, D) routed, (ED, D) dense
 //   out_proj.weight (X, D, ED) routed, (D, ED) dense
 //   conv1d.*, x_proj.weight, dt_proj.*, A_log, D   as in dense Mamba
+// Config section (`blocks[i]` of config.json): the routing keys of `RouterConfig` and "scope",
+// "projections", "weight_placement" (names of the type's policies; a contradiction is refused).
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -32,170 +39,206 @@
 #include "moss/core/buffer.hpp"
 #include "moss/core/param_io.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/io/json.hpp"
+#include "moss/layers/block.hpp"
+#include "moss/layers/dispatch.hpp"
+#include "moss/layers/experts.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/routing.hpp"
-#include "moss/models/mamba_config.hpp"
-#include "moss/ops/grouped_linear.hpp"
-#include "moss/ops/linear.hpp"
-#include "moss/ops/permute.hpp"
 #include "moss/policy/experts.hpp"
 #include "moss/policy/rom.hpp"
 #include "moss/policy/router.hpp"
 
 namespace moss {
 
-/// The RoM mixer. Block name "rom"; settings in the config's "rom" section.
+/// The RoM mixer. Block name "rom".
 /// @tparam R the router policy (TopK<1> in the paper's main setting).
-/// @tparam S the routing scope: SharedRouting (RoM) or PerProjectionRouting (the naive baseline;
-///           every routed projection is then weighted by its own router, so the placement slot
-///           must stay at its default).
+/// @tparam S the routing scope: SharedRouting (RoM), PerProjectionRouting (the naive baseline),
+///           or one's own.
 /// @tparam E the expert count (Experts<8>, or Experts<> from the config).
 /// @tparam T storage type of activations and weights (routers, A, D, dt bias stay float32).
-/// @tparam V the variant: RomVariant<Routed<...>, Weight...>.
-template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V = RomVariant<>>
+/// @tparam V the variant: RomVariant<Routed<...>, Weight>.
+/// @tparam Scan the selective-scan strategy of the shared core.
+template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V = RomVariant<>,
+          class Scan = AutoScan>
 class RoutedMamba {
-  static_assert(S::shared || std::is_same_v<typename V::weight, WeightOut>,
-                "moss::RoutedMamba: with PerProjectionRouting every projection is weighted by its own router; "
-                "leave the weight placement at its default (WeightOut)");
-  static_assert(!S::shared || V::placement != Placement::out || V::out,
-                "moss::RoutedMamba: WeightOut puts g on Out Proj, which this variant does not route; route Out, or "
-                "choose WeightGate, WeightAll or WeightNone");
-  static_assert(!S::shared || V::placement != Placement::gate || V::gate,
-                "moss::RoutedMamba: WeightGate puts g on Gate Proj, which this variant does not route; route Gate, or "
-                "choose WeightOut, WeightAll or WeightNone");
+  using W = typename V::weight;
+  template <class P>
+  static constexpr bool kRouted = V::template routes<P>;
+  /// Whether g multiplies projection P's output (routed projections only).
+  template <class P>
+  static constexpr bool kWeighted = kRouted<P> && S::template weighs<W, P>;
+
+  static constexpr bool kScopeUsesPlacement = S::template weighs<WeightNone, Out> != S::template weighs<WeightAll, Out>;
+  static_assert(kScopeUsesPlacement || std::is_same_v<W, WeightOut>,
+                "moss::RoutedMamba: this routing scope weights every routed projection by its own router; leave the "
+                "weight placement at its default (WeightOut)");
+  static constexpr bool kWeighsAll = W::template weighs<Conv> && W::template weighs<Gate> && W::template weighs<Out>;
+  static_assert(!kScopeUsesPlacement || kWeighsAll ||
+                    ((!W::template weighs<Conv> || kRouted<Conv>) && (!W::template weighs<Gate> || kRouted<Gate>) &&
+                     (!W::template weighs<Out> || kRouted<Out>)),
+                "moss::RoutedMamba: the weight placement puts g on a projection this variant does not route; route it, "
+                "or choose another placement");
+
+  /// The distinct routers of the scope, in dataflow order (Conv, Gate, Out), for routed projections.
+  struct RouterTable {
+    std::array<std::string_view, 3> names{};
+    std::array<bool, 3> on_layer_input{};
+    int count = 0;
+  };
+  static constexpr RouterTable make_router_table() {
+    RouterTable t;
+    auto add = [&t](bool routed, std::string_view name, bool on_input) {
+      if (!routed) return;
+      for (int i = 0; i < t.count; ++i)
+        if (t.names[i] == name) return;
+      t.names[t.count] = name;
+      t.on_layer_input[t.count] = on_input;
+      ++t.count;
+    };
+    add(kRouted<Conv>, S::template router<Conv>, S::template on_layer_input<Conv>);
+    add(kRouted<Gate>, S::template router<Gate>, S::template on_layer_input<Gate>);
+    add(kRouted<Out>, S::template router<Out>, S::template on_layer_input<Out>);
+    return t;
+  }
+  static constexpr RouterTable kRouters = make_router_table();
+  /// The index in `kRouters` of the router of projection P.
+  template <class P>
+  static constexpr int router_index() {
+    for (int i = 0; i < kRouters.count; ++i)
+      if (kRouters.names[i] == S::template router<P>) return i;
+    return -1;
+  }
+  static_assert(!kRouted<Conv> || S::template on_layer_input<Conv>,
+                "moss::RoutedMamba: Conv Proj's router must read the layer input (its own input)");
+  static_assert(!kRouted<Gate> || S::template on_layer_input<Gate>,
+                "moss::RoutedMamba: Gate Proj's router must read the layer input (its own input)");
+  static_assert(!kRouted<Out> || S::template on_layer_input<Out> ||
+                    (router_index<Out>() != router_index<Conv>() && router_index<Out>() != router_index<Gate>()),
+                "moss::RoutedMamba: a router shared with Conv or Gate Proj reads the layer input, so it cannot also be "
+                "Out Proj's router on Out's own input");
 
  public:
   using value_type = T;
   using router_type = R;
   using Cache = MambaCache<T>;
-  /// Conv and Gate experts form one (2·ED, D) matrix per expert when they share the decision.
-  static constexpr bool kFusedIn = S::shared && V::conv && V::gate;
+  /// Conv and Gate experts form one (2·ED, D) matrix per expert when one decision routes both.
+  static constexpr bool kFusedIn =
+      kRouted<Conv> && kRouted<Gate> && S::template router<Conv> == S::template router<Gate>;
   static constexpr std::string_view block_name = "rom";
 
-  /// Owned weights: the shared core plus routers and projections (see the file comment).
-  struct Params : MambaCoreParams<T> {
-    Buffer<float> router;                                // shared: (X, D)
-    Buffer<float> router_conv, router_gate, router_out;  // per projection
-    Buffer<T> in_proj;                                   // fused: (X, 2·ED, D)
-    Buffer<T> conv_proj, gate_proj;                      // unfused: (X, ED, D) or (ED, D)
-    Buffer<T> out_proj;                                  // (X, D, ED) or (D, ED)
+  /// Owned weights: the shared core, the routers and the projections (see the file comment).
+  struct Params {
+    MambaCoreParams<T> core;
+    std::array<Tensor<float, 2>, 3> routers;  // the first kRouters.count are used: (X, D) or (X, ED)
+    LinearExpert::Params<T> in;               // fused Conv + Gate: (X, 2·ED, D)
+    LinearExpert::Params<T> conv, gate;       // unfused: (X, ED, D) routed, (1, ED, D) dense
+    LinearExpert::Params<T> out;              // (X, D, ED) routed, (1, D, ED) dense
   };
 
-  RoutedMamba(const MambaDims& dims, index_t num_experts, R router = {}, RouterSettings settings = {})
-      : dims_(dims),
-        core_(dims),
-        router_(router),
-        settings_(settings),
-        num_experts_(E::resolve(num_experts, "RoutedMamba")) {
+  /// The block's config section.
+  struct Config {
+    RouterConfig<R, E> routing;
+    static Config from_json(const io::JsonRef& section) {
+      Config c;
+      c.routing.read(section);
+      auto expect_name = [&](const char* key, const std::string& want) {
+        std::string got = want;
+        section.read(key, got);
+        MOSS_EXPECTS(got == want, config_error, section.where(), ".", key, " is \"", got,
+                     "\" but the layer type's is \"", want, "\"");
+      };
+      expect_name("scope", std::string(S::name));
+      expect_name("weight_placement", std::string(W::name));
+      std::vector<std::string> given = routed_names();
+      section.read("projections", given);
+      std::vector<std::string> want = routed_names();
+      std::sort(given.begin(), given.end());
+      std::sort(want.begin(), want.end());
+      MOSS_EXPECTS(given == want, config_error, section.where(),
+                   ".projections does not match the layer type's routed projections ", quoted(routed_names()));
+      return c;
+    }
+    void to_json(io::Json& section) const {
+      routing.write(section);
+      section["scope"] = std::string(S::name);
+      section["projections"] = routed_names();
+      section["weight_placement"] = std::string(W::name);
+    }
+  };
+
+  RoutedMamba(const MambaDims& dims, Config config) : dims_(dims), core_(dims), config_(std::move(config)) {
+    const index_t X = config_.routing.experts("RoutedMamba");
+    config_.routing.num_experts = X;
     MOSS_EXPECTS(!dims.use_bias, unsupported_error,
                  "RoutedMamba: use_bias = true is not supported (projection experts have no biases); supported: "
                  "use_bias = false");
-    MOSS_EXPECTS(R::k <= num_experts_, config_error, "RoutedMamba: the router picks K = ", R::k,
-                 " experts per token but there are ", num_experts_);
-    settings_.validate("RoutedMamba");
+    MOSS_EXPECTS(R::k <= X, config_error, "RoutedMamba: the router picks K = ", R::k, " experts per token but there are ",
+                 X);
+    config_.routing.settings.validate("RoutedMamba");
   }
-
-  /// Fills / checks the config's "rom" section against this type.
-  static void settle(MambaConfig& c) {
-    MoeConfig& m = c.rom;
-    settle_router<R>(m, "rom");
-    m.num_experts = E::resolve(m.num_experts, "config rom.num_experts");
-    if (m.scope.empty()) m.scope = std::string(S::name);
-    MOSS_EXPECTS(m.scope == S::name, config_error, "config rom.scope is \"", m.scope, "\" but the layer type's is \"",
-                 S::name, "\"");
-    std::vector<std::string> routed;
-    if (V::conv) routed.emplace_back("conv");
-    if (V::gate) routed.emplace_back("gate");
-    if (V::out) routed.emplace_back("out");
-    if (m.projections.empty()) m.projections = routed;
-    std::vector<std::string> given = m.projections;
-    std::sort(given.begin(), given.end());
-    std::vector<std::string> want = routed;
-    std::sort(want.begin(), want.end());
-    MOSS_EXPECTS(given == want, config_error,
-                 "config rom.projections does not match the layer type's routed projections ",
-                 detail::quoted_list(routed));
-    const std::string weight(V::weight::name);
-    if (m.weight_placement.empty()) m.weight_placement = weight;
-    MOSS_EXPECTS(m.weight_placement == weight, config_error, "config rom.weight_placement is \"", m.weight_placement,
-                 "\" but the layer type's is \"", weight, "\"");
-  }
-  static RoutedMamba from(const MambaConfig& c) {
-    return RoutedMamba(MambaDims::from(c), c.rom.num_experts, router_from<R>(c.rom), c.rom.settings);
-  }
+  /// A mixer of `dims` with `num_experts` experts.
+  RoutedMamba(const MambaDims& dims, index_t num_experts, R router = {}, RouterSettings settings = {})
+      : RoutedMamba(dims, Config{{num_experts, router, settings}}) {}
 
   const MambaDims& dims() const { return dims_; }
-  index_t num_experts() const { return num_experts_; }
-  const R& router() const { return router_; }
-  R& router() { return router_; }
-  const RouterSettings& settings() const { return settings_; }
-  RouterSettings& settings() { return settings_; }
+  const Config& config() const { return config_; }
+  index_t num_experts() const { return config_.routing.num_experts; }
+  const R& router() const { return config_.routing.router; }
+  R& router() { return config_.routing.router; }
+  const RouterSettings& settings() const { return config_.routing.settings; }
+  RouterSettings& settings() { return config_.routing.settings; }
+  /// Number of routers the scope gives this variant, and their checkpoint names (without ".weight").
+  static constexpr int router_count() { return kRouters.count; }
+  static std::string router_name_at(int i) { return std::string(kRouters.names[i]); }
 
   /// Random weights: routers and projections N(0, 0.02²) (Out scaled by 1/sqrt(n_layers)), the
   /// core as dense Mamba's.
   template <class Backend>
   Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
-    const index_t D = dims_.d_model, ED = dims_.d_inner, X = num_experts_;
     Params p;
-    if constexpr (S::shared) {
-      p.router = upload_values<float>(backend, normal_values(rng, X * D, 0.02));
-    } else {
-      if (V::conv) p.router_conv = upload_values<float>(backend, normal_values(rng, X * D, 0.02));
-      if (V::gate) p.router_gate = upload_values<float>(backend, normal_values(rng, X * D, 0.02));
-      if (V::out) p.router_out = upload_values<float>(backend, normal_values(rng, X * ED, 0.02));
-    }
+    for (int i = 0; i < kRouters.count; ++i)
+      p.routers[i] = normal_tensor<float>(backend, rng, router_shape(i), 0.02, router_name_at(i) + ".weight");
     if constexpr (kFusedIn) {
-      p.in_proj = upload_values<T>(backend, normal_values(rng, X * 2 * ED * D, 0.02));
+      p.in = LinearExpert::init<T>(backend, rng, in_shape(true, 2), "in_proj.");
     } else {
-      p.conv_proj = upload_values<T>(backend, normal_values(rng, (V::conv ? X : 1) * ED * D, 0.02));
-      p.gate_proj = upload_values<T>(backend, normal_values(rng, (V::gate ? X : 1) * ED * D, 0.02));
+      p.conv = LinearExpert::init<T>(backend, rng, in_shape(kRouted<Conv>, 1), "in_proj_conv.");
+      p.gate = LinearExpert::init<T>(backend, rng, in_shape(kRouted<Gate>, 1), "in_proj_gate.");
     }
-    core_.init(backend, rng, p);
-    p.out_proj = upload_values<T>(
-        backend, normal_values(rng, (V::out ? X : 1) * D * ED, 0.02 / std::sqrt(static_cast<double>(n_layers))));
+    core_.init(backend, rng, p.core);
+    ExpertShape o = out_shape();
+    o.out_scale = 1.0 / std::sqrt(static_cast<double>(n_layers));
+    p.out = LinearExpert::init<T>(backend, rng, o, "out_proj.");
     return p;
   }
 
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt, const std::string& prefix) const {
-    const index_t D = dims_.d_model, ED = dims_.d_inner, X = num_experts_;
+  template <class Backend, class Source>
+  Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     Params p;
-    if constexpr (S::shared) {
-      p.router = load_param<float>(backend, ckpt, prefix + "router.weight", {X, D});
-    } else {
-      if (V::conv) p.router_conv = load_param<float>(backend, ckpt, prefix + "router_conv.weight", {X, D});
-      if (V::gate) p.router_gate = load_param<float>(backend, ckpt, prefix + "router_gate.weight", {X, D});
-      if (V::out) p.router_out = load_param<float>(backend, ckpt, prefix + "router_out.weight", {X, ED});
-    }
+    for (int i = 0; i < kRouters.count; ++i)
+      p.routers[i] = load_tensor<float>(backend, src, prefix, router_name_at(i) + ".weight", router_shape(i));
     if constexpr (kFusedIn) {
-      p.in_proj = load_param<T>(backend, ckpt, prefix + "in_proj.weight", {X, 2 * ED, D});
+      p.in = LinearExpert::load<T>(backend, src, prefix, "in_proj.", in_shape(true, 2));
     } else {
-      p.conv_proj = load_param<T>(backend, ckpt, prefix + "in_proj_conv.weight", shape(V::conv, ED, D));
-      p.gate_proj = load_param<T>(backend, ckpt, prefix + "in_proj_gate.weight", shape(V::gate, ED, D));
+      p.conv = LinearExpert::load<T>(backend, src, prefix, "in_proj_conv.", in_shape(kRouted<Conv>, 1));
+      p.gate = LinearExpert::load<T>(backend, src, prefix, "in_proj_gate.", in_shape(kRouted<Gate>, 1));
     }
-    core_.load(backend, ckpt, prefix, p);
-    p.out_proj = load_param<T>(backend, ckpt, prefix + "out_proj.weight", shape(V::out, D, ED));
+    core_.load(backend, src, prefix, p.core);
+    p.out = LinearExpert::load<T>(backend, src, prefix, "out_proj.", out_shape());
     return p;
   }
 
   template <class Backend>
   void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    const index_t D = dims_.d_model, ED = dims_.d_inner, X = num_experts_;
-    if constexpr (S::shared) {
-      save_param(backend, w, prefix + "router.weight", p.router, {X, D});
-    } else {
-      if (V::conv) save_param(backend, w, prefix + "router_conv.weight", p.router_conv, {X, D});
-      if (V::gate) save_param(backend, w, prefix + "router_gate.weight", p.router_gate, {X, D});
-      if (V::out) save_param(backend, w, prefix + "router_out.weight", p.router_out, {X, ED});
-    }
+    for (int i = 0; i < kRouters.count; ++i) save_tensor(backend, w, prefix, p.routers[i]);
     if constexpr (kFusedIn) {
-      save_param(backend, w, prefix + "in_proj.weight", p.in_proj, {X, 2 * ED, D});
+      LinearExpert::save(backend, p.in, in_shape(true, 2), w, prefix);
     } else {
-      save_param(backend, w, prefix + "in_proj_conv.weight", p.conv_proj, shape(V::conv, ED, D));
-      save_param(backend, w, prefix + "in_proj_gate.weight", p.gate_proj, shape(V::gate, ED, D));
+      LinearExpert::save(backend, p.conv, in_shape(kRouted<Conv>, 1), w, prefix);
+      LinearExpert::save(backend, p.gate, in_shape(kRouted<Gate>, 1), w, prefix);
     }
-    core_.save(backend, p, w, prefix);
-    save_param(backend, w, prefix + "out_proj.weight", p.out_proj, shape(V::out, D, ED));
+    core_.save(backend, p.core, w, prefix);
+    LinearExpert::save(backend, p.out, out_shape(), w, prefix);
   }
 
   /// A zeroed decode cache: dense Mamba's (batch, ED, W − 1) conv state and (batch, ED, N) SSM state.
@@ -210,19 +253,16 @@ class RoutedMamba {
                RoutingReport* report = nullptr) const {
     const char* where = "RoutedMamba::forward";
     const index_t batch = x.shape[0], L = x.shape[1], D = dims_.d_model;
-    expect_shape(where, x, {-1, -1, D}, "(batch, seqlen, d_model)");
-    expect_shape(where, out, {batch, L, D}, "(batch, seqlen, d_model)");
-    expect_contiguous(where, x);
-    expect_contiguous(where, out);
+    detail::expect_block_io(where, x, out, D);
     core_.check_cache(where, cache, batch);
     const index_t tokens = batch * L, ED = dims_.d_inner;
     if (tokens == 0) return;  // nothing to route; a cache keeps its state
     const ConstView<T, 2> x2(x.data, {tokens, D}, "x");
-    Routings d = route_in(backend, p, x2, true, report);
+    Decisions d;
     Buffer<T> xz = backend.template alloc<T>(tokens * 2 * ED);
-    project_in(backend, p, x2, d, xz.data());
+    project_in(backend, p, x2, d, true, report, xz.data());
     Buffer<T> y = backend.template alloc<T>(tokens * ED);
-    core_.forward(backend, p, xz.data(), batch, L, y.data(), cache);
+    core_.forward(backend, p.core, xz.data(), batch, L, y.data(), cache);
     project_out(backend, p, ConstView<T, 2>(y.data(), {tokens, ED}, "y"), d, true, report,
                 TensorView<T, 2>(out.data, {tokens, D}, "out"));
   }
@@ -232,129 +272,109 @@ class RoutedMamba {
   void step(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<T, 2> out, Cache& cache,
             RoutingReport* report = nullptr) const {
     const char* where = "RoutedMamba::step";
-    const index_t batch = x.shape[0], D = dims_.d_model, ED = dims_.d_inner;
-    expect_shape(where, x, {-1, D}, "(batch, d_model)");
-    expect_shape(where, out, {batch, D}, "(batch, d_model)");
-    expect_contiguous(where, x);
-    expect_contiguous(where, out);
+    const index_t batch = x.shape[0], ED = dims_.d_inner;
+    detail::expect_step_io(where, x, out, dims_.d_model);
     core_.check_cache(where, &cache, batch);
     if (batch == 0) return;
-    Routings d = route_in(backend, p, x, false, report);
+    Decisions d;
     Buffer<T> xz = backend.template alloc<T>(batch * 2 * ED);
-    project_in(backend, p, x, d, xz.data());
+    project_in(backend, p, x, d, false, report, xz.data());
     Buffer<T> y = backend.template alloc<T>(batch * ED);
-    core_.step(backend, p, xz.data(), batch, y.data(), cache);
+    core_.step(backend, p.core, xz.data(), batch, y.data(), cache);
     project_out(backend, p, ConstView<T, 2>(y.data(), {batch, ED}, "y"), d, false, report, out);
   }
 
  private:
-  /// The decisions of one call: `shared` for shared routing; `conv` / `gate` per projection
-  /// (the Out router runs later, on y).
-  struct Routings {
-    RoutingDecision shared, conv, gate;
-  };
+  /// The decisions of one call, one per router of the scope, made when first needed.
+  using Decisions = std::array<std::optional<RoutingDecision>, 3>;
 
-  /// The shape of a projection's weight: (X, rows, cols) routed, (rows, cols) dense.
-  std::vector<index_t> shape(bool routed, index_t rows, index_t cols) const {
-    return routed ? std::vector<index_t>{num_experts_, rows, cols} : std::vector<index_t>{rows, cols};
+  static std::vector<std::string> routed_names() {
+    std::vector<std::string> v;
+    if (kRouted<Conv>) v.emplace_back(Conv::name);
+    if (kRouted<Gate>) v.emplace_back(Gate::name);
+    if (kRouted<Out>) v.emplace_back(Out::name);
+    return v;
+  }
+  static std::string quoted(const std::vector<std::string>& v) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
+    return s + "]";
   }
 
-  template <class Backend>
-  RoutingDecision decide(const Backend& backend, ConstView<T, 2> x, const Buffer<float>& weight, bool full,
-                         RoutingReport* report, const char* name) const {
-    return decide_routing(backend, router_, settings_, x, weight, num_experts_, full, report, name);
+  /// The name router i's statistics carry in a report: "mixer" for the one shared router,
+  /// "mixer.{router}" otherwise.
+  static std::string report_name(int i) {
+    return kRouters.names[i] == "router" ? std::string("mixer") : "mixer." + std::string(kRouters.names[i]);
+  }
+  Extents<2> router_shape(int i) const {
+    return {num_experts(), kRouters.on_layer_input[i] ? dims_.d_model : dims_.d_inner};
+  }
+  /// Conv / Gate stacks: `halves` × ED rows (2 when fused), routed or dense.
+  ExpertShape in_shape(bool routed, index_t halves) const {
+    return ExpertShape{routed ? num_experts() : 1, dims_.d_model, 0, halves * dims_.d_inner, routed};
+  }
+  ExpertShape out_shape() const {
+    return ExpertShape{kRouted<Out> ? num_experts() : 1, dims_.d_inner, 0, dims_.d_model, kRouted<Out>};
   }
 
-  template <class Backend>
-  Routings route_in(const Backend& backend, const Params& p, ConstView<T, 2> x, bool full,
-                    RoutingReport* report) const {
-    Routings d;
-    if constexpr (S::shared) {
-      d.shared = decide(backend, x, p.router, full, report, "mixer");
+  /// The decision of projection P's router; a router on the projection's own input decides here.
+  template <class P, class Backend>
+  RoutingDecision& decision(const Backend& backend, const Params& p, Decisions& d, ConstView<T, 2> input, bool full,
+                            RoutingReport* report) const {
+    constexpr int i = router_index<P>();
+    static_assert(i >= 0);
+    if (!d[i])
+      d[i] = decide_routing(backend, config_.routing.router, config_.routing.settings, input,
+                            ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
+    return *d[i];
+  }
+
+  /// The dispatch of projection P: its router's decision, or dense.
+  template <class P, class Backend>
+  Dispatch<T> dispatch(const Backend& backend, const Params& p, Decisions& d, ConstView<T, 2> input, bool full,
+                       RoutingReport* report) const {
+    if constexpr (kRouted<P>) {
+      return Dispatch<T>::routed(decision<P>(backend, p, d, input, full, report));
     } else {
-      if (V::conv) d.conv = decide(backend, x, p.router_conv, full, report, "mixer.router_conv");
-      if (V::gate) d.gate = decide(backend, x, p.router_gate, full, report, "mixer.router_gate");
+      return Dispatch<T>::dense(input.shape[0]);
     }
-    return d;
   }
 
-  /// out (tokens, width) = Σ_s (g ·) W_{e_s} x_t through `decision`. The gather is queued before
-  /// the plan's offsets are read (the decision's one host synchronisation, cached in the plan).
+  /// xz (tokens, 2·ED) = [u | z] from the routed or dense Conv and Gate projections. Every router
+  /// on the layer input decides first (so a shared decision's report entry comes first).
   template <class Backend>
-  void routed_linear(const Backend& backend, RoutingDecision& decision, ConstView<T, 2> x, const Buffer<T>& weight,
-                     index_t width, bool weighted, index_t weight_begin, index_t weight_end,
-                     TensorView<T, 2> out) const {
-    const index_t in = x.shape[1], rows = decision.plan.rows();
-    Buffer<T> xp = backend.template alloc<T>(rows * in);
-    gather_rows(backend, GatherRowsArgs<T>{x, decision.plan.row_pair_view(), decision.plan.offsets_view(), R::k,
-                                           xp.template view<2>({rows, in}, "permuted_x")});
-    const std::vector<std::int32_t>& offsets = read_offsets(backend, decision.plan);
-    Buffer<T> yp = backend.template alloc<T>(rows * width);
-    GroupedLinearArgs<T> g;
-    g.x = ConstView<T, 2>(xp.data(), {rows, in}, "permuted_x");
-    g.weight = ConstView<T, 3>(weight.data(), {num_experts_, width, in}, "projection experts");
-    g.offsets = decision.plan.offsets_view();
-    g.host_offsets = offsets.data();
-    g.y = yp.template view<2>({rows, width}, "expert_out");
-    grouped_linear(backend, g);
-    CombineRowsArgs<T> c;
-    c.y = ConstView<T, 2>(yp.data(), {rows, width}, "expert_out");
-    c.pair_row = decision.plan.pair_row_view();
-    if (weighted) {
-      c.gate = decision.gate_view();
-      c.weight_begin = weight_begin;
-      c.weight_end = weight_end;
-    }
-    c.out = out;
-    combine_rows(backend, c);
-  }
-
-  /// xz (tokens, 2·ED) = [u | z] from the routed or dense Conv and Gate projections.
-  template <class Backend>
-  void project_in(const Backend& backend, const Params& p, ConstView<T, 2> x, Routings& d, T* xz) const {
-    const index_t tokens = x.shape[0], D = dims_.d_model, ED = dims_.d_inner;
+  void project_in(const Backend& backend, const Params& p, ConstView<T, 2> x, Decisions& d, bool full,
+                  RoutingReport* report, T* xz) const {
+    const index_t tokens = x.shape[0], ED = dims_.d_inner;
+    for (int i = 0; i < kRouters.count; ++i)
+      if (kRouters.on_layer_input[i])
+        d[i] = decide_routing(backend, config_.routing.router, config_.routing.settings, x,
+                              ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
     if constexpr (kFusedIn) {
-      const index_t w0 = V::weights_conv ? 0 : ED, w1 = V::weights_gate ? 2 * ED : ED;
-      routed_linear(backend, d.shared, x, p.in_proj, 2 * ED, V::weights_conv || V::weights_gate, w0, w1,
-                    TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"));
+      const index_t w0 = kWeighted<Conv> ? 0 : ED, w1 = kWeighted<Gate> ? 2 * ED : ED;
+      LinearExpert::apply(backend, p.in, dispatch<Conv>(backend, p, d, x, full, report), x,
+                          TensorView<T, 2>(xz, {tokens, 2 * ED}, "xz"), ColumnWeighting{w0, std::max(w0, w1)});
     } else {
       const TensorView<T, 2> u(xz, {tokens, ED}, {2 * ED, 1}, "u");
       const TensorView<T, 2> z(xz + ED, {tokens, ED}, {2 * ED, 1}, "z");
-      half(backend, p.conv_proj, V::conv, S::shared ? d.shared : d.conv, x, !S::shared || V::weights_conv, u, D, ED);
-      half(backend, p.gate_proj, V::gate, S::shared ? d.shared : d.gate, x, !S::shared || V::weights_gate, z, D, ED);
-    }
-  }
-
-  template <class Backend>
-  void half(const Backend& backend, const Buffer<T>& weight, bool routed, RoutingDecision& decision, ConstView<T, 2> x,
-            bool weighted, TensorView<T, 2> out, index_t D, index_t ED) const {
-    if (routed) {
-      routed_linear(backend, decision, x, weight, ED, weighted, 0, ED, out);
-    } else {
-      linear(backend, LinearArgs<T>{x, ConstView<T, 2>(weight.data(), {ED, D}, "in_proj"), {}, out});
+      LinearExpert::apply(backend, p.conv, dispatch<Conv>(backend, p, d, x, full, report), x, u,
+                          kWeighted<Conv> ? ColumnWeighting::all(ED) : ColumnWeighting::none());
+      LinearExpert::apply(backend, p.gate, dispatch<Gate>(backend, p, d, x, full, report), x, z,
+                          kWeighted<Gate> ? ColumnWeighting::all(ED) : ColumnWeighting::none());
     }
   }
 
   /// out (tokens, D) from y (tokens, ED) through the routed or dense Out projection.
   template <class Backend>
-  void project_out(const Backend& backend, const Params& p, ConstView<T, 2> y, Routings& d, bool full,
+  void project_out(const Backend& backend, const Params& p, ConstView<T, 2> y, Decisions& d, bool full,
                    RoutingReport* report, TensorView<T, 2> out) const {
-    const index_t D = dims_.d_model, ED = dims_.d_inner;
-    if constexpr (!V::out) {
-      linear(backend, LinearArgs<T>{y, ConstView<T, 2>(p.out_proj.data(), {D, ED}, "out_proj.weight"), {}, out});
-    } else if constexpr (S::shared) {
-      routed_linear(backend, d.shared, y, p.out_proj, D, V::weights_out, 0, D, out);
-    } else {
-      RoutingDecision o = decide(backend, y, p.router_out, full, report, "mixer.router_out");
-      routed_linear(backend, o, y, p.out_proj, D, true, 0, D, out);
-    }
+    LinearExpert::apply(backend, p.out, dispatch<Out>(backend, p, d, y, full, report), y, out,
+                        kWeighted<Out> ? ColumnWeighting::all(dims_.d_model) : ColumnWeighting::none());
   }
 
   MambaDims dims_;
-  MambaCore<T> core_;
-  R router_;
-  RouterSettings settings_;
-  index_t num_experts_;
+  MambaCore<T, Scan> core_;
+  Config config_;
 };
 
 }  // namespace moss

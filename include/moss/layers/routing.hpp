@@ -20,7 +20,8 @@
 #include "moss/core/buffer.hpp"
 #include "moss/core/param_io.hpp"
 #include "moss/core/tensor.hpp"
-#include "moss/models/mamba_config.hpp"
+#include "moss/io/json.hpp"
+#include "moss/policy/experts.hpp"
 #include "moss/ops/permute.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/math.hpp"
@@ -28,7 +29,7 @@
 
 namespace moss {
 
-/// The statistics of one router on one call, in host memory (REFERENCE.md §2).
+/// The statistics of one router on one call, in host memory (docs/math.md §2).
 struct RouterStats {
   std::string layer;  ///< e.g. "layers.3.mixer" or "layers.3.mixer.router_out"
   std::int64_t tokens = 0, k = 1;
@@ -100,39 +101,52 @@ class RoutingReport {
   std::vector<std::function<RouterStats()>> entries_;
 };
 
-/// The config name of router type R (`R::name`, or "custom" for a router without one).
-template <Router R>
-std::string router_name() {
-  if constexpr (requires { R::name; }) {
-    return std::string(R::name);
-  } else {
-    return "custom";
+/// The routing settings of one routed block: its expert count, its router (with the router's
+/// own runtime settings) and the settings every router shares (capacity, loss coefficients).
+/// Part of the MoE and RoM blocks' `Config`; in config.json these keys sit in the block's section:
+///   "num_experts": 8, "top_k": 1, "router": "top1_switch", "capacity_factor": 0.0,
+///   "aux_loss_coef": 0.01, "z_loss_coef": 0.001, plus the router's own keys ("normalize", ...).
+/// @tparam R the router policy.
+/// @tparam E the expert-count policy (a count fixed in the type wins over the config's).
+template <Router R, ExpertCount E>
+struct RouterConfig {
+  index_t num_experts = E::fixed;  ///< X; with Experts<> it must be set (config "num_experts")
+  R router{};                      ///< the router and its runtime settings
+  RouterSettings settings{};       ///< capacity factor and loss coefficients
+
+  /// The expert count, checked against the type (`config_error` naming `where`).
+  index_t experts(const char* where) const { return E::resolve(num_experts, where); }
+
+  /// Reads the keys above from a block's section (`config_error` naming the key on a kind error
+  /// or a contradiction with the types: another router name or K, a count other than the fixed one).
+  void read(const io::JsonRef& section) {
+    std::string name = router_name<R>();
+    section.read("router", name);
+    MOSS_EXPECTS(name == router_name<R>(), config_error, section.where(), ".router is \"", name,
+                 "\" but the layer type's router is \"", router_name<R>(), "\"");
+    index_t k = R::k;
+    section.read("top_k", k);
+    MOSS_EXPECTS(k == R::k, config_error, section.where(), ".top_k is ", k, " but the layer type's router picks ",
+                 R::k, " experts per token");
+    section.read("num_experts", num_experts);
+    num_experts = E::resolve(num_experts, (section.where() + ".num_experts").c_str());
+    section.read("capacity_factor", settings.capacity_factor);
+    section.read("aux_loss_coef", settings.aux_loss_coef);
+    section.read("z_loss_coef", settings.z_loss_coef);
+    settings.validate(section.where().c_str());
+    if constexpr (ConfigurableRouter<R>) router.read_settings(section);
   }
-}
-
-/// A router of type R with the runtime settings of config section `m` (TopK's renormalisation,
-/// SinkhornTop1's mode).
-template <Router R>
-R router_from(const MoeConfig& m) {
-  R r{};
-  if constexpr (requires { r.renormalize; }) r.renormalize = m.normalize;
-  if constexpr (requires { r.training; }) r.training = m.sinkhorn_training;
-  return r;
-}
-
-/// Fills the router keys of section `m` that are unset from router type R, and throws
-/// `config_error` naming `section` when a set key contradicts the type.
-template <Router R>
-void settle_router(MoeConfig& m, const char* section) {
-  const std::string name = router_name<R>();
-  if (m.router.empty()) m.router = name;
-  MOSS_EXPECTS(m.router == name, config_error, "config ", section, ".router is \"", m.router,
-               "\" but the layer type's router is \"", name, "\"");
-  if (m.top_k == 0) m.top_k = R::k;
-  MOSS_EXPECTS(m.top_k == R::k, config_error, "config ", section, ".top_k is ", m.top_k,
-               " but the layer type's router picks ", R::k, " experts per token");
-  m.settings.validate((std::string("config ") + section).c_str());
-}
+  /// Writes the keys above into a block's section.
+  void write(io::Json& section) const {
+    section["num_experts"] = num_experts;
+    section["top_k"] = R::k;
+    section["router"] = router_name<R>();
+    if constexpr (ConfigurableRouter<R>) router.write_settings(section);
+    section["capacity_factor"] = settings.capacity_factor;
+    section["aux_loss_coef"] = io::json_number(settings.aux_loss_coef);
+    section["z_loss_coef"] = io::json_number(settings.z_loss_coef);
+  }
+};
 
 /// One routing decision: logits, selection and the permutation plan of the call's tokens.
 struct RoutingDecision {
@@ -149,21 +163,26 @@ struct RoutingDecision {
 /// dropless) and, when `report` is given, adds the statistics under `name`.
 template <class Backend, class T, Router R>
 RoutingDecision decide_routing(const Backend& backend, const R& router, const RouterSettings& settings,
-                               ConstView<T, 2> x, const Buffer<float>& weight, index_t num_experts, bool full_sequence,
+                               ConstView<T, 2> x, ConstView<float, 2> weight, bool full_sequence,
                                RoutingReport* report, const std::string& name) {
-  const index_t tokens = x.shape[0], D = x.shape[1], K = R::k;
+  const index_t tokens = x.shape[0], num_experts = weight.shape[0], K = R::k;
   RoutingDecision d;
   d.logits = backend.template alloc<float>(tokens * num_experts);
   d.expert = backend.template alloc<std::int32_t>(tokens * K);
   d.gate = backend.template alloc<float>(tokens * K);
-  RouteArgs<T, R> a;
-  a.router = router;
-  a.x = x;
-  a.weight = ConstView<float, 2>(weight.data(), {num_experts, D}, "router.weight");
-  a.logits = d.logits.template view<2>({tokens, num_experts}, "router_logits");
-  a.expert = d.expert.template view<2>({tokens, K}, "expert");
-  a.gate = d.gate.template view<2>({tokens, K}, "gate");
-  route(backend, a);
+  const TensorView<float, 2> logits = d.logits.template view<2>({tokens, num_experts}, "router_logits");
+  const TensorView<std::int32_t, 2> expert = d.expert.template view<2>({tokens, K}, "expert");
+  const TensorView<float, 2> gate = d.gate.template view<2>({tokens, K}, "gate");
+  if constexpr (ScoringRouter<R>) {
+    // Batch scoring: the logits of every token first, then the router's scores, then selection.
+    route_logits(backend, RouteLogitsArgs<T>{x, weight, logits});
+    Buffer<float> scores = backend.template alloc<float>(tokens * num_experts);
+    const TensorView<float, 2> sv = scores.template view<2>({tokens, num_experts}, "router_scores");
+    const bool scored = router.score(backend, ConstView<float, 2>(logits), sv);
+    route_select(backend, RouteSelectArgs<R>{router, logits, scored ? ConstView<float, 2>(sv) : logits, expert, gate});
+  } else {
+    route(backend, RouteArgs<T, R>{router, x, weight, logits, expert, gate});
+  }
   const index_t capacity =
       full_sequence
           ? static_cast<index_t>(detail::route::expert_capacity(settings.capacity_factor, tokens, K, num_experts))

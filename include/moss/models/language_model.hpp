@@ -14,6 +14,7 @@
 
 #include "moss/core/param_io.hpp"
 #include "moss/core/safetensors.hpp"
+#include "moss/io/json.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/residual.hpp"
 #include "moss/layers/routing.hpp"
@@ -76,6 +77,7 @@ class LanguageModel {
   struct Per<std::index_sequence<I...>> {
     using params = std::tuple<std::vector<typename Block<I>::Params>...>;
     using caches = std::tuple<std::vector<typename Block<I>::Cache>...>;
+    using configs = std::tuple<typename Block<I>::Config...>;
   };
   using Seq = std::make_index_sequence<kPattern>;
 
@@ -83,10 +85,13 @@ class LanguageModel {
   using value_type = typename P::value_type;
   using T = value_type;
 
+  /// The config of each pattern position (`Block<I>::Config`), e.g. the expert count of an MoE block.
+  using BlockConfigs = typename Per<Seq>::configs;
+
   /// Owned weights on one backend.
   struct Params {
-    Buffer<T> embeddings;              // (V, D)
-    Buffer<T> lm_head;                 // (V, D); empty when tied to the embeddings
+    Tensor<T, 2> embeddings;           // (V, D) "backbone.embeddings.weight"
+    Tensor<T, 2> lm_head;              // (V, D) "lm_head.weight"; absent when tied to the embeddings
     RmsNorm::Params norm_f;            // (D)
     typename Per<Seq>::params layers;  // per pattern position, layers i ≡ position (mod n) in order
     /// Number of layers held.
@@ -103,11 +108,23 @@ class LanguageModel {
     index_t length = 0;  ///< tokens consumed so far per sequence
   };
 
-  explicit LanguageModel(MambaConfig config)
-      : config_(settle(std::move(config))), blocks_(make_blocks(config_, Seq{})), norm_f_(RmsNorm::from(config_)) {}
+  /// A model of `config`: the shared sizes and LM settings, and each pattern position's section
+  /// (`config.blocks`, as read from config.json; a missing one means the type's defaults).
+  explicit LanguageModel(MambaConfig config) : LanguageModel(config, configs_from(config, Seq{})) {}
+  /// A model of `config` with the typed config of each pattern position (`config.blocks` is
+  /// replaced by what they write).
+  LanguageModel(MambaConfig config, const BlockConfigs& blocks)
+      : config_(settle(std::move(config))),
+        blocks_(make_blocks(config_, blocks, Seq{})),
+        norm_f_(config_.norm()) {
+    config_.blocks = sections(Seq{});
+  }
 
-  /// The model's config, with the keys its layer types imply filled in.
+  /// The model's config, with the keys its layer types imply filled in (`blocks` holds every
+  /// position's section as its block writes it).
   const MambaConfig& config() const { return config_; }
+  /// Every block's config at its defaults (to change some and pass them to the constructor).
+  static BlockConfigs default_block_configs() { return BlockConfigs{}; }
   /// The block at pattern position I (e.g. to change a router's mode).
   template <std::size_t I = 0>
   const Block<I>& block() const {
@@ -123,10 +140,10 @@ class LanguageModel {
   Params init(const Backend& backend, std::uint64_t seed) const {
     Rng rng(seed);
     Params p;
-    const index_t V = config_.vocab_size, D = config_.d_model;
-    p.embeddings = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
-    if (!config_.tie_embeddings) p.lm_head = upload_values<T>(backend, normal_values(rng, V * D, 0.02));
-    p.norm_f = norm_f_.init(backend);
+    const Extents<2> vd{config_.vocab_size, config_.d_model};
+    p.embeddings = normal_tensor<T>(backend, rng, vd, 0.02, "backbone.embeddings.weight");
+    if (!config_.tie_embeddings) p.lm_head = normal_tensor<T>(backend, rng, vd, 0.02, "lm_head.weight");
+    p.norm_f = norm_f_.init(backend, "backbone.norm_f.weight");
     for (index_t i = 0; i < config_.n_layers; ++i)
       at(i,
          [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).init(backend, rng, config_.n_layers)); });
@@ -135,13 +152,13 @@ class LanguageModel {
 
   /// Loads weights under Hugging Face names (f32, f16 or bf16 in the file; converted to T). A
   /// tied model ignores a stored `lm_head.weight`; an untied one requires it.
-  template <class Backend>
-  Params load(const Backend& backend, const Checkpoint& ckpt) const {
+  template <class Backend, class Source>
+  Params load(const Backend& backend, const Source& ckpt) const {
     Params p;
-    const index_t V = config_.vocab_size, D = config_.d_model;
-    p.embeddings = load_param<T>(backend, ckpt, "backbone.embeddings.weight", {V, D});
-    if (!config_.tie_embeddings) p.lm_head = load_param<T>(backend, ckpt, "lm_head.weight", {V, D});
-    p.norm_f = norm_f_.load(backend, ckpt, "backbone.norm_f.weight");
+    const Extents<2> vd{config_.vocab_size, config_.d_model};
+    p.embeddings = load_tensor<T>(backend, ckpt, "", "backbone.embeddings.weight", vd);
+    if (!config_.tie_embeddings) p.lm_head = load_tensor<T>(backend, ckpt, "", "lm_head.weight", vd);
+    p.norm_f = norm_f_.load(backend, ckpt, "", "backbone.norm_f.weight");
     for (index_t i = 0; i < config_.n_layers; ++i)
       at(i,
          [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, ckpt, layer_prefix(i))); });
@@ -154,17 +171,16 @@ class LanguageModel {
   void save(const Backend& backend, const Params& p, const std::filesystem::path& dir) const {
     std::filesystem::create_directories(dir);
     SafetensorsWriter w;
-    const index_t V = config_.vocab_size, D = config_.d_model;
-    save_param(backend, w, "backbone.embeddings.weight", p.embeddings, {V, D});
-    if (!config_.tie_embeddings) save_param(backend, w, "lm_head.weight", p.lm_head, {V, D});
-    norm_f_.save(backend, p.norm_f, w, "backbone.norm_f.weight");
+    save_tensor(backend, w, "", p.embeddings);
+    if (!config_.tie_embeddings) save_tensor(backend, w, "", p.lm_head);
+    norm_f_.save(backend, p.norm_f, w, "");
     for (index_t i = 0; i < config_.n_layers; ++i)
       at(i, [&](auto I) { std::get<I>(blocks_).save(backend, layer_params<I>(p, i), w, layer_prefix(i)); });
     w.write(dir / "model.safetensors");
     MambaConfig c = config_;
     c.dtype = dtype_of<T>;
     std::ofstream out(dir / "config.json");
-    out << json::dump(c.to_json()) << "\n";
+    out << io::dump_json(c.to_json()) << "\n";
     MOSS_EXPECTS(out.good(), io_error, (dir / "config.json").string(), ": could not write the config");
   }
 
@@ -263,13 +279,33 @@ class LanguageModel {
     return {std::string(Block<I>::block_name)...};
   }
   template <std::size_t... I>
-  static std::tuple<Block<I>...> make_blocks(const MambaConfig& c, std::index_sequence<I...>) {
-    return std::tuple<Block<I>...>(Block<I>::from(c)...);
+  static std::tuple<Block<I>...> make_blocks(const MambaConfig& c, const BlockConfigs& b, std::index_sequence<I...>) {
+    return std::tuple<Block<I>...>(Block<I>(c.norm(), c.dims(), std::get<I>(b))...);
+  }
+  /// Each position's typed config, read from its section of `c` (defaults where it has none).
+  template <std::size_t... I>
+  static BlockConfigs configs_from(const MambaConfig& c, std::index_sequence<I...>) {
+    MOSS_EXPECTS(c.blocks.empty() || c.blocks.size() == sizeof...(I), config_error, c.source, ": blocks has ",
+                 c.blocks.size(), " sections but the model type's pattern has ", sizeof...(I), " blocks ",
+                 detail::quoted_list(pattern_names()));
+    return BlockConfigs{Block<I>::Config::from_json(c.block_section(I))...};
+  }
+  /// Each block's section as it writes it.
+  template <std::size_t... I>
+  std::vector<io::Json> sections(std::index_sequence<I...>) const {
+    std::vector<io::Json> out;
+    (
+        [&] {
+          io::Json s = io::Json::object();
+          std::get<I>(blocks_).config().to_json(s);
+          out.push_back(std::move(s));
+        }(),
+        ...);
+    return out;
   }
   /// The config with what the block types imply filled in; `config_error` on contradictions.
   static MambaConfig settle(MambaConfig c) {
     c.validate("LanguageModel");
-    settle_all(c, Seq{});
     const std::vector<std::string> pattern = pattern_names();
     if (c.block_pattern.empty()) c.block_pattern = pattern;
     MOSS_EXPECTS(c.block_pattern == pattern, config_error, "LanguageModel: the config's block_pattern is ",
@@ -280,10 +316,6 @@ class LanguageModel {
                  detail::quoted_list(pattern), ")");
     if (c.moss_variant.empty() && pattern != std::vector<std::string>{"mamba"}) c.moss_variant = "custom";
     return c;
-  }
-  template <std::size_t... I>
-  static void settle_all(MambaConfig& c, std::index_sequence<I...>) {
-    (Block<I>::settle(c), ...);
   }
   /// Calls f(integral_constant<I>) for the pattern position of layer i.
   template <class F>
@@ -302,16 +334,13 @@ class LanguageModel {
       MOSS_EXPECTS(host_ids[i] >= 0 && host_ids[i] < V, shape_error, "LanguageModel: token id ", host_ids[i],
                    " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
     Buffer<std::int64_t> ids = upload(backend, host_ids, n);
-    embedding(backend, EmbeddingArgs<T>{ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"),
-                                        ConstView<T, 2>(p.embeddings.data(), {V, config_.d_model}, "embeddings"), out,
+    embedding(backend, EmbeddingArgs<T>{ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"), p.embeddings, out,
                                         /*ids_checked=*/true});
   }
   template <class Backend>
   void head(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<float, 2> logits) const {
-    const Buffer<T>& w = config_.tie_embeddings ? p.embeddings : p.lm_head;
-    linear(backend,
-           LinearArgs<T, float>{
-               x, ConstView<T, 2>(w.data(), {config_.vocab_size, config_.d_model}, "lm_head.weight"), {}, logits});
+    const Tensor<T, 2>& w = config_.tie_embeddings ? p.embeddings : p.lm_head;
+    linear(backend, LinearArgs<T, float>{x, w, {}, logits});
   }
   void check_params(const char* where, const Params& p) const {
     MOSS_EXPECTS(static_cast<index_t>(p.size()) == config_.n_layers && p.embeddings.data(), config_error, where,
@@ -337,7 +366,7 @@ using MambaLM = LanguageModel<Residual<RmsNorm, Mamba<T>>>;
 /// Reads `dir/config.json` (or a config file path).
 inline MambaConfig load_mamba_config(const std::filesystem::path& path) {
   const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
-  return MambaConfig::from_json(json::parse(json::read_file(file), file.string()), file.string());
+  return MambaConfig::from_json(io::parse_json(io::read_text_file(file), file.string()), file.string());
 }
 
 }  // namespace moss

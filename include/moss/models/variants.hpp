@@ -1,5 +1,5 @@
 // moss/models/variants.hpp: the named model variants, each a LanguageModel over a block pattern
-// (REFERENCE.md §2–3). Each is one type; `moss_variant` in its config.json names it.
+// (docs/math.md §2–3). Each is one type; `moss_variant` in its config.json names it.
 //
 //   MambaLM<T>       dense Mamba (Hugging Face MambaForCausalLM)                 ["mamba"]
 //   MoeMambaLM<T>    MoE-Mamba: Mamba and Switch MoE feed-forward alternating     ["mamba", "moe"]
@@ -45,6 +45,8 @@ class NamedModel : public LanguageModel<Stack> {
  public:
   static constexpr std::string_view variant = Name::value;
   explicit NamedModel(MambaConfig c) : LanguageModel<Stack>(named(std::move(c))) {}
+  NamedModel(MambaConfig c, const typename LanguageModel<Stack>::BlockConfigs& blocks)
+      : LanguageModel<Stack>(named(std::move(c)), blocks) {}
 
  private:
   static MambaConfig named(MambaConfig c) {

@@ -1,31 +1,47 @@
-// moss/policy/router.hpp: the routers a sparse layer can use (REFERENCE.md §2), and how to
+// moss/policy/router.hpp: the routers a sparse layer can use (docs/math.md §2), and how to
 // write one's own.
 //
-// A router is one struct. Its selection function is `MOSS_HD`, so the host backend (a plain
+// A router is one struct. Its per-token selection is `MOSS_HD`, so the host backend (a plain
 // loop over tokens) and the CUDA router kernel (one warp per token) call the same code:
 //
 //   struct MyRouter {
 //     static constexpr int k = 1;                    // experts per token
-//     static constexpr bool balanced = false;        // true: `scores` is the Sinkhorn-balanced row
 //     static constexpr bool aux_loss = true;         // the Switch load-balancing loss applies
+//     static constexpr std::string_view name = "my_router";   // its config.json name
 //     MOSS_HD void select(const float* logits,       // (X) float32 logits of one token
-//                         const float* scores,       // (X) what to rank by: logits unless balanced
+//                         const float* scores,       // (X) what to rank by: the logits, or the
+//                                                    //     batch scores of `score` below
 //                         int num_experts,
 //                         int* experts,              // (k) out: chosen experts, slot 0 first
 //                         float* weights) const;     // (k) out: their combine weights
 //   };
 //
-// `moss::Router<R>` checks the shape of such a struct; examples/04_custom_router.cpp writes one.
-// A router carries only its own settings (renormalisation, Sinkhorn mode); capacity and the
-// loss coefficients are the layer's (`RouterSettings`), the same for every router.
+// Two optional hooks, each found by a concept:
+//   - batch scoring (`ScoringRouter`): `template <class Backend> bool score(const Backend&,
+//     ConstView<float, 2> logits, TensorView<float, 2> scores) const` sees the logits of every
+//     token of the call (tokens, X) and may write scores for `select` to rank by (returning true),
+//     e.g. SinkhornTop1's balanced matrix; returning false means "rank by the logits".
+//   - settings (`ConfigurableRouter`): `void read_settings(const io::JsonRef& section)` and
+//     `void write_settings(io::Json& section) const` read and write the router's own runtime
+//     settings in its block's section of config.json, so they round-trip with a saved model.
+//
+// `moss::Router<R>` checks the shape of such a struct; examples/04_custom_router.cpp writes one,
+// tests/layers/custom_router_test.cpp an auxiliary-loss-free bias-balancing router with a saved
+// setting. Capacity and the loss coefficients are the layer's (`RouterSettings`), the same for
+// every router.
 #pragma once
 
 #include <cmath>
 #include <concepts>
+#include <string>
 #include <string_view>
 
+#include "moss/backend/host.hpp"
 #include "moss/core/config.hpp"
 #include "moss/core/error.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/io/json.hpp"
+#include "moss/ops/sinkhorn.hpp"
 
 namespace moss {
 
@@ -35,21 +51,26 @@ namespace detail::route {
 /// ranks above a number (equal values keep the lower index: ties go to the lowest expert).
 MOSS_HD bool ranks_above(float a, float b) { return !(a != a) && ((b != b) || a > b); }
 
+}  // namespace detail::route
+
 /// The K best experts by `scores`, slot 0 the best; distinct experts; ties → lowest index; NaN
-/// only when nothing else is left (all NaN → the lowest unused indices).
+/// only when nothing else is left (all NaN → the lowest unused indices). The selection every
+/// built-in router uses, for routers of one's own.
 template <int K>
-MOSS_HD void top_k(const float* scores, int num_experts, int* experts) {
+MOSS_HD void select_top_k(const float* scores, int num_experts, int* experts) {
   for (int s = 0; s < K; ++s) {
     int best = -1;
     for (int i = 0; i < num_experts; ++i) {
       bool used = false;
       for (int j = 0; j < s; ++j) used = used || experts[j] == i;
       if (used) continue;
-      if (best < 0 || ranks_above(scores[i], scores[best])) best = i;
+      if (best < 0 || detail::route::ranks_above(scores[i], scores[best])) best = i;
     }
     experts[s] = best;
   }
 }
+
+namespace detail::route {
 
 /// e^x in float32 (the device's accurate expf; a few ulp from the host's).
 MOSS_HD float exp_f32(float x) {
@@ -85,16 +106,21 @@ MOSS_HD float sigmoid(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 
 }  // namespace detail::route
 
+/// softmax(logits)[e] in float32 over `num_experts` logits, as the built-in routers compute
+/// their weights (NaN when any logit is NaN); for routers of one's own.
+MOSS_HD float softmax_at(const float* logits, int num_experts, int e) {
+  return detail::route::softmax_at(logits, num_experts, e);
+}
+
 /// The Switch Transformer router (Fedus et al. 2021; MoE-Mamba): expert = the largest logit,
 /// combine weight = its softmax probability (not renormalised).
 struct Top1Switch {
   static constexpr int k = 1;
-  static constexpr bool balanced = false;
   static constexpr bool aux_loss = true;
   static constexpr std::string_view name = "top1_switch";
 
   MOSS_HD void select(const float* logits, const float* scores, int num_experts, int* experts, float* weights) const {
-    detail::route::top_k<1>(scores, num_experts, experts);
+    select_top_k<1>(scores, num_experts, experts);
     weights[0] = detail::route::softmax_at(logits, num_experts, experts[0]);
   }
 };
@@ -106,13 +132,15 @@ template <int K>
 struct TopK {
   static_assert(K >= 1, "moss::TopK<K>: K must be at least 1");
   static constexpr int k = K;
-  static constexpr bool balanced = false;
   static constexpr bool aux_loss = true;
   static constexpr std::string_view name = "top_k";
-  bool renormalize = false;
+  bool renormalize = false;  ///< config key "normalize"
+
+  void read_settings(const io::JsonRef& section) { section.read("normalize", renormalize); }
+  void write_settings(io::Json& section) const { section["normalize"] = renormalize; }
 
   MOSS_HD void select(const float* logits, const float* scores, int num_experts, int* experts, float* weights) const {
-    detail::route::top_k<K>(scores, num_experts, experts);
+    select_top_k<K>(scores, num_experts, experts);
     const float m = detail::route::max_logit(logits, num_experts);
     const float denom = detail::route::sum_exp(logits, num_experts, m);
     float total = 0.0f;
@@ -126,46 +154,74 @@ struct TopK {
 };
 
 /// BlackMamba's top-1 Sinkhorn router (Megatron style). Training mode: the expert is the argmax
-/// of the Sinkhorn-Knopp balanced matrix of exp(logits) over all tokens of the call (the router
-/// op computes it and passes its row as `scores`); inference mode: the argmax of
-/// sigmoid(logits). Gate sigmoid(logit_e) in both; no auxiliary loss.
+/// of the Sinkhorn-Knopp balanced matrix of exp(logits) over all tokens of the call (its batch
+/// `score` hook runs the `sinkhorn` op); inference mode: the argmax of sigmoid(logits), i.e. of
+/// the logits. Gate sigmoid(logit_e) in both; no auxiliary loss.
 struct SinkhornTop1 {
   static constexpr int k = 1;
-  static constexpr bool balanced = true;
   static constexpr bool aux_loss = false;
   static constexpr std::string_view name = "sinkhorn_top1";
-  bool training = false;  ///< runtime mode flag
+  bool training = false;  ///< runtime mode flag; config key "sinkhorn_training"
 
-  /// Whether this call needs the balanced scores (the router op skips Sinkhorn otherwise).
-  MOSS_HD bool wants_balance() const { return training; }
+  /// The balanced scores in training mode; nothing (rank by the logits) in inference mode.
+  template <class Backend>
+  bool score(const Backend& backend, ConstView<float, 2> logits, TensorView<float, 2> scores) const {
+    if (!training) return false;
+    SinkhornArgs a;
+    a.logits = logits;
+    a.scores = scores;
+    sinkhorn(backend, a);
+    return true;
+  }
   MOSS_HD void select(const float* logits, const float* scores, int num_experts, int* experts, float* weights) const {
     // sigmoid is monotone, so ranking sigmoid(logits) is ranking the logits.
-    detail::route::top_k<1>(training ? scores : logits, num_experts, experts);
+    select_top_k<1>(scores, num_experts, experts);
     weights[0] = detail::route::sigmoid(logits[experts[0]]);
   }
+  void read_settings(const io::JsonRef& section) { section.read("sinkhorn_training", training); }
+  void write_settings(io::Json& section) const { section["sinkhorn_training"] = training; }
 };
 
 /// What every router struct provides (see the top of this file).
 template <class R>
 concept Router = requires(const R& r, const float* logits, int n, int* experts, float* weights) {
   { R::k } -> std::convertible_to<int>;
-  { R::balanced } -> std::convertible_to<bool>;
   { R::aux_loss } -> std::convertible_to<bool>;
   r.select(logits, logits, n, experts, weights);
 }
 &&(R::k >= 1);
 
-/// Whether router `R` needs the balanced scores on this call.
+/// A router with a batch scoring hook (see the top of this file), checked on the host backend.
+template <class R>
+concept ScoringRouter = Router<R> && requires(const R& r, ConstView<float, 2> logits, TensorView<float, 2> scores) {
+  { r.score(Host{}, logits, scores) } -> std::convertible_to<bool>;
+};
+
+/// A router with runtime settings that round-trip through config.json.
+template <class R>
+concept ConfigurableRouter = Router<R> && requires(R& r, const R& cr, const io::JsonRef& in, io::Json& out) {
+  r.read_settings(in);
+  cr.write_settings(out);
+};
+
+/// The config name of router type R (`R::name`, or "custom" for a router without one).
 template <Router R>
-MOSS_HD bool router_wants_balance(const R& r) {
-  if constexpr (requires { r.wants_balance(); }) {
-    return r.wants_balance();
+std::string router_name() {
+  if constexpr (requires { R::name; }) {
+    return std::string(R::name);
   } else {
-    return R::balanced;
+    return "custom";
   }
 }
 
-/// The settings of a routed layer that do not depend on the router kind (REFERENCE.md §2).
+/// Transitional: no built-in router asks the generic route op for a balanced pass any more
+/// (SinkhornTop1 scores through its own hook). Kept until the router op stops asking.
+template <Router R>
+MOSS_HD bool router_wants_balance(const R&) {
+  return false;
+}
+
+/// The settings of a routed layer that do not depend on the router kind (docs/math.md §2).
 struct RouterSettings {
   double capacity_factor = 0.0;  ///< > 0: each expert takes at most max(1, ceil(cf·T·K/X)) pairs; 0: dropless
   float aux_loss_coef = 0.01f;   ///< α of the load-balancing loss

@@ -1,0 +1,157 @@
+// moss/layers/dispatch.hpp: the one path by which rows reach an expert stack (docs/math.md §2,
+// "Dispatch and combine"), used by every routed block (MoE feed-forward, RoM projections) and
+// by the dense ones (a dense block is one expert over one segment).
+//
+//   routed:  x (tokens, in) ─gather→ rows (rows, in), sorted by expert
+//            rows ─grouped GEMM, one segment per expert→ y (rows, out)
+//            y ─combine: out[t] = Σ_s (g[t,s] ·) y[row(t, s)], slot order→ out (tokens, out)
+//   dense:   rows = x, the GEMM is one `linear` with expert 0's matrix written straight to
+//            `out`, and there is nothing to combine.
+// An expert kind's `apply` is written once against this interface: `gather`, then its GEMMs
+// (`linear`) and activations on the rows, then `combine`. So a later grouped kernel that reads
+// the expert offsets on the device can fuse the gather into its loads and the combine into its
+// epilogue behind the same three calls.
+//
+// The routed GEMMs need the per-expert row offsets on the host: the first `linear` of a plan
+// reads them (on CUDA: the decision's one host synchronisation, queued after the gather) and
+// the plan caches them for every later GEMM over it.
+#pragma once
+
+#include <cstdint>
+
+#include "moss/core/buffer.hpp"
+#include "moss/core/tensor.hpp"
+#include "moss/layers/routing.hpp"
+#include "moss/ops/grouped_linear.hpp"
+#include "moss/ops/linear.hpp"
+#include "moss/ops/permute.hpp"
+
+namespace moss {
+
+/// Which output columns the combine weight g multiplies: [begin, end); empty = none.
+struct ColumnWeighting {
+  index_t begin = 0, end = 0;
+  /// Every column of a `width`-wide output.
+  static ColumnWeighting all(index_t width) { return {0, width}; }
+  /// No column (experts are summed unweighted).
+  static ColumnWeighting none() { return {}; }
+  bool any() const { return end > begin; }
+};
+
+/// How the rows of one call reach an expert stack: densely (every token is one row of the only
+/// expert) or through a routing decision.
+/// @tparam T storage type of the activations.
+template <StorageType T>
+class Dispatch {
+ public:
+  /// Every one of `tokens` tokens is a row of the single expert; no gather, no combine.
+  static Dispatch dense(index_t tokens) {
+    Dispatch d;
+    d.tokens_ = tokens;
+    return d;
+  }
+  /// The rows of `decision`'s plan (its gate weights the combine). The decision must outlive
+  /// the dispatch; its plan caches the host offsets the GEMMs read.
+  static Dispatch routed(RoutingDecision& decision) {
+    Dispatch d;
+    d.decision_ = &decision;
+    d.tokens_ = decision.plan.tokens;
+    return d;
+  }
+
+  bool is_dense() const { return decision_ == nullptr; }
+  /// Tokens of the call.
+  index_t tokens() const { return tokens_; }
+  /// Rows the experts see: tokens (dense) or tokens·K (routed; rows past the kept ones unused).
+  index_t rows() const { return is_dense() ? tokens_ : decision_->plan.rows(); }
+  /// Experts the rows are spread over (1 when dense).
+  index_t experts() const { return is_dense() ? 1 : decision_->plan.num_experts; }
+
+  /// Rows the experts actually process: every token (dense), or the plan's kept pairs (which
+  /// reads the plan's host offsets: on CUDA the decision's one synchronisation, cached).
+  template <class Backend>
+  index_t kept_rows(const Backend& backend) const {
+    if (is_dense()) return tokens_;
+    return read_offsets(backend, decision_->plan).back();
+  }
+
+  /// The expert input rows (rows, in): `x` itself when dense, else x's rows gathered into
+  /// `scratch` in expert order. The view lives as long as `x` and `scratch`.
+  template <class Backend>
+  ConstView<T, 2> gather(const Backend& backend, ConstView<T, 2> x, Buffer<T>& scratch) const {
+    if (is_dense()) return x;
+    const index_t in = x.shape[1], R = rows();
+    scratch = backend.template alloc<T>(R * in);
+    const PermutePlan& plan = decision_->plan;
+    gather_rows(backend, GatherRowsArgs<T>{x, plan.row_pair_view(), plan.offsets_view(), plan.k,
+                                           scratch.template view<2>({R, in}, "dispatched_x")});
+    return ConstView<T, 2>(scratch.data(), {R, in}, "dispatched_x");
+  }
+
+  /// y = rows · W_eᵀ (+ b_e) over each expert's segment. `weight` is (X, out, in) with X the
+  /// dispatch's expert count; `bias` (X, out) is optional. Rows past the kept ones are untouched.
+  template <class Backend>
+  void linear(const Backend& backend, ConstView<T, 2> rows, ConstView<T, 3> weight, ConstView<T, 2> bias,
+              TensorView<T, 2> y) const {
+    const char* where = "Dispatch::linear";
+    MOSS_EXPECTS(weight.shape[0] == experts(), shape_error, where, ": ", weight.name, " is ",
+                 shape_string(weight.shape), " (experts, out, in) but the rows are dispatched to ", experts(),
+                 " expert(s)");
+    if (is_dense()) {
+      const ConstView<T, 2> w(weight.data, {weight.shape[1], weight.shape[2]}, weight.name);
+      const ConstView<T, 1> b = present(bias) ? ConstView<T, 1>(bias.data, {bias.shape[1]}, bias.name)
+                                              : ConstView<T, 1>{};
+      moss::linear(backend, LinearArgs<T>{rows, w, b, y});
+      return;
+    }
+    PermutePlan& plan = decision_->plan;
+    const std::vector<std::int32_t>& offsets = read_offsets(backend, plan);
+    GroupedLinearArgs<T> g;
+    g.x = rows;
+    g.weight = weight;
+    g.bias = bias;
+    g.offsets = plan.offsets_view();
+    g.host_offsets = offsets.data();
+    g.y = y;
+    grouped_linear(backend, g);
+  }
+
+  /// Where an expert's last GEMM writes its (rows, width) output: `out` itself when dense (the
+  /// combine is then nothing), else rows allocated in `scratch`.
+  template <class Backend>
+  TensorView<T, 2> output_rows(const Backend& backend, TensorView<T, 2> out, Buffer<T>& scratch) const {
+    if (is_dense()) return out;
+    const index_t width = out.shape[1], R = rows();
+    scratch = backend.template alloc<T>(R * width);
+    return scratch.template view<2>({R, width}, "expert_out");
+  }
+
+  /// out[t] = Σ_s y[row(t, s)], multiplied by g[t, s] in the columns `weighting` names, summed
+  /// in slot order (deterministic); a dropped pair contributes 0. Nothing to do when dense
+  /// (`y` is `out`); a dense dispatch has no g, so it refuses a weighting.
+  template <class Backend>
+  void combine(const Backend& backend, ConstView<T, 2> y, TensorView<T, 2> out, ColumnWeighting weighting) const {
+    if (is_dense()) {
+      MOSS_EXPECTS(!weighting.any(), config_error,
+                   "Dispatch::combine: a dense dispatch has no router weight to multiply columns [", weighting.begin,
+                   ", ", weighting.end, ") by");
+      return;
+    }
+    CombineRowsArgs<T> c;
+    c.y = y;
+    c.pair_row = decision_->plan.pair_row_view();
+    if (weighting.any()) {
+      c.gate = decision_->gate_view();
+      c.weight_begin = weighting.begin;
+      c.weight_end = weighting.end;
+    }
+    c.out = out;
+    combine_rows(backend, c);
+  }
+
+ private:
+  RoutingDecision* decision_ = nullptr;
+  index_t tokens_ = 0;
+};
+
+}  // namespace moss
