@@ -4,14 +4,11 @@
 //   moss::RoutingReport report;
 //   model.forward(backend, params, ids, logits, nullptr, &report);
 //   for (const moss::RouterStats& s : report.read()) std::cout << s.layer << " aux " << s.aux_loss;
-// A report keeps each layer's statistics in backend memory until `read()` copies them to the
-// host (on CUDA: one synchronisation per routed layer, only then). It holds the backend object
-// (on CUDA, its stream) and stream-ordered buffers: read and drop it before that stream is
-// destroyed.
+// A report queues each layer's statistics to page-locked host memory as the layer runs (no
+// synchronisation) and `read()` waits for their events.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -42,63 +39,101 @@ struct RouterStats {
 };
 
 /// Collects the statistics of every routed layer a forward pass runs. Layers add entries in
-/// the order they run; `read()` brings them to the host.
+/// the order they run; each entry's numbers are copied to page-locked host memory as soon as
+/// they are computed (on CUDA: queued on the stream, no synchronisation) and an event marks
+/// their arrival; `read()` waits for those events and builds the statistics on the host. A
+/// report holds no stream or backend object, so it may outlive them once read.
 class RoutingReport {
  public:
+  RoutingReport() = default;
+  RoutingReport(const RoutingReport&) = delete;
+  RoutingReport& operator=(const RoutingReport&) = delete;
+  RoutingReport(RoutingReport&&) = default;
+  RoutingReport& operator=(RoutingReport&&) = default;
+  /// Waits for copies still in flight: their host memory must outlive them.
+  ~RoutingReport() { drain(); }
+
   /// The prefix of the names that layers added next will carry (the model sets "layers.{i}").
   void set_scope(std::string scope) { scope_ = std::move(scope); }
   const std::string& scope() const { return scope_; }
 
   /// Adds one router's statistics: `values` (2 + X floats from `router_stats`), the plan's
-  /// `counts` (X) and `offsets` (X + 1), all in `backend` memory.
+  /// `counts` (X) and `offsets` (X + 1), all in `backend` memory. Queues their copies to the
+  /// host and returns; the device memory may be freed right after (stream-ordered).
   template <class Backend>
   void add(const Backend& backend, const std::string& name, index_t tokens, index_t k, index_t num_experts,
-           Buffer<float> values, Buffer<std::int32_t> counts, Buffer<std::int32_t> offsets) {
-    auto held = std::make_shared<Held>(Held{std::move(values), std::move(counts), std::move(offsets)});
-    std::string layer = scope_.empty() ? name : scope_ + "." + name;
-    entries_.push_back([backend, held, layer, tokens, k, num_experts] {
-      RouterStats s;
-      s.layer = layer;
-      s.tokens = tokens;
-      s.k = k;
-      const index_t X = num_experts;
-      std::vector<float> v(static_cast<std::size_t>(router_stats_size(X)));
-      std::vector<std::int32_t> c(static_cast<std::size_t>(X)), o(static_cast<std::size_t>(X + 1));
-      download(backend, v.data(), held->values.data(), router_stats_size(X));
-      download(backend, c.data(), held->counts.data(), X);
-      download(backend, o.data(), held->offsets.data(), X + 1);
-      s.aux_loss = v[0];
-      s.z_loss = v[1];
-      s.prob_mean.assign(v.begin() + 2, v.end());
-      std::int64_t assigned = 0;
-      for (index_t e = 0; e < X; ++e) {
-        s.counts.push_back(c[e]);
-        s.kept.push_back(o[e + 1] - o[e]);
-        assigned += c[e];
-      }
-      s.dropped = assigned - o[X];
-      return s;
-    });
+           const float* values, const std::int32_t* counts, const std::int32_t* offsets) {
+    const index_t X = num_experts, nv = router_stats_size(X);
+    Entry e;
+    e.layer = scope_.empty() ? name : scope_ + "." + name;
+    e.tokens = tokens;
+    e.k = k;
+    e.num_experts = X;
+    e.values = backend.template alloc_pinned<float>(nv);
+    e.counts = backend.template alloc_pinned<std::int32_t>(2 * X + 1);  // counts (X), then offsets (X + 1)
+    download_async(backend, e.values.data(), values, nv);
+    download_async(backend, e.counts.data(), counts, X);
+    download_async(backend, e.counts.data() + X, offsets, X + 1);
+    using Event = decltype(backend.record());
+    e.event = std::make_shared<Event>(backend.record());
+    e.wait = [](const void* ev) { static_cast<const Event*>(ev)->wait(); };
+    entries_.push_back(std::move(e));
   }
 
-  /// Every entry's statistics, in the order the layers ran.
+  /// Every entry's statistics, in the order the layers ran (waits for each entry's copies).
   std::vector<RouterStats> read() const {
     std::vector<RouterStats> out;
-    for (const auto& e : entries_) out.push_back(e());
+    for (const Entry& e : entries_) {
+      e.wait(e.event.get());
+      RouterStats s;
+      s.layer = e.layer;
+      s.tokens = e.tokens;
+      s.k = e.k;
+      const index_t X = e.num_experts;
+      const float* v = e.values.data();
+      const std::int32_t* c = e.counts.data();
+      const std::int32_t* o = c + X;
+      s.aux_loss = v[0];
+      s.z_loss = v[1];
+      s.prob_mean.assign(v + 2, v + 2 + X);
+      std::int64_t assigned = 0;
+      for (index_t i = 0; i < X; ++i) {
+        s.counts.push_back(c[i]);
+        s.kept.push_back(o[i + 1] - o[i]);
+        assigned += c[i];
+      }
+      s.dropped = assigned - o[X];
+      out.push_back(std::move(s));
+    }
     return out;
   }
   /// Number of entries.
   std::size_t size() const { return entries_.size(); }
-  /// Forgets every entry (and frees its buffers).
-  void clear() { entries_.clear(); }
+  /// Forgets every entry (and frees its host buffers once their copies have landed).
+  void clear() {
+    drain();
+    entries_.clear();
+  }
 
  private:
-  struct Held {
-    Buffer<float> values;
-    Buffer<std::int32_t> counts, offsets;
+  void drain() noexcept {
+    for (const Entry& e : entries_) {
+      try {
+        if (e.wait) e.wait(e.event.get());
+      } catch (...) {  // an asynchronous error of earlier work: reported by whoever synchronises next
+      }
+    }
+  }
+  struct Entry {
+    std::string layer;
+    index_t tokens = 0, k = 1, num_experts = 0;
+    Buffer<float> values;         // (2 + X) page-locked: aux, z, P_0 .. P_{X-1}
+    Buffer<std::int32_t> counts;  // (2X + 1) page-locked: counts, then offsets
+    std::shared_ptr<const void> event;  // the backend's event marking the copies' arrival
+    void (*wait)(const void*) = nullptr;
   };
   std::string scope_;
-  std::vector<std::function<RouterStats()>> entries_;
+  std::vector<Entry> entries_;
 };
 
 /// The routing settings of one routed block: its expert count, its router (with the router's
@@ -200,12 +235,7 @@ RoutingDecision decide_routing(const Backend& backend, const R& router, const Ro
     s.z_loss_coef = settings.z_loss_coef;
     s.out = values.flat("router_stats");
     router_stats(backend, s);
-    // The report keeps copies of the counts and offsets: the plan may be reused after this.
-    Buffer<std::int32_t> counts = backend.template alloc<std::int32_t>(num_experts);
-    Buffer<std::int32_t> offsets = backend.template alloc<std::int32_t>(num_experts + 1);
-    copy(backend, counts.flat(), ConstView<std::int32_t, 1>(d.plan.counts.flat()));
-    copy(backend, offsets.flat(), ConstView<std::int32_t, 1>(d.plan.offsets.flat()));
-    report->add(backend, name, tokens, K, num_experts, std::move(values), std::move(counts), std::move(offsets));
+    report->add(backend, name, tokens, K, num_experts, values.data(), d.plan.counts.data(), d.plan.offsets.data());
   }
   return d;
 }
