@@ -1,11 +1,11 @@
 // CUDA benchmarks of causal_conv1d and causal_conv1d_step.
 //
-// Canonical shape (PERFORMANCE.md): batch 8, dim 4096, L 2048, W 4, SiLU, bias, bf16; floor
+// Canonical shape (docs/performance.md): batch 8, dim 4096, L 2048, W 4, SiLU, bias, bf16; floor
 // 268 MB / 3.0 TB/s = 0.089 ms, anchor `causal-conv1d` 0.098 ms. Each iteration launches a CUDA
 // graph of kOpsPerGraph calls (rotating input sets larger than L2), so the event timing sees
 // GPU time rather than the host's validation and launch latency; the counters are per call:
 //   seconds_per_op   time of one call
-//   floor_fraction   floor time / measured time (1 = the copy bandwidth of PERFORMANCE.md)
+//   floor_fraction   floor time / measured time (1 = the copy bandwidth of docs/performance.md)
 //   anchor_speedup   anchor time / measured time (> 1: faster than `causal-conv1d`; bf16 only)
 // bytes_per_second and flops are rates; floor_ms (from set_rates) is per iteration, that is per
 // kOpsPerGraph calls. The label prints the launch plan. `BM_causal_conv1d_steps` sweeps the

@@ -1,5 +1,5 @@
 // bench/ops/linear_bench.cu: `linear` (cuBLASLt) on the four GEMMs of a Mamba layer at the
-// layer shape of PERFORMANCE.md: batch 8 × seqlen 2048 = 16384 tokens, d_model 2048
+// layer shape of docs/performance.md: batch 8 × seqlen 2048 = 16384 tokens, d_model 2048
 // (d_inner 4096, dt_rank 128, d_state 16), bf16 in and out, float32 accumulation.
 //
 // Counters: flops (FLOP/s), bytes_per_second (each operand read or written once), and

@@ -5,6 +5,7 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -163,4 +164,39 @@ TEST_CASE("embedding: a bad id throws on CUDA as on the host", "[cuda]") {
       }
     }
   }
+}
+
+TEST_CASE("embedding: the bad-id flag lives in a caller's workspace of workspace_bytes", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const index_t vocab = 10, dim = 8, rows = 4;
+  const auto dtable = upload(gpu, moss::test::to_storage<f16>(moss::test::randn(vocab * dim, 4)));
+  const auto dids = upload(gpu, std::vector<std::int64_t>{1, 2, 99, 3});
+  auto dout = gpu.alloc<float>(rows * dim);
+  moss::EmbeddingArgs<f16> a;
+  a.ids = ConstView<std::int64_t, 1>(dids.data(), {rows}, "ids");
+  a.table = ConstView<f16, 2>(dtable.data(), {vocab, dim}, "table");
+  a.out = dout.view<2>({rows, dim}, "out");
+  REQUIRE(workspace_bytes(gpu, a) == moss::kWorkspaceAlignment);  // one flag, a whole aligned piece
+  a.ids_checked = true;
+  CHECK(workspace_bytes(gpu, a) == 0);
+  a.ids_checked = false;
+  a.ids = ConstView<std::int64_t, 1>(dids.data(), {0}, "ids");
+  a.out = dout.view<2>({0, dim}, "out");
+  CHECK(workspace_bytes(gpu, a) == 0);  // no rows, no check
+  a.ids = ConstView<std::int64_t, 1>(dids.data(), {rows}, "ids");
+  a.out = dout.view<2>({rows, dim}, "out");
+
+  auto ws = gpu.alloc<std::byte>(static_cast<index_t>(moss::kWorkspaceAlignment));
+  MOSS_CUDA_CHECK(
+      cudaMemsetAsync(ws.data(), 0, moss::kWorkspaceAlignment, gpu.stream));  // "row 0 is bad", unless reset
+  a.workspace = moss::Workspace{ws.data(), moss::kWorkspaceAlignment};
+  REQUIRE_THROWS_WITH(moss::embedding(gpu, a), Catch::Matchers::ContainsSubstring("ids[2] = 99"));
+  unsigned long long flag = 0;
+  moss::download(gpu, &flag, reinterpret_cast<const unsigned long long*>(ws.data()), 1);
+  CHECK(flag == 2);  // the op's flag was the caller's memory
+
+  a.workspace = moss::Workspace{ws.data(), moss::kWorkspaceAlignment - 1};
+  CHECK_THROWS_AS(moss::embedding(gpu, a), moss::config_error);
 }

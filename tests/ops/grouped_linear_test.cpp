@@ -339,7 +339,7 @@ TEST_CASE("grouped_linear: every validation error", "[host][ops][grouped_linear]
 TEMPLATE_TEST_CASE("route → plan → gather → grouped_linear → combine equals a float64 MoE loop",
                    "[host][ops][grouped_linear]", float, bf16) {
   using T = TestType;
-  // y_t = Σ_s g_s · (W_{e_s} x_t + b_{e_s}) over the kept slots (REFERENCE.md §2), top-2 with
+  // y_t = Σ_s g_s · (W_{e_s} x_t + b_{e_s}) over the kept slots (docs/math.md §2.6), top-2 with
   // renormalisation, with and without capacity.
   const index_t tokens = 48, D = 24, out = 16, X = 6;
   const auto xf = moss::test::randn(tokens * D, 2701);

@@ -4,7 +4,9 @@
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "moss/ops/linear/cuda.cuh"
@@ -188,4 +190,56 @@ TEST_CASE("linear: CUDA validates like the host", "[cuda]") {
   a.weight = ConstView<bf16, 2>(dummy.data(), {3, 5}, "weight");
   a.y = TensorView<bf16, 2>(dummy.data(), {2, 3}, "y");
   REQUIRE_THROWS_AS(moss::linear(gpu, a), moss::shape_error);
+}
+
+TEMPLATE_TEST_CASE("linear: runs in a caller's workspace of workspace_bytes, checked, with the same result", "[cuda]",
+                   (Types<bf16, float>), (Types<f16, f16>), (Types<float, float>)) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  using T = typename TestType::In;
+  using Tout = typename TestType::Out;
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const index_t rows = 300, in = 256, out = 192;
+  const auto x = upload(gpu, moss::test::to_storage<T>(moss::test::randn(rows * in, 1)));
+  const auto w = upload(gpu, moss::test::to_storage<T>(moss::test::randn(out * in, 2, 0.05f)));
+  const auto b_host = moss::test::to_storage<T>(moss::test::randn(out + 1, 3));
+  const auto b = upload(gpu, b_host);
+  auto y0 = gpu.alloc<Tout>(rows * out), y1 = gpu.alloc<Tout>(rows * out);
+  // Biases at offset 0 (aligned: read in place when T is Tout) and 1 (2 or 4 bytes off: copied).
+  for (index_t bias_offset : {0, 1}) {
+    CAPTURE(bias_offset);
+    moss::LinearArgs<T, Tout> a;
+    a.x = ConstView<T, 2>(x.data(), {rows, in}, "x");
+    a.weight = ConstView<T, 2>(w.data(), {out, in}, "weight");
+    a.bias = ConstView<T, 1>(b.data() + bias_offset, {out}, "bias");
+    a.y = y0.template view<2>({rows, out}, "y");
+    const bool copied = !std::is_same_v<T, Tout> || bias_offset == 1;
+    const std::size_t bytes = workspace_bytes(gpu, a);
+    if (copied) CHECK(bytes >= out * sizeof(Tout));
+    moss::linear(gpu, a);  // no workspace: the op's own, from the pool
+
+    // A caller's workspace, poisoned: a copied bias must land at its start.
+    auto ws = gpu.alloc<std::byte>(static_cast<index_t>(bytes + moss::kWorkspaceAlignment));
+    MOSS_CUDA_CHECK(cudaMemsetAsync(ws.data(), 0xff, bytes + moss::kWorkspaceAlignment, gpu.stream));
+    a.y = y1.template view<2>({rows, out}, "y");
+    a.workspace = moss::Workspace{ws.data(), bytes};
+    moss::linear(gpu, a);
+    const auto out0 = download(gpu, y0), out1 = download(gpu, y1);
+    CHECK(std::memcmp(out0.data(), out1.data(), out0.size() * sizeof(Tout)) == 0);
+    if (copied) {
+      std::vector<Tout> staged(static_cast<std::size_t>(out));
+      moss::download(gpu, staged.data(), reinterpret_cast<const Tout*>(ws.data()), out);
+      bool same = true;
+      for (index_t o = 0; o < out; ++o)
+        same = same && moss::to_float(staged[o]) == moss::to_float(b_host[static_cast<std::size_t>(o + bias_offset)]);
+      CHECK(same);
+    }
+
+    if (bytes > 0) {
+      a.workspace = moss::Workspace{ws.data(), bytes - 1};
+      CHECK_THROWS_AS(moss::linear(gpu, a), moss::config_error);
+    }
+    a.workspace = moss::Workspace{static_cast<std::byte*>(ws.data()) + 16, bytes};  // misaligned
+    CHECK_THROWS_AS(moss::linear(gpu, a), moss::config_error);
+  }
 }

@@ -4,8 +4,10 @@
 // queued on `stream`. Buffers come from a stream-ordered memory pool of moss's own, one per
 // device, that keeps freed memory for reuse (see `detail::memory_pool`), so per-call scratch
 // memory costs no driver call after the first pass. Every CUDA and cuBLAS call is checked and throws
-// `cuda_error` naming the call, the file and the line; with MOSS_SYNC_LAUNCHES=1 every kernel
-// launch is followed by a synchronisation so an asynchronous fault names the right kernel.
+// `cuda_error` naming the call, the file and the line (MOSS_CUDA_CHECK and MOSS_CHECK_LAUNCH
+// live in moss/cuda/check.cuh); with MOSS_SYNC_LAUNCHES=1 every kernel launch is followed by a
+// synchronisation so an asynchronous fault names the right kernel. For results the host reads
+// later without stalling the stream: `alloc_pinned`, `download_async` and `record()` → Event.
 #pragma once
 
 #include <cublasLt.h>
@@ -20,38 +22,16 @@
 
 #include "moss/core/buffer.hpp"
 #include "moss/core/error.hpp"
-
-/// Throws `moss::cuda_error` when a CUDA runtime call fails.
-#define MOSS_CUDA_CHECK(expr)                                                                             \
-  do {                                                                                                    \
-    const cudaError_t moss_err_ = (expr);                                                                 \
-    if (moss_err_ != cudaSuccess)                                                                         \
-      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cudaGetErrorName(moss_err_), " (",            \
-                                        cudaGetErrorString(moss_err_), ") at ", __FILE__, ":", __LINE__); \
-  } while (0)
+#include "moss/cuda/check.cuh"
+#include "moss/cuda/device.cuh"
 
 /// Throws `moss::cuda_error` when a cuBLAS / cuBLASLt call fails.
-#define MOSS_CUBLAS_CHECK(expr)                                                                             \
-  do {                                                                                                      \
-    const cublasStatus_t moss_st_ = (expr);                                                                 \
-    if (moss_st_ != CUBLAS_STATUS_SUCCESS)                                                                  \
-      ::moss::raise<::moss::cuda_error>(#expr, " failed: ", cublasGetStatusName(moss_st_), " (",            \
-                                        cublasGetStatusString(moss_st_), ") at ", __FILE__, ":", __LINE__); \
-  } while (0)
-
-/// Checks the launch of the kernel just queued (and, with MOSS_SYNC_LAUNCHES, its completion).
-#define MOSS_CHECK_LAUNCH(kernel_name, stream)                                                                        \
-  do {                                                                                                                \
-    const cudaError_t moss_err_ = cudaGetLastError();                                                                 \
-    if (moss_err_ != cudaSuccess)                                                                                     \
-      ::moss::raise<::moss::cuda_error>("launch of ", kernel_name, " failed: ", cudaGetErrorName(moss_err_), " (",    \
-                                        cudaGetErrorString(moss_err_), ") at ", __FILE__, ":", __LINE__);             \
-    if constexpr (MOSS_SYNC_LAUNCHES) {                                                                               \
-      const cudaError_t moss_sync_ = cudaStreamSynchronize(stream);                                                   \
-      if (moss_sync_ != cudaSuccess)                                                                                  \
-        ::moss::raise<::moss::cuda_error>(kernel_name, " failed while running: ", cudaGetErrorName(moss_sync_), " (", \
-                                          cudaGetErrorString(moss_sync_), ") at ", __FILE__, ":", __LINE__);          \
-    }                                                                                                                 \
+#define MOSS_CUBLAS_CHECK(expr)                                                                                        \
+  do {                                                                                                                 \
+    const cublasStatus_t moss_st_ = (expr);                                                                            \
+    if (moss_st_ != CUBLAS_STATUS_SUCCESS)                                                                             \
+      ::moss::cuda::raise_failed_call(#expr, cublasGetStatusName(moss_st_), cublasGetStatusString(moss_st_), __FILE__, \
+                                      __LINE__);                                                                       \
   } while (0)
 
 namespace moss {
@@ -62,7 +42,9 @@ namespace detail {
 struct BlasHandles {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
-  void* workspace = nullptr;  // cuBLAS(Lt) workspace, kWorkspaceBytes
+  // cuBLAS's own work area (cublasSetWorkspace) for the handle's legacy-API calls; ops that call
+  // cuBLASLt take theirs through the workspace contract (moss/core/workspace.hpp).
+  void* workspace = nullptr;
   static constexpr std::size_t kWorkspaceBytes = std::size_t(32) << 20;
   BlasHandles(const BlasHandles&) = delete;
   BlasHandles& operator=(const BlasHandles&) = delete;
@@ -104,10 +86,8 @@ inline cudaMemPool_t memory_pool(int dev) {
 }
 
 inline BlasHandles& blas_handles() {
-  int dev = 0;
-  MOSS_CUDA_CHECK(cudaGetDevice(&dev));
   thread_local std::map<int, BlasHandles> per_device;
-  return per_device.try_emplace(dev).first->second;
+  return per_device.try_emplace(cuda::current_device()).first->second;
 }
 
 }  // namespace detail
@@ -115,9 +95,7 @@ inline BlasHandles& blas_handles() {
 /// Returns the memory that moss's pool on the current device caches but no buffer uses to the
 /// driver (after the streams that freed it reach the free).
 inline void cuda_release_cached_memory() {
-  int dev = 0;
-  MOSS_CUDA_CHECK(cudaGetDevice(&dev));
-  MOSS_CUDA_CHECK(cudaMemPoolTrimTo(detail::memory_pool(dev), 0));
+  MOSS_CUDA_CHECK(cudaMemPoolTrimTo(detail::memory_pool(cuda::current_device()), 0));
 }
 
 /// Number of visible CUDA devices (0 when there is no driver or no GPU).
@@ -130,9 +108,61 @@ inline int cuda_device_count() {
   return n;
 }
 
+/// A point in a stream's queued work (from `Cuda::record`) that the host can poll or wait for.
+/// Move-only; destroys its CUDA event. A default-constructed event is already complete.
+class CudaEvent {
+ public:
+  CudaEvent() = default;
+  /// Records a new event on `stream`: it completes when the stream reaches this point.
+  explicit CudaEvent(cudaStream_t stream) {
+    MOSS_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    const cudaError_t err = cudaEventRecord(event_, stream);
+    if (err != cudaSuccess) {
+      (void)cudaEventDestroy(event_);
+      event_ = nullptr;
+      MOSS_CUDA_CHECK(err);
+    }
+  }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  CudaEvent(CudaEvent&& o) noexcept : event_(std::exchange(o.event_, nullptr)) {}
+  CudaEvent& operator=(CudaEvent&& o) noexcept {
+    CudaEvent tmp(std::move(o));
+    std::swap(event_, tmp.event_);
+    return *this;
+  }
+  ~CudaEvent() {
+    if (event_) (void)cudaEventDestroy(event_);  // may run after the driver shut down: ignore failures
+  }
+
+  /// Blocks the calling thread until the stream has passed the event; throws `cuda_error` for
+  /// an asynchronous error of the work before it.
+  void wait() const {
+    if (event_) MOSS_CUDA_CHECK(cudaEventSynchronize(event_));
+  }
+  /// True once the stream has passed the event (never blocks); throws like `wait`.
+  bool ready() const {
+    if (!event_) return true;
+    const cudaError_t err = cudaEventQuery(event_);
+    if (err == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // "not ready" is an answer, not an error: keep it out of later checks
+      return false;
+    }
+    MOSS_CUDA_CHECK(err);
+    return true;
+  }
+  /// The CUDA event (null for a default-constructed one).
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 /// Runs ops on the current CUDA device, queued on `stream` (the legacy default stream if null).
 struct Cuda {
   static constexpr Device device = Device::cuda;
+  /// What `record` returns.
+  using Event = CudaEvent;
   cudaStream_t stream = nullptr;
 
   /// Allocates `n` uninitialised elements from moss's pool on the current device, stream-ordered
@@ -141,14 +171,24 @@ struct Cuda {
   Buffer<T> alloc(index_t n) const {
     MOSS_EXPECTS(n >= 0, config_error, "Cuda::alloc: negative element count ", n);
     if (n == 0) return Buffer<T>(nullptr, 0, Device::cuda, {});
-    int dev = 0;
-    MOSS_CUDA_CHECK(cudaGetDevice(&dev));
     void* p = nullptr;
-    MOSS_CUDA_CHECK(
-        cudaMallocFromPoolAsync(&p, static_cast<std::size_t>(n) * sizeof(T), detail::memory_pool(dev), stream));
+    MOSS_CUDA_CHECK(cudaMallocFromPoolAsync(&p, static_cast<std::size_t>(n) * sizeof(T),
+                                            detail::memory_pool(cuda::current_device()), stream));
     return Buffer<T>(static_cast<T*>(p), n, Device::cuda,
                      {[](void* q, void* s) { (void)cudaFreeAsync(q, static_cast<cudaStream_t>(s)); }, stream});
   }
+  /// Allocates `n` uninitialised elements of page-locked host memory (`Device::host`), the
+  /// destination that lets `download_async` overlap the host's work; freed with cudaFreeHost.
+  template <class T>
+  Buffer<T> alloc_pinned(index_t n) const {
+    MOSS_EXPECTS(n >= 0, config_error, "Cuda::alloc_pinned: negative element count ", n);
+    if (n == 0) return Buffer<T>(nullptr, 0, Device::host, {});
+    void* p = nullptr;
+    MOSS_CUDA_CHECK(cudaMallocHost(&p, static_cast<std::size_t>(n) * sizeof(T)));
+    return Buffer<T>(static_cast<T*>(p), n, Device::host, {[](void* q, void*) { (void)cudaFreeHost(q); }, nullptr});
+  }
+  /// An event recorded on the stream now: it completes when the work queued so far has run.
+  Event record() const { return Event(stream); }
   /// Blocks until every op queued on the stream has finished; throws on an asynchronous error.
   void synchronize() const { MOSS_CUDA_CHECK(cudaStreamSynchronize(stream)); }
   /// The cuBLAS handle of this thread and device, bound to `stream`.
@@ -159,10 +199,6 @@ struct Cuda {
   }
   /// The cuBLASLt handle of this thread and device.
   cublasLtHandle_t cublaslt() const { return detail::blas_handles().lt; }
-  /// A cuBLAS(Lt) workspace of `workspace_bytes()` bytes. Ops on one stream may share it; ops on
-  /// different streams of one thread must not run it concurrently.
-  void* workspace() const { return detail::blas_handles().workspace; }
-  static constexpr std::size_t workspace_bytes() { return detail::BlasHandles::kWorkspaceBytes; }
 };
 
 /// Copies contiguous `src` into contiguous `dst` (same shape) between any two of host and
@@ -214,6 +250,17 @@ void download(const Cuda& gpu, T* dst, const T* src, index_t n) {
   MOSS_CUDA_CHECK(
       cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
   gpu.synchronize();
+}
+
+/// Queues a copy of `n` device elements at `src` into host memory at `dst` on the stream and
+/// returns at once; `dst` holds them once the stream passes the copy (`record()` an event and
+/// wait for it). `dst` should be page-locked (`alloc_pinned`): into pageable memory CUDA may
+/// finish the copy before returning. Both must stay alive until the copy has run.
+template <class T>
+void download_async(const Cuda& gpu, T* dst, const T* src, index_t n) {
+  if (n > 0)
+    MOSS_CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost, gpu.stream));
 }
 
 /// Owns a CUDA stream (created non-blocking) for tests, benchmarks and examples.

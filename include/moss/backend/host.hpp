@@ -12,9 +12,20 @@
 
 namespace moss {
 
+/// The host's counterpart of `CudaEvent` (moss/backend/cuda.cuh): host work is synchronous,
+/// so every event is complete when it is recorded.
+struct HostEvent {
+  /// Returns at once: the work before the event is done.
+  void wait() const {}
+  /// Always true.
+  bool ready() const { return true; }
+};
+
 /// Runs ops on the CPU. Stateless and cheap to copy.
 struct Host {
   static constexpr Device device = Device::host;
+  /// What `record` returns.
+  using Event = HostEvent;
 
   /// Allocates `n` uninitialised elements of host memory (64-byte aligned).
   template <class T>
@@ -26,15 +37,23 @@ struct Host {
     if (!p) throw std::bad_alloc();
     return Buffer<T>(static_cast<T*>(p), n, Device::host, {[](void* q, void*) { std::free(q); }, nullptr});
   }
+  /// Allocates `n` elements of host memory for `download_async` (on the host, ordinary memory:
+  /// the same as `alloc`).
+  template <class T>
+  Buffer<T> alloc_pinned(index_t n) const {
+    return alloc<T>(n);
+  }
   /// Waits for queued work (host work is synchronous: nothing to wait for).
   void synchronize() const {}
+  /// An event for the work done so far: already complete.
+  Event record() const { return {}; }
 };
 
 /// Copies `src` into `dst` (same shape; any strides) on the host.
 template <class T, std::size_t Rank>
 void copy(const Host&, const TensorView<T, Rank>& dst, const TensorView<const T, Rank>& src) {
-  MOSS_EXPECTS(dst.shape == src.shape, shape_error, "copy: ", dst.name, " is ", shape_string(dst.shape),
-               " but ", src.name, " is ", shape_string(src.shape));
+  MOSS_EXPECTS(dst.shape == src.shape, shape_error, "copy: ", dst.name, " is ", shape_string(dst.shape), " but ",
+               src.name, " is ", shape_string(src.shape));
   if (dst.is_contiguous() && src.is_contiguous()) {
     if (!dst.empty()) std::memcpy(dst.data, src.data, static_cast<std::size_t>(dst.numel()) * sizeof(T));
     return;
@@ -73,6 +92,12 @@ Buffer<T> upload(const Host& host, const T* src, index_t n) {
 template <class T>
 void download(const Host&, T* dst, const T* src, index_t n) {
   if (n) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+}
+
+/// The host form of the stream-ordered copy (moss/backend/cuda.cuh): `download`, done on return.
+template <class T>
+void download_async(const Host& host, T* dst, const T* src, index_t n) {
+  download(host, dst, src, n);
 }
 
 }  // namespace moss

@@ -1,4 +1,4 @@
-// moss/ops/causal_conv1d.hpp: depthwise causal 1-D convolution (REFERENCE.md §1), full
+// moss/ops/causal_conv1d.hpp: depthwise causal 1-D convolution (docs/math.md §1.3), full
 // sequence and one-token decode step.
 //
 //   out[b,d,t] = act( bias[d] + Σ_{k=0..W-1} weight[d,k] · x[b,d,t-(W-1)+k] ),  act = SiLU or identity

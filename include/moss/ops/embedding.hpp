@@ -6,10 +6,12 @@
 // the caller already validated the ids.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/core/workspace.hpp"
 
 namespace moss {
 
@@ -21,6 +23,7 @@ struct EmbeddingArgs {
   ConstView<T, 2> table;           // (vocab, dim), unit inner stride
   TensorView<float, 2> out;        // (rows, dim), unit inner stride
   bool ids_checked = false;        // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
+  Workspace workspace{};           // optional scratch (see workspace_bytes); none: the op allocates it
 };
 
 /// Checks the shapes of `a` once at op entry (both backends): vocab ≥ 1 and dim ≥ 1
@@ -44,6 +47,12 @@ void validate(const EmbeddingArgs<T>& a, const char* where) {
                a.table.stride[0], " but its rows are ", dim, " wide (rows must not overlap)");
   MOSS_EXPECTS(rows <= 1 || a.out.stride[0] >= dim, shape_error, where, ": ", a.out.name, " has row stride ",
                a.out.stride[0], " but its rows are ", dim, " wide (rows must not overlap)");
+}
+
+/// Scratch bytes `embedding` needs on the host for `a`: none (moss/core/workspace.hpp).
+template <class T>
+std::size_t workspace_bytes(const Host&, const EmbeddingArgs<T>&) {
+  return 0;
 }
 
 namespace detail {

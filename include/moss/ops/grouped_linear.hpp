@@ -1,5 +1,5 @@
 // moss/ops/grouped_linear.hpp: every expert's linear map over its contiguous segment of rows,
-// in one call (REFERENCE.md §2: "one grouped GEMM runs every expert over its contiguous segment").
+// in one call (docs/math.md §2.6, step 3: one GEMM per expert over its contiguous segment).
 //
 //   y[r, :] = x[r, :] · weight[e]ᵀ (+ bias[e])   for offsets[e] ≤ r < offsets[e+1]
 // Inputs in T, float32 accumulation, y rounded once. Rows at or past offsets[X] are not written.
@@ -75,6 +75,23 @@ inline void check_offsets(const char* where, const std::int32_t* offsets, index_
                  " is below offsets[", e, "] = ", offsets[e], " (segments must be non-decreasing)");
   MOSS_EXPECTS(offsets[num_experts] <= rows, shape_error, where, ": offsets[", num_experts,
                "] = ", offsets[num_experts], " exceeds the ", rows, " rows of x");
+}
+
+/// Calls `run(LinearArgs<T>)` for each non-empty expert segment of `a`, in expert order, with
+/// `off` the checked host offsets: the one loop both backends run.
+template <class T, class Run>
+void for_each_segment(const GroupedLinearArgs<T>& a, const std::int32_t* off, Run&& run) {
+  const index_t X = a.weight.shape[0], out = a.weight.shape[1], in = a.weight.shape[2];
+  for (index_t e = 0; e < X; ++e) {
+    const index_t r0 = off[e], n = off[e + 1] - off[e];
+    if (n == 0) continue;
+    LinearArgs<T> l;
+    l.x = ConstView<T, 2>(a.x.data + r0 * a.x.stride[0], {n, in}, {a.x.stride[0], 1}, a.x.name);
+    l.weight = ConstView<T, 2>(a.weight.data + e * out * in, {out, in}, a.weight.name);
+    if (present(a.bias)) l.bias = ConstView<T, 1>(a.bias.data + e * out, {out}, a.bias.name);
+    l.y = TensorView<T, 2>(a.y.data + r0 * a.y.stride[0], {n, out}, {a.y.stride[0], 1}, a.y.name);
+    run(l);
+  }
 }
 
 }  // namespace detail

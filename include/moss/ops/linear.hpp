@@ -5,10 +5,12 @@
 // activation is a valid input or output without a copy. On CUDA this is cuBLAS(Lt).
 #pragma once
 
+#include <cstddef>
 #include <type_traits>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/core/workspace.hpp"
 
 namespace moss {
 
@@ -21,6 +23,7 @@ struct LinearArgs {
   ConstView<T, 2> weight;  // (out, in), contiguous
   ConstView<T, 1> bias;    // (out), optional
   TensorView<Tout, 2> y;   // (rows, out), unit inner stride
+  Workspace workspace{};   // optional scratch (see workspace_bytes); none: the op allocates it
 };
 
 /// Checks `a` once at op entry (both backends): rows ≥ 0, in ≥ 1, out ≥ 1; x (rows, in) and
@@ -55,6 +58,12 @@ void validate(const LinearArgs<T, Tout>& a, const char* where) {
     expect_shape(where, a.bias, {out}, "(out)");
     expect_contiguous(where, a.bias);
   }
+}
+
+/// Scratch bytes `linear` needs on the host for `a`: none (moss/core/workspace.hpp).
+template <class T, class Tout>
+std::size_t workspace_bytes(const Host&, const LinearArgs<T, Tout>&) {
+  return 0;
 }
 
 }  // namespace moss

@@ -6,6 +6,7 @@
 
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/vector.cuh"
 
 namespace moss::detail::act {
 
@@ -13,27 +14,23 @@ namespace moss::detail::act {
 template <class Act, class T>
 __global__ void activation_kernel(const T* x, index_t ldx, const T* up, index_t ldu, T* out, index_t ldo, index_t rows,
                                   index_t cols, bool vector) {
-  constexpr int V = static_cast<int>(16 / sizeof(T));
+  constexpr int V = cuda::kVec16<T>;
   const int width = vector ? V : 1;
   const index_t chunks = (cols + width - 1) / width;
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < rows * chunks;
        i += static_cast<index_t>(gridDim.x) * blockDim.x) {
     const index_t r = i / chunks, c = (i - r * chunks) * width;
     if (vector) {
-      const uint4 qx = *reinterpret_cast<const uint4*>(x + r * ldx + c);
-      uint4 qu{};
-      if (up) qu = *reinterpret_cast<const uint4*>(up + r * ldu + c);
-      const T* ex = reinterpret_cast<const T*>(&qx);
-      const T* eu = reinterpret_cast<const T*>(&qu);
-      uint4 qo;
-      T* eo = reinterpret_cast<T*>(&qo);
+      float v[V];
+      float u[V] = {};
+      cuda::load_vec<V>(x + r * ldx + c, v);
+      if (up) cuda::load_vec<V>(up + r * ldu + c, u);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        float v = Act::apply(to_float(ex[j]));
-        if (up) v *= to_float(eu[j]);
-        eo[j] = from_float<T>(v);
+        v[j] = Act::apply(v[j]);
+        if (up) v[j] *= u[j];
       }
-      *reinterpret_cast<uint4*>(out + r * ldo + c) = qo;
+      cuda::store_vec<V>(out + r * ldo + c, v);
     } else {
       float v = Act::apply(to_float(x[r * ldx + c]));
       if (up) v *= to_float(up[r * ldu + c]);

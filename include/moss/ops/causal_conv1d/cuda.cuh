@@ -6,12 +6,8 @@
 // backend's stream.
 #pragma once
 
-#include <climits>
-#include <map>
-#include <mutex>
-#include <utility>
-
 #include "moss/backend/cuda.cuh"
+#include "moss/cuda/launch.cuh"
 #include "moss/ops/causal_conv1d.hpp"
 #include "moss/ops/causal_conv1d/kernel.cuh"
 #include "moss/ops/causal_conv1d/tuning.cuh"
@@ -50,31 +46,12 @@ Conv1dSequenceKernel<T> conv1d_channel_first_kernel(index_t width) {
   }
 }
 
-/// Threads of `kernel` (in blocks of `block_threads`) the current device holds at once; asked
-/// once per kernel and device.
-template <class Kernel>
-index_t conv1d_resident_threads(Kernel kernel, int block_threads) {
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, index_t> cache;  // (kernel, device) → threads
-  int device = 0;
-  MOSS_CUDA_CHECK(cudaGetDevice(&device));
-  const std::pair<const void*, int> key(reinterpret_cast<const void*>(kernel), device);
-  const std::lock_guard<std::mutex> lock(mutex);
-  if (const auto it = cache.find(key); it != cache.end()) return it->second;
-  int sms = 0, blocks_per_sm = 0;
-  MOSS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  MOSS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, block_threads, 0));
-  const index_t threads = index_t(sms) * (blocks_per_sm > 0 ? blocks_per_sm : 1) * block_threads;
-  cache.emplace(key, threads);
-  return threads;
-}
-
 /// The launch `causal_conv1d` uses for `args` (W ∈ {2, 3, 4}) on the current device.
 /// `steps_per_thread` > 0 overrides the channel-last kernel's run length (benchmark sweeps).
 template <class T>
 Conv1dPlan plan_causal_conv1d(const CausalConv1dArgs<T>& args, index_t steps_per_thread = 0) {
   const auto resident_threads = [&](bool vec) {
-    return conv1d_resident_threads(conv1d_channel_last_kernel<T>(args.weight.shape[1], vec), kConv1dBlockThreads);
+    return cuda::resident_threads(conv1d_channel_last_kernel<T>(args.weight.shape[1], vec), kConv1dBlockThreads);
   };
   return make_conv1d_plan(args, resident_threads, steps_per_thread);
 }
@@ -87,16 +64,13 @@ void run_causal_conv1d(const Cuda& gpu, const CausalConv1dArgs<T>& args, const C
   expect_causal_conv1d_cuda_width(width, "causal_conv1d (cuda)");
   const bool nothing_to_write = args.out.empty() && (!present(args.final_state) || args.final_state.empty());
   if (nothing_to_write) return;
-  MOSS_EXPECTS(plan.blocks <= INT_MAX, unsupported_error, "causal_conv1d (cuda): ", plan.blocks,
-               " thread blocks exceed the grid limit of ", INT_MAX, "; split the batch");
-  const auto blocks = static_cast<unsigned>(plan.blocks);
+  const unsigned blocks = cuda::checked_grid(plan.blocks, "causal_conv1d (cuda)");
   if (plan.kernel == Conv1dKernel::channel_last) {
-    const auto kernel = conv1d_channel_last_kernel<T>(width, plan.vec_x && plan.vec_out);
-    kernel<<<blocks, dim3(plan.block_x, plan.block_y), 0, gpu.stream>>>(args, plan);
-    MOSS_CHECK_LAUNCH("causal_conv1d_channel_last_kernel", gpu.stream);
+    cuda::launch("causal_conv1d_channel_last_kernel", conv1d_channel_last_kernel<T>(width, plan.vec_x && plan.vec_out),
+                 blocks, dim3(plan.block_x, plan.block_y), 0, gpu.stream, args, plan);
   } else {
-    conv1d_channel_first_kernel<T>(width)<<<blocks, plan.block_x, 0, gpu.stream>>>(args, plan);
-    MOSS_CHECK_LAUNCH("causal_conv1d_channel_first_kernel", gpu.stream);
+    cuda::launch("causal_conv1d_channel_first_kernel", conv1d_channel_first_kernel<T>(width), blocks, plan.block_x, 0,
+                 gpu.stream, args, plan);
   }
 }
 
@@ -120,14 +94,12 @@ void causal_conv1d_step(const Cuda& gpu, const CausalConv1dStepArgs<T>& args) {
   expect_causal_conv1d_cuda_width(width, "causal_conv1d_step (cuda)");
   const index_t threads = args.x.shape[0] * args.x.shape[1];
   if (threads == 0) return;
-  const index_t blocks = ceil_div<index_t>(threads, detail::kConv1dStepBlockThreads);
-  MOSS_EXPECTS(blocks <= INT_MAX, unsupported_error, "causal_conv1d_step (cuda): ", blocks,
-               " thread blocks exceed the grid limit of ", INT_MAX, "; split the batch");
+  const unsigned blocks =
+      cuda::checked_grid(ceil_div<index_t>(threads, detail::kConv1dStepBlockThreads), "causal_conv1d_step (cuda)");
   auto kernel = width == 2   ? detail::causal_conv1d_step_kernel<T, 2>
                 : width == 3 ? detail::causal_conv1d_step_kernel<T, 3>
                              : detail::causal_conv1d_step_kernel<T, 4>;
-  kernel<<<static_cast<unsigned>(blocks), detail::kConv1dStepBlockThreads, 0, gpu.stream>>>(args);
-  MOSS_CHECK_LAUNCH("causal_conv1d_step_kernel", gpu.stream);
+  cuda::launch("causal_conv1d_step_kernel", kernel, blocks, detail::kConv1dStepBlockThreads, 0, gpu.stream, args);
 }
 
 }  // namespace moss

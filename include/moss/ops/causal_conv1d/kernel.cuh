@@ -18,55 +18,19 @@
 #include <utility>
 
 #include "moss/core/dtype.hpp"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/causal_conv1d.hpp"
 #include "moss/ops/causal_conv1d/math.hpp"
 #include "moss/ops/causal_conv1d/tuning.cuh"
 
 namespace moss::detail {
 
-/// The 32-bit words of an 8- or 16-byte vector, in address order.
-MOSS_DEVICE void conv1d_words(const uint2& raw, std::uint32_t (&w)[2]) { w[0] = raw.x, w[1] = raw.y; }
-MOSS_DEVICE void conv1d_words(const uint4& raw, std::uint32_t (&w)[4]) {
-  w[0] = raw.x, w[1] = raw.y, w[2] = raw.z, w[3] = raw.w;
-}
-MOSS_DEVICE uint2 conv1d_vector(const std::uint32_t (&w)[2]) { return make_uint2(w[0], w[1]); }
-MOSS_DEVICE uint4 conv1d_vector(const std::uint32_t (&w)[4]) { return make_uint4(w[0], w[1], w[2], w[3]); }
-
-/// The vector type that holds N elements of T (8 or 16 bytes).
-template <class T, int N>
-using Conv1dRaw = std::conditional_t<N * sizeof(T) == 16, uint4, uint2>;
-
-/// One 8- or 16-byte load of N elements of T through the read-only path (`p` aligned to it).
-template <class T, int N>
-MOSS_DEVICE Conv1dRaw<T, N> conv1d_load_raw(const T* p) {
-  static_assert(N * sizeof(T) == 8 || N * sizeof(T) == 16, "conv1d_load_raw: vectors are 8 or 16 bytes");
-  return __ldg(reinterpret_cast<const Conv1dRaw<T, N>*>(p));
-}
-
-/// The N elements of T in a raw vector, as float.
-template <class T, int N>
-MOSS_DEVICE void conv1d_unpack(const Conv1dRaw<T, N>& raw, float (&v)[N]) {
-  constexpr int kWords = static_cast<int>(N * sizeof(T) / 4);
-  std::uint32_t w[kWords];
-  conv1d_words(raw, w);
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    if constexpr (sizeof(T) == 4) {
-      v[i] = __uint_as_float(w[i]);
-    } else {
-      T e;
-      e.bits = static_cast<std::uint16_t>(w[i / 2] >> (16 * (i % 2)));
-      v[i] = to_float(e);
-    }
-  }
-}
-
 /// Loads the first `n` of N elements spaced `stride` apart from `p` as float (the rest read as
 /// zero): one 8- or 16-byte load when `vec` (unit stride, aligned to the vector) and n == N.
 template <class T, int N>
 MOSS_DEVICE void conv1d_load(const T* p, index_t stride, int n, bool vec, float (&v)[N]) {
   if (vec && n == N) {
-    conv1d_unpack<T>(conv1d_load_raw<T, N>(p), v);
+    cuda::load_vec<N, cuda::Load::read_only>(p, v);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i) v[i] = i < n ? to_float(p[i * stride]) : 0.0f;
@@ -78,18 +42,9 @@ MOSS_DEVICE void conv1d_load(const T* p, index_t stride, int n, bool vec, float 
 template <class T, int N>
 MOSS_DEVICE void conv1d_store(T* p, index_t stride, int n, bool vec, const float (&v)[N]) {
   if (vec && n == N) {
-    constexpr int kWords = static_cast<int>(N * sizeof(T) / 4);
-    std::uint32_t w[kWords];
-#pragma unroll
-    for (int i = 0; i < kWords; ++i) {
-      if constexpr (sizeof(T) == 4)
-        w[i] = __float_as_uint(v[i]);
-      else
-        w[i] = from_float<T>(v[2 * i]).bits | (std::uint32_t(from_float<T>(v[2 * i + 1]).bits) << 16);
-    }
     // Streaming store (evict-first in L2): the output is not read again here, and the halo rows
     // that neighbouring runs re-read should be what stays in L2.
-    __stcs(reinterpret_cast<Conv1dRaw<T, N>*>(p), conv1d_vector(w));
+    cuda::store_vec<N, cuda::Store::streaming>(p, v);
   } else {
 #pragma unroll
     for (int i = 0; i < N; ++i)
@@ -183,11 +138,11 @@ __global__ void __launch_bounds__(kConv1dBlockThreads, kConv1dMinBlocksPerSm)
   if constexpr (kVec) {
     // Software pipeline: the next U rows are in flight while the current U are computed, so a
     // thread always has U loads outstanding.
-    using Raw = Conv1dRaw<T, C>;
+    using Raw = cuda::RawVector<T, C>;
     Raw next[U];
     if (t + U <= t_end) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) next[u] = conv1d_load_raw<T, C>(xp + (t + u) * x_time);
+      for (int u = 0; u < U; ++u) next[u] = cuda::load_raw<T, C, cuda::Load::read_only>(xp + (t + u) * x_time);
     }
     for (; t + U <= t_end; t += U) {
       Raw rows[U];
@@ -195,12 +150,12 @@ __global__ void __launch_bounds__(kConv1dBlockThreads, kConv1dMinBlocksPerSm)
       for (int u = 0; u < U; ++u) rows[u] = next[u];
       if (t + 2 * U <= t_end) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) next[u] = conv1d_load_raw<T, C>(xp + (t + U + u) * x_time);
+        for (int u = 0; u < U; ++u) next[u] = cuda::load_raw<T, C, cuda::Load::read_only>(xp + (t + U + u) * x_time);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         float xt[C];
-        conv1d_unpack<T>(rows[u], xt);
+        cuda::unpack<T, C>(rows[u], xt);
         step(win, xt, t + u);
       }
     }

@@ -10,13 +10,14 @@
 #include <ostream>
 
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/causal_conv1d.hpp"
 
 namespace moss::detail {
 
 /// Channel-first kernel: timesteps of T in one lane's 16-byte piece (8 for f16/bf16, 4 for float).
 template <class T>
-inline constexpr int kConv1dVec = static_cast<int>(16 / sizeof(T));
+inline constexpr int kConv1dVec = cuda::kVec16<T>;
 
 /// Channel-last kernel: consecutive channels one thread owns (one 8-byte access of f16/bf16,
 /// 16 bytes of float). Eight 2-byte channels would halve the access count but need 150-190
@@ -94,18 +95,6 @@ inline std::ostream& operator<<(std::ostream& os, const Conv1dPlan& p) {
   return os << " vec_x=" << p.vec_x << " vec_out=" << p.vec_out << " blocks=" << p.blocks;
 }
 
-/// True when `v` can be accessed `n` elements at a time along `unit_axis`: unit stride there, a
-/// base aligned to n elements, and every other stride a multiple of n (so each piece starting at
-/// a multiple of n is aligned).
-template <class T>
-bool conv1d_vector_ok(const TensorView<T, 3>& v, int unit_axis, index_t n) {
-  const auto align = static_cast<std::uintptr_t>(n) * sizeof(T);
-  if (reinterpret_cast<std::uintptr_t>(v.data) % align != 0 || v.stride[unit_axis] != 1) return false;
-  for (int ax = 0; ax < 3; ++ax)
-    if (ax != unit_axis && v.shape[ax] > 1 && v.stride[ax] % n != 0) return false;
-  return true;
-}
-
 /// The launch of `causal_conv1d` for `args`: the kernel from x's layout, vector access where
 /// layout and alignment allow, and the block and grid shape. Plain host code, no CUDA calls.
 /// @param resident_threads `(bool vec) → index_t`: threads of the channel-last kernel (vector
@@ -121,8 +110,8 @@ Conv1dPlan make_conv1d_plan(const CausalConv1dArgs<T>& args, const ResidentThrea
   if (p.kernel == Conv1dKernel::channel_last) {
     // The vector kernel has no partial channel groups: it needs kConv1dChannels to divide dim.
     const bool whole_groups = dim % kConv1dChannels == 0;
-    p.vec_x = whole_groups && conv1d_vector_ok(args.x, 1, kConv1dChannels);
-    p.vec_out = whole_groups && conv1d_vector_ok(args.out, 1, kConv1dChannels);
+    p.vec_x = whole_groups && cuda::vector_aligned(args.x, kConv1dChannels, 1);
+    p.vec_out = whole_groups && cuda::vector_aligned(args.out, kConv1dChannels, 1);
     const index_t groups = ceil_div<index_t>(dim, kConv1dChannels);
     p.block_x = 1;
     while (p.block_x < kConv1dBlockThreads && p.block_x < groups) p.block_x *= 2;
@@ -136,8 +125,8 @@ Conv1dPlan make_conv1d_plan(const CausalConv1dArgs<T>& args, const ResidentThrea
     p.blocks = p.channel_blocks * p.run_blocks * batch;
   } else {
     constexpr int V = kConv1dVec<T>;
-    p.vec_x = conv1d_vector_ok(args.x, 2, V);
-    p.vec_out = conv1d_vector_ok(args.out, 2, V);
+    p.vec_x = cuda::vector_aligned(args.x, V, 2);
+    p.vec_out = cuda::vector_aligned(args.out, V, 2);
     p.block_x = kConv1dBlockThreads;
     p.segments = seqlen > 0 ? ceil_div<index_t>(seqlen, 32 * V * kConv1dSlabs) : 1;
     p.blocks = ceil_div<index_t>(batch * dim * p.segments * 32, kConv1dBlockThreads);

@@ -4,6 +4,9 @@
 #include <cstdint>
 
 #include "moss/backend/cuda.cuh"
+#include "moss/core/workspace.hpp"
+#include "moss/cuda/launch.cuh"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/embedding.hpp"
 #include "moss/ops/embedding/kernel.cuh"
 #include "moss/ops/embedding/tuning.cuh"
@@ -12,16 +15,29 @@ namespace moss {
 
 namespace detail {
 
-/// True when every table row and out row starts on a 4-element boundary.
+/// True when every table row and out row is whole, aligned 4-element vectors.
 template <class T>
 bool embedding_vectorizable(const EmbeddingArgs<T>& a) {
-  const index_t rows = a.ids.shape[0];
-  const index_t vocab = a.table.shape[0];
-  return a.table.shape[1] % 4 == 0 && row_aligned<4>(a.table.data) && (vocab <= 1 || a.table.stride[0] % 4 == 0) &&
-         row_aligned<4>(a.out.data) && (rows <= 1 || a.out.stride[0] % 4 == 0);
+  return cuda::vector_rows(a.table, 4) && cuda::vector_rows(a.out, 4);
+}
+
+/// The workspace of one CUDA `embedding` call: the first bad row's flag, unless the caller
+/// checked the ids (or there are no rows). Returns the flag (null when measuring or absent).
+template <class T>
+unsigned long long* embedding_workspace(const EmbeddingArgs<T>& a, WorkspaceLayout& layout) {
+  return a.ids_checked || a.ids.shape[0] == 0 ? nullptr : layout.take<unsigned long long>(1);
 }
 
 }  // namespace detail
+
+/// Scratch bytes `embedding` needs on CUDA for `a` (moss/core/workspace.hpp): 256 for the
+/// bad-id flag unless `a.ids_checked`, else none.
+template <class T>
+std::size_t workspace_bytes(const Cuda&, const EmbeddingArgs<T>& a) {
+  WorkspaceLayout layout;
+  detail::embedding_workspace(a, layout);
+  return layout.bytes();
+}
 
 /// Gathers table rows into out as float32 on the GPU, queued on `gpu.stream`. Unless
 /// `a.ids_checked`, it then synchronises the stream and throws shape_error naming the first row
@@ -33,11 +49,10 @@ void embedding(const Cuda& gpu, const EmbeddingArgs<T>& a) {
   validate(a, "embedding");
   const index_t rows = a.ids.shape[0];
   if (rows == 0) return;
-  Buffer<unsigned long long> first_bad;  // (1)
-  if (!a.ids_checked) {
-    first_bad = gpu.alloc<unsigned long long>(1);
-    MOSS_CUDA_CHECK(cudaMemsetAsync(first_bad.data(), 0xff, sizeof(unsigned long long), gpu.stream));
-  }
+  const OpWorkspace<Cuda> workspace(gpu, a.workspace, workspace_bytes(gpu, a), "embedding");
+  WorkspaceLayout layout = workspace.layout();
+  unsigned long long* first_bad = detail::embedding_workspace(a, layout);  // (1), null when ids_checked
+  if (first_bad) MOSS_CUDA_CHECK(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), gpu.stream));
   const detail::EmbeddingParams<T> p{.ids = a.ids.data,
                                      .ids_stride = a.ids.stride[0],
                                      .table = a.table.data,
@@ -47,19 +62,15 @@ void embedding(const Cuda& gpu, const EmbeddingArgs<T>& a) {
                                      .ld_out = a.out.stride[0],
                                      .rows = rows,
                                      .dim = a.table.shape[1],
-                                     .first_bad_row = first_bad.data()};
-  const detail::EmbeddingConfig cfg = detail::embedding_config(a.table.shape[1], detail::embedding_vectorizable(a));
-  const unsigned blocks = detail::row_blocks(rows);
-  if (cfg.vec == 4) {
-    detail::embedding_kernel<T, 4><<<blocks, cfg.threads, 0, gpu.stream>>>(p);
-  } else {
-    detail::embedding_kernel<T, 1><<<blocks, cfg.threads, 0, gpu.stream>>>(p);
-  }
-  MOSS_CHECK_LAUNCH("embedding_kernel", gpu.stream);
-  if (a.ids_checked) return;
+                                     .first_bad_row = first_bad};
+  const cuda::RowConfig cfg = detail::embedding_config(a.table.shape[1], detail::embedding_vectorizable(a));
+  const unsigned blocks = cuda::row_blocks(rows);
+  const auto kernel = cfg.vec == 4 ? detail::embedding_kernel<T, 4> : detail::embedding_kernel<T, 1>;
+  cuda::launch("embedding_kernel", kernel, blocks, cfg.threads, 0, gpu.stream, p);
+  if (!first_bad) return;
 
   unsigned long long row = 0;
-  MOSS_CUDA_CHECK(cudaMemcpyAsync(&row, first_bad.data(), sizeof(row), cudaMemcpyDeviceToHost, gpu.stream));
+  MOSS_CUDA_CHECK(cudaMemcpyAsync(&row, first_bad, sizeof(row), cudaMemcpyDeviceToHost, gpu.stream));
   gpu.synchronize();
   if (row == ~0ull) return;
   std::int64_t id = 0;

@@ -4,8 +4,8 @@
 #include <cstdint>
 
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/embedding/math.hpp"
-#include "moss/ops/rms_norm/kernel.cuh"  // row_load, row_store, row_aligned, row_blocks
 
 namespace moss::detail {
 
@@ -41,8 +41,8 @@ __global__ void embedding_kernel(const EmbeddingParams<T> p) {
     const T* src = p.table + id * p.ld_table;
     for (index_t i = index_t(threadIdx.x) * kVec; i < p.dim; i += step) {
       float v[kVec];
-      row_load<kVec>(src + i, v);
-      row_store<kVec>(dst + i, v);
+      cuda::load_vec<kVec>(src + i, v);
+      cuda::store_vec<kVec>(dst + i, v);
     }
   }
 }

@@ -17,7 +17,7 @@ namespace moss {
 template <class T>
 void grouped_linear(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
   validate(a, "grouped_linear");
-  const index_t X = a.weight.shape[0], out = a.weight.shape[1], in = a.weight.shape[2];
+  const index_t X = a.weight.shape[0];
   std::vector<std::int32_t> read;
   const std::int32_t* off = a.host_offsets;
   if (!off) {
@@ -26,18 +26,9 @@ void grouped_linear(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
     off = read.data();
   }
   detail::check_offsets("grouped_linear", off, X, a.x.shape[0]);
-  for (index_t e = 0; e < X; ++e) {
-    const index_t r0 = off[e], n = off[e + 1] - off[e];
-    if (n == 0) continue;
-    LinearArgs<T> l;
-    l.x = ConstView<T, 2>(a.x.data + r0 * a.x.stride[0], {n, in}, {a.x.stride[0], 1}, a.x.name);
-    l.weight = ConstView<T, 2>(a.weight.data + e * out * in, {out, in}, a.weight.name);
-    if (present(a.bias)) l.bias = ConstView<T, 1>(a.bias.data + e * out, {out}, a.bias.name);
-    l.y = TensorView<T, 2>(a.y.data + r0 * a.y.stride[0], {n, out}, {a.y.stride[0], 1}, a.y.name);
-    // cublasGemmEx needs no per-shape plan: the segment lengths change with every batch, which
-    // would defeat cuBLASLt's plan cache.
-    detail::linear_gemm_ex(gpu, l);
-  }
+  // cublasGemmEx needs no per-shape plan: the segment lengths change with every batch, which
+  // would defeat cuBLASLt's plan cache.
+  detail::for_each_segment(a, off, [&](const LinearArgs<T>& l) { detail::linear_gemm_ex(gpu, l); });
 }
 
 }  // namespace moss

@@ -16,12 +16,16 @@
 
 #include <climits>
 #include <compare>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <type_traits>
 
 #include "moss/backend/cuda.cuh"
+#include "moss/core/workspace.hpp"
+#include "moss/cuda/launch.cuh"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/linear.hpp"
 #include "moss/ops/linear/kernel.cuh"
 #include "moss/ops/linear/math.hpp"
@@ -42,19 +46,6 @@ constexpr cudaDataType_t linear_data_type() {
   } else {
     return CUDA_R_16BF;
   }
-}
-
-/// The largest power of two (≤ 256, cuBLASLt's default assumption) that divides the address.
-inline std::uint32_t linear_alignment(const void* p) {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t low = a & (~a + 1);
-  return (low == 0 || low > 256) ? 256u : static_cast<std::uint32_t>(low);
-}
-
-/// Blocks for a grid-stride element-wise kernel over n elements.
-inline unsigned linear_blocks(index_t n, int threads) {
-  const index_t b = ceil_div<index_t>(n, threads);
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
 }
 
 /// Everything the cuBLASLt heuristic's answer depends on.
@@ -94,10 +85,11 @@ struct LinearPlan {
   LtDescriptor<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy> y_layout;  // (out, rows), ld ldy
   cublasLtMatmulAlgo_t algo{};
   bool has_algo = false;
+  std::size_t workspace_bytes = 0;  // the work area `algo` needs (at most the preference's maximum)
 
-  /// Builds the descriptors and asks the heuristic. `bias` is a pointer with the key's bias
-  /// alignment: the heuristic reads its address (not its data) to rule out misaligned kernels.
-  LinearPlan(cublasLtHandle_t lt, const LinearPlanKey& k, const void* bias, std::size_t workspace_bytes) {
+  /// Builds the descriptors and asks the heuristic for an algorithm that needs at most
+  /// `max_workspace_bytes` of work area.
+  LinearPlan(cublasLtHandle_t lt, const LinearPlanKey& k, std::size_t max_workspace_bytes) {
     MOSS_CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_w = CUBLAS_OP_T, trans_x = CUBLAS_OP_N;
     MOSS_CUBLAS_CHECK(
@@ -105,6 +97,10 @@ struct LinearPlan {
     MOSS_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, &trans_x, sizeof(trans_x)));
     if (k.align_bias != 0) {
+      // The heuristic reads the bias address (not its data) to rule out misaligned kernels: an
+      // address equal to the key's alignment has exactly that alignment. Every call sets the
+      // real pointer before it runs.
+      const void* bias = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(k.align_bias));
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const std::int32_t bias_type = k.out_type;
       MOSS_CUBLAS_CHECK(
@@ -123,7 +119,7 @@ struct LinearPlan {
 
     LtDescriptor<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy> pref;
     MOSS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(pref.out()));
-    const std::uint64_t ws = workspace_bytes;
+    const std::uint64_t ws = max_workspace_bytes;
     MOSS_CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
     const std::pair<cublasLtMatmulPreferenceAttributes_t, std::uint32_t> alignments[] = {
@@ -146,6 +142,7 @@ struct LinearPlan {
     for (int i = 0; i < found && !has_algo; ++i) {
       if (results[i].state == CUBLAS_STATUS_SUCCESS) {
         algo = results[i].algo;
+        workspace_bytes = results[i].workspaceSize;
         has_algo = true;
       }
     }
@@ -153,13 +150,73 @@ struct LinearPlan {
 };
 
 /// The plan of `key` for this thread, built on first use.
-inline LinearPlan& linear_plan(const Cuda& gpu, const LinearPlanKey& key, const void* bias) {
+inline LinearPlan& linear_plan(const Cuda& gpu, const LinearPlanKey& key) {
   thread_local std::map<LinearPlanKey, std::unique_ptr<LinearPlan>> plans;
   auto it = plans.find(key);
   if (it != plans.end()) return *it->second;
   if (plans.size() >= kLinearTuning.plan_cache_entries) plans.clear();
-  auto plan = std::make_unique<LinearPlan>(gpu.cublaslt(), key, bias, Cuda::workspace_bytes());
+  auto plan = std::make_unique<LinearPlan>(gpu.cublaslt(), key, kLinearTuning.max_workspace_bytes);
   return *plans.emplace(key, std::move(plan)).first->second;
+}
+
+/// Where the bias epilogue reads the bias from.
+enum class LinearBias : std::uint8_t {
+  none,    // no bias
+  direct,  // a.bias itself: T is Tout and the vector is aligned for the epilogue's loads
+  copied,  // a copy in Tout at the start of the workspace (exact: Tout is T or float)
+};
+
+/// Where `a`'s bias is read from.
+template <class T, class Tout>
+LinearBias linear_bias(const LinearArgs<T, Tout>& a) {
+  if (!present(a.bias)) return LinearBias::none;
+  if constexpr (std::is_same_v<T, Tout>) {
+    if (cuda::is_aligned(a.bias.data, kLinearTuning.bias_alignment)) return LinearBias::direct;
+  }
+  return LinearBias::copied;
+}
+
+/// The plan key of validated arguments `a` with at least one row.
+template <class T, class Tout>
+LinearPlanKey linear_plan_key(const LinearArgs<T, Tout>& a, LinearBias bias) {
+  const LinearShape s = linear_shape(a);
+  LinearPlanKey key;
+  key.device = cuda::current_device();
+  key.type = linear_data_type<T>();
+  key.out_type = linear_data_type<Tout>();
+  key.rows = s.rows;
+  key.in = s.in;
+  key.out = s.out;
+  // A single row's stride is never used as a step; cuBLAS still wants ld ≥ the row width.
+  key.ldx = s.rows > 1 ? a.x.stride[0] : s.in;
+  key.ldy = s.rows > 1 ? a.y.stride[0] : s.out;
+  key.align_x = cuda::address_alignment(a.x.data);
+  key.align_w = cuda::address_alignment(a.weight.data);
+  key.align_y = cuda::address_alignment(a.y.data);
+  // A copied bias starts the workspace, whose base is kWorkspaceAlignment-aligned (256: the cap).
+  key.align_bias = bias == LinearBias::none     ? 0
+                   : bias == LinearBias::direct ? cuda::address_alignment(a.bias.data)
+                                                : static_cast<std::uint32_t>(kWorkspaceAlignment);
+  return key;
+}
+
+/// The pieces of `linear`'s CUDA workspace (moss/core/workspace.hpp), in layout order.
+template <class Tout>
+struct LinearWorkspace {
+  Tout* bias = nullptr;      // (out), the bias copy when LinearBias::copied
+  void* cublaslt = nullptr;  // the chosen algorithm's work area, plan.workspace_bytes
+};
+
+/// Lays out the workspace of a call with `bias` and `plan` (nothing when cuBLASLt has no
+/// algorithm: the cublasGemmEx fallback works in the handle's own workspace).
+template <class T, class Tout>
+LinearWorkspace<Tout> linear_workspace(const LinearArgs<T, Tout>& a, LinearBias bias, const LinearPlan& plan,
+                                       WorkspaceLayout& layout) {
+  LinearWorkspace<Tout> w;
+  if (!plan.has_algo) return w;
+  if (bias == LinearBias::copied) w.bias = layout.take<Tout>(a.weight.shape[0]);
+  w.cublaslt = layout.take<std::byte>(static_cast<index_t>(plan.workspace_bytes));
+  return w;
 }
 
 /// `linear` through cublasGemmEx: the fallback when cuBLASLt offers no algorithm, also called
@@ -180,9 +237,9 @@ void linear_gemm_ex(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
   float beta = 0.0f;
   if (present(a.bias)) {
     const int threads = kLinearTuning.elementwise_threads;
-    linear_bias_fill_kernel<T, Tout>
-        <<<linear_blocks(s.rows * s.out, threads), threads, 0, gpu.stream>>>(a.bias.data, s.rows, s.out, a.y.data, ldy);
-    MOSS_CHECK_LAUNCH("linear_bias_fill_kernel", gpu.stream);
+    cuda::launch("linear_bias_fill_kernel", linear_bias_fill_kernel<T, Tout>,
+                 cuda::grid_blocks(s.rows * s.out, threads), threads, 0, gpu.stream, a.bias.data, s.rows, s.out,
+                 a.y.data, ldy);
     beta = 1.0f;
   }
   // PEDANTIC keeps f32 in full float32 even if someone set TF32 math on the shared handle.
@@ -196,53 +253,47 @@ void linear_gemm_ex(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
 
 }  // namespace detail
 
+/// Scratch bytes `linear` needs on CUDA for `a` (moss/core/workspace.hpp): the bias copy when
+/// the epilogue cannot read the bias in place, and the work area of the algorithm cuBLASLt
+/// chose for this shape (asked of the heuristic once per shape and thread).
+template <class T, class Tout>
+std::size_t workspace_bytes(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
+  validate(a, "linear workspace_bytes");
+  if (a.x.shape[0] == 0) return 0;
+  const detail::LinearBias bias = detail::linear_bias(a);
+  WorkspaceLayout layout;
+  detail::linear_workspace(a, bias, detail::linear_plan(gpu, detail::linear_plan_key(a, bias)), layout);
+  return layout.bytes();
+}
+
 /// y = x · Wᵀ (+ bias) on the GPU, queued on `gpu.stream`: cuBLASLt with float32 accumulation
-/// and the bias added in its epilogue, y rounded once to Tout. Does not synchronise.
+/// and the bias added in its epilogue, y rounded once to Tout. Runs in `a.workspace` when given,
+/// else in memory from the stream-ordered pool. Does not synchronise.
 template <class T, class Tout>
 void linear(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
   validate(a, "linear");
   const LinearShape s = linear_shape(a);
   if (s.rows == 0) return;
-
-  // The epilogue reads a bias of D's type with aligned vector loads; anything else is copied
-  // (exactly: Tout is T or float) into a scratch vector from the stream-ordered allocator.
-  Buffer<Tout> bias_copy;
-  const Tout* bias = nullptr;
-  if (present(a.bias)) {
-    if constexpr (std::is_same_v<T, Tout>) {
-      if (reinterpret_cast<std::uintptr_t>(a.bias.data) % detail::kLinearTuning.bias_alignment == 0) {
-        bias = a.bias.data;
-      }
-    }
-    if (bias == nullptr) {
-      bias_copy = gpu.alloc<Tout>(s.out);
-      const int threads = detail::kLinearTuning.elementwise_threads;
-      detail::linear_bias_copy_kernel<T, Tout>
-          <<<detail::linear_blocks(s.out, threads), threads, 0, gpu.stream>>>(a.bias.data, s.out, bias_copy.data());
-      MOSS_CHECK_LAUNCH("linear_bias_copy_kernel", gpu.stream);
-      bias = bias_copy.data();
-    }
-  }
-
-  detail::LinearPlanKey key;
-  MOSS_CUDA_CHECK(cudaGetDevice(&key.device));
-  key.type = detail::linear_data_type<T>();
-  key.out_type = detail::linear_data_type<Tout>();
-  key.rows = s.rows;
-  key.in = s.in;
-  key.out = s.out;
-  // A single row's stride is never used as a step; cuBLAS still wants ld ≥ the row width.
-  key.ldx = s.rows > 1 ? a.x.stride[0] : s.in;
-  key.ldy = s.rows > 1 ? a.y.stride[0] : s.out;
-  key.align_x = detail::linear_alignment(a.x.data);
-  key.align_w = detail::linear_alignment(a.weight.data);
-  key.align_y = detail::linear_alignment(a.y.data);
-  key.align_bias = bias ? detail::linear_alignment(bias) : 0;
-
-  detail::LinearPlan& plan = detail::linear_plan(gpu, key, bias);
+  const detail::LinearBias bias_from = detail::linear_bias(a);
+  detail::LinearPlan& plan = detail::linear_plan(gpu, detail::linear_plan_key(a, bias_from));
   if (!plan.has_algo) {
     detail::linear_gemm_ex(gpu, a);
     return;
+  }
+  WorkspaceLayout measure;
+  detail::linear_workspace(a, bias_from, plan, measure);
+  const OpWorkspace<Cuda> workspace(gpu, a.workspace, measure.bytes(), "linear");
+  WorkspaceLayout layout = workspace.layout();
+  const detail::LinearWorkspace<Tout> pieces = detail::linear_workspace(a, bias_from, plan, layout);
+
+  const Tout* bias = nullptr;
+  if (bias_from == detail::LinearBias::direct) {
+    bias = reinterpret_cast<const Tout*>(a.bias.data);  // T is Tout here
+  } else if (bias_from == detail::LinearBias::copied) {
+    const int threads = detail::kLinearTuning.elementwise_threads;
+    cuda::launch("linear_bias_copy_kernel", detail::linear_bias_copy_kernel<T, Tout>, cuda::grid_blocks(s.out, threads),
+                 threads, 0, gpu.stream, a.bias.data, s.out, pieces.bias);
+    bias = pieces.bias;
   }
   if (bias) {
     MOSS_CUBLAS_CHECK(
@@ -251,8 +302,7 @@ void linear(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
   const float alpha = 1.0f, beta = 0.0f;
   MOSS_CUBLAS_CHECK(cublasLtMatmul(gpu.cublaslt(), plan.desc.get(), &alpha, a.weight.data, plan.w_layout.get(),
                                    a.x.data, plan.x_layout.get(), &beta, a.y.data, plan.y_layout.get(), a.y.data,
-                                   plan.y_layout.get(), &plan.algo, gpu.workspace(), Cuda::workspace_bytes(),
-                                   gpu.stream));
+                                   plan.y_layout.get(), &plan.algo, pieces.cublaslt, plan.workspace_bytes, gpu.stream));
 }
 
 }  // namespace moss

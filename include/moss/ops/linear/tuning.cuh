@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "moss/cuda/launch.cuh"
+
 namespace moss::detail {
 
 /// How `linear` drives cuBLASLt.
@@ -27,8 +29,15 @@ struct LinearTuning {
   std::uintptr_t bias_alignment;
   /// Threads per block of the small element-wise kernels (bias copy, bias fill).
   int elementwise_threads;
+  /// The most work area the heuristic may pick an algorithm for (the workspace then holds what
+  /// the chosen one needs, often nothing): 32 MiB, cuBLAS's own recommendation for Hopper.
+  std::size_t max_workspace_bytes;
 };
 
-inline constexpr LinearTuning kLinearTuning{1, 64, 16, 256};
+inline constexpr LinearTuning kLinearTuning{.heuristic_candidates = 1,
+                                            .plan_cache_entries = 64,
+                                            .bias_alignment = 16,
+                                            .elementwise_threads = cuda::kElementwiseThreads,
+                                            .max_workspace_bytes = std::size_t(32) << 20};
 
 }  // namespace moss::detail

@@ -2,6 +2,8 @@
 #pragma once
 
 #include "moss/backend/cuda.cuh"
+#include "moss/cuda/launch.cuh"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/rms_norm.hpp"
 #include "moss/ops/rms_norm/kernel.cuh"
 #include "moss/ops/rms_norm/tuning.cuh"
@@ -10,17 +12,12 @@ namespace moss {
 
 namespace detail {
 
-/// True when every row of every tensor of `a` starts on a 4-element boundary, so the kernel
-/// may move 4 elements per access.
+/// True when every row of every tensor of `a` is whole, aligned 4-element vectors, so the
+/// kernel may move 4 elements per access.
 template <class Tdelta, class Tout>
 bool rms_norm_vectorizable(const RmsNormArgs<Tdelta, Tout>& a) {
-  const index_t rows = a.residual.shape[0];
-  const index_t dim = a.residual.shape[1];
-  const auto stride_ok = [rows](index_t s) { return rows <= 1 || s % 4 == 0; };
-  bool ok = dim % 4 == 0 && row_aligned<4>(a.residual.data) && stride_ok(a.residual.stride[0]) &&
-            row_aligned<4>(a.out.data) && stride_ok(a.out.stride[0]) && row_aligned<4>(a.weight.data);
-  if (present(a.delta)) ok = ok && row_aligned<4>(a.delta.data) && stride_ok(a.delta.stride[0]);
-  return ok;
+  return cuda::vector_rows(a.residual, 4) && cuda::vector_rows(a.out, 4) && cuda::vector_rows(a.weight, 4) &&
+         (!present(a.delta) || cuda::vector_rows(a.delta, 4));
 }
 
 }  // namespace detail
@@ -44,14 +41,11 @@ void rms_norm(const Cuda& gpu, const RmsNormArgs<Tdelta, Tout>& a) {
                                               .ld_out = a.out.stride[0],
                                               .rows = rows,
                                               .dim = dim};
-  const detail::RmsNormConfig cfg = detail::rms_norm_config(dim, detail::rms_norm_vectorizable(a));
-  const unsigned blocks = detail::row_blocks(rows);
-  if (cfg.vec == 4) {
-    detail::rms_norm_kernel<Tdelta, Tout, 4><<<blocks, cfg.threads, 0, gpu.stream>>>(p);
-  } else {
-    detail::rms_norm_kernel<Tdelta, Tout, 1><<<blocks, cfg.threads, 0, gpu.stream>>>(p);
-  }
-  MOSS_CHECK_LAUNCH("rms_norm_kernel", gpu.stream);
+  const cuda::RowConfig cfg = detail::rms_norm_config(dim, detail::rms_norm_vectorizable(a));
+  const unsigned blocks = cuda::row_blocks(rows);
+  const auto kernel =
+      cfg.vec == 4 ? detail::rms_norm_kernel<Tdelta, Tout, 4> : detail::rms_norm_kernel<Tdelta, Tout, 1>;
+  cuda::launch("rms_norm_kernel", kernel, blocks, cfg.threads, 0, gpu.stream, p);
 }
 
 }  // namespace moss

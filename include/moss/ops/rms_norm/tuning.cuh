@@ -7,38 +7,17 @@
 #pragma once
 
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/launch.cuh"
 
 namespace moss::detail {
-
-/// Launch shape of one `rms_norm` call.
-struct RmsNormConfig {
-  int threads;  // per block (a power of two, 32 … max_threads): one block per row
-  int vec;      // elements per access: 4 (16-byte float loads) or 1 (unaligned rows)
-};
 
 /// Not yet measured; chosen by reasoning, to be confirmed by a benchmark at d_model 768 / 2048:
 /// 8 elements per thread is two 16-byte loads of the float residual, enough in flight to cover
 /// HBM latency with several rows per SM, and keeps a 2048-wide row at 256 threads (8 blocks of
 /// 256 fill an SM's 2048 threads). A row wider than max_threads · 8 loops inside the block.
-struct RmsNormTuning {
-  int items_per_thread;
-  int min_threads;
-  int max_threads;
-};
-inline constexpr RmsNormTuning kRmsNormTuning{8, 32, 512};
+inline constexpr cuda::RowTuning kRmsNormTuning{.items_per_thread = 8, .min_threads = 32, .max_threads = 512};
 
-/// Threads for a row of `dim` elements: the smallest power of two in [min, max] giving each
-/// thread at most `items_per_thread` elements.
-constexpr int row_threads(index_t dim, int items_per_thread, int min_threads, int max_threads) {
-  int t = min_threads;
-  while (t < max_threads && index_t(t) * items_per_thread < dim) t *= 2;
-  return t;
-}
-
-/// The configuration for rows of `dim` elements, vectorised when `aligned`.
-constexpr RmsNormConfig rms_norm_config(index_t dim, bool aligned) {
-  const RmsNormTuning& k = kRmsNormTuning;
-  return {row_threads(dim, k.items_per_thread, k.min_threads, k.max_threads), aligned ? 4 : 1};
-}
+/// The launch for rows of `dim` elements: 4-element (16-byte float) accesses when `aligned`.
+constexpr cuda::RowConfig rms_norm_config(index_t dim, bool aligned) { return kRmsNormTuning.config(dim, aligned, 4); }
 
 }  // namespace moss::detail
