@@ -35,6 +35,19 @@ else()
   message(STATUS "moss: CUDA backend switched off (MOSS_ENABLE_CUDA=OFF)")
 endif()
 
+# moss/io reads and writes JSON (config.json, safetensors headers, sharded indexes) with
+# nlohmann-json; every consumer of moss::moss needs its headers. A parent project that already
+# made the target (FetchContent, its own find_package) is used as it is.
+if(NOT TARGET nlohmann_json::nlohmann_json)
+  find_package(nlohmann_json 3.11 CONFIG QUIET)
+  if(NOT nlohmann_json_FOUND)
+    message(FATAL_ERROR "moss: nlohmann-json >= 3.11 not found (moss/io reads and writes JSON with it). Install it "
+                        "(Debian/Ubuntu: apt-get install nlohmann-json3-dev), run scripts/test (it does this for you), "
+                        "or point CMAKE_PREFIX_PATH or nlohmann_json_DIR at an installed nlohmann_json.")
+  endif()
+  message(STATUS "moss: nlohmann_json ${nlohmann_json_VERSION} (${nlohmann_json_DIR})")
+endif()
+
 if(MOSS_BUILD_TESTS)
   find_package(Catch2 3 QUIET CONFIG)
   if(NOT Catch2_FOUND)

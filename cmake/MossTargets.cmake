@@ -1,15 +1,25 @@
-# The two interface targets and their installation:
-#   moss::moss  host backend, C++20, needs nothing but a C++ compiler
+# The interface targets and their installation:
+#   moss::io    moss/io/: safetensors reader and writer, checkpoints, JSON (links nlohmann_json)
+#   moss::moss  host backend, C++20, needs a C++ compiler and nlohmann-json (links moss::io)
 #   moss::cuda  adds the CUDA backend: cudart, cuBLAS, cuBLASLt and CCCL
 include_guard(GLOBAL)
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
+
+add_library(moss_io INTERFACE)
+add_library(moss::io ALIAS moss_io)
+set_target_properties(moss_io PROPERTIES EXPORT_NAME io)
+target_include_directories(moss_io INTERFACE $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+                                             $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+target_compile_features(moss_io INTERFACE cxx_std_20)
+target_link_libraries(moss_io INTERFACE nlohmann_json::nlohmann_json)
 
 add_library(moss INTERFACE)
 add_library(moss::moss ALIAS moss)
 target_include_directories(moss INTERFACE $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
                                           $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_compile_features(moss INTERFACE cxx_std_20)
+target_link_libraries(moss INTERFACE moss_io)
 
 if(MOSS_HAS_CUDA)
   add_library(moss_cuda INTERFACE)
@@ -37,7 +47,7 @@ endif()
 
 install(DIRECTORY include/moss DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES LICENSE DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/moss)
-set(_moss_targets moss)
+set(_moss_targets moss_io moss)
 if(MOSS_HAS_CUDA)
   list(APPEND _moss_targets moss_cuda)
 endif()

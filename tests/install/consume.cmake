@@ -4,9 +4,13 @@
 #   CONSUMER_DIR     this folder (consumer.cpp and the two consumer projects)
 #   WORK_DIR         scratch folder, emptied first
 #   GENERATOR, MAKE_PROGRAM, CXX_COMPILER  the outer build's, so the consumer uses the same tools
+#   MOSS_VERSION     project(moss VERSION ...): find_package must find exactly this version
+#   NLOHMANN_JSON_DIR          the outer build's nlohmann_json_DIR (its CMake package), may be empty
+#   NLOHMANN_JSON_INCLUDE_DIR  nlohmann-json's include folder, for the plain compiler
 cmake_minimum_required(VERSION 3.26)
 
-foreach(_var IN ITEMS MODE MOSS_SOURCE_DIR CONSUMER_DIR WORK_DIR GENERATOR CXX_COMPILER)
+foreach(_var IN ITEMS MODE MOSS_SOURCE_DIR CONSUMER_DIR WORK_DIR GENERATOR CXX_COMPILER MOSS_VERSION
+             NLOHMANN_JSON_INCLUDE_DIR)
   if(NOT DEFINED ${_var} OR "${${_var}}" STREQUAL "")
     message(FATAL_ERROR "consume.cmake: -D${_var}=... is required")
   endif()
@@ -27,6 +31,9 @@ endfunction()
 set(_generator_args -G ${GENERATOR} -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_BUILD_TYPE=Release)
 if(MAKE_PROGRAM)
   list(APPEND _generator_args -DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM})
+endif()
+if(NLOHMANN_JSON_DIR)
+  list(APPEND _generator_args -Dnlohmann_json_DIR=${NLOHMANN_JSON_DIR})
 endif()
 
 file(REMOVE_RECURSE ${WORK_DIR})
@@ -49,7 +56,7 @@ elseif(MODE STREQUAL "find_package")
   if(NOT _configs)
     message(FATAL_ERROR "find_package: no lib*/cmake/moss/mossConfig.cmake under ${_prefix}")
   endif()
-  if(NOT EXISTS ${_prefix}/include/moss/core/tensor.hpp)
+  if(NOT EXISTS ${_prefix}/include/moss/core/tensor.hpp OR NOT EXISTS ${_prefix}/include/moss/io/json.hpp)
     message(FATAL_ERROR "find_package: headers were not installed under ${_prefix}/include/moss")
   endif()
   if(NOT EXISTS ${_prefix}/share/doc/moss/LICENSE)
@@ -57,14 +64,16 @@ elseif(MODE STREQUAL "find_package")
   endif()
   # The package registry could hand the consumer some other moss; only the scratch prefix may.
   moss_run(${CMAKE_COMMAND} -S ${CONSUMER_DIR}/find_package -B ${WORK_DIR}/build ${_generator_args}
-           -DCMAKE_PREFIX_PATH=${_prefix} -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DEXPECTED_PREFIX=${_prefix})
+           -DCMAKE_PREFIX_PATH=${_prefix} -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DEXPECTED_PREFIX=${_prefix}
+           -DEXPECTED_VERSION=${MOSS_VERSION})
   moss_run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
   moss_run(${WORK_DIR}/build/moss_consumer)
 
 elseif(MODE STREQUAL "plain_compiler")
-  # What a user without CMake types; warnings are errors because users' builds may use -Werror.
+  # What a user without CMake types: moss's headers and nlohmann-json's (moss/io needs it);
+  # warnings are errors because users' builds may use -Werror.
   moss_run(${CXX_COMPILER} -std=c++20 -Wall -Wextra -Werror -I ${MOSS_SOURCE_DIR}/include
-           ${CONSUMER_DIR}/consumer.cpp -o ${WORK_DIR}/moss_consumer)
+           -I ${NLOHMANN_JSON_INCLUDE_DIR} ${CONSUMER_DIR}/consumer.cpp -o ${WORK_DIR}/moss_consumer)
   moss_run(${WORK_DIR}/moss_consumer)
 
 else()

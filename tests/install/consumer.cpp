@@ -3,7 +3,10 @@
 // moss code and returns non-zero on any wrong value, so a broken package fails the test.
 #include <cstdio>
 #include <string>
+#include <vector>
 
+#include <moss/io/json.hpp>
+#include <moss/io/weights.hpp>
 #include <moss/moss.hpp>
 
 namespace {
@@ -45,6 +48,23 @@ int main() {
     threw = std::string(e.what()).find("needs 16") != std::string::npos;
   }
   check(threw, "an oversized view throws moss::shape_error naming 16 elements");
+
+  // moss/io: JSON through nlohmann-json (found through moss::io, or the plain compiler's -I),
+  // path-aware accessors, and an in-memory weight source.
+  const moss::io::Json doc = moss::io::parse_json(R"({"d_model": 64, "eps": 1e-05})", "config.json");
+  const moss::io::JsonRef cfg(doc, "config.json");
+  check(cfg.at("d_model").as_int() == 64, "parse_json reads d_model = 64");
+  check(moss::io::dump_json(doc, -1) == R"({"d_model":64,"eps":1e-05})", "dump_json keeps key order and 1e-05");
+  threw = false;
+  try {
+    (void)cfg.at("eps").as_int();
+  } catch (const moss::config_error& e) {
+    threw = std::string(e.what()).find("config.json: eps is 1e-05, expected an integer") != std::string::npos;
+  }
+  check(threw, "as_int on 1e-05 throws moss::config_error naming config.json: eps");
+  moss::WeightMap weights("consumer");
+  weights.add("w", {2}, {1.5f, -2.0f});
+  check(weights.read_as<float>("w", {2}) == std::vector<float>{1.5f, -2.0f}, "WeightMap reads back w");
 
   if (failures == 0) std::printf("moss consumer: all checks passed\n");
   return failures == 0 ? 0 : 1;

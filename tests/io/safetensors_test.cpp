@@ -1,6 +1,7 @@
-// Tests of moss/core/safetensors.hpp: writer → reader round trips for every dtype, dtype
-// conversion, the byte layout, sharded checkpoints, the Hugging Face fixtures, and every class
-// of malformed file (each must raise io_error naming the file and the tensor, never crash).
+// Tests of moss/io/safetensors.hpp, checkpoint.hpp and writer.hpp: writer → reader round trips
+// for every dtype, dtype conversion, the byte layout, sharded checkpoints, the Hugging Face
+// fixtures, and every class of malformed file (each must raise io_error naming the file and the
+// tensor, never crash).
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch_test_macros.hpp>
@@ -16,13 +17,15 @@
 #include <string>
 #include <vector>
 
-#include "moss/core/json.hpp"
-#include "moss/core/safetensors.hpp"
+#include "moss/io/checkpoint.hpp"
+#include "moss/io/json.hpp"
+#include "moss/io/safetensors.hpp"
+#include "moss/io/writer.hpp"
 #include "moss_test.hpp"
 
 using Catch::Matchers::ContainsSubstring;
 namespace fs = std::filesystem;
-namespace json = moss::json;
+namespace io = moss::io;
 using moss::DType;
 using moss::index_t;
 
@@ -308,8 +311,10 @@ TEST_CASE("safetensors: sharded checkpoints round-trip through write_sharded and
   REQUIRE(shards.size() == 4);
   for (std::size_t k = 0; k < 4; ++k)
     CHECK(shards[k] == out / ("model-0000" + std::to_string(k + 1) + "-of-00004.safetensors"));
-  const json::Value index =
-      json::parse(json::read_file(out / "model.safetensors.index.json"), "model.safetensors.index.json");
+  const io::Json index_doc =
+      io::parse_json(io::read_text_file(out / "model.safetensors.index.json"), "model.safetensors.index.json");
+  const io::JsonRef index(index_doc, "model.safetensors.index.json");
+  CHECK(index.keys() == std::vector<std::string>{"metadata", "weight_map"});
   CHECK(index.at("metadata").at("total_size").as_int() == 6 * 400 + 2400);
   CHECK(index.at("metadata").at("format").as_string() == "pt");
   CHECK(index.at("weight_map").size() == 7);
@@ -418,7 +423,8 @@ TEST_CASE("safetensors: the Hugging Face Mamba and Switch fixtures open with the
   CHECK(ref.info("logits").shape == std::vector<index_t>{2, 33, 256});
   CHECK(ref.info("gen_output").shape == std::vector<index_t>{2, 17});
 
-  const json::Value cfg = json::parse(json::read_file(mamba / "config.json"), "config.json");
+  const io::Json cfg_doc = io::parse_json(io::read_text_file(mamba / "config.json"), "config.json");
+  const io::JsonRef cfg(cfg_doc, "config.json");
   CHECK(cfg.at("hidden_size").as_int() == 64);
   CHECK(cfg.at("state_size").as_int() == 16);
   CHECK(cfg.at("num_hidden_layers").as_int() == 2);
@@ -501,7 +507,7 @@ TEST_CASE("safetensors: malformed files raise io_error naming the file and the t
        {"tensor \"w\"", "\"shape\" entry 2.5 is not a non-negative integer"}},
       {"shape_float_integral",
        raw_file("{" + entry("w", "F32", "[2.0]", "[0,8]") + "}", 16),
-       {"tensor \"w\"", "\"shape\" entry 2 is not a non-negative integer"}},
+       {"tensor \"w\"", "\"shape\" entry 2.0 is not a non-negative integer"}},
       {"shape_string",
        raw_file("{" + entry("w", "F32", "[\"2\"]", "[0,8]") + "}", 16),
        {"tensor \"w\"", "\"shape\" entry"}},
