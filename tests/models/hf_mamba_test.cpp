@@ -1,8 +1,8 @@
 // Host tests of the Mamba language model: Hugging Face parity (logits, decode-path logits,
 // greedy generation), checkpoint save/load round trips, config parsing, sampling, errors.
+#include <unistd.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
-#include <unistd.h>
 
 #include <filesystem>
 
@@ -58,7 +58,9 @@ TEST_CASE("config.json of the fixture is read as transformers wrote it", "[host]
 }
 
 TEST_CASE("config.json accepts torch_dtype and dtype and rejects bad values", "[host][models][errors]") {
-  auto parse = [](const std::string& text) { return MambaConfig::from_json(json::parse(text, "config.json"), "config.json"); };
+  auto parse = [](const std::string& text) {
+    return MambaConfig::from_json(io::parse_json(text, "config.json"), "config.json");
+  };
   CHECK(parse(R"({"hidden_size": 32, "torch_dtype": "bfloat16"})").dtype == DType::bf16);
   CHECK(parse(R"({"hidden_size": 32, "dtype": "float16"})").dtype == DType::f16);
   CHECK(parse(R"({"hidden_size": 32, "time_step_rank": "auto"})").resolved_dt_rank() == 2);
@@ -112,7 +114,8 @@ TEST_CASE("A tied checkpoint that also stores lm_head.weight is accepted", "[hos
   std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("Loading a checkpoint that does not fit the config is an io_error naming the tensor", "[host][models][errors]") {
+TEST_CASE("Loading a checkpoint that does not fit the config is an io_error naming the tensor",
+          "[host][models][errors]") {
   MambaConfig cfg = load_mamba_config(test::hf_mamba_dir());
   const Checkpoint ckpt(test::hf_mamba_dir());
   SECTION("wrong d_state") {

@@ -1,6 +1,8 @@
-// Host tests of the sparse language models (REFERENCE.md §2–3): block patterns, the named
-// variants' config.json and checkpoint round trips, decode against the full forward, the
-// residual wiring against a hand composition of the layers, and config contradictions.
+// Host tests of the sparse language models (docs/math.md §2–3): block patterns, the named
+// variants' config.json ("blocks" sections) and checkpoint round trips, a pattern with two MoE
+// blocks that use different routers, configs in moss 0.1's layout ("moe" / "rom" sections),
+// decode against the full forward, the residual wiring against a hand composition of the
+// layers, and sections that contradict the block types.
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +16,6 @@
 #include <sstream>
 #include <tuple>
 
-#include "layers/moe_reference.hpp"
 #include "moss/moss.hpp"
 #include "moss_test.hpp"
 
@@ -37,6 +38,14 @@ std::string read_text(const std::filesystem::path& p) {
   return s.str();
 }
 
+void write_text(const std::filesystem::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+io::Json read_json(const std::filesystem::path& p) { return io::parse_json(read_text(p), p.string()); }
+
 constexpr index_t kVocab = 40, kMoeExperts = 4, kRomExperts = 3, kFf = 24;
 
 MambaConfig tiny_config(index_t n_layers = 4) {
@@ -46,25 +55,62 @@ MambaConfig tiny_config(index_t n_layers = 4) {
   c.vocab_size = kVocab;
   c.d_state = 4;
   c.dt_rank = 2;
-  c.moe.num_experts = kMoeExperts;
-  c.moe.d_ff = kFf;
-  c.rom.num_experts = kRomExperts;
   return c;
+}
+
+/// The block configs of `Model` with the test's sizes: MoE blocks kMoeExperts experts of width
+/// kFf, RoM blocks kRomExperts experts, dense feed-forward blocks width kFf.
+template <class Model>
+typename Model::BlockConfigs tiny_blocks() {
+  auto blocks = Model::default_block_configs();
+  std::apply(
+      [](auto&... c) {
+        (
+            [&] {
+              constexpr bool routed = requires { c.routing.num_experts; };
+              constexpr bool ff = requires { c.d_ff; };
+              if constexpr (routed && ff) c.routing.num_experts = kMoeExperts;   // MoeFeedForward
+              if constexpr (routed && !ff) c.routing.num_experts = kRomExperts;  // RoutedMamba
+              if constexpr (ff) c.d_ff = kFf;
+            }(),
+            ...);
+      },
+      blocks);
+  return blocks;
+}
+
+/// A `Model` of `cfg` with the test's block sizes.
+template <class Model>
+Model tiny_model(const MambaConfig& cfg = tiny_config()) {
+  return Model(cfg, tiny_blocks<Model>());
 }
 
 /// Makes a block's weights large enough that the mixers matter next to the embeddings and the
 /// routers decide clearly (init's N(0, 0.02²) leaves every layer nearly silent).
 template <class P>
 void boost(P& p, std::uint64_t seed) {
-  if constexpr (requires { p.experts; }) {
+  if constexpr (requires { p.experts; }) {  // MoeFeedForward
     test::fill_normal(p.router, seed, 0.5);
-    test::fill_normal(p.experts.wi, seed + 1, 0.25);
-    if (p.experts.up.size()) test::fill_normal(p.experts.up, seed + 2, 0.25);
-    test::fill_normal(p.experts.wo, seed + 3, 0.2);
-  } else {
+    if constexpr (requires { p.experts.wi; }) {
+      test::fill_normal(p.experts.wi, seed + 1, 0.25);
+      test::fill_normal(p.experts.wo, seed + 3, 0.2);
+    } else {
+      test::fill_normal(p.experts.gate, seed + 1, 0.25);
+      test::fill_normal(p.experts.up, seed + 2, 0.25);
+      test::fill_normal(p.experts.down, seed + 3, 0.2);
+    }
+  } else if constexpr (requires { p.routers; }) {  // RoutedMamba
+    for (auto* w : {&p.in.weight, &p.conv.weight, &p.gate.weight})
+      if (w->present()) test::fill_normal(*w, seed, 0.25);
+    test::fill_normal(p.out.weight, seed + 1, 0.18);
+    for (std::size_t i = 0; i < p.routers.size(); ++i)
+      if (p.routers[i].present()) test::fill_normal(p.routers[i], seed + 2 + i, 0.5);
+  } else if constexpr (requires { p.in_proj; }) {  // Mamba
     test::fill_normal(p.in_proj, seed, 0.25);
     test::fill_normal(p.out_proj, seed + 1, 0.18);
-    if constexpr (requires { p.router; }) test::fill_normal(p.router, seed + 2, 0.5);
+  } else if constexpr (requires { p.wi; }) {  // FeedForward<Mlp<...>>
+    test::fill_normal(p.wi, seed, 0.25);
+    test::fill_normal(p.wo, seed + 1, 0.2);
   }
 }
 
@@ -109,43 +155,45 @@ std::vector<std::string> layer_names(const RoutingReport& r) {
 /// What a named variant's config.json says about its layers (models/variants.hpp).
 struct VariantKeys {
   std::vector<std::string> pattern;
-  bool moe = false, rom = false;
   std::string moe_router, moe_expert, moe_activation;
 };
 
 VariantKeys keys_of(std::string_view variant) {
-  if (variant == "moe-mamba") return {{"mamba", "moe"}, true, false, "top1_switch", "mlp", "relu"};
-  if (variant == "blackmamba") return {{"mamba", "moe"}, true, false, "sinkhorn_top1", "gated_mlp", "silu"};
-  if (variant == "rom") return {{"rom"}, false, true, "", "", ""};
-  if (variant == "rom-moe") return {{"rom", "moe"}, true, true, "top1_switch", "mlp", "relu"};
+  if (variant == "moe-mamba") return {{"mamba", "moe"}, "top1_switch", "mlp", "relu"};
+  if (variant == "blackmamba") return {{"mamba", "moe"}, "sinkhorn_top1", "gated_mlp", "silu"};
+  if (variant == "rom") return {{"rom"}, "", "", ""};
+  if (variant == "rom-moe") return {{"rom", "moe"}, "top1_switch", "mlp", "relu"};
   FAIL("unknown variant " << variant);
   return {};
 }
 
-std::vector<std::string> strings_of(const json::Value& v) {
-  std::vector<std::string> r;
-  for (const auto& e : v.as_array()) r.push_back(e.as_string());
-  return r;
+std::vector<std::string> strings_of(const io::Json& v) { return v.get<std::vector<std::string>>(); }
+
+/// Checks that the saved folders `a` and `b` hold the same weights and config, bit for bit.
+void check_same_files(const std::filesystem::path& a, const std::filesystem::path& b) {
+  CHECK(read_text(a / "model.safetensors") == read_text(b / "model.safetensors"));
+  CHECK(read_text(a / "config.json") == read_text(b / "config.json"));
 }
 
 }  // namespace
 
 TEST_CASE("A Pattern whose length does not divide the depth is a config_error", "[host][models][moe][errors]") {
   using Model = LanguageModel<Pattern<MambaBlock<float>, SwitchMoeBlock<float>>>;
-  REQUIRE_THROWS_AS(Model(tiny_config(3)), config_error);
-  REQUIRE_THROWS_WITH(Model(tiny_config(3)), ContainsSubstring("num_hidden_layers is 3") &&
-                                                 ContainsSubstring("multiple of the block pattern's length 2") &&
-                                                 ContainsSubstring("[\"mamba\", \"moe\"]"));
+  REQUIRE_THROWS_AS(tiny_model<Model>(tiny_config(3)), config_error);
+  REQUIRE_THROWS_WITH(tiny_model<Model>(tiny_config(3)),
+                      ContainsSubstring("num_hidden_layers is 3") &&
+                          ContainsSubstring("multiple of the block pattern's length 2") &&
+                          ContainsSubstring("[\"mamba\", \"moe\"]"));
   using Three = LanguageModel<Pattern<MambaBlock<float>, RomBlock<float>, SwitchMoeBlock<float>>>;
-  REQUIRE_THROWS_WITH(Three(tiny_config(4)),
+  REQUIRE_THROWS_WITH(tiny_model<Three>(tiny_config(4)),
                       ContainsSubstring("num_hidden_layers is 4") && ContainsSubstring("length 3"));
-  REQUIRE_THROWS_AS(MoeMambaLM<float>(tiny_config(5)), config_error);
+  REQUIRE_THROWS_AS(tiny_model<MoeMambaLM<float>>(tiny_config(5)), config_error);
 }
 
 TEST_CASE("Layer i of a Pattern uses block type i mod n", "[host][models][moe]") {
   SECTION("Mamba and MoE alternating") {
     using Model = LanguageModel<Pattern<MambaBlock<float>, SwitchMoeBlock<float>>>;
-    const Model model(tiny_config(4));
+    const Model model = tiny_model<Model>(tiny_config(4));
     CHECK(Model::pattern_names() == std::vector<std::string>{"mamba", "moe"});
     CHECK(model.config().block_pattern == std::vector<std::string>{"mamba", "moe"});
     CHECK(model.config().moss_variant == "custom");
@@ -172,7 +220,7 @@ TEST_CASE("Layer i of a Pattern uses block type i mod n", "[host][models][moe]")
   }
   SECTION("three block types over six layers, in the checkpoint too") {
     using Model = LanguageModel<Pattern<MambaBlock<float>, RomBlock<float>, SwitchMoeBlock<float>>>;
-    const Model model(tiny_config(6));
+    const Model model = tiny_model<Model>(tiny_config(6));
     const auto p = boosted_params(model, 3);
     RoutingReport report;
     const auto ids = token_ids(2 * 5, 4);
@@ -201,43 +249,51 @@ TEST_CASE("Layer i of a Pattern uses block type i mod n", "[host][models][moe]")
       CHECK_FALSE(c.contains("backbone.layers." + std::to_string(i) + ".mixer.in_proj.weight"));
     }
     for (index_t i = 0; i < 6; ++i) CHECK(c.contains("backbone.layers." + std::to_string(i) + ".norm.weight"));
-    // the custom model reloads from its own config
+    // the custom model reloads from its own config (its "blocks" sections carry the sizes)
     const MambaConfig cfg2 = load_mamba_config(dir);
     CHECK(cfg2.moss_variant == "custom");
     CHECK(cfg2.block_pattern == std::vector<std::string>{"mamba", "rom", "moe"});
+    REQUIRE(cfg2.blocks.size() == 3);
     const Model model2(cfg2);
+    CHECK(model2.block<1>().mixer().num_experts() == kRomExperts);
+    CHECK(model2.block<2>().mixer().num_experts() == kMoeExperts);
     const auto p2 = model2.load(Host{}, c);
     CHECK(logits_of(model2, p2, ids, 2, 5) == a);
     std::filesystem::remove_all(dir);
   }
-  SECTION("a dense FeedForward block (\"ffn\") reads the moe section's expert keys") {
+  SECTION("a dense FeedForward block (\"ffn\") writes its expert keys in its own section") {
     using Model = LanguageModel<Pattern<MambaBlock<float>, Residual<RmsNorm, FeedForward<Mlp<Gelu>, float>>>>;
-    const Model model(tiny_config(4));
+    const Model model = tiny_model<Model>(tiny_config(4));
     CHECK(model.config().block_pattern == std::vector<std::string>{"mamba", "ffn"});
-    CHECK(model.config().moe.activation == "gelu");
+    REQUIRE(model.config().blocks.size() == 2);
+    CHECK(model.config().blocks[1].at("activation").get<std::string>() == "gelu");
     auto p = model.init(Host{}, 7);
-    CHECK(std::get<1>(p.layers).at(0).mixer.wi.size() == kFf * 16);
+    CHECK(std::get<1>(p.layers).at(0).mixer.wi.numel() == kFf * 16);
+    CHECK(std::get<1>(p.layers).at(0).mixer.wi.shape() == Extents<3>{1, kFf, 16});
     RoutingReport report;
     const auto ids = token_ids(2 * 4, 8);
     const auto a = logits_of(model, p, ids, 2, 4, &report);
     CHECK(report.size() == 0);  // nothing routed
     const auto dir = temp_dir("ffn");
     model.save(Host{}, p, dir);
-    const json::Value j = json::parse(read_text(dir / "config.json"), "config.json");
-    CHECK(j.at("moe").at("expert").as_string() == "mlp");
-    CHECK(j.at("moe").at("activation").as_string() == "gelu");
-    CHECK(j.at("moe").at("d_ff").as_int() == kFf);
+    const io::Json j = read_json(dir / "config.json");
+    const io::Json& ffn = j.at("blocks").at(1);
+    CHECK(ffn.at("expert").get<std::string>() == "mlp");
+    CHECK(ffn.at("activation").get<std::string>() == "gelu");
+    CHECK(ffn.at("d_ff").get<index_t>() == kFf);
     const Checkpoint c(dir);
     CHECK(c.info("backbone.layers.1.mixer.wi.weight").shape == std::vector<index_t>{kFf, 16});
     CHECK(c.info("backbone.layers.3.mixer.wo.weight").shape == std::vector<index_t>{16, kFf});
     const Model model2(load_mamba_config(dir));
+    CHECK(model2.block<1>().mixer().d_ff() == kFf);
     CHECK(logits_of(model2, model2.load(Host{}, c), ids, 2, 4) == a);
     std::filesystem::remove_all(dir);
   }
   SECTION("per-projection RoM reports a router per projection") {
     using Block = Residual<RmsNorm, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<>, float>>;
-    const LanguageModel<Block> model(tiny_config(2));
-    CHECK(model.config().rom.scope == "per_projection");
+    const auto model = tiny_model<LanguageModel<Block>>(tiny_config(2));
+    REQUIRE(model.config().blocks.size() == 1);
+    CHECK(model.config().blocks[0].at("scope").get<std::string>() == "per_projection");
     const auto p = boosted_params(model, 5);
     RoutingReport report;
     logits_of(model, p, token_ids(4, 6), 1, 4, &report);
@@ -256,54 +312,75 @@ TEMPLATE_TEST_CASE("Named variants round-trip through save, load_mamba_config an
   MambaConfig cfg = tiny_config(4);
   cfg.tie_embeddings = false;
   // non-default settings, which must survive the trip
-  cfg.moe.settings.capacity_factor = 1.25;
-  cfg.moe.settings.aux_loss_coef = 0.02f;
-  cfg.rom.normalize = true;
-  cfg.rom.settings.z_loss_coef = 0.004f;
-  const Model model(cfg);
+  auto blocks = tiny_blocks<Model>();
+  std::apply(
+      [](auto&... c) {
+        (
+            [&] {
+              if constexpr (
+                  requires { c.routing.num_experts; } && requires { c.d_ff; }) {  // MoE
+                c.routing.settings.capacity_factor = 1.25;
+                c.routing.settings.aux_loss_coef = 0.02f;
+              } else if constexpr (requires { c.routing.router.renormalize; }) {  // RoM
+                c.routing.router.renormalize = true;
+                c.routing.settings.z_loss_coef = 0.004f;
+              }
+            }(),
+            ...);
+      },
+      blocks);
+  const Model model(cfg, blocks);
   CHECK(model.config().moss_variant == Model::variant);
   CHECK(model.config().block_pattern == want.pattern);
   const auto p = boosted_params(model, 11);
   const auto dir = temp_dir("variant_a"), dir2 = temp_dir("variant_b");
   model.save(Host{}, p, dir);
 
-  // config.json has moss's documented keys
-  const json::Value j = json::parse(read_text(dir / "config.json"), "config.json");
-  CHECK(j.at("model_type").as_string() == "moss");
-  CHECK(j.at("moss_variant").as_string() == Model::variant);
+  // config.json has moss's documented keys: one section per pattern position
+  const io::Json j = read_json(dir / "config.json");
+  CHECK(j.at("model_type").get<std::string>() == "moss");
+  CHECK(j.at("moss_variant").get<std::string>() == Model::variant);
   CHECK(strings_of(j.at("block_pattern")) == want.pattern);
-  CHECK(j.at("dtype").as_string() == (std::is_same_v<T, float>  ? "float32"
-                                      : std::is_same_v<T, bf16> ? "bfloat16"
-                                                                : "float16"));
-  CHECK(j.at("num_hidden_layers").as_int() == 4);
-  CHECK(j.at("hidden_size").as_int() == 16);
-  CHECK(j.at("tie_word_embeddings").as_bool() == false);
-  CHECK((j.find("moe") != nullptr) == want.moe);
-  CHECK((j.find("rom") != nullptr) == want.rom);
-  if (want.moe) {
-    const json::Value& m = j.at("moe");
-    CHECK(m.at("num_experts").as_int() == kMoeExperts);
-    CHECK(m.at("top_k").as_int() == 1);
-    CHECK(m.at("router").as_string() == want.moe_router);
-    CHECK(m.at("expert").as_string() == want.moe_expert);
-    CHECK(m.at("activation").as_string() == want.moe_activation);
-    CHECK(m.at("d_ff").as_int() == kFf);
-    CHECK(m.at("capacity_factor").as_double() == 1.25);
-    CHECK(static_cast<float>(m.at("aux_loss_coef").as_double()) == 0.02f);
-    CHECK(static_cast<float>(m.at("z_loss_coef").as_double()) == 0.001f);
-    CHECK(m.at("normalize").as_bool() == false);
-    CHECK(m.at("sinkhorn_training").as_bool() == false);
-  }
-  if (want.rom) {
-    const json::Value& r = j.at("rom");
-    CHECK(r.at("num_experts").as_int() == kRomExperts);
-    CHECK(r.at("top_k").as_int() == 1);
-    CHECK(r.at("router").as_string() == "top_k");
-    CHECK(r.at("normalize").as_bool() == true);
-    CHECK(r.at("scope").as_string() == "shared");
-    CHECK(strings_of(r.at("projections")) == std::vector<std::string>{"conv", "gate", "out"});
-    CHECK(r.at("weight_placement").as_string() == "out");
-    CHECK(static_cast<float>(r.at("z_loss_coef").as_double()) == 0.004f);
+  CHECK(j.at("dtype").get<std::string>() == (std::is_same_v<T, float>  ? "float32"
+                                             : std::is_same_v<T, bf16> ? "bfloat16"
+                                                                       : "float16"));
+  CHECK(j.at("num_hidden_layers").get<index_t>() == 4);
+  CHECK(j.at("hidden_size").get<index_t>() == 16);
+  CHECK(j.at("tie_word_embeddings").get<bool>() == false);
+  CHECK_FALSE(j.contains("moe"));  // moss 0.1's shared sections are not written any more
+  CHECK_FALSE(j.contains("rom"));
+  REQUIRE(j.at("blocks").size() == want.pattern.size());
+  for (std::size_t i = 0; i < want.pattern.size(); ++i) {
+    const io::Json& s = j.at("blocks").at(i);
+    INFO("blocks[" << i << "] " << want.pattern[i]);
+    if (want.pattern[i] == "mamba") CHECK(s == io::Json::object());
+    if (want.pattern[i] == "moe") {
+      CHECK(s.at("num_experts").get<index_t>() == kMoeExperts);
+      CHECK(s.at("top_k").get<int>() == 1);
+      CHECK(s.at("router").get<std::string>() == want.moe_router);
+      CHECK(s.at("expert").get<std::string>() == want.moe_expert);
+      CHECK(s.at("activation").get<std::string>() == want.moe_activation);
+      CHECK(s.at("d_ff").get<index_t>() == kFf);
+      CHECK(s.at("capacity_factor").get<double>() == 1.25);
+      CHECK(static_cast<float>(s.at("aux_loss_coef").get<double>()) == 0.02f);
+      CHECK(static_cast<float>(s.at("z_loss_coef").get<double>()) == 0.001f);
+      // a router writes its own settings only: Sinkhorn its mode, Switch nothing
+      CHECK_FALSE(s.contains("normalize"));
+      if (want.moe_router == "sinkhorn_top1")
+        CHECK(s.at("sinkhorn_training").get<bool>() == false);
+      else
+        CHECK_FALSE(s.contains("sinkhorn_training"));
+    }
+    if (want.pattern[i] == "rom") {
+      CHECK(s.at("num_experts").get<index_t>() == kRomExperts);
+      CHECK(s.at("top_k").get<int>() == 1);
+      CHECK(s.at("router").get<std::string>() == "top_k");
+      CHECK(s.at("normalize").get<bool>() == true);
+      CHECK(s.at("scope").get<std::string>() == "shared");
+      CHECK(strings_of(s.at("projections")) == std::vector<std::string>{"conv", "gate", "out"});
+      CHECK(s.at("weight_placement").get<std::string>() == "out");
+      CHECK(static_cast<float>(s.at("z_loss_coef").get<double>()) == 0.004f);
+    }
   }
 
   // the config reads back into the same model
@@ -312,29 +389,26 @@ TEMPLATE_TEST_CASE("Named variants round-trip through save, load_mamba_config an
   CHECK(cfg2.block_pattern == want.pattern);
   CHECK(cfg2.dtype == dtype_of<T>);
   CHECK_FALSE(cfg2.tie_embeddings);
-  if (want.moe) {
-    CHECK(cfg2.moe.num_experts == kMoeExperts);
-    CHECK(cfg2.moe.d_ff == kFf);
-    CHECK(cfg2.moe.settings.capacity_factor == 1.25);
-    CHECK(cfg2.moe.settings.aux_loss_coef == 0.02f);
-  }
-  if (want.rom) {
-    CHECK(cfg2.rom.num_experts == kRomExperts);
-    CHECK(cfg2.rom.normalize);
-    CHECK(cfg2.rom.settings.z_loss_coef == 0.004f);
-  }
+  REQUIRE(cfg2.blocks.size() == want.pattern.size());
+  for (std::size_t i = 0; i < want.pattern.size(); ++i) CHECK(cfg2.blocks[i] == j.at("blocks").at(i));
   const Model model2(cfg2);
   const auto p2 = model2.load(Host{}, Checkpoint(dir));
-  // the runtime settings reach the layers: RoM's renormalisation, the MoE blocks' capacity
-  if constexpr (requires { model2.template block<0>().mixer().router().renormalize; })
+  // the runtime settings reach the layers: RoM's renormalisation, the MoE blocks' sizes and capacity
+  if constexpr (requires { model2.template block<0>().mixer().router().renormalize; }) {
     CHECK(model2.template block<0>().mixer().router().renormalize);
-  if constexpr (std::tuple_size_v<decltype(p.layers)> == 2)
+    CHECK(model2.template block<0>().mixer().num_experts() == kRomExperts);
+    CHECK(model2.template block<0>().mixer().settings().z_loss_coef == 0.004f);
+  }
+  if constexpr (std::tuple_size_v<decltype(p.layers)> == 2) {
     CHECK(model2.template block<1>().mixer().settings().capacity_factor == 1.25);
+    CHECK(model2.template block<1>().mixer().settings().aux_loss_coef == 0.02f);
+    CHECK(model2.template block<1>().mixer().num_experts() == kMoeExperts);
+    CHECK(model2.template block<1>().mixer().d_ff() == kFf);
+  }
 
   // weights bit for bit: saving the reloaded model writes the same files
   model2.save(Host{}, p2, dir2);
-  CHECK(read_text(dir / "model.safetensors") == read_text(dir2 / "model.safetensors"));
-  CHECK(read_text(dir / "config.json") == read_text(dir2 / "config.json"));
+  check_same_files(dir, dir2);
 
   // and the same logits and routing
   const auto ids = token_ids(2 * 7, 12);
@@ -343,9 +417,192 @@ TEMPLATE_TEST_CASE("Named variants round-trip through save, load_mamba_config an
   const auto b = logits_of(model2, p2, ids, 2, 7, &rb);
   CHECK(a == b);
   REQUIRE(ra.size() == rb.size());
-  for (std::size_t i = 0; i < ra.size(); ++i) {
-    CHECK(ra.read()[i].layer == rb.read()[i].layer);
-    CHECK(ra.read()[i].counts == rb.read()[i].counts);
+  const auto sa = ra.read(), sb = rb.read();
+  for (std::size_t i = 0; i < sa.size(); ++i) {
+    CHECK(sa[i].layer == sb[i].layer);
+    CHECK(sa[i].counts == sb[i].counts);
+  }
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(dir2);
+}
+
+namespace {
+
+/// Two MoE blocks with different routers, expert counts and expert kinds in one pattern.
+using SwitchMlp = Residual<RmsNorm, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, float>>;
+using Top2Gated = Residual<RmsNorm, MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, float>>;
+using TwoMoe = LanguageModel<Pattern<MambaBlock<float>, SwitchMlp, Top2Gated>>;
+constexpr index_t kSwitchExperts = 4, kTop2Experts = 6, kTop2Ff = 20;
+
+TwoMoe two_moe_model(index_t n_layers, double capacity_factor = 1.25) {
+  auto b = TwoMoe::default_block_configs();
+  std::get<1>(b).routing.num_experts = kSwitchExperts;
+  std::get<1>(b).routing.settings.capacity_factor = capacity_factor;
+  std::get<1>(b).d_ff = kFf;
+  std::get<2>(b).routing.num_experts = kTop2Experts;
+  std::get<2>(b).routing.router.renormalize = true;
+  std::get<2>(b).routing.settings.aux_loss_coef = 0.03f;
+  std::get<2>(b).d_ff = kTop2Ff;
+  return TwoMoe(tiny_config(n_layers), b);
+}
+
+}  // namespace
+
+TEST_CASE("Two MoE blocks with different routers save and load back with their own sections", "[host][models][moe]") {
+  const TwoMoe model = two_moe_model(6);
+  CHECK(model.config().block_pattern == std::vector<std::string>{"mamba", "moe", "moe"});
+  const auto p = boosted_params(model, 41);
+  const auto ids = token_ids(2 * 8, 42);
+  RoutingReport report;
+  const auto a = logits_of(model, p, ids, 2, 8, &report);
+  const auto stats = report.read();
+  REQUIRE(stats.size() == 4);
+  CHECK(layer_names(report) ==
+        std::vector<std::string>{"layers.1.mixer", "layers.2.mixer", "layers.4.mixer", "layers.5.mixer"});
+  for (std::size_t i : {0u, 2u}) {
+    CHECK(stats[i].k == 1);
+    CHECK(stats[i].counts.size() == static_cast<std::size_t>(kSwitchExperts));
+  }
+  for (std::size_t i : {1u, 3u}) {
+    CHECK(stats[i].k == 2);
+    CHECK(stats[i].counts.size() == static_cast<std::size_t>(kTop2Experts));
+    CHECK(stats[i].dropped == 0);  // no capacity in this block
+  }
+
+  const auto dir = temp_dir("two_moe"), dir2 = temp_dir("two_moe_b");
+  model.save(Host{}, p, dir);
+  const io::Json j = read_json(dir / "config.json");
+  CHECK(j.at("moss_variant").get<std::string>() == "custom");
+  const io::Json& sw = j.at("blocks").at(1);
+  const io::Json& t2 = j.at("blocks").at(2);
+  CHECK(j.at("blocks").at(0) == io::Json::object());
+  CHECK(sw.at("router").get<std::string>() == "top1_switch");
+  CHECK(sw.at("top_k").get<int>() == 1);
+  CHECK(sw.at("num_experts").get<index_t>() == kSwitchExperts);
+  CHECK(sw.at("capacity_factor").get<double>() == 1.25);
+  CHECK(sw.at("expert").get<std::string>() == "mlp");
+  CHECK(sw.at("activation").get<std::string>() == "relu");
+  CHECK(sw.at("d_ff").get<index_t>() == kFf);
+  CHECK_FALSE(sw.contains("normalize"));
+  CHECK(t2.at("router").get<std::string>() == "top_k");
+  CHECK(t2.at("top_k").get<int>() == 2);
+  CHECK(t2.at("normalize").get<bool>() == true);
+  CHECK(t2.at("num_experts").get<index_t>() == kTop2Experts);
+  CHECK(t2.at("capacity_factor").get<double>() == 0.0);
+  CHECK(static_cast<float>(t2.at("aux_loss_coef").get<double>()) == 0.03f);
+  CHECK(t2.at("expert").get<std::string>() == "gated_mlp");
+  CHECK(t2.at("activation").get<std::string>() == "silu");
+  CHECK(t2.at("d_ff").get<index_t>() == kTop2Ff);
+  const Checkpoint c(dir);
+  for (index_t i : {1, 4}) {
+    const std::string m = "backbone.layers." + std::to_string(i) + ".mixer.";
+    CHECK(c.info(m + "router.weight").shape == std::vector<index_t>{kSwitchExperts, 16});
+    CHECK(c.info(m + "experts.wi.weight").shape == std::vector<index_t>{kSwitchExperts, kFf, 16});
+    CHECK(c.info(m + "experts.wo.weight").shape == std::vector<index_t>{kSwitchExperts, 16, kFf});
+  }
+  for (index_t i : {2, 5}) {
+    const std::string m = "backbone.layers." + std::to_string(i) + ".mixer.";
+    CHECK(c.info(m + "router.weight").shape == std::vector<index_t>{kTop2Experts, 16});
+    CHECK(c.info(m + "experts.gate.weight").shape == std::vector<index_t>{kTop2Experts, kTop2Ff, 16});
+    CHECK(c.info(m + "experts.up.weight").shape == std::vector<index_t>{kTop2Experts, kTop2Ff, 16});
+    CHECK(c.info(m + "experts.down.weight").shape == std::vector<index_t>{kTop2Experts, 16, kTop2Ff});
+    CHECK_FALSE(c.contains(m + "experts.wi.weight"));
+  }
+
+  // From the folder alone: each block takes its own section.
+  const TwoMoe model2(load_mamba_config(dir));
+  CHECK(model2.block<1>().mixer().num_experts() == kSwitchExperts);
+  CHECK(model2.block<1>().mixer().settings().capacity_factor == 1.25);
+  CHECK(model2.block<1>().mixer().d_ff() == kFf);
+  CHECK(model2.block<2>().mixer().num_experts() == kTop2Experts);
+  CHECK(model2.block<2>().mixer().router().renormalize);
+  CHECK(model2.block<2>().mixer().settings().capacity_factor == 0.0);
+  CHECK(model2.block<2>().mixer().settings().aux_loss_coef == 0.03f);
+  CHECK(model2.block<2>().mixer().d_ff() == kTop2Ff);
+  const auto p2 = model2.load(Host{}, c);
+  RoutingReport report2;
+  CHECK(logits_of(model2, p2, ids, 2, 8, &report2) == a);
+  const auto stats2 = report2.read();
+  REQUIRE(stats2.size() == stats.size());
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    CHECK(stats2[i].counts == stats[i].counts);
+    CHECK(stats2[i].kept == stats[i].kept);
+    CHECK(stats2[i].aux_loss == stats[i].aux_loss);
+  }
+  model2.save(Host{}, p2, dir2);
+  check_same_files(dir, dir2);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(dir2);
+}
+
+TEST_CASE("A config.json in moss 0.1's layout (\"moe\" and \"rom\" sections) still loads", "[host][models][moe]") {
+  // What moss 0.1 wrote for a rom-moe model (README.md of moss 0.1, "The moss config.json"):
+  // one section per block name, no "blocks".
+  const std::string v01 = R"({
+    "architectures": ["MossForCausalLM"], "model_type": "moss", "hidden_size": 16, "num_hidden_layers": 4,
+    "vocab_size": 40, "state_size": 4, "expand": 2, "intermediate_size": 32, "conv_kernel": 4,
+    "time_step_rank": 2, "use_bias": false, "use_conv_bias": true, "tie_word_embeddings": true,
+    "residual_in_fp32": true, "layer_norm_epsilon": 1e-05, "dtype": "float32",
+    "moss_variant": "rom-moe", "block_pattern": ["rom", "moe"],
+    "rom": {"num_experts": 3, "top_k": 1, "router": "top_k", "normalize": true, "capacity_factor": 0.0,
+            "aux_loss_coef": 0.01, "z_loss_coef": 0.004, "scope": "shared",
+            "projections": ["conv", "gate", "out"], "weight_placement": "out"},
+    "moe": {"num_experts": 4, "top_k": 1, "router": "top1_switch", "normalize": false, "capacity_factor": 1.25,
+            "aux_loss_coef": 0.02, "z_loss_coef": 0.001, "expert": "mlp", "activation": "relu", "d_ff": 24,
+            "sinkhorn_training": false}
+  })";
+  const auto dir = temp_dir("v01");
+  // Weights saved by this moss (the checkpoint names are moss 0.1's), under the 0.1 config.
+  const RomMoeLM<float> model = tiny_model<RomMoeLM<float>>(tiny_config(4));
+  const auto p = boosted_params(model, 51);
+  model.save(Host{}, p, dir);
+  write_text(dir / "config.json", v01);
+
+  const MambaConfig cfg = load_mamba_config(dir);
+  CHECK(cfg.moss_variant == "rom-moe");
+  REQUIRE(cfg.blocks.size() == 2);  // each position took the section of its block's name
+  CHECK(cfg.blocks[0].at("scope").get<std::string>() == "shared");
+  CHECK(cfg.blocks[1].at("expert").get<std::string>() == "mlp");
+  const RomMoeLM<float> loaded(cfg);
+  CHECK(loaded.block<0>().mixer().num_experts() == kRomExperts);
+  CHECK(loaded.block<0>().mixer().router().renormalize);
+  CHECK(loaded.block<0>().mixer().settings().z_loss_coef == 0.004f);
+  CHECK(loaded.block<1>().mixer().num_experts() == kMoeExperts);
+  CHECK(loaded.block<1>().mixer().d_ff() == kFf);
+  CHECK(loaded.block<1>().mixer().settings().capacity_factor == 1.25);
+  CHECK(loaded.block<1>().mixer().settings().aux_loss_coef == 0.02f);
+  // The model it describes is the saved one, with its settings: logits bit for bit once the
+  // original gets the same settings.
+  auto blocks = tiny_blocks<RomMoeLM<float>>();
+  std::get<0>(blocks).routing.router.renormalize = true;
+  std::get<0>(blocks).routing.settings.z_loss_coef = 0.004f;
+  std::get<1>(blocks).routing.settings.capacity_factor = 1.25;
+  std::get<1>(blocks).routing.settings.aux_loss_coef = 0.02f;
+  const RomMoeLM<float> same(tiny_config(4), blocks);
+  const auto ids = token_ids(2 * 7, 52);
+  const auto p2 = loaded.load(Host{}, Checkpoint(dir));
+  CHECK(logits_of(loaded, p2, ids, 2, 7) == logits_of(same, p, ids, 2, 7));
+  // Saving it again writes today's layout.
+  const auto dir2 = temp_dir("v01_resaved");
+  loaded.save(Host{}, p2, dir2);
+  const io::Json j = read_json(dir2 / "config.json");
+  CHECK_FALSE(j.contains("moe"));
+  CHECK_FALSE(j.contains("rom"));
+  CHECK(j.at("blocks").at(0).at("normalize").get<bool>() == true);
+  CHECK(j.at("blocks").at(1).at("capacity_factor").get<double>() == 1.25);
+
+  SECTION("a dense FeedForward block of moss 0.1 reads the \"moe\" section's expert keys") {
+    using Model = LanguageModel<Pattern<MambaBlock<float>, Residual<RmsNorm, FeedForward<Mlp<Gelu>, float>>>>;
+    const std::string text = R"({"model_type": "moss", "moss_variant": "custom", "hidden_size": 16,
+      "num_hidden_layers": 2, "vocab_size": 40, "state_size": 4, "block_pattern": ["mamba", "ffn"],
+      "moe": {"expert": "mlp", "activation": "gelu", "d_ff": 24}})";
+    const Model m(MambaConfig::from_json(io::parse_json(text, "config.json"), "config.json"));
+    CHECK(m.block<1>().mixer().d_ff() == kFf);
+    const std::string wrong = R"({"model_type": "moss", "moss_variant": "custom", "hidden_size": 16,
+      "num_hidden_layers": 2, "vocab_size": 40, "state_size": 4, "block_pattern": ["mamba", "ffn"],
+      "moe": {"expert": "mlp", "activation": "relu", "d_ff": 24}})";
+    REQUIRE_THROWS_WITH(Model(MambaConfig::from_json(io::parse_json(wrong, "config.json"), "config.json")),
+                        ContainsSubstring("config.json: blocks[1].activation"));
   }
   std::filesystem::remove_all(dir);
   std::filesystem::remove_all(dir2);
@@ -356,12 +613,12 @@ TEST_CASE("MambaLM keeps writing the Hugging Face format", "[host][models][moe]"
   const MambaLM<float> model(tiny_config(2));
   CHECK(model.config().moss_variant.empty());
   model.save(Host{}, model.init(Host{}, 1), dir);
-  const json::Value j = json::parse(read_text(dir / "config.json"), "config.json");
-  CHECK(j.at("model_type").as_string() == "mamba");
+  const io::Json j = read_json(dir / "config.json");
+  CHECK(j.at("model_type").get<std::string>() == "mamba");
   CHECK(strings_of(j.at("architectures")) == std::vector<std::string>{"MambaForCausalLM"});
-  for (const char* key : {"moss_variant", "block_pattern", "moe", "rom"}) {
+  for (const char* key : {"moss_variant", "block_pattern", "blocks", "moe", "rom"}) {
     INFO(key);
-    CHECK(j.find(key) == nullptr);
+    CHECK_FALSE(j.contains(key));
   }
   const MambaConfig c = load_mamba_config(dir);
   CHECK(c.moss_variant.empty());
@@ -371,9 +628,14 @@ TEST_CASE("MambaLM keeps writing the Hugging Face format", "[host][models][moe]"
 }
 
 TEMPLATE_TEST_CASE("Prefill and decode steps of a MoE model equal the full forward (dropless)", "[host][models][moe]",
-                   MoeMambaLM<float>, BlackMambaLM<float>, RomLM<float>, RomMoeLM<float>) {
+                   MoeMambaLM<float>, BlackMambaLM<float>, RomLM<float>, RomMoeLM<float>, TwoMoe) {
   using Model = TestType;
-  const Model model(tiny_config(4));
+  const Model model = [] {
+    if constexpr (std::is_same_v<Model, TwoMoe>)
+      return two_moe_model(6, /*capacity_factor=*/0.0);  // dropless, as decode is
+    else
+      return tiny_model<Model>(tiny_config(4));
+  }();
   const auto p = boosted_params(model, 21);
   const index_t batch = 2, L = 9, prompt = GENERATE(1, 4);
   const auto ids = token_ids(batch * L, 22);
@@ -414,7 +676,7 @@ TEMPLATE_TEST_CASE("A sparse model is its layers composed as pre-norm residual b
   // the library layer (tested against float64 in tests/layers).
   using Model = TestType;
   const MambaConfig cfg = tiny_config(4);
-  const Model model(cfg);
+  const Model model = tiny_model<Model>(cfg);
   const auto p = boosted_params(model, 31);
   const index_t batch = 2, L = 6, D = cfg.d_model, tokens = batch * L;
   const auto ids = token_ids(tokens, 32);
@@ -423,7 +685,7 @@ TEMPLATE_TEST_CASE("A sparse model is its layers composed as pre-norm residual b
   std::vector<double> h(static_cast<std::size_t>(tokens * D));
   for (index_t t = 0; t < tokens; ++t)
     for (index_t d = 0; d < D; ++d) h[t * D + d] = p.embeddings.data()[ids[t] * D + d];
-  auto norm = [&](const Buffer<float>& w) {
+  auto norm = [&](const Tensor<float, 1>& w) {
     std::vector<double> out(h.size());
     for (index_t t = 0; t < tokens; ++t) {
       double ss = 0;
@@ -472,90 +734,136 @@ TEMPLATE_TEST_CASE("A sparse model is its layers composed as pre-norm residual b
   CHECK(apart > 0.1);
 }
 
-TEST_CASE("Config contradictions are config_errors naming the key", "[host][models][moe][errors]") {
+namespace {
+
+/// `c` with the section of pattern position `i` replaced by `section` (the others as the model
+/// type's defaults write them, with the test's sizes).
+template <class Model>
+MambaConfig with_section(MambaConfig c, std::size_t i, const io::Json& section) {
+  const Model defaults(c, tiny_blocks<Model>());
+  c.blocks = defaults.config().blocks;
+  c.moss_variant = "";
+  c.block_pattern = {};
+  for (const auto& [key, value] : section.items()) c.blocks.at(i)[key] = value;
+  return c;
+}
+
+/// A config.json text of a moss model of the tiny sizes, with `extra` (JSON members) appended.
+MambaConfig parse_moss(const std::string& extra) {
+  const std::string text = R"({"model_type": "moss", "hidden_size": 16, "num_hidden_layers": 4, "vocab_size": 40,
+      "state_size": 4)" + (extra.empty() ? "" : ", " + extra) +
+                           "}";
+  return MambaConfig::from_json(io::parse_json(text, "config.json"), "config.json");
+}
+
+}  // namespace
+
+TEST_CASE("Config contradictions are config_errors naming the section and key", "[host][models][moe][errors]") {
   MambaConfig c = tiny_config(4);
-  SECTION("rom.router top1_switch for RomLM, whose router is top_k") {
-    c.rom.router = "top1_switch";
-    REQUIRE_THROWS_AS(RomLM<float>(c), config_error);
-    REQUIRE_THROWS_WITH(RomLM<float>(c), ContainsSubstring("rom.router") && ContainsSubstring("\"top1_switch\"") &&
-                                             ContainsSubstring("\"top_k\""));
+  auto section = [](const std::string& text) { return io::parse_json(text, "section"); };
+  SECTION("blocks[0].router top1_switch for RomLM, whose router is top_k") {
+    const MambaConfig bad = with_section<RomLM<float>>(c, 0, section(R"({"router": "top1_switch"})"));
+    REQUIRE_THROWS_AS(RomLM<float>(bad), config_error);
+    REQUIRE_THROWS_WITH(RomLM<float>(bad), ContainsSubstring("blocks[0].router") &&
+                                               ContainsSubstring("\"top1_switch\"") && ContainsSubstring("\"top_k\""));
   }
-  SECTION("the same, read from a config.json") {
+  SECTION("the same, read from a config.json, in today's layout and in moss 0.1's") {
     const auto dir = temp_dir("contradiction");
-    {
-      std::ofstream out(dir / "config.json");
-      out << R"({"model_type": "moss", "moss_variant": "rom", "hidden_size": 16, "num_hidden_layers": 2,
-                 "vocab_size": 40, "state_size": 4, "block_pattern": ["rom"],
-                 "rom": {"num_experts": 3, "router": "top1_switch", "top_k": 1}})";
-    }
+    write_text(dir / "config.json", R"({"model_type": "moss", "moss_variant": "rom", "hidden_size": 16,
+                 "num_hidden_layers": 2, "vocab_size": 40, "state_size": 4, "block_pattern": ["rom"],
+                 "blocks": [{"num_experts": 3, "router": "top1_switch", "top_k": 1}]})");
     const MambaConfig fc = load_mamba_config(dir);
-    CHECK(fc.rom.router == "top1_switch");
-    REQUIRE_THROWS_WITH(RomLM<float>(fc), ContainsSubstring("rom.router"));
+    REQUIRE(fc.blocks.size() == 1);
+    CHECK(fc.blocks[0].at("router").get<std::string>() == "top1_switch");
+    REQUIRE_THROWS_WITH(RomLM<float>(fc), ContainsSubstring((dir / "config.json").string() + ": blocks[0].router"));
+    write_text(dir / "config.json", R"({"model_type": "moss", "moss_variant": "rom", "hidden_size": 16,
+                 "num_hidden_layers": 2, "vocab_size": 40, "state_size": 4, "block_pattern": ["rom"],
+                 "rom": {"num_experts": 3, "router": "top1_switch", "top_k": 1}})");
+    const MambaConfig old = load_mamba_config(dir);
+    REQUIRE_THROWS_WITH(RomLM<float>(old), ContainsSubstring("blocks[0].router"));
     std::filesystem::remove_all(dir);
   }
   SECTION("a block_pattern that differs from the type's") {
     c.block_pattern = {"moe", "mamba"};
-    REQUIRE_THROWS_AS(MoeMambaLM<float>(c), config_error);
-    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("block_pattern") &&
-                                                  ContainsSubstring("[\"moe\", \"mamba\"]") &&
-                                                  ContainsSubstring("[\"mamba\", \"moe\"]"));
+    REQUIRE_THROWS_AS(tiny_model<MoeMambaLM<float>>(c), config_error);
+    REQUIRE_THROWS_WITH(tiny_model<MoeMambaLM<float>>(c), ContainsSubstring("block_pattern") &&
+                                                              ContainsSubstring("[\"moe\", \"mamba\"]") &&
+                                                              ContainsSubstring("[\"mamba\", \"moe\"]"));
     c.block_pattern = {"rom"};
-    REQUIRE_THROWS_WITH(RomMoeLM<float>(c), ContainsSubstring("block_pattern"));
+    REQUIRE_THROWS_WITH(tiny_model<RomMoeLM<float>>(c), ContainsSubstring("block_pattern"));
   }
-  SECTION("num_experts 0 with Experts<>") {
-    c.moe.num_experts = 0;
-    REQUIRE_THROWS_AS(MoeMambaLM<float>(c), config_error);
-    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("moe.num_experts"));
-    c.moe.num_experts = kMoeExperts;
-    c.rom.num_experts = 0;
-    REQUIRE_THROWS_WITH(RomLM<float>(c), ContainsSubstring("rom.num_experts"));
+  SECTION("a count of sections other than the pattern's") {
+    c.blocks = {io::Json::object()};
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c),
+                        ContainsSubstring("blocks has 1 sections") && ContainsSubstring("[\"mamba\", \"moe\"]"));
+  }
+  SECTION("num_experts 0 or missing with Experts<>, and against Experts<N>") {
+    REQUIRE_THROWS_AS(MoeMambaLM<float>(with_section<MoeMambaLM<float>>(c, 1, section(R"({"num_experts": 0})"))),
+                      config_error);
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(with_section<MoeMambaLM<float>>(c, 1, section(R"({"num_experts": 0})"))),
+                        ContainsSubstring("blocks[1].num_experts"));
+    REQUIRE_THROWS_WITH(RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"num_experts": 0})"))),
+                        ContainsSubstring("blocks[0].num_experts"));
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("blocks[1].num_experts"));  // no section at all
+    using Fixed = LanguageModel<Pattern<MambaBlock<float>, SwitchMoeBlock<float, Experts<4>>>>;
+    REQUIRE_THROWS_WITH(Fixed(with_section<Fixed>(c, 1, section(R"({"num_experts": 8})"))),
+                        ContainsSubstring("blocks[1].num_experts") && ContainsSubstring("Experts<4>"));
+    CHECK(Fixed(with_section<Fixed>(c, 1, section(R"({"num_experts": 4})"))).block<1>().mixer().num_experts() == 4);
+    CHECK(Fixed(c).block<1>().mixer().num_experts() == 4);  // the type's count fills a missing key
   }
   SECTION("moss_variant of another model") {
     c.moss_variant = "rom";
-    REQUIRE_THROWS_WITH(MoeMambaLM<float>(c), ContainsSubstring("moss_variant") && ContainsSubstring("\"moe-mamba\""));
+    REQUIRE_THROWS_WITH(tiny_model<MoeMambaLM<float>>(c),
+                        ContainsSubstring("moss_variant") && ContainsSubstring("\"moe-mamba\""));
   }
   SECTION("router, top_k, expert and activation keys") {
-    MambaConfig a = c;
-    a.moe.router = "top_k";
-    REQUIRE_THROWS_WITH(BlackMambaLM<float>(a), ContainsSubstring("moe.router"));
-    MambaConfig b = c;
-    b.rom.top_k = 2;
-    REQUIRE_THROWS_WITH(RomLM<float>(b), ContainsSubstring("rom.top_k"));
-    MambaConfig e = c;
-    e.moe.expert = "gated_mlp";
-    REQUIRE_THROWS_WITH(MoeMambaLM<float>(e), ContainsSubstring("moe.expert"));
-    MambaConfig f = c;
-    f.moe.activation = "relu";
-    REQUIRE_THROWS_WITH(BlackMambaLM<float>(f), ContainsSubstring("moe.activation"));
-    MambaConfig ok = c;  // keys that agree with the type are accepted
-    ok.moe.router = "top1_switch";
-    ok.moe.top_k = 1;
-    ok.moe.expert = "mlp";
-    ok.moe.activation = "relu";
-    CHECK_NOTHROW(MoeMambaLM<float>(ok));
+    REQUIRE_THROWS_WITH(BlackMambaLM<float>(with_section<BlackMambaLM<float>>(c, 1, section(R"({"router": "top_k"})"))),
+                        ContainsSubstring("blocks[1].router"));
+    REQUIRE_THROWS_WITH(RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"top_k": 2})"))),
+                        ContainsSubstring("blocks[0].top_k"));
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(with_section<MoeMambaLM<float>>(c, 1, section(R"({"expert": "gated_mlp"})"))),
+                        ContainsSubstring("blocks[1].expert"));
+    REQUIRE_THROWS_WITH(
+        BlackMambaLM<float>(with_section<BlackMambaLM<float>>(c, 1, section(R"({"activation": "relu"})"))),
+        ContainsSubstring("blocks[1].activation"));
+    // keys that agree with the type are accepted
+    CHECK_NOTHROW(MoeMambaLM<float>(with_section<MoeMambaLM<float>>(
+        c, 1, section(R"({"router": "top1_switch", "top_k": 1, "expert": "mlp", "activation": "relu"})"))));
+    // the second of two MoE blocks is checked against its own type
+    const MambaConfig c6 = tiny_config(6);
+    REQUIRE_THROWS_WITH(TwoMoe(with_section<TwoMoe>(c6, 2, section(R"({"router": "top1_switch"})"))),
+                        ContainsSubstring("blocks[2].router") && ContainsSubstring("\"top_k\""));
+    REQUIRE_THROWS_WITH(TwoMoe(with_section<TwoMoe>(c6, 2, section(R"({"top_k": 1})"))),
+                        ContainsSubstring("blocks[2].top_k"));
+    REQUIRE_THROWS_WITH(TwoMoe(with_section<TwoMoe>(c6, 1, section(R"({"expert": "gated_mlp"})"))),
+                        ContainsSubstring("blocks[1].expert"));
   }
   SECTION("RoM scope, projections and weight placement") {
-    MambaConfig a = c;
-    a.rom.scope = "per_projection";
-    REQUIRE_THROWS_WITH(RomLM<float>(a), ContainsSubstring("rom.scope"));
-    MambaConfig b = c;
-    b.rom.projections = {"conv", "out"};
-    REQUIRE_THROWS_WITH(RomLM<float>(b), ContainsSubstring("rom.projections"));
-    MambaConfig d = c;
-    d.rom.weight_placement = "all";
-    REQUIRE_THROWS_WITH(RomLM<float>(d), ContainsSubstring("rom.weight_placement"));
-    MambaConfig ok = c;
-    ok.rom.projections = {"out", "gate", "conv"};  // any order
-    CHECK_NOTHROW(RomLM<float>(ok));
+    REQUIRE_THROWS_WITH(RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"scope": "per_projection"})"))),
+                        ContainsSubstring("blocks[0].scope"));
+    REQUIRE_THROWS_WITH(RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"projections": ["conv", "out"]})"))),
+                        ContainsSubstring("blocks[0].projections"));
+    REQUIRE_THROWS_WITH(RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"weight_placement": "all"})"))),
+                        ContainsSubstring("blocks[0].weight_placement"));
+    // any order
+    CHECK_NOTHROW(
+        RomLM<float>(with_section<RomLM<float>>(c, 0, section(R"({"projections": ["out", "gate", "conv"]})"))));
   }
   SECTION("bad values in config.json") {
-    auto parse = [](const std::string& text) {
-      return MambaConfig::from_json(json::parse(text, "config.json"), "config.json");
-    };
-    REQUIRE_THROWS_WITH(parse(R"({"model_type": "moss", "moe": {"capacity_factor": -1}})"),
+    REQUIRE_THROWS_WITH(
+        MoeMambaLM<float>(parse_moss(
+            R"("block_pattern": ["mamba", "moe"], "blocks": [{}, {"num_experts": 4, "capacity_factor": -1}])")),
+        ContainsSubstring("blocks[1]") && ContainsSubstring("capacity_factor"));
+    REQUIRE_THROWS_WITH(MoeMambaLM<float>(parse_moss(
+                            R"("block_pattern": ["mamba", "moe"], "moe": {"num_experts": 4, "capacity_factor": -1})")),
                         ContainsSubstring("capacity_factor"));
-    REQUIRE_THROWS_AS(parse(R"({"model_type": "moss", "moe": 5})"), config_error);
-    REQUIRE_THROWS_WITH(parse(R"({"model_type": "moss", "rom": {"num_experts": -2}})"),
+    REQUIRE_THROWS_AS(parse_moss(R"("block_pattern": ["mamba", "moe"], "moe": 5)"), config_error);
+    REQUIRE_THROWS_AS(parse_moss(R"("block_pattern": ["mamba", "moe"], "blocks": 5)"), config_error);
+    REQUIRE_THROWS_WITH(parse_moss(R"("block_pattern": ["mamba", "moe"], "blocks": [{}, 3])"),
+                        ContainsSubstring("blocks[1]"));
+    REQUIRE_THROWS_WITH(RomLM<float>(parse_moss(R"("block_pattern": ["rom"], "rom": {"num_experts": -2})")),
                         ContainsSubstring("num_experts"));
+    REQUIRE_THROWS_WITH(RomLM<float>(parse_moss(R"("blocks": [{"num_experts": "three"}])")),
+                        ContainsSubstring("config.json: blocks[0]") && ContainsSubstring("num_experts is a string"));
   }
 }
