@@ -187,6 +187,9 @@ inline std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
   return n;
 }
 
+/// A key path as dump_json's messages print it ("(document)" for the root).
+inline std::string shown_path(const std::string& path) { return path.empty() ? std::string("(document)") : path; }
+
 /// Appends `s` as a JSON string literal, escaping as nlohmann does; `config_error` naming
 /// `path` when `s` is not UTF-8.
 inline void append_string(std::string& out, std::string_view s, const std::string& path) {
@@ -195,7 +198,7 @@ inline void append_string(std::string& out, std::string_view s, const std::strin
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
       const std::size_t n = utf8_sequence_length(s, i);
-      MOSS_EXPECTS(n != 0, config_error, "dump_json: ", path, " holds a string that is not UTF-8 (byte ", i,
+      MOSS_EXPECTS(n != 0, config_error, "dump_json: ", shown_path(path), " holds a string that is not UTF-8 (byte ", i,
                    "); JSON text must be UTF-8");
       out.append(s.substr(i, n));
       i += n;
@@ -262,7 +265,6 @@ inline void dump_value(std::string& out, const Json& j, int indent, int level, s
     out += '\n';
     out.append(static_cast<std::size_t>(indent) * static_cast<std::size_t>(at_level), ' ');
   };
-  const std::string shown = path.empty() ? std::string("(document)") : path;
   switch (j.type()) {
     case Json::value_t::null:
       out += "null";
@@ -276,13 +278,13 @@ inline void dump_value(std::string& out, const Json& j, int indent, int level, s
       return;
     case Json::value_t::number_float: {
       const double d = j.get<double>();
-      MOSS_EXPECTS(std::isfinite(d), config_error, "dump_json: ", shown, " is ", number_text(j),
+      MOSS_EXPECTS(std::isfinite(d), config_error, "dump_json: ", shown_path(path), " is ", number_text(j),
                    ", which JSON cannot represent (only finite numbers)");
       out += double_text(d);
       return;
     }
     case Json::value_t::string:
-      append_string(out, j.get_ref<const std::string&>(), shown);
+      append_string(out, j.get_ref<const std::string&>(), path);
       return;
     case Json::value_t::array: {
       if (j.empty()) {
@@ -327,13 +329,9 @@ inline void dump_value(std::string& out, const Json& j, int indent, int level, s
       return;
     }
     default:
-      raise<config_error>("dump_json: ", shown, " is binary or discarded data, which JSON text cannot hold");
+      raise<config_error>("dump_json: ", shown_path(path), " is binary or discarded data, which JSON text cannot hold");
   }
 }
-
-}  // namespace detail
-
-namespace detail {
 
 /// nlohmann SAX handler that builds the document and checks what nlohmann does not: duplicate
 /// keys and nesting depth. Members are appended without the linear key search of
@@ -526,6 +524,7 @@ class JsonRef {
   const std::string& where() const { return where_; }
   /// The value's kind as messages print it: "null", "a boolean", "a number", "a string", "an array", "an object".
   const char* kind() const { return kind_name(*value_); }
+  /// Whether the value is of that kind (a number: an integer or a floating value).
   bool is_null() const { return value_->is_null(); }
   bool is_bool() const { return value_->is_boolean(); }
   bool is_number() const { return value_->is_number(); }
