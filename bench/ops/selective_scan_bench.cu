@@ -1,17 +1,22 @@
 // CUDA benchmarks of moss::selective_scan and moss::selective_scan_step.
 //
-// Scan: the canonical shape of PERFORMANCE.md (batch 8, dim 4096, L 2048, N 16, bf16 u, delta,
-// z, B, C; float A, D, delta_bias; softplus on; z gate on) in the layer's channel-last layout
-// (u, delta, out from (batch, L, dim) buffers, z the second half of the (batch, L, 2·dim) in_proj
-// output, B and C columns of the (batch, L, R + 2N) x_proj output, R = 128) and channel-first.
-// Counters: bytes/s, state updates/s, anchor_ratio (mamba_ssm's 1.168 ms / time, > 1 is
-// faster), bytes_floor_ratio and exp2_floor_ratio (floor / time, ≤ 1).
+// Scan: the canonical shape of docs/performance.md (batch 8, dim 4096, L 2048, N 16, bf16 u,
+// delta, z, B, C; float A, D, delta_bias; softplus on; z gate on) in the layer's channel-last
+// layout (u, delta, out from (batch, L, dim) buffers, z the second half of the (batch, L, 2·dim)
+// in_proj output, B and C columns of the (batch, L, R + 2N) x_proj output, R = 128) and
+// channel-first. Counters: bytes/s, state updates/s, anchor_ratio (mamba_ssm's 1.168 ms / time,
+// > 1 is faster; canonical shape only), bytes_floor_ratio and exp2_floor_ratio (floor / time, ≤ 1).
+//
+// Strategies: every scan strategy (sequential, chunked, auto) on the same shapes, batch × L =
+// 8 × 2048 (canonical), 1 × 2048 (where the sequential kernel fills 32 of 132 SMs) and 1 × 8192,
+// dim 4096, both layouts; the label names the strategy.
 //
 // Step: batch 1 / 64 / 256, dim 4096, N 16, bf16, timed as a CUDA graph of kStepsPerGraph
 // launches (rotating input sets); the time column is per graph, seconds_per_step per launch.
 #include <benchmark/benchmark.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "moss/ops/selective_scan/cuda.cuh"
@@ -24,8 +29,8 @@ using moss::ConstView;
 using moss::index_t;
 using moss::TensorView;
 
-constexpr double kScanAnchorSeconds = 1.168e-3;  // mamba_ssm selective_scan_fn, H100 (PERFORMANCE.md)
-constexpr double kExp2PerSecond = 4.2e12;        // SFU exp2 rate of the H100 (PERFORMANCE.md)
+constexpr double kScanAnchorSeconds = 1.168e-3;  // mamba_ssm selective_scan_fn, H100 (docs/performance.md)
+constexpr double kExp2PerSecond = 4.2e12;        // SFU exp2 rate of the H100 (docs/performance.md)
 constexpr index_t kBatch = 8, kDim = 4096, kLen = 2048, kState = 16, kRank = 128;
 
 /// Float parameters of one layer: A = -(n + 1) (S4D-real), D, delta_bias.
@@ -42,35 +47,37 @@ struct ScanWeights {
   }
 };
 
-/// One input set of the scan at the canonical shape, in one of the two layouts.
+/// One input set of the scan at dim 4096, N 16 and (batch, L) (default: the canonical shape), in
+/// one of the two layouts.
 struct ScanSet {
   moss::Buffer<bf16> u, delta, xz, xproj, out;
   ScanWeights w;
   moss::SelectiveScanArgs<bf16> args;
 
-  ScanSet(const moss::Cuda& gpu, bool channel_last, std::uint64_t seed) : w(gpu, kDim, kState, seed + 10) {
-    const index_t n = kBatch * kDim * kLen;
+  ScanSet(const moss::Cuda& gpu, bool channel_last, std::uint64_t seed, index_t batch = kBatch, index_t L = kLen)
+      : w(gpu, kDim, kState, seed + 10) {
+    const index_t n = batch * kDim * L;
     u = moss::bench::device_randn<bf16>(gpu, n, seed);
     delta = moss::bench::device_randn<bf16>(gpu, n, seed + 1);
     xz = moss::bench::device_randn<bf16>(gpu, 2 * n, seed + 2);
     out = gpu.alloc<bf16>(n);
     const index_t W = kRank + 2 * kState;
-    xproj = moss::bench::device_randn<bf16>(gpu, kBatch * kLen * W, seed + 3);
+    xproj = moss::bench::device_randn<bf16>(gpu, batch * L * W, seed + 3);
     if (channel_last) {
-      const moss::Extents<3> st{kLen * kDim, 1, kDim};
-      args.u = ConstView<bf16, 3>(u.data(), {kBatch, kDim, kLen}, st);
-      args.delta = ConstView<bf16, 3>(delta.data(), {kBatch, kDim, kLen}, st);
-      args.z = ConstView<bf16, 3>(xz.data() + kDim, {kBatch, kDim, kLen}, {2 * kLen * kDim, 1, 2 * kDim});
-      args.out = TensorView<bf16, 3>(out.data(), {kBatch, kDim, kLen}, st);
-      args.B = ConstView<bf16, 4>(xproj.data() + kRank, {kBatch, 1, kState, kLen}, {kLen * W, 0, 1, W});
-      args.C = ConstView<bf16, 4>(xproj.data() + kRank + kState, {kBatch, 1, kState, kLen}, {kLen * W, 0, 1, W});
+      const moss::Extents<3> st{L * kDim, 1, kDim};
+      args.u = ConstView<bf16, 3>(u.data(), {batch, kDim, L}, st);
+      args.delta = ConstView<bf16, 3>(delta.data(), {batch, kDim, L}, st);
+      args.z = ConstView<bf16, 3>(xz.data() + kDim, {batch, kDim, L}, {2 * L * kDim, 1, 2 * kDim});
+      args.out = TensorView<bf16, 3>(out.data(), {batch, kDim, L}, st);
+      args.B = ConstView<bf16, 4>(xproj.data() + kRank, {batch, 1, kState, L}, {L * W, 0, 1, W});
+      args.C = ConstView<bf16, 4>(xproj.data() + kRank + kState, {batch, 1, kState, L}, {L * W, 0, 1, W});
     } else {
-      args.u = ConstView<bf16, 3>(u.data(), {kBatch, kDim, kLen});
-      args.delta = ConstView<bf16, 3>(delta.data(), {kBatch, kDim, kLen});
-      args.z = ConstView<bf16, 3>(xz.data(), {kBatch, kDim, kLen});
-      args.out = TensorView<bf16, 3>(out.data(), {kBatch, kDim, kLen});
-      args.B = ConstView<bf16, 4>(xproj.data(), {kBatch, 1, kState, kLen});
-      args.C = ConstView<bf16, 4>(xproj.data() + kBatch * kState * kLen, {kBatch, 1, kState, kLen});
+      args.u = ConstView<bf16, 3>(u.data(), {batch, kDim, L});
+      args.delta = ConstView<bf16, 3>(delta.data(), {batch, kDim, L});
+      args.z = ConstView<bf16, 3>(xz.data(), {batch, kDim, L});
+      args.out = TensorView<bf16, 3>(out.data(), {batch, kDim, L});
+      args.B = ConstView<bf16, 4>(xproj.data(), {batch, 1, kState, L});
+      args.C = ConstView<bf16, 4>(xproj.data() + batch * kState * L, {batch, 1, kState, L});
     }
     args.A = ConstView<float, 2>(w.A.data(), {kDim, kState});
     args.D = ConstView<float, 1>(w.D.data(), {kDim});
@@ -80,39 +87,72 @@ struct ScanSet {
 };
 
 /// Bytes the scan must move: u, delta, z read, out written, B and C read, A / D / bias read.
-double scan_bytes() {
-  const double act = static_cast<double>(kBatch) * kDim * kLen * sizeof(bf16);
-  return 4 * act + 2.0 * kBatch * kState * kLen * sizeof(bf16) + (kDim * kState + 2.0 * kDim) * sizeof(float);
+double scan_bytes(index_t batch = kBatch, index_t L = kLen) {
+  const double act = static_cast<double>(batch) * kDim * L * sizeof(bf16);
+  return 4 * act + 2.0 * batch * kState * L * sizeof(bf16) + (kDim * kState + 2.0 * kDim) * sizeof(float);
 }
 
-void set_scan_counters(benchmark::State& state) {
+void set_scan_counters(benchmark::State& state, index_t batch = kBatch, index_t L = kLen) {
   using benchmark::Counter;
-  const double updates = static_cast<double>(kBatch) * kDim * kLen * kState;
-  const double bytes = scan_bytes();
+  const double updates = static_cast<double>(batch) * kDim * L * kState;
+  const double bytes = scan_bytes(batch, L);
   moss::bench::set_rates(state, bytes, 0);
   const double it = static_cast<double>(state.iterations());
   state.counters["state_updates_per_second"] = Counter(updates * it, Counter::kIsRate);
-  state.counters["anchor_ratio"] = Counter(kScanAnchorSeconds * it, Counter::kIsRate);
+  if (batch == kBatch && L == kLen) state.counters["anchor_ratio"] = Counter(kScanAnchorSeconds * it, Counter::kIsRate);
   state.counters["bytes_floor_ratio"] = Counter(bytes / moss::bench::kCopyBytesPerSecond * it, Counter::kIsRate);
   state.counters["exp2_floor_ms"] = updates / kExp2PerSecond * 1e3;
   state.counters["exp2_floor_ratio"] = Counter(updates / kExp2PerSecond * it, Counter::kIsRate);
 }
 
-/// Times `launch(gpu, args)` over rotating input sets of the canonical shape.
+/// Times `launch(gpu, args)` over rotating input sets of shape (batch, 4096, L).
 template <class Launch>
-void run_scan(benchmark::State& state, bool channel_last, Launch launch) {
+void run_scan(benchmark::State& state, bool channel_last, Launch launch, index_t batch = kBatch, index_t L = kLen) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   std::vector<std::unique_ptr<ScanSet>> sets;
-  const int n_sets = moss::bench::rotation_count(scan_bytes());
-  for (int i = 0; i < n_sets; ++i) sets.push_back(std::make_unique<ScanSet>(gpu, channel_last, 100 + 20 * i));
+  const int n_sets = moss::bench::rotation_count(scan_bytes(batch, L));
+  for (int i = 0; i < n_sets; ++i) sets.push_back(std::make_unique<ScanSet>(gpu, channel_last, 100 + 20 * i, batch, L));
   int next = 0;
   moss::bench::time_cuda(state, gpu.stream, [&] {
     launch(gpu, sets[next]->args);
     next = (next + 1) % n_sets;
   });
-  set_scan_counters(state);
+  set_scan_counters(state, batch, L);
 }
+
+/// Strategy S at (batch = range 0, L = range 1, channel-last = range 2), dim 4096, N 16, bf16.
+template <class S>
+void BM_selective_scan_strategy(benchmark::State& state) {
+  const index_t batch = state.range(0), L = state.range(1);
+  state.SetLabel(std::string(S::name));
+  run_scan(
+      state, state.range(2) != 0, [](const moss::Cuda& gpu, const auto& a) { moss::selective_scan<S>(gpu, a); }, batch,
+      L);
+}
+
+/// The shapes every strategy runs: batch × L, channel-last then channel-first.
+void strategy_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "L", "channel_last"});
+  for (int channel_last : {1, 0})
+    for (auto [batch, L] : {std::pair<int, int>{8, 2048}, {1, 2048}, {1, 8192}}) b->Args({batch, L, channel_last});
+  b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK_TEMPLATE(BM_selective_scan_strategy, moss::SequentialScan)->Apply(strategy_shapes);
+BENCHMARK_TEMPLATE(BM_selective_scan_strategy, moss::ChunkedScan)->Apply(strategy_shapes);
+BENCHMARK_TEMPLATE(BM_selective_scan_strategy, moss::AutoScan)->Apply(strategy_shapes);
+
+/// Probes of AutoScan's rule (channel-last): batch 2 and 4 at L 2048 (the sequential kernel fills
+/// a quarter and a half of one wave) and batch 1 at L 256 and 512 (short sequences).
+void auto_rule_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "L", "channel_last"});
+  for (auto [batch, L] : {std::pair<int, int>{2, 2048}, {4, 2048}, {1, 256}, {1, 512}}) b->Args({batch, L, 1});
+  b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK_TEMPLATE(BM_selective_scan_strategy, moss::SequentialScan)->Apply(auto_rule_shapes);
+BENCHMARK_TEMPLATE(BM_selective_scan_strategy, moss::ChunkedScan)->Apply(auto_rule_shapes);
 
 void BM_selective_scan_bf16_channel_last(benchmark::State& state) {
   run_scan(state, true, [](const moss::Cuda& gpu, const auto& a) { moss::selective_scan(gpu, a); });

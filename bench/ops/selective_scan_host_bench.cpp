@@ -1,8 +1,11 @@
-// Host benchmark of moss::selective_scan (the CPU oracle, also the model's CPU path) at a small
-// channel-last shape: batch 1, dim 256, L 256, N 16, softplus, D, z gate.
+// Host benchmark of moss::selective_scan at a small channel-last shape: batch 1, dim 256, N 16,
+// softplus, D, z gate; L 256 with the default strategy (AutoScan: on the CPU the oracle, the
+// model's CPU path), and L 1024 per strategy: SequentialScan (the oracle) and ChunkedScan (its
+// segment decomposition in four segments: pass 1 over three, the rescan over three).
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
 #include "moss/ops/selective_scan.hpp"
@@ -13,7 +16,7 @@ using moss::ConstView;
 using moss::index_t;
 using moss::TensorView;
 
-constexpr index_t kBatch = 1, kDim = 256, kLen = 256, kState = 16;
+constexpr index_t kBatch = 1, kDim = 256, kState = 16;
 
 template <class T>
 std::vector<T> randn(std::size_t n, std::uint64_t seed, float stddev = 1.0f, float mean = 0.0f) {
@@ -24,8 +27,9 @@ std::vector<T> randn(std::size_t n, std::uint64_t seed, float stddev = 1.0f, flo
   return v;
 }
 
-template <class T>
+template <class T, class Strategy = moss::AutoScan, index_t kLen = 256>
 void BM_selective_scan_host(benchmark::State& state) {
+  state.SetLabel(std::string(Strategy::name));
   const std::size_t n = kBatch * kDim * kLen;
   const auto u = randn<T>(n, 1), delta = randn<T>(n, 2), z = randn<T>(n, 3);
   const auto bc = randn<T>(2 * kBatch * kLen * kState, 4);
@@ -48,7 +52,7 @@ void BM_selective_scan_host(benchmark::State& state) {
   a.out = TensorView<T, 3>(out.data(), {kBatch, kDim, kLen}, st);
   a.final_state = TensorView<float, 3>(final_state.data(), {kBatch, kDim, kState});
   for (auto _ : state) {
-    moss::selective_scan(moss::Host{}, a);
+    moss::selective_scan<Strategy>(moss::Host{}, a);
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
@@ -58,6 +62,9 @@ void BM_selective_scan_host(benchmark::State& state) {
 
 BENCHMARK(BM_selective_scan_host<float>)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_selective_scan_host<moss::bf16>)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_host<float, moss::SequentialScan, 1024>)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_host<float, moss::ChunkedScan, 1024>)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_host<moss::bf16, moss::ChunkedScan, 1024>)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -1,13 +1,19 @@
-// CUDA tests of moss::selective_scan and moss::selective_scan_step: the kernels against the host
-// oracle on the same inputs, over dtypes, layouts (channel-last, channel-first, generic strides,
-// misaligned bases), lengths that are not multiples of the chunk, channel counts that are not
-// multiples of the channel tile, every state-size bucket, groups, constant B / C and every
-// optional input.
+// CUDA tests of moss::selective_scan and moss::selective_scan_step: every scan strategy
+// (SequentialScan, ChunkedScan, AutoScan and a user's one-thread-per-channel strategy defined
+// here) against the host oracle on the same inputs, over dtypes, layouts (channel-last,
+// channel-first, generic strides, misaligned bases), lengths that are not multiples of the chunk
+// or of the segment, channel counts that are not multiples of the channel tile, every
+// state-size bucket, groups, constant B / C and every optional input; ChunkedScan's segments
+// forced from one staged chunk up, its workspace, and batch 1 × dim 4096 × long L.
 #include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
+#include <cstddef>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "moss/ops/selective_scan.hpp"
@@ -217,9 +223,10 @@ std::vector<T> logical(const TensorView<T, 3>& v) {
   return r;
 }
 
-/// Runs the scan on the host and on the GPU from the same inputs and compares.
-template <class T>
-void check_scan(const Config& c, std::uint64_t seed) {
+/// Runs the scan on the host (the oracle) and on the GPU through `run(gpu, args)` from the same
+/// inputs and compares.
+template <class T, class Run>
+void check_scan(const Config& c, std::uint64_t seed, Run run) {
   INFO("batch " << c.batch << " dim " << c.dim << " L " << c.L << " N " << c.N << " groups " << c.groups_b << "/"
                 << c.groups_c << " const " << c.const_b << c.const_c << " D " << c.has_d << " z " << c.has_z << " bias "
                 << c.has_bias << " softplus " << c.softplus << " init " << c.has_init << " final " << c.has_final
@@ -248,11 +255,11 @@ void check_scan(const Config& c, std::uint64_t seed) {
   g.delta_bias = rebase(g.delta_bias, p.bias.data(), d_bias.data());
   g.initial_state = rebase(g.initial_state, p.init.data(), d_init.data());
   g.final_state = rebase(g.final_state, p.final_state.data(), d_final.data());
-  moss::selective_scan(gpu, g);
+  run(gpu, g);
   std::vector<T> cuda_out_buf = download(gpu, d_out, p.out.size());
   const std::vector<float> cuda_final = download(gpu, d_final, p.final_state.size());
 
-  moss::selective_scan(moss::Host{}, p.args);
+  moss::selective_scan<moss::SequentialScan>(moss::Host{}, p.args);
   const std::vector<T> host_out = logical(p.args.out);
   const std::vector<T> cuda_out = logical(rebase(p.args.out, p.out.data(), cuda_out_buf.data()));
   CHECK(moss::test::rel_l2(cuda_out, host_out) <= moss::test::op_tolerance<T>());
@@ -347,12 +354,107 @@ std::vector<Config> scan_configs() {
   return v;
 }
 
+/// `selective_scan<S>` on the GPU, as a runner of check_scan.
+template <class S>
+struct WithStrategy {
+  template <class T>
+  void operator()(const moss::Cuda& gpu, const moss::SelectiveScanArgs<T>& a) const {
+    moss::selective_scan<S>(gpu, a);
+  }
+};
+
+/// ChunkedScan's kernels with segments of `segment_len` steps (rounded up to the staged chunk),
+/// whatever the device: the decomposition at small shapes.
+struct ForcedSegments {
+  index_t segment_len;
+  template <class T>
+  void operator()(const moss::Cuda& gpu, const moss::SelectiveScanArgs<T>& a) const {
+    namespace s = moss::detail::scan;
+    moss::validate(a, "selective_scan");
+    const s::SegmentPlan plan = s::with_tuning(a.A.shape[1], [&]<moss::detail::ScanTuning cfg>() {
+      return s::fixed_segments<T, cfg>(a.u.shape[2], segment_len);
+    });
+    REQUIRE(plan.segments >= 2);
+    s::run_segments(gpu, a, plan);
+  }
+};
+
+// A user's strategy, one struct in this file: one thread per (batch, channel) walks L with the
+// states in a local array, straight from the contract (expf, log1pf: no moss math); its CPU
+// path is moss's oracle.
+template <class T>
+__global__ void one_thread_scan_kernel(const moss::SelectiveScanArgs<T> a) {
+  const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i >= batch * dim) return;
+  const index_t b = i / dim, d = i % dim;
+  const index_t gb = d / (dim / a.B.shape[1]), gc = d / (dim / a.C.shape[1]);
+  float h[moss::kMaxStateSize];
+  for (index_t n = 0; n < N; ++n) h[n] = a.initial_state.data ? a.initial_state(b, d, n) : 0.0f;
+  for (index_t t = 0; t < L; ++t) {
+    float dt = moss::to_float(a.delta(b, d, t)) + (a.delta_bias.data ? a.delta_bias(d) : 0.0f);
+    if (a.delta_softplus && dt <= 20.0f) dt = log1pf(expf(dt));
+    const float u = moss::to_float(a.u(b, d, t));
+    float y = 0.0f;
+    for (index_t n = 0; n < N; ++n) {
+      h[n] = expf(dt * a.A(d, n)) * h[n] + dt * moss::to_float(a.B(b, gb, n, t)) * u;
+      y += moss::to_float(a.C(b, gc, n, t)) * h[n];
+    }
+    if (a.D.data) y += a.D(d) * u;
+    if (a.z.data) {
+      const float z = moss::to_float(a.z(b, d, t));
+      y *= z / (1.0f + expf(-z));
+    }
+    a.out(b, d, t) = moss::from_float<T>(y);
+  }
+  if (a.final_state.data)
+    for (index_t n = 0; n < N; ++n) a.final_state(b, d, n) = h[n];
+}
+
+struct OneThreadScan {
+  static constexpr std::string_view name = "one thread per channel";
+  template <class T>
+  static void run(const moss::Host& host, const moss::SelectiveScanArgs<T>& a) {
+    moss::SequentialScan::run(host, a);
+  }
+  template <class T>
+  static void run(const moss::Cuda& gpu, const moss::SelectiveScanArgs<T>& a) {
+    const index_t rows = a.u.shape[0] * a.u.shape[1];
+    if (rows == 0) return;
+    one_thread_scan_kernel<T><<<static_cast<unsigned>((rows + 127) / 128), 128, 0, gpu.stream>>>(a);
+    MOSS_CHECK_LAUNCH("one_thread_scan_kernel", gpu.stream);
+  }
+};
+static_assert(moss::ScanStrategy<OneThreadScan, moss::bf16>);
+
+/// Every strategy of check_scan's runs, by name.
+template <class T>
+void check_every_strategy(const Config& c, std::uint64_t seed) {
+  {
+    INFO("strategy sequential");
+    check_scan<T>(c, seed, WithStrategy<moss::SequentialScan>{});
+  }
+  {
+    INFO("strategy chunked");
+    check_scan<T>(c, seed, WithStrategy<moss::ChunkedScan>{});
+  }
+  {
+    INFO("strategy auto");
+    check_scan<T>(c, seed, WithStrategy<moss::AutoScan>{});
+  }
+  {
+    INFO("strategy one thread per channel (the user's)");
+    check_scan<T>(c, seed, WithStrategy<OneThreadScan>{});
+  }
+}
+
 }  // namespace
 
-TEMPLATE_TEST_CASE("selective_scan (cuda) equals the host oracle", "[cuda]", float, moss::f16, moss::bf16) {
+TEMPLATE_TEST_CASE("selective_scan (cuda): every strategy equals the host oracle", "[cuda]", float, moss::f16,
+                   moss::bf16) {
   MOSS_REQUIRE_CUDA_DEVICE();
   std::uint64_t seed = 1000;
-  for (const Config& c : scan_configs()) check_scan<TestType>(c, seed += 17);
+  for (const Config& c : scan_configs()) check_every_strategy<TestType>(c, seed += 17);
 }
 
 TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", "[cuda]") {
@@ -361,9 +463,108 @@ TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", 
   c.batch = 2;
   c.dim = 4096;
   c.L = 256;
-  check_scan<moss::bf16>(c, 4096);
+  check_every_strategy<moss::bf16>(c, 4096);
   c.layout = Layout::channel_first;
-  check_scan<moss::bf16>(c, 4097);
+  check_every_strategy<moss::bf16>(c, 4097);
+}
+
+TEST_CASE("selective_scan (cuda): batch 1 × dim 4096 × long L, where AutoScan chunks", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  Config c;
+  c.batch = 1;
+  c.dim = 4096;
+  c.L = 2048;
+  for (Layout l : {Layout::channel_last, Layout::channel_first}) {
+    c.layout = l;
+    check_scan<moss::bf16>(c, 777, WithStrategy<moss::SequentialScan>{});
+    check_scan<moss::bf16>(c, 777, WithStrategy<moss::ChunkedScan>{});
+    check_scan<moss::bf16>(c, 777, WithStrategy<moss::AutoScan>{});
+  }
+  // The plan on this device really splits L here, and AutoScan takes it.
+  Problem<moss::bf16> p(c, 1);
+  const auto plan = moss::detail::scan::chunked_plan(p.args);
+  INFO("segments " << plan.segments << " of " << plan.segment_len);
+  CHECK(plan.segments >= 2);
+  CHECK(moss::detail::scan::auto_chunks(p.args));
+  c.L = 8192;
+  c.layout = Layout::channel_last;
+  check_scan<moss::bf16>(c, 778, WithStrategy<moss::ChunkedScan>{});
+  check_scan<float>(c, 779, WithStrategy<moss::AutoScan>{});
+}
+
+TEMPLATE_TEST_CASE("selective_scan (cuda): ChunkedScan's segments from one staged chunk up equal the oracle", "[cuda]",
+                   float, moss::f16, moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  const Layout layouts[] = {Layout::channel_last, Layout::channel_first, Layout::strided, Layout::misaligned,
+                            Layout::misaligned_first};
+  std::uint64_t seed = 9000, k = 0;
+  // Ragged and exact L over segments of one or more staged chunks (16 steps for f32, 32 for
+  // 2-byte types; shorter requests round up), every tuning row, every layout, optional inputs.
+  for (index_t L : {33, 64, 100, 257, 1000})
+    for (index_t segment : {1, 32, 48, 96}) {
+      Config c;
+      c.L = L;
+      c.batch = 1 + static_cast<index_t>(k % 3);
+      c.dim = k % 4 == 0 ? 37 : (k % 4 == 1 ? 130 : 5);
+      const index_t Ns[] = {1, 8, 16, 17, 64, 65, 256};
+      c.N = Ns[k % 7];
+      c.groups_b = c.dim == 130 ? 2 : 1;
+      c.groups_c = c.dim == 130 ? (k % 2 ? 65 : 1) : 1;
+      c.const_b = k % 9 == 4;
+      c.const_c = k % 7 == 5;
+      c.has_d = k % 2 == 0;
+      c.has_z = k % 3 != 2;
+      c.has_bias = k % 4 != 3;
+      c.softplus = k % 5 != 1;
+      c.has_init = k % 2 == 1;
+      c.has_final = k % 6 != 4;
+      c.layout = layouts[k % 5];
+      ++k;
+      const index_t chunk = sizeof(TestType) == 2 ? 32 : 16;  // the staged chunk of the row (N ≤ 64)
+      const index_t step = c.N > 64 ? 8 : chunk;
+      const index_t len = (segment + step - 1) / step * step;
+      if (L <= len) continue;  // one segment: nothing to force
+      INFO("segment " << segment);
+      check_scan<TestType>(c, seed += 13, ForcedSegments{segment});
+    }
+  CHECK(k == 20);
+}
+
+TEST_CASE("selective_scan (cuda): ChunkedScan takes its scratch from the workspace and refuses a short one", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  Config c;
+  c.batch = 1;
+  c.dim = 512;
+  c.L = 1024;
+  Problem<moss::bf16> p(c, 31);
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto plan = moss::detail::scan::chunked_plan(p.args);
+  REQUIRE(plan.segments >= 2);
+  const std::size_t bytes = moss::workspace_bytes<moss::ChunkedScan>(gpu, p.args);
+  auto piece = [](index_t floats) {
+    const std::size_t a = moss::kWorkspaceAlignment;
+    return (static_cast<std::size_t>(floats) * sizeof(float) + a - 1) / a * a;
+  };
+  const index_t rows = (plan.segments - 1) * c.batch * c.dim;
+  CHECK(bytes == piece(rows * c.N) + piece(rows));
+  CHECK(moss::workspace_bytes<moss::SequentialScan>(gpu, p.args) == 0);
+  CHECK(moss::workspace_bytes<OneThreadScan>(gpu, p.args) == 0);
+  CHECK(moss::workspace_bytes<moss::AutoScan>(gpu, p.args) ==
+        (moss::detail::scan::auto_chunks(p.args) ? bytes : std::size_t{0}));
+  auto scratch = gpu.alloc<std::byte>(static_cast<index_t>(bytes));
+  // With a caller workspace of exactly workspace_bytes: equal to the oracle.
+  check_scan<moss::bf16>(c, 31, [&](const moss::Cuda& g, moss::SelectiveScanArgs<moss::bf16> a) {
+    a.workspace = moss::Workspace{scratch.data(), bytes};
+    moss::selective_scan<moss::ChunkedScan>(g, a);
+  });
+  // One byte short: refused before any launch.
+  p.args.workspace = moss::Workspace{scratch.data(), bytes - 1};
+  REQUIRE_THROWS_AS(moss::selective_scan<moss::ChunkedScan>(gpu, p.args), moss::config_error);
+  REQUIRE_THROWS_WITH(moss::selective_scan<moss::ChunkedScan>(gpu, p.args),
+                      Catch::Matchers::ContainsSubstring("selective_scan (cuda, chunked): the workspace holds " +
+                                                         std::to_string(bytes - 1) + " bytes but this call needs " +
+                                                         std::to_string(bytes)));
 }
 
 namespace {
@@ -517,4 +718,22 @@ TEST_CASE("selective_scan (cuda): prefill on the GPU then steps on the GPU equal
   const auto stepped = logical(rebase(p.args.out, p.out.data(), stepped_buf.data()));
   CHECK(moss::test::rel_l2(stepped, whole) <= 1e-5);
   CHECK(moss::test::rel_l2(stepped_state, whole_state) <= 1e-5);
+}
+
+TEST_CASE("selective_scan (cuda): a user's strategy runs through selective_scan<S> on both backends", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CHECK(OneThreadScan::name == "one thread per channel");
+  Config c;
+  c.batch = 3;
+  c.dim = 20;
+  c.L = 45;
+  c.N = 9;
+  c.groups_b = 4;
+  // The GPU path against the oracle, then the CPU path (the oracle itself) bit for bit.
+  check_scan<float>(c, 55, WithStrategy<OneThreadScan>{});
+  Problem<float> p(c, 56), q(c, 56);
+  moss::selective_scan<OneThreadScan>(moss::Host{}, p.args);
+  moss::selective_scan<moss::SequentialScan>(moss::Host{}, q.args);
+  CHECK(logical(p.args.out) == logical(q.args.out));
+  CHECK(p.final_state == q.final_state);
 }

@@ -1,11 +1,17 @@
 // Host tests of moss::selective_scan and moss::selective_scan_step: hand-computed cases, an
-// independent float64 loop, invariants (step = scan, prefill + continue = whole, linearity) and
-// every validation error.
+// independent float64 loop, invariants (step = scan, prefill + continue = whole, linearity),
+// every validation error, and the scan strategies: the chunk decomposition of ChunkedScan
+// against the oracle (ragged L, L = 1, segments from 1 step to beyond L, initial / final
+// states, f32 / f16 / bf16), its workspace, and a user's strategy.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_floating_point.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "moss/ops/selective_scan.hpp"
@@ -644,4 +650,311 @@ TEST_CASE("selective_scan_step: every shape and size error is reported", "[host]
   a.u.shape[1] = 5;
   REQUIRE_THROWS_AS(run(a), shape_error);
   REQUIRE_THROWS_WITH(run(a), ContainsSubstring("delta is [2, 4] (batch, dim) but expected [2, 5]"));
+}
+
+// ---- Scan strategies ----
+
+namespace {
+
+/// The outputs of `selective_scan<SequentialScan>` (the oracle) on a fresh copy of the problem
+/// (same config and seed): out in logical order and the final state.
+template <class T>
+std::pair<std::vector<T>, std::vector<float>> oracle_outputs(const Config& c, std::uint64_t seed) {
+  Problem<T> q(c, seed);
+  moss::selective_scan<moss::SequentialScan>(moss::Host{}, q.args);
+  return {q.output(), q.final_state};
+}
+
+/// Bound on the difference between the segment decomposition and the oracle: the decay of a
+/// segment is one exp(A·Σ Δ) instead of a product of per-step exps (a few float32 ulp on the
+/// carried states), and an output may round to the neighbouring value of T.
+template <class T>
+constexpr double decomposition_tolerance() {
+  return std::is_same_v<T, float> ? 2e-6 : output_tolerance<T>();
+}
+
+/// Bytes of `floats` floats rounded up to the workspace alignment (one piece of a layout).
+std::size_t piece(index_t floats) {
+  const std::size_t a = moss::kWorkspaceAlignment;
+  return (static_cast<std::size_t>(floats) * sizeof(float) + a - 1) / a * a;
+}
+
+/// The first kWorkspaceAlignment-aligned float of `v` (which has room for it).
+float* aligned(std::vector<float>& v) {
+  const auto p = reinterpret_cast<std::uintptr_t>(v.data());
+  const std::uintptr_t a = moss::kWorkspaceAlignment;
+  return reinterpret_cast<float*>((p + a - 1) / a * a);
+}
+
+/// The chunk decomposition's scratch for K segments laid out in `buffer` (poisoned with NaN),
+/// and the bytes it measures.
+template <class T>
+std::pair<moss::detail::scan::SegmentScratch, std::size_t> make_scratch(const moss::SelectiveScanArgs<T>& a, index_t K,
+                                                                        std::vector<float>& buffer) {
+  moss::WorkspaceLayout measure;
+  moss::detail::scan::segment_scratch(measure, a, K);
+  buffer.assign(measure.bytes() / sizeof(float) + moss::kWorkspaceAlignment, std::numeric_limits<float>::quiet_NaN());
+  moss::WorkspaceLayout layout(aligned(buffer));
+  return {moss::detail::scan::segment_scratch(layout, a, K), measure.bytes()};
+}
+
+/// The configurations of the decomposition checks: segment lengths from 1 step to beyond L,
+/// ragged and exact multiples, L = 1, with and without initial / final state, both layouts,
+/// groups and constant B / C.
+struct SegmentCase {
+  Config cfg;
+  index_t segment_len;
+};
+
+std::vector<SegmentCase> segment_cases() {
+  std::vector<SegmentCase> v;
+  std::uint64_t k = 0;
+  for (index_t L : {1, 2, 7, 16, 33, 64, 101})
+    for (index_t seg : {1, 3, 8, 16, 32}) {
+      Config c;
+      c.L = L;
+      c.batch = 1 + static_cast<index_t>(k % 3);
+      c.dim = (k % 4 == 0) ? 1 : 6;
+      c.N = (k % 3 == 0) ? 1 : (k % 3 == 1 ? 4 : 16);
+      c.groups_b = c.dim == 6 ? (k % 2 ? 3 : 2) : 1;
+      c.groups_c = c.dim == 6 ? (k % 3 == 1 ? 6 : 1) : 1;
+      c.const_b = (k % 7 == 3);
+      c.const_c = (k % 5 == 4);
+      c.has_d = k % 2 == 0;
+      c.has_z = k % 3 != 2;
+      c.has_bias = k % 4 != 1;
+      c.softplus = k % 5 != 3;
+      c.has_init = k % 2 == 1;
+      c.has_final = k % 6 != 5;
+      c.channel_last = k % 2 == 0;
+      v.push_back({c, seg});
+      ++k;
+    }
+  return v;
+}
+
+template <class T>
+void check_decomposition() {
+  std::uint64_t seed = 2000;
+  int segmented = 0;
+  for (const SegmentCase& sc : segment_cases()) {
+    const Config& c = sc.cfg;
+    INFO("segment " << sc.segment_len << " batch " << c.batch << " dim " << c.dim << " L " << c.L << " N " << c.N
+                    << " groups " << c.groups_b << "/" << c.groups_c << " const " << c.const_b << c.const_c << " D "
+                    << c.has_d << " z " << c.has_z << " bias " << c.has_bias << " softplus " << c.softplus << " init "
+                    << c.has_init << " final " << c.has_final << " channel_last " << c.channel_last);
+    seed += 10;
+    Problem<T> p(c, seed);
+    const index_t K = (c.L + sc.segment_len - 1) / sc.segment_len;
+    CHECK(moss::detail::scan::segment_count(c.L, sc.segment_len) == K);
+    std::vector<float> buffer;
+    const auto [scratch, bytes] = make_scratch(p.args, K, buffer);
+    const index_t rows = (K - 1) * c.batch * c.dim;
+    CHECK(bytes == (K < 2 ? 0 : piece(rows * c.N) + piece(rows)));
+    segmented += K >= 2;
+    moss::detail::scan::segmented_scan(p.args, sc.segment_len, scratch);
+    const auto [want_out, want_final] = oracle_outputs<T>(c, seed);
+    CHECK(moss::test::rel_l2(p.output(), want_out) <= decomposition_tolerance<T>());
+    if (c.has_final) CHECK(moss::test::rel_l2(p.final_state, want_final) <= 2e-6);
+    // And against the independent float64 loop.
+    const Reference r = reference(p);
+    CHECK(moss::test::rel_l2(p.output(), r.out) <= output_tolerance<T>());
+    if (c.has_final) CHECK(moss::test::rel_l2(p.final_state, r.final_state) <= 1e-5);
+  }
+  CHECK(segmented > 20);  // most cases really split L
+}
+
+}  // namespace
+
+TEST_CASE("selective_scan: the pair of a segment composes as the recurrence", "[host]") {
+  namespace s = moss::detail::scan;
+  // Three steps h ← a_t·h + b_t from h0 = 1.5, stepwise and through pairs in either grouping.
+  const s::ScanPair p1{0.5f, 2.0f}, p2{0.25f, -1.0f}, p3{0.8f, 0.125f};
+  const float h0 = 1.5f;
+  const float stepwise = 0.8f * (0.25f * (0.5f * h0 + 2.0f) - 1.0f) + 0.125f;
+  CHECK_THAT(s::apply(s::combine(s::combine(p1, p2), p3), h0), WithinRel(stepwise, 1e-6f));
+  CHECK_THAT(s::apply(s::combine(p1, s::combine(p2, p3)), h0), WithinRel(stepwise, 1e-6f));
+  CHECK(s::combine(p1, p2).a == 0.125f);
+  CHECK(s::apply(s::ScanPair{}, h0) == h0);  // the identity segment
+  // A segment's decay from Σ Δ equals the product of its steps' decays.
+  const float a = -1.7f, deltas[] = {0.3f, 0.05f, 1.2f, 0.7f};
+  double product = 1.0;
+  float sum = 0.0f;
+  for (float dt : deltas) {
+    product *= std::exp(static_cast<double>(dt) * a);
+    sum += dt;
+  }
+  CHECK_THAT(s::segment_decay(s::a_log2e(a), sum), WithinRel(static_cast<float>(product), 1e-6f));
+}
+
+TEST_CASE("selective_scan: f32 chunk decomposition equals the sequential oracle", "[host]") {
+  check_decomposition<float>();
+}
+TEST_CASE("selective_scan: f16 chunk decomposition equals the sequential oracle", "[host]") {
+  check_decomposition<moss::f16>();
+}
+TEST_CASE("selective_scan: bf16 chunk decomposition equals the sequential oracle", "[host]") {
+  check_decomposition<moss::bf16>();
+}
+
+TEST_CASE("selective_scan: the decomposition matches a closed form", "[host]") {
+  // dim 1, N 1, A = -ln 2, Δ = 1 (no softplus): every decay is 1/2 and B = C = u = 1, so the
+  // state after step t (from 0) is h_t = 2 - 2^-t = y_t; segments of 3 over L = 10.
+  const index_t L = 10;
+  std::vector<float> u(L, 1.0f), delta(L, 1.0f), B(L, 1.0f), C(L, 1.0f), A = {-std::log(2.0f)};
+  std::vector<float> out(L, NAN), fin(1, NAN), buffer;
+  moss::SelectiveScanArgs<float> a;
+  a.u = ConstView<float, 3>(u.data(), {1, 1, L});
+  a.delta = ConstView<float, 3>(delta.data(), {1, 1, L});
+  a.A = ConstView<float, 2>(A.data(), {1, 1});
+  a.B = ConstView<float, 4>(B.data(), {1, 1, 1, L});
+  a.C = ConstView<float, 4>(C.data(), {1, 1, 1, L});
+  a.out = TensorView<float, 3>(out.data(), {1, 1, L});
+  a.final_state = TensorView<float, 3>(fin.data(), {1, 1, 1});
+  const auto [scratch, bytes] = make_scratch(a, 4, buffer);
+  REQUIRE(bytes == 2 * moss::kWorkspaceAlignment);  // K = 4: three end states and three Σ Δ, one piece each
+  moss::detail::scan::segmented_scan(a, 3, scratch);
+  for (index_t t = 0; t < L; ++t)
+    CHECK_THAT(out[t], WithinRel(static_cast<float>(2.0 - std::ldexp(1.0, -static_cast<int>(t))), 1e-6f));
+  CHECK_THAT(fin[0], WithinRel(static_cast<float>(2.0 - std::ldexp(1.0, -9)), 1e-6f));
+}
+
+TEST_CASE("selective_scan: every built-in strategy runs on the host and equals the oracle", "[host]") {
+  Config c;
+  c.batch = 2;
+  c.dim = 3;
+  c.N = 16;
+  c.L = 600;  // three host segments of ChunkedScan::kHostSegment
+  for (bool has_init : {true, false}) {
+    c.has_init = has_init;
+    const auto [want_out, want_final] = oracle_outputs<float>(c, 71);
+    auto check = [&](auto strategy, const char* name) {
+      INFO(name << " init " << has_init);
+      using S = decltype(strategy);
+      Problem<float> p(c, 71);
+      moss::selective_scan<S>(moss::Host{}, p.args);
+      CHECK(moss::test::rel_l2(p.output(), want_out) <= 2e-6);
+      CHECK(moss::test::rel_l2(p.final_state, want_final) <= 2e-6);
+    };
+    check(moss::SequentialScan{}, "sequential");
+    check(moss::ChunkedScan{}, "chunked");
+    check(moss::AutoScan{}, "auto");
+  }
+  CHECK(moss::SequentialScan::name == "sequential");
+  CHECK(moss::ChunkedScan::name == "chunked");
+  CHECK(moss::AutoScan::name == "auto");
+}
+
+TEST_CASE("selective_scan: ChunkedScan takes its scratch from the workspace and refuses a short one", "[host]") {
+  Config c;
+  c.batch = 2;
+  c.dim = 3;
+  c.N = 5;
+  c.L = 700;  // K = 3
+  Problem<float> p(c, 13);
+  const std::size_t bytes = moss::workspace_bytes<moss::ChunkedScan>(moss::Host{}, p.args);
+  CHECK(bytes == piece(2 * 2 * 3 * 5) + piece(2 * 2 * 3));
+  CHECK(moss::workspace_bytes<moss::SequentialScan>(moss::Host{}, p.args) == 0);
+  CHECK(moss::workspace_bytes(moss::Host{}, p.args) == 0);  // AutoScan on the host: the oracle
+  const auto [want_out, want_final] = oracle_outputs<float>(c, 13);
+
+  std::vector<float> buffer(bytes / sizeof(float) + moss::kWorkspaceAlignment, NAN);
+  p.args.workspace = moss::Workspace{aligned(buffer), bytes};
+  moss::selective_scan<moss::ChunkedScan>(moss::Host{}, p.args);
+  CHECK(moss::test::rel_l2(p.output(), want_out) <= 2e-6);
+  CHECK(moss::test::rel_l2(p.final_state, want_final) <= 2e-6);
+  std::size_t written = 0;  // the scratch was used: 2 end states of 2 × 3 × 5, Σ Δ of segment 1
+  for (float x : buffer) written += !std::isnan(x);
+  CHECK(written == 2 * 2 * 3 * 5 + 2 * 3);
+
+  p.args.workspace.bytes = bytes - 4;
+  REQUIRE_THROWS_AS(moss::selective_scan<moss::ChunkedScan>(moss::Host{}, p.args), moss::config_error);
+  REQUIRE_THROWS_WITH(
+      moss::selective_scan<moss::ChunkedScan>(moss::Host{}, p.args),
+      ContainsSubstring("selective_scan (host, chunked): the workspace holds " + std::to_string(bytes - 4) +
+                        " bytes but this call needs " + std::to_string(bytes)));
+  p.args.workspace = moss::Workspace{aligned(buffer) + 1, bytes};
+  REQUIRE_THROWS_WITH(moss::selective_scan<moss::ChunkedScan>(moss::Host{}, p.args),
+                      ContainsSubstring("is not aligned to 256 bytes"));
+  // One segment (L ≤ 256): no scratch, and none read.
+  Config short_c = c;
+  short_c.L = 256;
+  Problem<float> q(short_c, 14);
+  CHECK(moss::workspace_bytes<moss::ChunkedScan>(moss::Host{}, q.args) == 0);
+  q.args.workspace = moss::Workspace{nullptr, 0};
+  REQUIRE_NOTHROW(moss::selective_scan<moss::ChunkedScan>(moss::Host{}, q.args));
+}
+
+namespace {
+
+/// A user's strategy: one struct in the user's file. It counts its calls and runs the oracle
+/// backwards over the channels (any order of (batch, channel) rows gives the same result).
+struct CountingScan {
+  static constexpr std::string_view name = "counting";
+  static inline int calls = 0;
+  template <class T>
+  static void run(const moss::Host&, const moss::SelectiveScanArgs<T>& a) {
+    ++calls;
+    for (index_t d = a.u.shape[1] - 1; d >= 0; --d) {
+      auto one = [d](auto v) {
+        v.data += d * v.stride[1];
+        v.shape[1] = 1;
+        return v;
+      };
+      moss::SelectiveScanArgs<T> g = a;
+      g.u = one(a.u);
+      g.delta = one(a.delta);
+      g.z = present(a.z) ? one(a.z) : a.z;
+      g.out = one(a.out);
+      g.initial_state = present(a.initial_state) ? one(a.initial_state) : a.initial_state;
+      g.final_state = present(a.final_state) ? one(a.final_state) : a.final_state;
+      g.A = ConstView<float, 2>(&a.A(d, 0), {1, a.A.shape[1]}, {a.A.stride[0], a.A.stride[1]});
+      if (present(a.D)) g.D = ConstView<float, 1>(&a.D(d), {1});
+      if (present(a.delta_bias)) g.delta_bias = ConstView<float, 1>(&a.delta_bias(d), {1});
+      // The group of channel d, as a one-group view.
+      auto group = [&](ConstView<T, 4> v) {
+        v.data += (d / (a.u.shape[1] / v.shape[1])) * v.stride[1];
+        v.shape[1] = 1;
+        return v;
+      };
+      g.B = group(a.B);
+      g.C = group(a.C);
+      moss::detail::scan::oracle_scan(g);
+    }
+  }
+};
+
+struct NotAStrategy {
+  static void run(int) {}
+};
+
+}  // namespace
+
+static_assert(moss::ScanStrategy<moss::SequentialScan, float>);
+static_assert(moss::ScanStrategy<moss::ChunkedScan, moss::bf16>);
+static_assert(moss::ScanStrategy<moss::AutoScan, moss::f16>);
+static_assert(moss::ScanStrategy<CountingScan, float>);
+static_assert(!moss::ScanStrategy<NotAStrategy, float>);
+static_assert(!moss::ScanStrategy<int, float>);
+
+TEST_CASE("selective_scan: a user's strategy is one struct, called once after validation", "[host]") {
+  Config c;
+  c.dim = 6;
+  c.groups_b = 3;
+  c.groups_c = 2;
+  c.L = 19;
+  const auto [want_out, want_final] = oracle_outputs<moss::bf16>(c, 88);
+  Problem<moss::bf16> p(c, 88);
+  CountingScan::calls = 0;
+  moss::selective_scan<CountingScan>(moss::Host{}, p.args);
+  CHECK(CountingScan::calls == 1);
+  CHECK(moss::test::rel_l2(p.output(), want_out) == 0.0);
+  CHECK(moss::test::rel_l2(p.final_state, want_final) == 0.0);
+  CHECK(moss::workspace_bytes<CountingScan>(moss::Host{}, p.args) == 0);
+  // Invalid arguments never reach the strategy.
+  auto bad = p.args;
+  bad.delta.shape[2] = 3;
+  REQUIRE_THROWS_WITH(moss::selective_scan<CountingScan>(moss::Host{}, bad),
+                      ContainsSubstring("selective_scan: delta is [2, 6, 3] (batch, dim, L)"));
+  CHECK(CountingScan::calls == 1);
 }

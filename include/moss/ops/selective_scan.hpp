@@ -1,5 +1,5 @@
-// moss/ops/selective_scan.hpp: the Mamba-1 selective scan (REFERENCE.md §1), full sequence and
-// one-token decode step.
+// moss/ops/selective_scan.hpp: the Mamba-1 selective scan (docs/math.md §1), full sequence and
+// one-token decode step, and the scan strategies (how the full sequence is computed).
 //
 //   Δ[b,d,t]   = softplus?(delta[b,d,t] + delta_bias[d])
 //   h[b,d,n,t] = exp(Δ·A[d,n]) · h[b,d,n,t-1] + Δ · B[b,g(d),n,t] · u[b,d,t]   (h[-1] = initial state or 0)
@@ -14,14 +14,23 @@
 // group counts (a constant B with a variable C, say). Inputs may have zero strides; the outputs
 // `out`, `final_state` (and the step's `state` and `out`) must not alias any input or each other.
 //
-//   moss::selective_scan(moss::Host{}, args);          // the CPU oracle, this header
-//   moss::selective_scan(moss::Cuda{stream}, args);    // moss/ops/selective_scan/cuda.cuh
+//   moss::selective_scan(moss::Host{}, args);                      // AutoScan: the CPU oracle
+//   moss::selective_scan(moss::Cuda{stream}, args);                // AutoScan: picks by shape
+//   moss::selective_scan<moss::ChunkedScan>(moss::Cuda{stream}, args);
+//
+// A strategy is one struct (`ScanStrategy`): a `name` and a static `run` per backend; the CUDA
+// `run` of the built-in ones is defined in moss/ops/selective_scan/cuda.cuh, which this header
+// includes under nvcc. `selective_scan<S>` validates once, then calls `S::run`.
 #pragma once
 
+#include <concepts>
+#include <cstddef>
+#include <string_view>
 #include <type_traits>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/core/workspace.hpp"
 
 namespace moss {
 
@@ -41,6 +50,7 @@ struct SelectiveScanArgs {
   ConstView<float, 3> initial_state;  // (batch, dim, N), optional
   TensorView<T, 3> out;               // (batch, dim, L)
   TensorView<float, 3> final_state;   // (batch, dim, N), optional output
+  Workspace workspace;  // scratch of strategies that need it (`workspace_bytes`); none: the backend's pool
 };
 
 /// Arguments of `selective_scan_step`: one token per sequence, the state updated in place.
@@ -147,6 +157,93 @@ void validate(const SelectiveScanArgs<T>& a, const char* where) {
   if (present(final_state)) detail::scan::expect_distinct_elements(where, final_state);
 }
 
+struct Cuda;  // moss/backend/cuda.cuh
+
+/// A scan strategy for storage type T: a struct with `static constexpr std::string_view name`
+/// and `static void run(const Host&, const SelectiveScanArgs<T>&)` (its CPU path, also what the
+/// CUDA tests compare with), and, to run on the GPU, `static void run(const Cuda&, ...)`. It may
+/// add `static std::size_t workspace_bytes(const Backend&, const SelectiveScanArgs<T>&)` when it
+/// needs scratch (taken from `args.workspace`, or from the backend's pool when that has no data).
+/// `run` is called by `selective_scan` after validation, with batch, dim ≥ 0 and any L ≥ 0.
+template <class S, class T>
+concept ScanStrategy = requires(const Host& host, const SelectiveScanArgs<T>& a) {
+  { S::name } -> std::convertible_to<std::string_view>;
+  S::run(host, a);
+};
+
+/// The per-thread sequential recurrence (docs/math.md §1): a thread keeps a channel's states in
+/// registers and walks all of L, in step groups; a block covers a tile of channels of one batch
+/// row. Fast when batch · dim fills the GPU (batch 8 × dim 4096: 256 blocks on 132 SMs). Its CPU
+/// path is the oracle.
+struct SequentialScan {
+  static constexpr std::string_view name = "sequential";
+  template <class T>
+  static void run(const Host&, const SelectiveScanArgs<T>& a);
+  template <class T>
+  static void run(const Cuda& gpu, const SelectiveScanArgs<T>& a);  // selective_scan/cuda.cuh
+};
+
+/// The chunked parallel scan for few (batch, channel) rows and long L (docs/math.md §1): L is
+/// split into K segments scanned side by side. Pass 1 scans segments 0 .. K-2 (segment 0 from
+/// the initial state, the others from zero) and keeps each one's end state and Σ Δ; the carries
+/// walk the segments with the pair h ↦ exp(A·Σ Δ)·h + end (`detail::scan::ScanPair`); the rescan
+/// recomputes segments 1 .. K-1 from their true entering states and writes out and the final
+/// state. About (2K - 1) / K times the sequential work, spread over K times the blocks.
+/// Scratch (`workspace_bytes`): (K - 1) · batch · dim · N floats of states and (K - 1) · batch ·
+/// dim of Σ Δ, laid out as moss/core/workspace.hpp says.
+struct ChunkedScan {
+  static constexpr std::string_view name = "chunked";
+  /// Steps per segment of the CPU path.
+  static constexpr index_t kHostSegment = 256;
+  template <class T>
+  static void run(const Host&, const SelectiveScanArgs<T>& a);
+  template <class T>
+  static void run(const Cuda& gpu, const SelectiveScanArgs<T>& a);  // selective_scan/cuda.cuh
+  template <class T>
+  static std::size_t workspace_bytes(const Host&, const SelectiveScanArgs<T>& a);
+  template <class T>
+  static std::size_t workspace_bytes(const Cuda& gpu, const SelectiveScanArgs<T>& a);  // selective_scan/cuda.cuh
+};
+
+/// The default: picks by shape. On the CPU, SequentialScan (the oracle). On the GPU,
+/// ChunkedScan when the sequential kernel's blocks (batch × dim / channels per block) fill at
+/// most half of one wave of resident blocks and L ≥ 512, else SequentialScan: below half a wave
+/// the idle SMs are worth the (2K - 1) / K work of the segments; above it they are not.
+struct AutoScan {
+  static constexpr std::string_view name = "auto";
+  template <class T>
+  static void run(const Host&, const SelectiveScanArgs<T>& a);
+  template <class T>
+  static void run(const Cuda& gpu, const SelectiveScanArgs<T>& a);  // selective_scan/cuda.cuh
+  template <class T>
+  static std::size_t workspace_bytes(const Host&, const SelectiveScanArgs<T>&) {
+    return 0;
+  }
+  template <class T>
+  static std::size_t workspace_bytes(const Cuda& gpu, const SelectiveScanArgs<T>& a);  // selective_scan/cuda.cuh
+};
+
+/// Runs the selective scan with strategy `Strategy` (default AutoScan) on `backend` (contract:
+/// above): validates the arguments once, then calls `Strategy::run`.
+template <class Strategy = AutoScan, class Backend, class T>
+void selective_scan(const Backend& backend, const SelectiveScanArgs<T>& args) {
+  static_assert(ScanStrategy<Strategy, T>, "moss::selective_scan: the strategy is not a moss::ScanStrategy");
+  validate(args, "selective_scan");
+  Strategy::run(backend, args);
+}
+
+/// Bytes of scratch `selective_scan<Strategy>(backend, args)` takes from `args.workspace` (or,
+/// when that has no data, from the backend's pool); 0 for strategies without `workspace_bytes`.
+template <class Strategy = AutoScan, class Backend, class T>
+std::size_t workspace_bytes(const Backend& backend, const SelectiveScanArgs<T>& args) {
+  static_assert(ScanStrategy<Strategy, T>, "moss::workspace_bytes: the strategy is not a moss::ScanStrategy");
+  validate(args, "selective_scan workspace_bytes");
+  if constexpr (requires { Strategy::workspace_bytes(backend, args); })
+    return Strategy::workspace_bytes(backend, args);
+  else
+    return 0;
+}
+
 /// Checks every shape, stride and size of a `selective_scan_step` call (see the other overload).
 template <class T>
 void validate(const SelectiveScanStepArgs<T>& a, const char* where) {
@@ -184,3 +281,6 @@ void validate(const SelectiveScanStepArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/selective_scan/host.hpp"
+#if defined(__CUDACC__)
+#include "moss/ops/selective_scan/cuda.cuh"
+#endif

@@ -13,6 +13,8 @@
 #include <initializer_list>
 
 #include "moss/backend/cuda.cuh"
+#include "moss/core/workspace.hpp"
+#include "moss/cuda/device.cuh"
 #include "moss/ops/selective_scan.hpp"
 #include "moss/ops/selective_scan/kernel.cuh"
 #include "moss/ops/selective_scan/tuning.cuh"
@@ -81,16 +83,15 @@ int bc_tile_elems(const ScanBc<T>& o, int N, int chunk) {
   return o.layout == TileLayout::time_major ? chunk * o.ld : N * o.ld;
 }
 
-/// Launches the full-sequence kernel with tuning `cfg` (a kScanTunings row; benchmarks may pass
-/// others to compare).
+/// The kernel parameters of a full-sequence scan with tuning `cfg`, and their shared memory.
 template <class T, ScanTuning cfg>
-void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+std::size_t scan_params(const SelectiveScanArgs<T>& a, ScanParams<T>& p) {
   constexpr int kSpt = cfg.states_per_thread;
   constexpr int V = 16 / sizeof(T);
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2];
   const int N = static_cast<int>(a.A.shape[1]);
 
-  ScanParams<T> p;
+  p.batch = batch;
   p.dim = dim;
   p.L = L;
   p.N = N;
@@ -98,8 +99,7 @@ void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   p.channels = cfg.threads / p.threads_per_channel;
   p.chunk = cfg.template chunk<T>();
   const index_t tiles = ceil_div<index_t>(dim, p.channels);
-  const index_t blocks = tiles * batch;
-  MOSS_EXPECTS(blocks <= INT_MAX, unsupported_error, "selective_scan (cuda): batch ", batch, " × ", tiles,
+  MOSS_EXPECTS(tiles * batch <= INT_MAX, unsupported_error, "selective_scan (cuda): batch ", batch, " × ", tiles,
                " channel tiles exceed the grid limit of ", INT_MAX, " blocks");
   p.tiles = static_cast<int>(tiles);
 
@@ -138,12 +138,149 @@ void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   }
   p.delta_softplus = a.delta_softplus;
 
-  const std::size_t smem = (6 * static_cast<std::size_t>(p.act_tile_elems) + 4 * p.bc_tile_elems) * sizeof(T) +
-                           2 * sizeof(float) * p.chunk * p.bc_float_ld;
-  auto kernel = selective_scan_kernel<T, kSpt, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
+  return (6 * static_cast<std::size_t>(p.act_tile_elems) + 4 * p.bc_tile_elems) * sizeof(T) +
+         2 * sizeof(float) * p.chunk * p.bc_float_ld;
+}
+
+/// Launches the full-sequence kernel with tuning `cfg` (a kScanTunings row; benchmarks may pass
+/// others to compare): SequentialScan.
+template <class T, ScanTuning cfg>
+void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  ScanParams<T> p;
+  const std::size_t smem = scan_params<T, cfg>(a, p);
+  const index_t blocks = static_cast<index_t>(p.tiles) * a.u.shape[0];
+  auto kernel = selective_scan_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
   MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("selective_scan_kernel", gpu.stream);
+}
+
+/// How ChunkedScan splits L: `segments` segments of `segment_len` steps (the last one shorter).
+struct SegmentPlan {
+  index_t segment_len = 0;
+  int segments = 1;
+};
+
+/// Segments of `segment_len` steps rounded up to a multiple of the staged chunk (so every
+/// segment starts 16-byte aligned where the chunks do), at least one.
+template <class T, ScanTuning cfg>
+SegmentPlan fixed_segments(index_t L, index_t segment_len) {
+  constexpr index_t chunk = cfg.template chunk<T>();
+  SegmentPlan plan;
+  plan.segment_len = ceil_div<index_t>(segment_len < 1 ? 1 : segment_len, chunk) * chunk;
+  plan.segments = L == 0 ? 1 : static_cast<int>(ceil_div<index_t>(L, plan.segment_len));
+  return plan;
+}
+
+/// Shortest segment ChunkedScan makes when L allows two: shorter ones pay pass 1 and the
+/// carries for little parallelism.
+inline constexpr index_t kMinSegment = 128;
+
+/// AutoScan picks ChunkedScan when the sequential kernel would fill at most 1 / kAutoIdleFactor
+/// of one wave and L has at least kAutoMinLength steps (see AutoScan for the measurements).
+inline constexpr index_t kAutoIdleFactor = 2;
+inline constexpr index_t kAutoMinLength = 512;
+
+/// How many times the sequential kernel's blocks (batch × channel tiles) fit into one wave of
+/// resident blocks (sms × the row's blocks per SM): ≥ 2 means it leaves half the GPU idle.
+template <class T, ScanTuning cfg>
+index_t idle_factor(const SelectiveScanArgs<T>& a, int sms) {
+  const index_t batch = a.u.shape[0], dim = a.u.shape[1];
+  const index_t per_block = cfg.threads / next_pow2(ceil_div<index_t>(a.A.shape[1], cfg.states_per_thread));
+  const index_t row_blocks = batch * ceil_div<index_t>(dim, per_block);
+  return row_blocks > 0 ? static_cast<index_t>(sms) * cfg.min_blocks / row_blocks : 0;
+}
+
+/// ChunkedScan's split of L for `a` on a GPU of `sms` multiprocessors: enough segments to fill
+/// one wave of resident blocks (at least two), each at least kMinSegment steps (or L / 2 when L
+/// is shorter than two of them); one segment only when L fits one staged chunk.
+template <class T, ScanTuning cfg>
+SegmentPlan plan_segments(const SelectiveScanArgs<T>& a, int sms) {
+  const index_t L = a.u.shape[2];
+  const index_t factor = idle_factor<T, cfg>(a, sms);
+  const index_t want = factor > 2 ? factor : 2;
+  const index_t shortest = kMinSegment < ceil_div<index_t>(L, 2) ? kMinSegment : ceil_div<index_t>(L, 2);
+  const index_t len = ceil_div<index_t>(L, want);
+  return fixed_segments<T, cfg>(L, len > shortest ? len : shortest);
+}
+
+/// The segmented scan (ChunkedScan) with tuning `cfg` and `plan` (segments ≥ 2): pass 1, the
+/// carries, the rescan, in `ends` and `delta_sums` (see `segment_scratch`).
+template <class T, ScanTuning cfg>
+void launch_segments(const Cuda& gpu, const SelectiveScanArgs<T>& a, const SegmentPlan& plan, float* ends,
+                     float* delta_sums) {
+  ScanParams<T> p;
+  const std::size_t smem = scan_params<T, cfg>(a, p);
+  const index_t batch = a.u.shape[0], dim = a.u.shape[1], N = a.A.shape[1];
+  const index_t row_blocks = static_cast<index_t>(p.tiles) * batch;
+  const index_t blocks = row_blocks * (plan.segments - 1);
+  MOSS_EXPECTS(blocks <= INT_MAX, unsupported_error, "selective_scan (cuda, chunked): ", row_blocks, " blocks × ",
+               plan.segments - 1, " segments exceed the grid limit of ", INT_MAX, " blocks");
+  p.segment_len = plan.segment_len;
+  p.segments = plan.segments;
+  p.ends = ends;
+  p.delta_sums = delta_sums;
+  auto kernel =
+      selective_scan_segment_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
+  MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // Pass 1: segments 0 .. K-2.
+  p.first_segment = 0;
+  p.rescan = false;
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
+  MOSS_CHECK_LAUNCH("selective_scan_segment_kernel (pass 1)", gpu.stream);
+  // The carries.
+  const index_t states = batch * dim * N;
+  scan_carry_kernel<256><<<static_cast<unsigned>(ceil_div<index_t>(states, 256)), 256, 0, gpu.stream>>>(
+      p.ends, p.delta_sums, a.A.data, a.A.stride[0], a.A.stride[1], batch, dim, N, plan.segments);
+  MOSS_CHECK_LAUNCH("scan_carry_kernel", gpu.stream);
+  // The rescan: segments 1 .. K-1.
+  p.first_segment = 1;
+  p.rescan = true;
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
+  MOSS_CHECK_LAUNCH("selective_scan_segment_kernel (rescan)", gpu.stream);
+}
+
+/// Calls `f.template operator()<row>()` with the kScanTunings row serving d_state N.
+template <class F>
+decltype(auto) with_tuning(index_t N, F&& f) {
+  static_assert(kScanBuckets == 3, "moss: selective_scan dispatches three kScanTunings rows");
+  switch (scan_bucket(N)) {
+    case 0:
+      return f.template operator()<kScanTunings[0]>();
+    case 1:
+      return f.template operator()<kScanTunings[1]>();
+    default:
+      return f.template operator()<kScanTunings[2]>();
+  }
+}
+
+/// ChunkedScan's plan for `a` on the current device.
+template <class T>
+SegmentPlan chunked_plan(const SelectiveScanArgs<T>& a) {
+  const int sms = cuda::sm_count();
+  return with_tuning(a.A.shape[1], [&]<ScanTuning cfg>() { return plan_segments<T, cfg>(a, sms); });
+}
+
+/// AutoScan's rule on the current device (see AutoScan): true for ChunkedScan.
+template <class T>
+bool auto_chunks(const SelectiveScanArgs<T>& a) {
+  const int sms = cuda::sm_count();
+  const index_t factor = with_tuning(a.A.shape[1], [&]<ScanTuning cfg>() { return idle_factor<T, cfg>(a, sms); });
+  return factor >= kAutoIdleFactor && a.u.shape[2] >= kAutoMinLength;
+}
+
+/// Runs the segmented scan of `a` with `plan` (segments ≥ 2), its scratch (`segment_scratch`)
+/// from `a.workspace` or, when that has no data, from the backend's pool (stream-ordered: freed
+/// after the launches on the stream).
+template <class T>
+void run_segments(const Cuda& gpu, const SelectiveScanArgs<T>& a, const SegmentPlan& plan) {
+  WorkspaceLayout measure;
+  segment_scratch(measure, a, plan.segments);
+  const OpWorkspace<Cuda> ws(gpu, a.workspace, measure.bytes(), "selective_scan (cuda, chunked)");
+  WorkspaceLayout layout = ws.layout();
+  const SegmentScratch scratch = segment_scratch(layout, a, plan.segments);
+  with_tuning(a.A.shape[1],
+              [&]<ScanTuning cfg>() { launch_segments<T, cfg>(gpu, a, plan, scratch.ends, scratch.delta_sums); });
 }
 
 template <class T>
@@ -198,23 +335,46 @@ void launch_step(const Cuda& gpu, const SelectiveScanStepArgs<T>& a) {
 
 }  // namespace detail::scan
 
-/// Runs the selective scan on the GPU, queued on `gpu.stream` (contract: moss/ops/selective_scan.hpp).
+/// SequentialScan on the GPU: one thread per (channel, slice of states) walks all of L, queued
+/// on `gpu.stream` (args validated by `selective_scan`).
 template <class T>
-void selective_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
-  static_assert(detail::kScanBuckets == 3, "moss: selective_scan dispatches three kScanTunings rows");
-  validate(a, "selective_scan");
+void SequentialScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
-  switch (detail::scan_bucket(a.A.shape[1])) {
-    case 0:
-      detail::scan::launch_scan<T, detail::kScanTunings[0]>(gpu, a);
-      break;
-    case 1:
-      detail::scan::launch_scan<T, detail::kScanTunings[1]>(gpu, a);
-      break;
-    default:
-      detail::scan::launch_scan<T, detail::kScanTunings[2]>(gpu, a);
-      break;
-  }
+  detail::scan::with_tuning(a.A.shape[1], [&]<detail::ScanTuning cfg>() { detail::scan::launch_scan<T, cfg>(gpu, a); });
+}
+
+/// ChunkedScan on the GPU: the segmented scan with the plan for this device (the sequential
+/// kernel when L fits one staged chunk). Scratch: `a.workspace` or the backend's pool.
+template <class T>
+void ChunkedScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
+  const detail::scan::SegmentPlan plan = detail::scan::chunked_plan(a);
+  if (plan.segments < 2) return SequentialScan::run(gpu, a);
+  detail::scan::run_segments(gpu, a, plan);
+}
+
+/// Bytes of scratch ChunkedScan needs for `a` on the current device (0 when it runs unsegmented).
+template <class T>
+std::size_t ChunkedScan::workspace_bytes(const Cuda&, const SelectiveScanArgs<T>& a) {
+  if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return 0;
+  WorkspaceLayout measure;
+  detail::scan::segment_scratch(measure, a, detail::scan::chunked_plan(a).segments);
+  return measure.bytes();
+}
+
+/// AutoScan on the GPU: ChunkedScan when its plan splits L (see AutoScan), else SequentialScan.
+template <class T>
+void AutoScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
+  if (detail::scan::auto_chunks(a)) return ChunkedScan::run(gpu, a);
+  SequentialScan::run(gpu, a);
+}
+
+/// Bytes of scratch AutoScan needs for `a` on the current device (0 when it runs SequentialScan).
+template <class T>
+std::size_t AutoScan::workspace_bytes(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  if (a.u.shape[0] == 0 || a.u.shape[1] == 0 || !detail::scan::auto_chunks(a)) return 0;
+  return ChunkedScan::workspace_bytes(gpu, a);
 }
 
 /// Advances every sequence by one token on the GPU, updating `state` in place.

@@ -9,6 +9,14 @@
 // the math; computes (in groups of steps whose loads, Δ and gates are issued together, see
 // `staged_group`); writes out through shared memory with coalesced 16-byte stores.
 //
+// Segmented (ChunkedScan, docs/math.md §1): the same block body over one time segment of L per
+// block, so batch · channel tiles · segments blocks fill the GPU when batch · dim alone cannot.
+// Pass 1 scans segments 0 .. K-2 (segment 0 from the true initial state, writing its outputs;
+// the others from zero, writing nothing but their end state and Σ Δ); `scan_carry_kernel` turns
+// the end states into the true state entering each segment with the (a, b) pair of math.hpp;
+// the rescan (the block body again) recomputes segments 1 .. K-1 from those states and writes
+// the outputs and the final state.
+//
 // Step: one thread per (batch, channel, slice of states), plain loads.
 #pragma once
 
@@ -89,6 +97,14 @@ struct ScanParams {
   int bc_tile_elems = 0;   // elements of one raw B or C tile
   int bc_float_ld = 0;     // floats per time step of the converted B or C chunk
   bool delta_softplus = false;
+  // Segments (the segmented kernel only; the sequential one scans all of L in one block).
+  index_t batch = 0;
+  index_t segment_len = 0;      // steps per segment, a multiple of `chunk`
+  int segments = 0;             // segments of the whole sequence (K ≥ 2)
+  int first_segment = 0;        // segment of this launch's first blocks
+  bool rescan = false;          // false: pass 1 (end states), true: the rescan that writes outputs
+  float* ends = nullptr;        // (K - 1, batch, dim, N) contiguous: end states, then the carries in
+  float* delta_sums = nullptr;  // (K - 1, batch, dim) contiguous: Σ Δ of segments 1 .. K-2
 };
 
 /// Floats of padding after each thread's slice of states in the converted B / C rows: with a
@@ -250,10 +266,11 @@ MOSS_DEVICE float update_and_read(float (&h)[kSpt], const float (&a_scaled)[kSpt
 /// kSteps consecutive steps t0.. of one channel whose thread owns all its states, with B and C
 /// staged as floats: first every step's u, Δ and z (independent of the state), then the state
 /// updates, then the gates and the stores that replace u by the output in the tile.
-template <class T, int kSpt, int kSteps>
+/// With kSumDelta the group also adds its Δ to `dt_sum`, in step order.
+template <class T, int kSpt, int kSteps, bool kSumDelta>
 MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T* su, const T* sd, const T* sz, int own,
                               int own_step, int t0, const float* fb, const float* fc, int bc_ld, float bias,
-                              bool softplus, bool has_d, float d_skip, bool has_z) {
+                              bool softplus, bool has_d, float d_skip, bool has_z, float& dt_sum) {
   float u[kSteps], dt[kSteps], zv[kSteps], y[kSteps];
 #pragma unroll
   for (int j = 0; j < kSteps; ++j) {
@@ -261,6 +278,10 @@ MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T
     u[j] = to_float(su[o]);
     dt[j] = delta_value(to_float(sd[o]), bias, softplus);
     zv[j] = has_z ? to_float(sz[o]) : 0.0f;
+  }
+  if constexpr (kSumDelta) {
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) dt_sum += dt[j];
   }
 #pragma unroll
   for (int j = 0; j < kSteps; ++j) {
@@ -277,13 +298,20 @@ MOSS_DEVICE void staged_group(float (&h)[kSpt], const float (&a_scaled)[kSpt], T
   }
 }
 
-/// One block of the full-sequence scan: channels [tile · channels, +channels) of batch row b.
-template <class T, int kSpt, int kThreads, int kStepsPerGroup>
+/// One block of the full-sequence scan: channels [tile · channels, +channels) of batch row b;
+/// with kSegmented, over steps [s · segment_len, +segment_len) of segment s only (see the top).
+template <class T, int kSpt, int kThreads, int kStepsPerGroup, bool kSegmented>
 MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   constexpr int kSlice = kSpt + kSlicePad;
   const int tpc = p.threads_per_channel;
   const int tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.tiles));
-  const index_t b = blockIdx.x / static_cast<unsigned>(p.tiles);
+  const index_t row = blockIdx.x / static_cast<unsigned>(p.tiles);  // batch row, segment-major when segmented
+  const index_t b = kSegmented ? row % p.batch : row;
+  const int seg = kSegmented ? p.first_segment + static_cast<int>(row / p.batch) : 0;
+  const index_t t_begin = kSegmented ? seg * p.segment_len : 0;
+  const index_t len = kSegmented ? (p.L - t_begin < p.segment_len ? p.L - t_begin : p.segment_len) : p.L;
+  // Pass 1 writes outputs only for segment 0, the one that starts from the true initial state.
+  const bool write_out = !kSegmented || p.rescan || seg == 0;
   const index_t d0 = static_cast<index_t>(tile) * p.channels;
   const int rows = static_cast<int>(p.dim - d0 < p.channels ? p.dim - d0 : p.channels);
   const int c = static_cast<int>(threadIdx.x) / tpc;
@@ -292,6 +320,16 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   const index_t d = active ? d0 + c : d0;  // inactive threads run the loop (shuffles, barriers) on safe addresses
   const int n0 = slice * kSpt;
   const int n_valid = active ? p.N - n0 : 0;  // states of this slice below N (may be ≤ 0)
+  // The state entering the block: the caller's initial state for segment 0, the carried one
+  // (rescan) or zero (pass 1) for the others.
+  const float* init = p.initial_state;
+  index_t init_strides[3] = {p.initial_strides[0], p.initial_strides[1], p.initial_strides[2]};
+  if (kSegmented && seg > 0) {
+    init = p.rescan ? p.ends + (seg - 1) * p.batch * p.dim * p.N : nullptr;
+    init_strides[0] = p.dim * p.N;
+    init_strides[1] = p.N;
+    init_strides[2] = 1;
+  }
 
   // Shared memory: [2 stages][u, delta, z] tiles, [2 stages][B, C] raw tiles, [B, C] float chunks.
   T* act = reinterpret_cast<T*>(smem);
@@ -314,31 +352,30 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
     const bool ok = i < n_valid;
     const index_t n = n0 + i;
     a_scaled[i] = ok ? a_log2e(p.A[d * p.A_row_stride + n * p.A_state_stride]) : 0.0f;
-    h[i] = ok && p.initial_state
-               ? p.initial_state[b * p.initial_strides[0] + d * p.initial_strides[1] + n * p.initial_strides[2]]
-               : 0.0f;
+    h[i] = ok && init ? init[b * init_strides[0] + d * init_strides[1] + n * init_strides[2]] : 0.0f;
   }
-  const bool has_d = p.D != nullptr, has_z = p.z.data != nullptr;
+  const bool has_d = p.D != nullptr, has_z = p.z.data != nullptr && write_out;
+  float dt_sum = 0.0f;  // Σ Δ over the segment (segmented pass 1)
   const float d_skip = has_d ? p.D[d * p.D_stride] : 0.0f;
   const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
 
   // Padding states (n ≥ N) read B = C = 0, so their h stays 0 and adds nothing to y.
   for (int i = threadIdx.x; i < 2 * p.chunk * p.bc_float_ld; i += kThreads) b_float[i] = 0.0f;
 
-  const index_t chunks = (p.L + p.chunk - 1) / p.chunk;
+  const index_t chunks = (len + p.chunk - 1) / p.chunk;
   auto chunk_steps = [&](index_t k) {
-    const index_t left = p.L - k * p.chunk;
+    const index_t left = len - k * p.chunk;
     return static_cast<int>(left < p.chunk ? left : p.chunk);
   };
   auto issue_loads = [&](index_t k, int stage) {
-    const index_t t0 = k * p.chunk;
+    const index_t t0 = t_begin + k * p.chunk;
     const int nt = chunk_steps(k);
     T* s = act + 3 * stage * p.act_tile_elems;
     load_tile<T, kThreads>(s, p.act_layout, p.act_ld, p.u.at(b, d0, t0), p.u.row_stride, p.u.time_stride, rows, nt,
                            p.u.access);
     load_tile<T, kThreads>(s + p.act_tile_elems, p.act_layout, p.act_ld, p.delta.at(b, d0, t0), p.delta.row_stride,
                            p.delta.time_stride, rows, nt, p.delta.access);
-    if (p.z.data)
+    if (has_z)
       load_tile<T, kThreads>(s + 2 * p.act_tile_elems, p.act_layout, p.act_ld, p.z.at(b, d0, t0), p.z.row_stride,
                              p.z.time_stride, rows, nt, p.z.access);
     T* r = bc_raw + 2 * stage * p.bc_tile_elems;
@@ -357,7 +394,7 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   for (index_t k = 0; k < chunks; ++k) {
     const int stage = static_cast<int>(k & 1);
     const int nt = chunk_steps(k);
-    const index_t t0 = k * p.chunk;
+    const index_t t0 = t_begin + k * p.chunk;
     __syncthreads();  // every thread is done with the stage the next loads overwrite
     if (k + 1 < chunks) issue_loads(k + 1, stage ^ 1);
     cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning "chunk k"
@@ -384,11 +421,12 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
     if (stage_b && stage_c && tpc == 1) {
       int t = 0;
       for (; t + kStepsPerGroup <= nt; t += kStepsPerGroup)
-        staged_group<T, kSpt, kStepsPerGroup>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc, p.bc_float_ld, bias,
-                                              p.delta_softplus, has_d, d_skip, has_z);
+        staged_group<T, kSpt, kStepsPerGroup, kSegmented>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc,
+                                                          p.bc_float_ld, bias, p.delta_softplus, has_d, d_skip, has_z,
+                                                          dt_sum);
       for (; t < nt; ++t)
-        staged_group<T, kSpt, 1>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc, p.bc_float_ld, bias,
-                                 p.delta_softplus, has_d, d_skip, has_z);
+        staged_group<T, kSpt, 1, kSegmented>(h, a_scaled, su, sd, sz, own, own_step, t, fb, fc, p.bc_float_ld, bias,
+                                             p.delta_softplus, has_d, d_skip, has_z, dt_sum);
     } else {
       // u and Δ of step t + 1 are read and computed during step t.
       float u_next = to_float(su[own]);
@@ -396,6 +434,7 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
       for (int t = 0; t < nt; ++t) {
         const int o = own + t * own_step;
         const float u = u_next, dt = dt_next;
+        if constexpr (kSegmented) dt_sum += dt;
         const int o_next = t + 1 < nt ? o + own_step : o;
         u_next = to_float(su[o_next]);
         dt_next = delta_value(to_float(sd[o_next]), bias, p.delta_softplus);
@@ -420,15 +459,26 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
       }
     }
     __syncthreads();  // the out chunk is complete in shared memory
-    store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld, rows,
-                            nt, p.out.access);
+    if (write_out)
+      store_tile<T, kThreads>(p.out.at(b, d0, t0), p.out.row_stride, p.out.time_stride, su, p.act_layout, p.act_ld,
+                              rows, nt, p.out.access);
   }
 
-  if (p.final_state && active) {
+  // The state leaving the block: the caller's final state after the last segment, else (pass 1)
+  // the segment's end state and Σ Δ for `scan_carry_kernel`.
+  float* fin = p.final_state;
+  index_t fin_strides[3] = {p.final_strides[0], p.final_strides[1], p.final_strides[2]};
+  if (kSegmented && seg + 1 < p.segments) {
+    fin = p.rescan ? nullptr : p.ends + seg * p.batch * p.dim * p.N;
+    fin_strides[0] = p.dim * p.N;
+    fin_strides[1] = p.N;
+    fin_strides[2] = 1;
+    if (!p.rescan && seg > 0 && active && slice == 0) p.delta_sums[(seg * p.batch + b) * p.dim + d] = dt_sum;
+  }
+  if (fin && active) {
 #pragma unroll
     for (int i = 0; i < kSpt; ++i)
-      if (i < n_valid)
-        p.final_state[b * p.final_strides[0] + d * p.final_strides[1] + (n0 + i) * p.final_strides[2]] = h[i];
+      if (i < n_valid) fin[b * fin_strides[0] + d * fin_strides[1] + (n0 + i) * fin_strides[2]] = h[i];
   }
 }
 
@@ -436,7 +486,34 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
 template <class T, int kSpt, int kThreads, int kMinBlocks, int kStepsPerGroup>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) selective_scan_kernel(const ScanParams<T> p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  scan_block<T, kSpt, kThreads, kStepsPerGroup>(p, smem);
+  scan_block<T, kSpt, kThreads, kStepsPerGroup, false>(p, smem);
+}
+
+/// Pass 1 or the rescan of the segmented scan: one block per (segment, batch row, channel tile).
+template <class T, int kSpt, int kThreads, int kMinBlocks, int kStepsPerGroup>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) selective_scan_segment_kernel(const ScanParams<T> p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  scan_block<T, kSpt, kThreads, kStepsPerGroup, true>(p, smem);
+}
+
+/// The carries between segments: one thread per (batch, channel, state) walks the segments in
+/// order, h ← exp(A·Σ Δ_s)·h + end_s (`apply` of the segment's pair), from the true end state of
+/// segment 0, and overwrites end_s by the state entering segment s + 1.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    scan_carry_kernel(float* ends /* (K - 1, batch, dim, N) */, const float* delta_sums /* (K - 1, batch, dim) */,
+                      const float* A, index_t A_row_stride, index_t A_state_stride, index_t batch, index_t dim,
+                      index_t N, int segments) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  const index_t per_segment = batch * dim * N;
+  if (i >= per_segment) return;
+  const index_t n = i % N, bd = i / N, d = bd % dim;
+  const float a = a_log2e(A[d * A_row_stride + n * A_state_stride]);
+  float h = ends[i];
+  for (int s = 1; s + 1 < segments; ++s) {
+    h = apply(ScanPair{segment_decay(a, delta_sums[s * batch * dim + bd]), ends[s * per_segment + i]}, h);
+    ends[s * per_segment + i] = h;
+  }
 }
 
 /// Everything the step kernel needs, by value.

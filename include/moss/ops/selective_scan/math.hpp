@@ -2,7 +2,8 @@
 //
 // The host oracle and the CUDA kernels both call these functions, in the same order, so the
 // two backends differ only by the device's special-function-unit exp2 and reciprocal (a few
-// ulp each) and the order of the y sum.
+// ulp each) and the order of the y sum. The recurrence is docs/math.md §1; the segment pair at
+// the end is what the chunked strategy (ChunkedScan) composes.
 #pragma once
 
 #include <cmath>
@@ -68,5 +69,25 @@ MOSS_HD float add_skip(float y, float d_skip, float u) { return y + d_skip * u; 
 
 /// y · SiLU(z): the output gate (only called when z is given).
 MOSS_HD float gate(float y, float z) { return y * silu(z); }
+
+/// One time segment of the recurrence of one (batch, channel, state) as the affine map
+/// h ↦ a·h + b (docs/math.md §1): `a` is the product of the segment's decays exp(Δ_t·A) and `b`
+/// the state the segment ends in when it starts from h = 0. Segments compose in time order
+/// (`combine`), so a chunked scan scans each segment from zero, then carries the true states
+/// across segments with one pair per segment.
+struct ScanPair {
+  float a = 1.0f;  // Π_t exp(Δ_t·A[d,n]) over the segment
+  float b = 0.0f;  // end state of the segment from a zero state
+};
+
+/// The state after segment `s` when `h` enters it: a·h + b.
+MOSS_HD float apply(ScanPair s, float h) { return s.a * h + s.b; }
+
+/// The pair of segment `first` followed by segment `second`.
+MOSS_HD ScanPair combine(ScanPair first, ScanPair second) { return {second.a * first.a, apply(second, first.b)}; }
+
+/// A segment's decay Π_t exp(Δ_t·A) = exp(A·Σ_t Δ_t), from A·log2(e) and the segment's Σ Δ: one
+/// exp2 per (channel, state) and segment instead of one per step.
+MOSS_HD float segment_decay(float a_scaled, float delta_sum) { return pow2(a_scaled * delta_sum); }
 
 }  // namespace moss::detail::scan

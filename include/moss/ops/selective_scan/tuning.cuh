@@ -6,8 +6,9 @@
 // channels of one batch row and walks L in chunks of `chunk` steps, double-buffered in shared
 // memory.
 //
-// Instantiations: 3 dtypes × 3 scan rows + 3 dtypes × 1 step kernel = 12 kernels (the benchmark adds
-// its tuning probes).
+// Instantiations: 3 dtypes × 3 scan rows × 2 (SequentialScan's kernel, ChunkedScan's segment
+// kernel) + 1 carry kernel + 3 dtypes × 1 step kernel = 22 kernels (the benchmark adds its
+// tuning probes).
 #pragma once
 
 #include "moss/core/tensor.hpp"
