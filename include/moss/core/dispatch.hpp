@@ -4,6 +4,7 @@
 // `f(std::true_type{})` or `f(std::false_type{})`. Each lists what it supports in its error.
 #pragma once
 
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
