@@ -40,6 +40,7 @@
 #include "moss/ops/rms_norm/cuda.cuh"
 #include "moss/ops/router/cuda.cuh"
 #include "moss/ops/selective_scan/cuda.cuh"
+#include "moss/ops/sinkhorn/cuda.cuh"
 #endif
 
 #include "moss/layers/block.hpp"

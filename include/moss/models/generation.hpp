@@ -13,6 +13,8 @@
 #include <numeric>
 #include <vector>
 
+#include "moss/backend/host.hpp"
+#include "moss/core/buffer.hpp"
 #include "moss/core/random.hpp"
 #include "moss/core/tensor.hpp"
 
