@@ -7,7 +7,7 @@
 //     template <StorageType T> struct Params { ... };          // Tensors, (X, ...) stacked
 //     template <StorageType T, class Backend>
 //     static Params<T> init(const Backend&, Rng&, const ExpertShape&, const std::string& base);
-//     template <StorageType T, class Backend, class Source>
+//     template <StorageType T, class Backend, WeightSource Source>
 //     static Params<T> load(const Backend&, const Source&, const std::string& prefix,
 //                           const std::string& base, const ExpertShape&);
 //     template <class Backend, StorageType T>
@@ -40,7 +40,7 @@
 
 #include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
-#include "moss/core/param_io.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/layers/dispatch.hpp"
 #include "moss/ops/activation.hpp"
@@ -77,7 +77,7 @@ inline std::vector<index_t> stored_shape(const ExpertShape& s, index_t rows, ind
 /// Reads the (X, rows, cols) weight `{prefix}{base}{leaf}` into a tensor named `{base}{leaf}`.
 /// A stacked stack also accepts Hugging Face's per-expert tensors `{prefix}{base}expert_{i}.{leaf}`
 /// (rows, cols) each; a dense one reads (rows, cols). A missing tensor names the canonical name.
-template <class T, class Backend, class Source>
+template <class T, class Backend, WeightSource Source>
 Tensor<T, 3> load_expert_weight(const Backend& backend, const Source& src, const std::string& prefix,
                                 const std::string& base, const std::string& leaf, const ExpertShape& s,
                                 index_t rows, index_t cols) {
@@ -129,7 +129,7 @@ struct LinearExpert {
     if (s.bias) p.bias = constant_tensor<T>(backend, Extents<2>{s.experts, s.out}, 0.0f, base + "bias");
     return p;
   }
-  template <StorageType T, class Backend, class Source>
+  template <StorageType T, class Backend, WeightSource Source>
   static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
                         const ExpertShape& s) {
     Params<T> p;
@@ -183,7 +183,7 @@ struct Mlp {
                             base + "wo.weight");
     return p;
   }
-  template <StorageType T, class Backend, class Source>
+  template <StorageType T, class Backend, WeightSource Source>
   static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
                         const ExpertShape& s) {
     return {detail::load_expert_weight<T>(backend, src, prefix, base, "wi.weight", s, s.hidden, s.in),
@@ -237,7 +237,7 @@ struct GatedMlp {
                               base + "down.weight");
     return p;
   }
-  template <StorageType T, class Backend, class Source>
+  template <StorageType T, class Backend, WeightSource Source>
   static Params<T> load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& base,
                         const ExpertShape& s) {
     return {detail::load_expert_weight<T>(backend, src, prefix, base, "gate.weight", s, s.hidden, s.in),

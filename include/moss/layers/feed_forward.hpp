@@ -24,7 +24,7 @@
 #include <string_view>
 
 #include "moss/core/buffer.hpp"
-#include "moss/core/param_io.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/block.hpp"
@@ -108,7 +108,7 @@ class FeedForward {
   Params init(const Backend& backend, Rng& rng, index_t n_layers) const {
     return Expert::template init<T>(backend, rng, scaled(n_layers), "");
   }
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     return Expert::template load<T>(backend, src, prefix, "", shape_);
   }
@@ -225,7 +225,7 @@ class MoeFeedForward {
     return p;
   }
   /// Loads `{prefix}router.weight` (or `{prefix}router.classifier.weight`) and the experts.
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     Params p;
     p.router = load_tensor_any<float>(backend, src, prefix, {"router.weight", "router.classifier.weight"},

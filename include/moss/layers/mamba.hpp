@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
-#include "moss/core/param_io.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/ops/causal_conv1d.hpp"
@@ -122,7 +122,7 @@ class MambaCore {
   }
 
   /// Loads conv1d, x_proj, dt_proj, A_log and D under `prefix` (Hugging Face names).
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   void load(const Backend& backend, const Source& src, const std::string& prefix, Params& p) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
     p.conv_weight = Tensor<T, 2>(load_param<T>(backend, src, prefix + "conv1d.weight", {ED, 1, W}), {ED, W},
@@ -304,7 +304,7 @@ class Mamba {
   }
 
   /// Loads the mixer's weights, Hugging Face names under `prefix` (e.g. "backbone.layers.3.mixer.").
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     const index_t D = dims_.d_model, ED = dims_.d_inner;
     Params p;

@@ -11,7 +11,7 @@
 #include <utility>
 
 #include "moss/core/buffer.hpp"
-#include "moss/core/param_io.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/layers/block.hpp"
@@ -52,7 +52,7 @@ struct RmsNorm {
   Params init(const Backend& backend, const std::string& name) const {
     return {constant_tensor<float>(backend, Extents<1>{dim}, 1.0f, name)};
   }
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix, const std::string& name) const {
     return {load_tensor<float>(backend, src, prefix, name, Extents<1>{dim})};
   }
@@ -114,7 +114,7 @@ class Residual {
     return {norm_.init(backend, "norm.weight"), mixer_.init(backend, rng, n_layers)};
   }
   /// Loads `prefix` + "norm.weight" and the mixer under `prefix` + "mixer.".
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     return {norm_.load(backend, src, prefix, "norm.weight"), mixer_.load(backend, src, prefix + "mixer.")};
   }

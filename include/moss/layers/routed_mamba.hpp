@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
-#include "moss/core/param_io.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/block.hpp"
@@ -212,7 +212,7 @@ class RoutedMamba {
     return p;
   }
 
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& src, const std::string& prefix) const {
     Params p;
     for (int i = 0; i < kRouters.count; ++i)

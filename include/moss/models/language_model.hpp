@@ -12,8 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include "moss/core/param_io.hpp"
-#include "moss/core/safetensors.hpp"
+#include "moss/layers/params.hpp"
+#include "moss/io/checkpoint.hpp"
+#include "moss/io/writer.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/residual.hpp"
@@ -152,7 +153,7 @@ class LanguageModel {
 
   /// Loads weights under Hugging Face names (f32, f16 or bf16 in the file; converted to T). A
   /// tied model ignores a stored `lm_head.weight`; an untied one requires it.
-  template <class Backend, class Source>
+  template <class Backend, WeightSource Source>
   Params load(const Backend& backend, const Source& ckpt) const {
     Params p;
     const Extents<2> vd{config_.vocab_size, config_.d_model};

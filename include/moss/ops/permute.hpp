@@ -1,4 +1,4 @@
-// moss/ops/permute.hpp: dispatch and combine of a sparse layer (REFERENCE.md §2, "Dispatch and
+// moss/ops/permute.hpp: dispatch and combine of a sparse layer (docs/math.md §2, "Dispatch and
 // combine"), three ops:
 //
 //   permute_plan     the (token, slot) pairs, enumerated slot-major (pair index p = s·T + t),
@@ -17,14 +17,21 @@
 // host and CUDA build the same one. The CUDA plan never synchronises with the host. The host
 // gather and combine check every index of the plan they are given (`shape_error`); the CUDA
 // ones trust it (a plan made by `permute_plan` is always in range).
+//
+// Workspace (see moss/core/workspace.hpp): `permute_plan` on CUDA needs scratch for the sort
+// keys and values, CUB's sort storage and the expert run bounds: `workspace_bytes(backend,
+// args)` bytes, passed in `args.workspace` by a caller that plans its memory, else allocated
+// from the backend's pool for the call. The host plan needs none; gather and combine need none.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/core/workspace.hpp"
 
 namespace moss {
 
@@ -37,6 +44,7 @@ struct PermutePlanArgs {
   TensorView<std::int32_t, 1> row_pair;  // (tokens·K) written: pair t·K + s of each kept row; −1 past the kept rows
   TensorView<std::int32_t, 1> offsets;   // (X + 1) written: expert e's kept rows are [offsets[e], offsets[e+1])
   TensorView<std::int32_t, 1> counts;    // (X) written: pairs assigned to e before capacity
+  Workspace workspace;                   // optional: workspace_bytes(backend, *this) bytes of scratch
 };
 
 /// Arguments of `gather_rows`.
@@ -105,6 +113,12 @@ inline void validate(const PermutePlanArgs& a, const char* where) {
   expect_contiguous(where, a.counts);
 }
 
+/// Bytes of scratch `permute_plan` needs on the host: none (it sorts in vectors).
+inline std::size_t workspace_bytes(const Host&, const PermutePlanArgs& a) {
+  validate(a, "workspace_bytes (permute_plan)");
+  return 0;
+}
+
 /// Checks `a` once at op entry (both backends).
 template <class T>
 void validate(const GatherRowsArgs<T>& a, const char* where) {
@@ -158,10 +172,11 @@ void validate(const CombineRowsArgs<T>& a, const char* where) {
   }
 }
 
-/// The plan of `expert` (tokens, K) for X experts and capacity C (0: dropless) on `backend`.
+/// The plan of `expert` (tokens, K) for X experts and capacity C (0: dropless) on `backend`;
+/// the op's scratch comes from `workspace` when it has data, else from the backend's pool.
 template <class Backend>
 PermutePlan make_permute_plan(const Backend& backend, ConstView<std::int32_t, 2> expert, index_t num_experts,
-                              index_t capacity) {
+                              index_t capacity, Workspace workspace = {}) {
   PermutePlan p;
   p.tokens = expert.shape[0];
   p.k = expert.shape[1];
@@ -173,7 +188,7 @@ PermutePlan make_permute_plan(const Backend& backend, ConstView<std::int32_t, 2>
   p.counts = backend.template alloc<std::int32_t>(num_experts);
   permute_plan(backend,
                PermutePlanArgs{expert, num_experts, capacity, p.pair_row.flat("pair_row"), p.row_pair.flat("row_pair"),
-                               p.offsets.flat("offsets"), p.counts.flat("counts")});
+                               p.offsets.flat("offsets"), p.counts.flat("counts"), workspace});
   return p;
 }
 

@@ -1,9 +1,14 @@
-// moss/ops/router.hpp: the router of a sparse layer (REFERENCE.md §2) and its statistics.
+// moss/ops/router.hpp: the router of a sparse layer (docs/math.md §2) and its statistics.
 //
 //   logits[t, i]  = x[t, :] · weight[i, :]           float32 (x in T, weight float32)
 //   expert[t, s], gate[t, s] = router.select(logits[t], scores[t])   s < K, slot 0 the best
-// where scores = logits, or for a balancing router in training mode (SinkhornTop1) the row of
-// the Sinkhorn-Knopp balanced matrix of exp(logits) over all tokens of the call.
+//
+// Three ops compute it:
+//   route          logits, then the selection with scores = logits, for any router;
+//   route_logits   the logits alone (bit-identical to `route`'s);
+//   route_select   the selection from given logits and scores, e.g. a batch-level score such
+//                  as the Sinkhorn-balanced matrix (moss/ops/sinkhorn.hpp) that a router
+//                  struct computes between the two.
 //
 // The logits are bit-identical on every backend for identical inputs: both sum the dot product
 // in the same order (`detail::route::dot_in_kernel_order`), so host and CUDA select the same
@@ -42,6 +47,26 @@ struct RouteArgs {
   TensorView<float, 2> gate;           // (tokens, K), contiguous, written: combine weights
 };
 
+/// Arguments of `route_logits`: the logits alone.
+/// @tparam T storage type of x (float, f16 or bf16).
+template <class T>
+struct RouteLogitsArgs {
+  ConstView<T, 2> x;            // (tokens, D), unit inner stride
+  ConstView<float, 2> weight;   // (X, D), contiguous: the router's classifier
+  TensorView<float, 2> logits;  // (tokens, X), contiguous, written
+};
+
+/// Arguments of `route_select`: the per-token selection from given logits and scores.
+/// @tparam R the router policy.
+template <Router R>
+struct RouteSelectArgs {
+  R router{};
+  ConstView<float, 2> logits;          // (tokens, X), contiguous: what the weights are computed from
+  ConstView<float, 2> scores;          // (tokens, X), contiguous: what the experts are ranked by
+  TensorView<std::int32_t, 2> expert;  // (tokens, K), contiguous, written
+  TensorView<float, 2> gate;           // (tokens, K), contiguous, written: combine weights
+};
+
 /// Number of floats `router_stats` writes: aux loss, z-loss, then the X mean probabilities.
 constexpr index_t router_stats_size(index_t num_experts) { return 2 + num_experts; }
 
@@ -68,31 +93,75 @@ void expect_output(const char* where, const V& v, const Extents<2>& shape, const
 
 }  // namespace detail::route
 
+namespace detail::route {
+
+/// Checks the expert count X of a router call: 1 ≤ X ≤ kMaxExperts (`config_error` /
+/// `unsupported_error`) and K ≤ X; `v` is the (…, X) view that carries X.
+template <class V>
+void expect_experts(const char* where, const V& v, index_t X, index_t k, const char* axes) {
+  MOSS_EXPECTS(X >= 1, config_error, where, ": ", v.name, " is ", shape_string(v.shape), " ", axes,
+               " but there must be at least one expert");
+  MOSS_EXPECTS(X <= kMaxExperts, unsupported_error, where, ": ", X, " experts; supported: 1 to ", kMaxExperts);
+  MOSS_EXPECTS(k <= X, config_error, where, ": the router picks K = ", k, " experts per token but there are only ", X);
+}
+
+/// Checks the inputs and the logits of a logits computation (shared by `route` and
+/// `route_logits`): D ≥ 1, the expert count (K = `k`), the shapes and strides.
+template <class T>
+void expect_logits_args(const char* where, const ConstView<T, 2>& x, const ConstView<float, 2>& weight,
+                        const TensorView<float, 2>& logits, index_t k) {
+  static_assert(StorageType<T>, "moss::route: T must be float, moss::f16 or moss::bf16");
+  expect_valid(where, x);
+  expect_valid(where, weight);
+  const index_t tokens = x.shape[0], D = x.shape[1], X = weight.shape[0];
+  MOSS_EXPECTS(D >= 1, config_error, where, ": ", x.name, " is ", shape_string(x.shape),
+               " (tokens, d_model) but d_model must be at least 1");
+  expect_experts(where, weight, X, k, "(experts, d_model)");
+  expect_shape(where, weight, {X, D}, "(experts, d_model)");
+  expect_contiguous(where, weight);
+  expect_unit_inner_stride(where, x);
+  MOSS_EXPECTS(tokens <= 1 || x.stride[0] >= D, shape_error, where, ": ", x.name, " has row stride ", x.stride[0],
+               " but its rows are ", D, " wide (rows must not overlap)");
+  expect_output(where, logits, {tokens, X}, "(tokens, experts)");
+}
+
+/// Checks the selection outputs (tokens, K) and the int32 pair index.
+inline void expect_selection(const char* where, index_t tokens, index_t k, const TensorView<std::int32_t, 2>& expert,
+                             const TensorView<float, 2>& gate) {
+  MOSS_EXPECTS(tokens <= INT32_MAX / k, unsupported_error, where, ": ", tokens, " tokens × K = ", k,
+               " pairs exceed the int32 pair index");
+  expect_output(where, expert, {tokens, k}, "(tokens, K)");
+  expect_output(where, gate, {tokens, k}, "(tokens, K)");
+}
+
+}  // namespace detail::route
+
 /// Checks `a` once at op entry (both backends): 1 ≤ X ≤ kMaxExperts and K ≤ X (`config_error` /
 /// `unsupported_error`), D ≥ 1, the shapes and strides of every view (`shape_error`).
 template <class T, Router R>
 void validate(const RouteArgs<T, R>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::route: T must be float, moss::f16 or moss::bf16");
-  expect_valid(where, a.x);
-  expect_valid(where, a.weight);
-  const index_t tokens = a.x.shape[0], D = a.x.shape[1], X = a.weight.shape[0];
-  MOSS_EXPECTS(D >= 1, config_error, where, ": ", a.x.name, " is ", shape_string(a.x.shape),
-               " (tokens, d_model) but d_model must be at least 1");
-  MOSS_EXPECTS(X >= 1, config_error, where, ": ", a.weight.name, " is ", shape_string(a.weight.shape),
-               " (experts, d_model) but there must be at least one expert");
-  MOSS_EXPECTS(X <= kMaxExperts, unsupported_error, where, ": ", X, " experts; supported: 1 to ", kMaxExperts);
-  MOSS_EXPECTS(R::k <= X, config_error, where, ": the router picks K = ", R::k,
-               " experts per token but there are only ", X);
-  expect_shape(where, a.weight, {X, D}, "(experts, d_model)");
-  expect_contiguous(where, a.weight);
-  expect_unit_inner_stride(where, a.x);
-  MOSS_EXPECTS(tokens <= 1 || a.x.stride[0] >= D, shape_error, where, ": ", a.x.name, " has row stride ", a.x.stride[0],
-               " but its rows are ", D, " wide (rows must not overlap)");
-  MOSS_EXPECTS(tokens <= INT32_MAX / R::k, unsupported_error, where, ": ", tokens, " tokens × K = ", R::k,
-               " pairs exceed the int32 pair index");
-  detail::route::expect_output(where, a.logits, {tokens, X}, "(tokens, experts)");
-  detail::route::expect_output(where, a.expert, {tokens, R::k}, "(tokens, K)");
-  detail::route::expect_output(where, a.gate, {tokens, R::k}, "(tokens, K)");
+  detail::route::expect_logits_args(where, a.x, a.weight, a.logits, R::k);
+  detail::route::expect_selection(where, a.x.shape[0], R::k, a.expert, a.gate);
+}
+
+/// Checks `a` once at op entry (both backends): as for `route`, without the selection.
+template <class T>
+void validate(const RouteLogitsArgs<T>& a, const char* where) {
+  detail::route::expect_logits_args(where, a.x, a.weight, a.logits, 1);
+}
+
+/// Checks `a` once at op entry (both backends): 1 ≤ X ≤ kMaxExperts, K ≤ X, logits and scores
+/// contiguous (tokens, X), expert and gate contiguous (tokens, K).
+template <Router R>
+void validate(const RouteSelectArgs<R>& a, const char* where) {
+  expect_valid(where, a.logits);
+  expect_valid(where, a.scores);
+  const index_t tokens = a.logits.shape[0], X = a.logits.shape[1];
+  detail::route::expect_experts(where, a.logits, X, R::k, "(tokens, experts)");
+  expect_contiguous(where, a.logits);
+  expect_shape(where, a.scores, {tokens, X}, "(tokens, experts)");
+  expect_contiguous(where, a.scores);
+  detail::route::expect_selection(where, tokens, R::k, a.expert, a.gate);
 }
 
 /// Checks `a` once at op entry (both backends).

@@ -4,10 +4,13 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "moss/backend/cuda.cuh"
+#include "moss/core/workspace.hpp"
+#include "moss/cuda/launch.cuh"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/permute.hpp"
 #include "moss/ops/permute/kernel.cuh"
 #include "moss/ops/permute/tuning.cuh"
@@ -17,9 +20,7 @@ namespace moss {
 namespace detail::permute {
 
 /// Blocks for a grid-stride loop over n items.
-inline unsigned blocks_for(index_t n, int threads) {
-  return static_cast<unsigned>(std::clamp<index_t>(ceil_div<index_t>(n, threads), 1, kPermuteTuning.max_blocks));
-}
+inline unsigned blocks_for(index_t n, int threads) { return cuda::grid_blocks(n, threads, kPermuteTuning.max_blocks); }
 
 /// Bits that hold the sort keys 0..X (X marks an out-of-range expert).
 inline int key_bits(index_t num_experts) {
@@ -28,48 +29,84 @@ inline int key_bits(index_t num_experts) {
   return b;
 }
 
+/// Bytes of CUB's sort storage for `pairs` pairs and X experts (a size query: no memory, no work).
+inline std::size_t sort_temp_bytes(index_t pairs, index_t num_experts) {
+  std::size_t bytes = 0;
+  const std::int32_t* no_keys = nullptr;
+  std::int32_t* no_out = nullptr;
+  MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, no_keys, no_out, no_keys, no_out,
+                                                  static_cast<int>(pairs), 0, key_bits(num_experts)));
+  return bytes;
+}
+
+/// The plan's scratch arrays, taken from a workspace layout in this order (pointers are null
+/// when the layout only measures): the run bounds, the sort keys and values, CUB's storage.
+struct PlanScratch {
+  std::int32_t* bounds = nullptr;  // (2, X): start, end of each expert's run
+  std::int32_t* keys = nullptr;    // (2, P): input, sorted
+  std::int32_t* values = nullptr;  // (2, P): input, sorted
+  std::byte* sort_temp = nullptr;  // sort_temp_bytes
+};
+
+inline PlanScratch take_scratch(WorkspaceLayout& layout, index_t pairs, index_t num_experts,
+                                std::size_t sort_temp_bytes) {
+  PlanScratch s;
+  s.bounds = layout.take<std::int32_t>(2 * num_experts);
+  if (pairs == 0) return s;
+  s.keys = layout.take<std::int32_t>(2 * pairs);
+  s.values = layout.take<std::int32_t>(2 * pairs);
+  s.sort_temp = layout.take<std::byte>(static_cast<index_t>(sort_temp_bytes));
+  return s;
+}
+
 }  // namespace detail::permute
 
+/// Bytes of scratch `permute_plan` needs on the GPU for `a` (see `detail::permute::PlanScratch`).
+inline std::size_t workspace_bytes(const Cuda&, const PermutePlanArgs& a) {
+  using namespace detail::permute;
+  validate(a, "workspace_bytes (permute_plan)");
+  const index_t P = a.expert.shape[0] * a.expert.shape[1];
+  WorkspaceLayout measure;
+  take_scratch(measure, P, a.num_experts, P > 0 ? sort_temp_bytes(P, a.num_experts) : 0);
+  return measure.bytes();
+}
+
 /// Builds the plan on the GPU: CUB's stable radix sort of the slot-major pairs by expert, then
-/// run bounds, offsets and rows (contract: moss/ops/permute.hpp). An expert outside [0, X) is
-/// dropped (the router never writes one; the host oracle raises instead).
+/// run bounds, offsets (a block-wide scan) and rows (contract: moss/ops/permute.hpp). An expert
+/// outside [0, X) is dropped (the router never writes one; the host oracle raises instead).
+/// Scratch from `a.workspace` (the contract of moss/core/workspace.hpp: at least
+/// `workspace_bytes(gpu, a)` bytes, aligned; `config_error` otherwise), or from the pool.
 inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
   using namespace detail::permute;
   validate(a, "permute_plan");
   const index_t T = a.expert.shape[0], K = a.expert.shape[1], P = T * K;
   const int X = static_cast<int>(a.num_experts);
-  constexpr int threads = kPermuteTuning.threads;
-  Buffer<std::int32_t> bounds = gpu.alloc<std::int32_t>(2 * a.num_experts);  // start, end
-  MOSS_CUDA_CHECK(cudaMemsetAsync(bounds.data(), 0, sizeof(std::int32_t) * 2 * a.num_experts, gpu.stream));
-  if (P > 0) MOSS_CUDA_CHECK(cudaMemsetAsync(a.row_pair.data, 0xff, sizeof(std::int32_t) * P, gpu.stream));
+  const std::size_t temp_bytes = P > 0 ? sort_temp_bytes(P, a.num_experts) : 0;
+  WorkspaceLayout measure;
+  take_scratch(measure, P, a.num_experts, temp_bytes);
+  const OpWorkspace<Cuda> ws(gpu, a.workspace, measure.bytes(), "permute_plan (cuda)");
+  WorkspaceLayout layout = ws.layout();
+  const PlanScratch s = take_scratch(layout, P, a.num_experts, temp_bytes);
+  constexpr PermuteTuning cfg = kPermuteTuning;
+  constexpr int threads = cfg.threads;
+  MOSS_CUDA_CHECK(cudaMemsetAsync(s.bounds, 0, sizeof(std::int32_t) * 2 * a.num_experts, gpu.stream));
   if (P > 0) {
-    Buffer<std::int32_t> keys = gpu.alloc<std::int32_t>(2 * P), values = gpu.alloc<std::int32_t>(2 * P);
-    keys_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(a.expert.data, T, K, X, keys.data(), values.data());
+    MOSS_CUDA_CHECK(cudaMemsetAsync(a.row_pair.data, 0xff, sizeof(std::int32_t) * P, gpu.stream));
+    keys_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(a.expert.data, T, K, X, s.keys, s.values);
     MOSS_CHECK_LAUNCH("permute keys_kernel", gpu.stream);
-    std::size_t temp_bytes = 0;
-    const int bits = key_bits(a.num_experts);
-    MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys.data(), keys.data() + P, values.data(),
-                                                    values.data() + P, static_cast<int>(P), 0, bits, gpu.stream));
-    Buffer<unsigned char> temp = gpu.alloc<unsigned char>(static_cast<index_t>(temp_bytes));
-    MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data(), temp_bytes, keys.data(), keys.data() + P,
-                                                    values.data(), values.data() + P, static_cast<int>(P), 0, bits,
-                                                    gpu.stream));
-    const std::int32_t* sorted_keys = keys.data() + P;
-    const std::int32_t* sorted_values = values.data() + P;
-    bounds_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(sorted_keys, P, X, bounds.data(),
-                                                                      bounds.data() + X);
+    std::size_t sort_bytes = temp_bytes;
+    MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, sort_bytes, s.keys, s.keys + P, s.values, s.values + P,
+                                                    static_cast<int>(P), 0, key_bits(a.num_experts), gpu.stream));
+    bounds_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(s.keys + P, P, X, s.bounds, s.bounds + X);
     MOSS_CHECK_LAUNCH("permute bounds_kernel", gpu.stream);
-    offsets_kernel<<<1, 32, 0, gpu.stream>>>(bounds.data(), bounds.data() + X, X, a.capacity, a.counts.data,
-                                             a.offsets.data);
-    MOSS_CHECK_LAUNCH("permute offsets_kernel", gpu.stream);
-    scatter_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(sorted_keys, sorted_values, T, K, X, a.capacity,
-                                                                       bounds.data(), a.offsets.data, a.pair_row.data,
-                                                                       a.row_pair.data);
+  }
+  offsets_kernel<cfg.scan_threads, cfg.scan_items>
+      <<<1, cfg.scan_threads, 0, gpu.stream>>>(s.bounds, s.bounds + X, X, a.capacity, a.counts.data, a.offsets.data);
+  MOSS_CHECK_LAUNCH("permute offsets_kernel", gpu.stream);
+  if (P > 0) {
+    scatter_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(
+        s.keys + P, s.values + P, T, K, X, a.capacity, s.bounds, a.offsets.data, a.pair_row.data, a.row_pair.data);
     MOSS_CHECK_LAUNCH("permute scatter_kernel", gpu.stream);
-  } else {
-    offsets_kernel<<<1, 32, 0, gpu.stream>>>(bounds.data(), bounds.data() + X, X, a.capacity, a.counts.data,
-                                             a.offsets.data);
-    MOSS_CHECK_LAUNCH("permute offsets_kernel", gpu.stream);
   }
 }
 
@@ -80,10 +117,7 @@ void gather_rows(const Cuda& gpu, const GatherRowsArgs<T>& a) {
   validate(a, "gather_rows");
   const index_t rows = a.row_pair.shape[0], D = a.x.shape[1];
   if (rows == 0) return;
-  constexpr index_t V = 16 / sizeof(T);
-  const bool vector = D % V == 0 && reinterpret_cast<std::uintptr_t>(a.x.data) % 16 == 0 &&
-                      reinterpret_cast<std::uintptr_t>(a.out.data) % 16 == 0 &&
-                      (a.x.shape[0] <= 1 || a.x.stride[0] % V == 0);
+  const bool vector = cuda::vector_rows(a.x, cuda::kVec16<T>) && cuda::vector_rows(a.out, cuda::kVec16<T>);
   constexpr int threads = kPermuteTuning.threads;
   gather_kernel<T><<<blocks_for(rows * 32, threads), threads, 0, gpu.stream>>>(
       a.x.data, a.x.stride[0], D, a.row_pair.data, a.offsets.data + (a.offsets.shape[0] - 1), a.k, rows, a.out.data,
@@ -98,12 +132,9 @@ void combine_rows(const Cuda& gpu, const CombineRowsArgs<T>& a) {
   validate(a, "combine_rows");
   const index_t tokens = a.pair_row.shape[0], K = a.pair_row.shape[1], D = a.y.shape[1];
   if (tokens == 0) return;
-  constexpr index_t V = 16 / sizeof(T);
-  const bool vector = D % V == 0 && reinterpret_cast<std::uintptr_t>(a.y.data) % 16 == 0 &&
-                      reinterpret_cast<std::uintptr_t>(a.out.data) % 16 == 0 &&
-                      (a.y.shape[0] <= 1 || a.y.stride[0] % V == 0) && (tokens <= 1 || a.out.stride[0] % V == 0);
+  const bool vector = cuda::vector_rows(a.y, cuda::kVec16<T>) && cuda::vector_rows(a.out, cuda::kVec16<T>);
   constexpr int threads = kPermuteTuning.combine_threads;
-  const unsigned blocks = static_cast<unsigned>(std::min<index_t>(tokens, 65535));
+  const unsigned blocks = cuda::grid_blocks(tokens, 1);
   combine_kernel<T><<<blocks, threads, 0, gpu.stream>>>(
       a.y.data, a.y.shape[0] > 1 ? a.y.stride[0] : D, a.pair_row.data, present(a.gate) ? a.gate.data : nullptr, tokens,
       K, D, a.weight_begin, a.weight_end, a.out.data, tokens > 1 ? a.out.stride[0] : D, vector);

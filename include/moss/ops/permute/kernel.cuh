@@ -2,8 +2,9 @@
 //
 // Plan: keys_kernel lays the (token, slot) pairs out slot-major (key = expert, value = pair
 // index s·T + t); CUB's radix sort (stable) sorts them by expert; bounds_kernel marks where each
-// expert's run starts and ends; offsets_kernel turns the run lengths into kept counts and row
-// offsets; scatter_kernel gives every kept pair its row. No host synchronisation, no atomics.
+// expert's run starts and ends; offsets_kernel turns the run lengths into kept counts and, by a
+// block-wide CUB scan over tiles of experts, row offsets; scatter_kernel gives every kept pair
+// its row. No host synchronisation, no atomics: integer-exact, so equal to the host plan.
 // Gather: one warp per permuted row, 16-byte copies when aligned. Combine: one block per token,
 // each thread a 16-byte (or single-element) column chunk, slots added in order.
 #pragma once
@@ -11,9 +12,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cub/block/block_scan.cuh>
 
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/vector.cuh"
 
 namespace moss::detail::permute {
 
@@ -44,18 +47,34 @@ __global__ void bounds_kernel(const std::int32_t* keys, index_t pairs, int num_e
   }
 }
 
-/// counts[e] = end − start; offsets = the exclusive scan of min(count, capacity) (one thread:
-/// X ≤ 256 additions).
-__global__ void offsets_kernel(const std::int32_t* start, const std::int32_t* end, int num_experts, index_t capacity,
-                               std::int32_t* counts, std::int32_t* offsets) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  std::int32_t acc = 0;
-  offsets[0] = 0;
-  for (int e = 0; e < num_experts; ++e) {
-    const std::int32_t c = end[e] - start[e];
-    counts[e] = c;
-    acc += capacity > 0 && c > capacity ? static_cast<std::int32_t>(capacity) : c;
-    offsets[e + 1] = acc;
+/// counts[e] = end[e] − start[e]; offsets = the exclusive scan of min(count, capacity) (all
+/// counts when capacity is 0). One block: thread j scans experts [j·kItems, j·kItems + kItems)
+/// of each tile of kThreads·kItems experts, tiles in order with the running total carried.
+template <int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads)
+    offsets_kernel(const std::int32_t* start, const std::int32_t* end, int num_experts, index_t capacity,
+                   std::int32_t* counts, std::int32_t* offsets) {
+  using Scan = cub::BlockScan<std::int32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_temp;
+  if (threadIdx.x == 0) offsets[0] = 0;
+  std::int32_t carry = 0;  // kept rows of every expert before this tile (the same in every thread)
+  for (index_t tile = 0; tile < num_experts; tile += kThreads * kItems) {
+    const index_t first = tile + static_cast<index_t>(threadIdx.x) * kItems;
+    std::int32_t kept[kItems];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const index_t e = first + j;
+      const std::int32_t c = e < num_experts ? end[e] - start[e] : 0;
+      if (e < num_experts) counts[e] = c;
+      kept[j] = capacity > 0 && c > capacity ? static_cast<std::int32_t>(capacity) : c;
+    }
+    std::int32_t tile_total = 0;
+    Scan(scan_temp).InclusiveSum(kept, kept, tile_total);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j)
+      if (first + j < num_experts) offsets[first + j + 1] = carry + kept[j];
+    carry += tile_total;
+    __syncthreads();  // scan_temp is reused by the next tile
   }
 }
 
@@ -88,7 +107,7 @@ __global__ void scatter_kernel(const std::int32_t* keys, const std::int32_t* val
 template <class T>
 __global__ void gather_kernel(const T* x, index_t x_row_stride, index_t D, const std::int32_t* row_pair,
                               const std::int32_t* kept_end, index_t k, index_t rows, T* out, bool vector) {
-  constexpr int V = static_cast<int>(16 / sizeof(T));
+  constexpr int V = cuda::kVec16<T>;
   const index_t kept = *kept_end;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
@@ -97,8 +116,7 @@ __global__ void gather_kernel(const T* x, index_t x_row_stride, index_t D, const
     const T* src = x + (row_pair[r] / k) * x_row_stride;
     T* dst = out + r * D;
     if (vector) {
-      for (index_t c = lane; c < D / V; c += 32)
-        reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+      for (index_t c = lane; c < D / V; c += 32) cuda::store_raw<T, V>(dst + c * V, cuda::load_raw<T, V>(src + c * V));
     } else {
       for (index_t c = lane; c < D; c += 32) dst[c] = src[c];
     }
@@ -110,7 +128,7 @@ template <class T>
 __global__ void combine_kernel(const T* y, index_t y_row_stride, const std::int32_t* pair_row, const float* gate,
                                index_t tokens, index_t k, index_t D, index_t w0, index_t w1, T* out,
                                index_t out_row_stride, bool vector) {
-  constexpr int V = static_cast<int>(16 / sizeof(T));
+  constexpr int V = cuda::kVec16<T>;
   const int width = vector ? V : 1;
   const index_t chunks = (D + width - 1) / width;
   for (index_t t = blockIdx.x; t < tokens; t += gridDim.x) {
@@ -124,13 +142,12 @@ __global__ void combine_kernel(const T* y, index_t y_row_stride, const std::int3
         const float g = gate ? gate[t * k + s] : 1.0f;
         const T* yr = y + row * y_row_stride + c * width;
         if (vector) {
-          const uint4 q = *reinterpret_cast<const uint4*>(yr);
-          const T* e = reinterpret_cast<const T*>(&q);
+          float v[V];
+          cuda::load_vec<V>(yr, v);
 #pragma unroll
           for (int j = 0; j < V; ++j) {
             const index_t col = c * V + j;
-            const float v = to_float(e[j]);
-            acc[j] += (col >= w0 && col < w1) ? g * v : v;
+            acc[j] += (col >= w0 && col < w1) ? g * v[j] : v[j];
           }
         } else {
           const index_t col = c;
@@ -140,11 +157,7 @@ __global__ void combine_kernel(const T* y, index_t y_row_stride, const std::int3
       }
       T* o = out + t * out_row_stride + c * width;
       if (vector) {
-        uint4 q;
-        T* e = reinterpret_cast<T*>(&q);
-#pragma unroll
-        for (int j = 0; j < V; ++j) e[j] = from_float<T>(acc[j]);
-        *reinterpret_cast<uint4*>(o) = q;
+        cuda::store_vec<V>(o, acc);
       } else {
         o[0] = from_float<T>(acc[0]);
       }

@@ -1,8 +1,10 @@
-// moss/ops/router/host.hpp: `route` and `router_stats` on the CPU (the oracle of the CUDA path).
+// moss/ops/router/host.hpp: `route`, `route_logits`, `route_select` and `router_stats` on the CPU (the
+// oracle of the CUDA path).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "moss/backend/host.hpp"
@@ -13,57 +15,50 @@ namespace moss {
 
 namespace detail::route {
 
-/// The Sinkhorn-balanced scores (tokens, X) of `logits` (see `kSinkhornTol`), in float32 with
-/// sums in index order.
-inline std::vector<float> sinkhorn_scores(const ConstView<float, 2>& logits) {
-  const index_t T = logits.shape[0];
-  const int X = static_cast<int>(logits.shape[1]);
-  std::vector<float> cost(static_cast<std::size_t>(T * X));
-  for (index_t t = 0; t < T; ++t)
-    for (int i = 0; i < X; ++i) cost[t * X + i] = sinkhorn_cost(logits.data + t * X, X, i);
-  std::vector<float> d0(static_cast<std::size_t>(T), 1.0f), d1(static_cast<std::size_t>(X), 1.0f), col(d1.size());
-  for (int round = 0; round < kSinkhornRounds; ++round) {
-    for (index_t t = 0; t < T; ++t) {
-      float s = 0.0f;
-      for (int i = 0; i < X; ++i) s += d1[i] * cost[t * X + i];
-      d0[t] = 1.0f / (static_cast<float>(T) * (s + kSinkhornEps));
-    }
-    std::fill(col.begin(), col.end(), 0.0f);
-    for (index_t t = 0; t < T; ++t)
-      for (int i = 0; i < X; ++i) col[i] += d0[t] * cost[t * X + i];
-    float change = 0.0f;
-    for (int i = 0; i < X; ++i) {
-      const float next = 1.0f / (static_cast<float>(X) * (col[i] + kSinkhornEps));
-      change = std::max(change, std::fabs(next - d1[i]));
-      d1[i] = next;
-    }
-    if (!(change >= kSinkhornTol)) break;  // NaN stops too: it propagates into every score
-  }
-  for (index_t t = 0; t < T; ++t)
-    for (int i = 0; i < X; ++i) cost[t * X + i] = d1[i] * cost[t * X + i] * d0[t];
-  return cost;
+/// logits[t, i] = x[t] · weight[i] in the kernel's summation order, for every token.
+template <class T>
+void logits_host(const ConstView<T, 2>& x, const ConstView<float, 2>& weight, const TensorView<float, 2>& logits) {
+  const index_t tokens = x.shape[0], D = x.shape[1];
+  const int X = static_cast<int>(weight.shape[0]);
+  for (index_t t = 0; t < tokens; ++t)
+    for (int i = 0; i < X; ++i)
+      logits.data[t * X + i] = dot_in_kernel_order(x.data + t * x.stride[0], weight.data + i * D, D);
+}
+
+/// router.select(logits[t], scores[t]) for every token; logits and scores (tokens, X)
+/// contiguous, expert and gate (tokens, K) contiguous.
+template <Router R>
+void select_host(const R& router, const float* logits, const float* scores, index_t tokens, int X, std::int32_t* expert,
+                 float* gate) {
+  for (index_t t = 0; t < tokens; ++t)
+    router.select(logits + t * X, scores + t * X, X, expert + t * R::k, gate + t * R::k);
 }
 
 }  // namespace detail::route
 
 /// Routes every token on the CPU: float32 logits in the kernel's summation order, then the
-/// router's selection (with Sinkhorn balancing first when the router asks for it).
+/// router's selection ranking the logits themselves (scores = logits).
 template <class T, Router R>
 void route(const Host&, const RouteArgs<T, R>& a) {
   validate(a, "route");
-  const index_t tokens = a.x.shape[0], D = a.x.shape[1];
-  const int X = static_cast<int>(a.weight.shape[0]);
-  for (index_t t = 0; t < tokens; ++t)
-    for (int i = 0; i < X; ++i)
-      a.logits.data[t * X + i] =
-          detail::route::dot_in_kernel_order(a.x.data + t * a.x.stride[0], a.weight.data + i * D, D);
-  std::vector<float> balanced;
-  if (router_wants_balance(a.router) && tokens > 0) balanced = detail::route::sinkhorn_scores(a.logits);
-  for (index_t t = 0; t < tokens; ++t) {
-    const float* lg = a.logits.data + t * X;
-    const float* scores = balanced.empty() ? lg : balanced.data() + t * X;
-    a.router.select(lg, scores, X, a.expert.data + t * R::k, a.gate.data + t * R::k);
-  }
+  detail::route::logits_host(a.x, a.weight, a.logits);
+  detail::route::select_host(a.router, a.logits.data, a.logits.data, a.x.shape[0], static_cast<int>(a.weight.shape[0]),
+                             a.expert.data, a.gate.data);
+}
+
+/// The logits alone on the CPU, bit-identical to `route`'s.
+template <class T>
+void route_logits(const Host&, const RouteLogitsArgs<T>& a) {
+  validate(a, "route_logits");
+  detail::route::logits_host(a.x, a.weight, a.logits);
+}
+
+/// The router's selection on the CPU from given logits and scores.
+template <Router R>
+void route_select(const Host&, const RouteSelectArgs<R>& a) {
+  validate(a, "route_select");
+  detail::route::select_host(a.router, a.logits.data, a.scores.data, a.logits.shape[0],
+                             static_cast<int>(a.logits.shape[1]), a.expert.data, a.gate.data);
 }
 
 /// The router statistics on the CPU (sums in token order):

@@ -5,18 +5,22 @@
 // 16-byte chunks l, l + 32, ... of x[t] against up to kExpertTile experts at a time (re-reading
 // the x chunk, from L1, per tile of experts), then the warp adds its partial sums by an xor
 // butterfly: the order `detail::route::dot_in_kernel_order` replays on the host. The logits go
-// to the warp's slice of shared memory and to global memory; lane 0 then selects.
-// sinkhorn: one block iterates the balancing over all tokens (training mode only).
-// stats: one block per tile of tokens writes per-tile partial sums; one block adds the tiles in
-// order (no atomics: the statistics are deterministic).
+// to the warp's slice of shared memory and to global memory; lane 0 then selects (`route`), or
+// nothing is selected (`route_logits`: the router type is `LogitsOnly`).
+// select: one thread per token, from given logits and scores (`route_select`).
+// stats: one block per tile of tokens writes per-tile partial sums (moss::cuda::BlockReduce);
+// one block adds the tiles in order (no atomics: the statistics are deterministic).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/reduce.cuh"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/router/math.hpp"
 #include "moss/policy/router.hpp"
 
@@ -24,6 +28,11 @@ namespace moss::detail::route {
 
 /// Experts whose partial sums one lane keeps in registers at a time.
 inline constexpr int kExpertTile = 16;
+
+/// The router type of a logits kernel that selects nothing (`route_logits`).
+struct LogitsOnly {
+  static constexpr int k = 1;
+};
 
 /// Everything the logits kernel needs, by value.
 template <class T, class R>
@@ -39,30 +48,26 @@ struct RouteParams {
   int X = 0;
   bool vector_x = false;  // x rows are 16-byte aligned: chunk loads are one uint4
   bool weight_in_smem = false;
-  bool select = true;  // false: a balancing pass selects later
 };
 
 /// Loads chunk c (V elements, zero past D) of row x as floats.
 template <class T>
-MOSS_DEVICE void load_chunk(float (&v)[16 / sizeof(T)], const T* x, index_t c, index_t D, bool vector) {
-  constexpr int V = static_cast<int>(16 / sizeof(T));
+MOSS_DEVICE void load_chunk(float (&v)[cuda::kVec16<T>], const T* x, index_t c, index_t D, bool vector) {
+  constexpr int V = cuda::kVec16<T>;
   const index_t i0 = c * V;
   if (vector && i0 + V <= D) {
-    const uint4 q = *reinterpret_cast<const uint4*>(x + i0);
-    const T* e = reinterpret_cast<const T*>(&q);
-#pragma unroll
-    for (int j = 0; j < V; ++j) v[j] = to_float(e[j]);
+    cuda::load_vec<V>(x + i0, v);
   } else {
 #pragma unroll
     for (int j = 0; j < V; ++j) v[j] = i0 + j < D ? to_float(x[i0 + j]) : 0.0f;
   }
 }
 
-/// Logits (and, unless balancing follows, the selection) of every token. Dynamic shared
-/// memory: the weight (X·D floats) when staged, then 32·... one X-float slice per warp.
+/// Logits (and, unless R is `LogitsOnly`, the selection) of every token. Dynamic shared
+/// memory: the weight (X·D floats) when staged, then one X-float slice per warp.
 template <class T, class R, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) route_logits_kernel(const RouteParams<T, R> p) {
-  constexpr int V = static_cast<int>(16 / sizeof(T));
+  constexpr int V = cuda::kVec16<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   float* w_smem = reinterpret_cast<float*>(smem);
   float* warp_logits = w_smem + (p.weight_in_smem ? p.X * p.D : 0);
@@ -95,6 +100,8 @@ __global__ void __launch_bounds__(kWarps * 32) route_logits_kernel(const RoutePa
             if (i0 + j < p.D) acc[e] = fma_f32(xv[j], wr[j], acc[e]);
         }
       }
+      // The xor butterfly is written out (not moss::cuda::warp_sum): its order is the contract
+      // the host replays (`butterfly_sum`).
 #pragma unroll
       for (int e = 0; e < kExpertTile; ++e) {
         float s = acc[e];
@@ -104,12 +111,13 @@ __global__ void __launch_bounds__(kWarps * 32) route_logits_kernel(const RoutePa
     }
     __syncwarp();
     for (int e = lane; e < p.X; e += 32) p.logits[t * p.X + e] = my_logits[e];
-    if (p.select && lane == 0) p.router.select(my_logits, my_logits, p.X, p.expert + t * R::k, p.gate + t * R::k);
+    if constexpr (!std::is_same_v<R, LogitsOnly>)
+      if (lane == 0) p.router.select(my_logits, my_logits, p.X, p.expert + t * R::k, p.gate + t * R::k);
     __syncwarp();
   }
 }
 
-/// The selection from logits and balanced scores (both (tokens, X)), one thread per token.
+/// The selection from given logits and scores (both (tokens, X)), one thread per token.
 template <class R>
 __global__ void route_select_kernel(R router, const float* logits, const float* scores, index_t tokens, int X,
                                     std::int32_t* expert, float* gate) {
@@ -118,80 +126,25 @@ __global__ void route_select_kernel(R router, const float* logits, const float* 
     router.select(logits + t * X, scores + t * X, X, expert + t * R::k, gate + t * R::k);
 }
 
-/// Block-wide sum of one value per thread in a fixed order (a shared-memory tree); every
-/// thread gets the result. `scratch` holds blockDim.x floats; blockDim.x is a power of two.
-MOSS_DEVICE float block_sum(float v, float* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
-    __syncthreads();
-  }
-  const float r = scratch[0];
-  __syncthreads();
-  return r;
-}
-
-/// Sinkhorn balancing (see kSinkhornTol) in one block: `scores` (tokens, X) first receives the
-/// costs, then the balanced matrix. `d0` is scratch of `tokens` floats. Dynamic shared memory:
-/// blockDim.x floats (reductions) + 2·X floats (d1 and its update).
-__global__ void route_sinkhorn_kernel(const float* logits, index_t tokens, int X, float* scores, float* d0) {
-  extern __shared__ float sh[];
-  float* scratch = sh;
-  float* d1 = sh + blockDim.x;
-  float* d1_next = d1 + X;
-  for (index_t i = threadIdx.x; i < tokens * X; i += blockDim.x) {
-    const index_t t = i / X;
-    scores[i] = sinkhorn_cost(logits + t * X, X, static_cast<int>(i - t * X));
-  }
-  for (int i = threadIdx.x; i < X; i += blockDim.x) d1[i] = 1.0f;
-  __syncthreads();
-  for (int round = 0; round < kSinkhornRounds; ++round) {
-    for (index_t t = threadIdx.x; t < tokens; t += blockDim.x) {
-      float s = 0.0f;
-      for (int i = 0; i < X; ++i) s += d1[i] * scores[t * X + i];
-      d0[t] = 1.0f / (static_cast<float>(tokens) * (s + kSinkhornEps));
-    }
-    __syncthreads();
-    for (int i = 0; i < X; ++i) {
-      float s = 0.0f;
-      for (index_t t = threadIdx.x; t < tokens; t += blockDim.x) s += d0[t] * scores[t * X + i];
-      s = block_sum(s, scratch);
-      if (threadIdx.x == 0) d1_next[i] = 1.0f / (static_cast<float>(X) * (s + kSinkhornEps));
-    }
-    __syncthreads();
-    float change = 0.0f;
-    for (int i = 0; i < X; ++i) change = fmaxf(change, fabsf(d1_next[i] - d1[i]));
-    // NaN in change: fmaxf drops it, so test every entry for NaN too.
-    bool nan = false;
-    for (int i = 0; i < X; ++i) nan = nan || (d1_next[i] != d1_next[i]);
-    __syncthreads();
-    for (int i = threadIdx.x; i < X; i += blockDim.x) d1[i] = d1_next[i];
-    __syncthreads();
-    if (nan || !(change >= kSinkhornTol)) break;
-  }
-  for (index_t i = threadIdx.x; i < tokens * X; i += blockDim.x) {
-    const index_t t = i / X;
-    scores[i] = d1[i - t * X] * scores[i] * d0[t];
-  }
-}
-
 /// Per-tile partial sums of the statistics: partial[tile, i] = Σ_t p[t, i] (i < X) and
-/// partial[tile, X] = Σ_t logsumexp(logits_t)², over the tile's blockDim.x tokens.
-/// Dynamic shared memory: blockDim.x floats.
-__global__ void router_stats_partial_kernel(const float* logits, index_t tokens, int X, float* partial) {
-  extern __shared__ float scratch[];
-  const index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+/// partial[tile, X] = Σ_t logsumexp(logits_t)², over the tile's kThreads tokens (a block
+/// reduction in a fixed order: deterministic).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    router_stats_partial_kernel(const float* logits, index_t tokens, int X, float* partial) {
+  using Reduce = cuda::BlockReduce<float, kThreads>;
+  __shared__ typename Reduce::TempStorage scratch;
+  const index_t t = blockIdx.x * static_cast<index_t>(kThreads) + threadIdx.x;
   const bool ok = t < tokens;
   const float* lg = logits + (ok ? t : 0) * X;
   const float m = ok ? max_logit(lg, X) : 0.0f;
   const float s = ok ? sum_exp(lg, X, m) : 1.0f;
   for (int i = 0; i < X; ++i) {
-    const float v = block_sum(ok ? exp_f32(lg[i] - m) / s : 0.0f, scratch);
+    const float v = Reduce::sum(ok ? exp_f32(lg[i] - m) / s : 0.0f, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x * (X + 1) + i] = v;
   }
   const float lse = ok ? m + logf(s) : 0.0f;
-  const float z = block_sum(ok ? lse * lse : 0.0f, scratch);
+  const float z = Reduce::sum(ok ? lse * lse : 0.0f, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x * (X + 1) + X] = z;
 }
 

@@ -65,7 +65,7 @@ inline float dot_in_kernel_order(const T* x, const float* w, long long D) {
 }
 
 /// Capacity of each expert for T tokens, K slots, X experts and capacity factor cf > 0:
-/// max(1, ceil(cf · T · K / X)), computed in double (REFERENCE.md §2). 0 for cf = 0 (dropless).
+/// max(1, ceil(cf · T · K / X)), computed in double (docs/math.md §2). 0 for cf = 0 (dropless).
 inline long long expert_capacity(double capacity_factor, long long tokens, long long k, long long experts) {
   if (capacity_factor <= 0) return 0;
   const double c =
@@ -82,20 +82,6 @@ MOSS_HD float log_sum_exp(const float* logits, int num_experts) {
 #else
   return m + std::log(s);
 #endif
-}
-
-/// Sinkhorn-Knopp balancing of exp(logits) (BlackMamba / Megatron): scaling vectors d0 (tokens)
-/// and d1 (experts) alternate d0[t] = 1 / (T · (Σ_i d1[i]·c[t,i] + ε)) and
-/// d1[i] = 1 / (X · (Σ_t d0[t]·c[t,i] + ε)) from d1 = 1 until no d1 moves by kSinkhornTol or
-/// more, at most kSinkhornRounds rounds; the balanced row is d1[i]·c[t,i]·d0[t]. c[t,i] is
-/// exp(logits[t,i] − max_i logits[t,i]): the row shift is absorbed by d0 and keeps exp finite.
-inline constexpr float kSinkhornTol = 1e-4f;
-inline constexpr int kSinkhornRounds = 100;
-inline constexpr float kSinkhornEps = 1e-8f;
-
-/// c[t,i] of the Sinkhorn iteration for one token's logits.
-MOSS_HD float sinkhorn_cost(const float* logits, int num_experts, int i) {
-  return exp_f32(logits[i] - max_logit(logits, num_experts));
 }
 
 }  // namespace moss::detail::route

@@ -177,12 +177,12 @@ SegmentPlan fixed_segments(index_t L, index_t segment_len) {
 inline constexpr index_t kMinSegment = 128;
 
 /// AutoScan picks ChunkedScan when the sequential kernel would fill at most 1 / kAutoIdleFactor
-/// of one wave and L has at least kAutoMinLength steps (see AutoScan for the measurements).
-inline constexpr index_t kAutoIdleFactor = 2;
+/// of one wave and L has at least kAutoMinLength steps (see AutoScan for why).
+inline constexpr index_t kAutoIdleFactor = 4;
 inline constexpr index_t kAutoMinLength = 512;
 
 /// How many times the sequential kernel's blocks (batch × channel tiles) fit into one wave of
-/// resident blocks (sms × the row's blocks per SM): ≥ 2 means it leaves half the GPU idle.
+/// resident blocks (sms × the row's blocks per SM): f means it leaves (f - 1) / f of the GPU idle.
 template <class T, ScanTuning cfg>
 index_t idle_factor(const SelectiveScanArgs<T>& a, int sms) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1];

@@ -1,4 +1,4 @@
-// moss/core/param_io.hpp: making parameters: seeded random init, reading them from a weight
+// moss/layers/params.hpp: making parameters: seeded random init, reading them from a weight
 // source (a checkpoint), writing them to a checkpoint, on any backend.
 //
 // Templates over the backend object: `upload` / `download` move the data. The host overloads
@@ -19,13 +19,14 @@
 #include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
 #include "moss/core/random.hpp"
-#include "moss/core/safetensors.hpp"
+#include "moss/io/weights.hpp"
+#include "moss/io/writer.hpp"
 
 namespace moss {
 
 /// Reads tensor `name` of exactly `shape` from `ckpt`, converted to T, onto `backend`.
 /// A missing tensor or a wrong shape is an `io_error` naming the file and the tensor.
-template <class T, class Backend, class Source>
+template <class T, class Backend, WeightSource Source>
 Buffer<T> load_param(const Backend& backend, const Source& ckpt, const std::string& name,
                      const std::vector<index_t>& shape) {
   const std::vector<T> host = ckpt.template read_as<T>(name, shape);
@@ -103,7 +104,7 @@ Tensor<T, Rank> constant_tensor(const Backend& backend, const Extents<Rank>& sha
 
 /// Reads `prefix + name` of exactly `shape` from `src` (converted to T) into a tensor named `name`.
 /// A missing tensor or another shape is an `io_error` naming the file and the tensor.
-template <class T, std::size_t Rank, class Backend, class Source>
+template <class T, std::size_t Rank, class Backend, WeightSource Source>
 Tensor<T, Rank> load_tensor(const Backend& backend, const Source& src, const std::string& prefix,
                             const std::string& name, const Extents<Rank>& shape) {
   return Tensor<T, Rank>(
@@ -113,7 +114,7 @@ Tensor<T, Rank> load_tensor(const Backend& backend, const Source& src, const std
 /// Like `load_tensor`, but the tensor may be stored under any of `names` (the first is the
 /// canonical one, later ones are accepted aliases, e.g. Hugging Face's); the tensor is named
 /// after the canonical one.
-template <class T, std::size_t Rank, class Backend, class Source>
+template <class T, std::size_t Rank, class Backend, WeightSource Source>
 Tensor<T, Rank> load_tensor_any(const Backend& backend, const Source& src, const std::string& prefix,
                                 std::initializer_list<std::string> names, const Extents<Rank>& shape) {
   const std::string& canonical = *names.begin();
