@@ -736,4 +736,13 @@ TEST_CASE("selective_scan (cuda): a user's strategy runs through selective_scan<
   moss::selective_scan<moss::SequentialScan>(moss::Host{}, q.args);
   CHECK(logical(p.args.out) == logical(q.args.out));
   CHECK(p.final_state == q.final_state);
+  // The 2-byte types on the CPU too (the struct is one template for every storage type).
+  Problem<moss::f16> h1(c, 57), h2(c, 57);
+  moss::selective_scan<OneThreadScan>(moss::Host{}, h1.args);
+  moss::selective_scan<moss::SequentialScan>(moss::Host{}, h2.args);
+  CHECK(moss::test::rel_l2(logical(h1.args.out), logical(h2.args.out)) == 0.0);
+  Problem<moss::bf16> g1(c, 58), g2(c, 58);
+  moss::selective_scan<OneThreadScan>(moss::Host{}, g1.args);
+  moss::selective_scan<moss::SequentialScan>(moss::Host{}, g2.args);
+  CHECK(moss::test::rel_l2(logical(g1.args.out), logical(g2.args.out)) == 0.0);
 }
