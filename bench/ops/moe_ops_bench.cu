@@ -1,16 +1,20 @@
-// CUDA benchmarks of the sparse-layer ops at PERFORMANCE.md's expert shape: 16384 tokens,
-// 8 experts, top-1, 2048 → 8192, bf16.
+// CUDA benchmarks of the sparse-layer ops at the expert shape of docs/performance.md: 16384
+// tokens, 8 experts, top-1, 2048 → 8192, bf16.
 //
 // grouped_linear: timed against a dense cublasGemmEx of the same FLOPs (16384 × 2048 × 8192)
 // measured in the same benchmark, for balanced segments (2048 rows each) and skewed ones (half
 // the tokens on expert 0, the rest spread over the others). Counters: fraction_of_dense (dense
-// time / grouped time; PERFORMANCE.md's bar is ≥ 0.80 now, ≥ 0.95 later), dense_ms, TFLOP/s.
+// time / grouped time; docs/performance.md's bar is ≥ 0.80 now, ≥ 0.95 later), dense_ms, TFLOP/s.
 // `_with_offset_read` includes the device → host copy of the offsets and its synchronisation
 // (what a layer pays once per routing decision).
 //
 // router_permute_gather: route (Top1Switch, float32 logits) + permute_plan + gather_rows, no host
 // synchronisation; anchor PyTorch 0.25 ms, goal ≤ 0.08 ms (the floor: x read twice and written
-// once, ≈ 0.067 ms at 3 TB/s).
+// once, ≈ 0.067 ms at 3 TB/s). `_planned_workspace`: the same with permute_plan's scratch
+// planned once by the caller (the workspace contract) instead of taken from the pool per call.
+//
+// sinkhorn_router: SinkhornTop1 in training mode as the layer runs it, route_logits + sinkhorn
+// (at most 100 rounds, one block) + route_select, at the same shape.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include "moss/ops/grouped_linear/cuda.cuh"
 #include "moss/ops/permute/cuda.cuh"
 #include "moss/ops/router/cuda.cuh"
+#include "moss/ops/sinkhorn/cuda.cuh"
 #include "moss_bench.cuh"
 
 namespace {
@@ -91,8 +96,9 @@ BENCHMARK(BM_grouped_linear_bf16_skewed)->UseManualTime()->Unit(benchmark::kMill
 BENCHMARK(BM_grouped_linear_bf16_balanced_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_skewed_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-/// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync).
-void BM_router_permute_gather_bf16(benchmark::State& state) {
+/// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync); with
+/// `planned`, permute_plan's workspace is allocated once outside the timed loop.
+void run_router_permute_gather(benchmark::State& state, bool planned) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const int sets = moss::bench::rotation_count(static_cast<double>(kTokens) * kIn * sizeof(bf16));
@@ -105,6 +111,19 @@ void BM_router_permute_gather_bf16(benchmark::State& state) {
   auto pair_row = gpu.alloc<std::int32_t>(kTokens), row_pair = gpu.alloc<std::int32_t>(kTokens);
   auto offsets = gpu.alloc<std::int32_t>(kExperts + 1), counts = gpu.alloc<std::int32_t>(kExperts);
   auto xp = gpu.alloc<bf16>(kTokens * kIn);
+  moss::PermutePlanArgs plan{ConstView<std::int32_t, 2>(expert.data(), {kTokens, 1}),
+                             kExperts,
+                             0,
+                             pair_row.flat(),
+                             row_pair.flat(),
+                             offsets.flat(),
+                             counts.flat(),
+                             {}};
+  moss::Buffer<unsigned char> workspace;
+  if (planned) {
+    workspace = gpu.alloc<unsigned char>(static_cast<index_t>(moss::workspace_bytes(gpu, plan)));
+    plan.workspace = moss::Workspace{workspace.data(), static_cast<std::size_t>(workspace.size())};
+  }
   int next = 0;
   moss::bench::time_cuda(state, gpu.stream, [&] {
     moss::RouteArgs<bf16, moss::Top1Switch> r;
@@ -114,8 +133,7 @@ void BM_router_permute_gather_bf16(benchmark::State& state) {
     r.expert = expert.view<2>({kTokens, 1});
     r.gate = gate.view<2>({kTokens, 1});
     moss::route(gpu, r);
-    moss::permute_plan(gpu, moss::PermutePlanArgs{ConstView<std::int32_t, 2>(expert.data(), {kTokens, 1}), kExperts, 0,
-                                                  pair_row.flat(), row_pair.flat(), offsets.flat(), counts.flat()});
+    moss::permute_plan(gpu, plan);
     moss::gather_rows(gpu, moss::GatherRowsArgs<bf16>{r.x, ConstView<std::int32_t, 1>(row_pair.data(), {kTokens}),
                                                       ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
                                                       xp.view<2>({kTokens, kIn})});
@@ -126,7 +144,44 @@ void BM_router_permute_gather_bf16(benchmark::State& state) {
   state.counters["anchor_ms"] = 0.25;
   state.counters["goal_ms"] = 0.08;
 }
+void BM_router_permute_gather_bf16(benchmark::State& s) { run_router_permute_gather(s, false); }
+void BM_router_permute_gather_bf16_planned_workspace(benchmark::State& s) { run_router_permute_gather(s, true); }
 BENCHMARK(BM_router_permute_gather_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_planned_workspace)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// SinkhornTop1 in training mode at 16384 × 2048, 8 experts: route_logits + sinkhorn +
+/// route_select, the sinkhorn workspace planned once (no host sync).
+void BM_sinkhorn_router_bf16(benchmark::State& state) {
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const int sets = moss::bench::rotation_count(static_cast<double>(kTokens) * kIn * sizeof(bf16));
+  std::vector<moss::Buffer<bf16>> xs;
+  for (int i = 0; i < sets; ++i) xs.push_back(moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 20 + i));
+  const auto wr = moss::bench::device_randn<float>(gpu, kExperts * kIn, 4, 0.02f);
+  auto logits = gpu.alloc<float>(kTokens * kExperts), scores = gpu.alloc<float>(kTokens * kExperts);
+  auto expert = gpu.alloc<std::int32_t>(kTokens);
+  auto gate = gpu.alloc<float>(kTokens);
+  moss::SinkhornArgs sa;
+  sa.logits = ConstView<float, 2>(logits.data(), {kTokens, kExperts});
+  sa.scores = scores.view<2>({kTokens, kExperts});
+  auto workspace = gpu.alloc<unsigned char>(static_cast<index_t>(moss::workspace_bytes(gpu, sa)));
+  sa.workspace = moss::Workspace{workspace.data(), static_cast<std::size_t>(workspace.size())};
+  moss::SinkhornTop1 router;
+  router.training = true;
+  int next = 0;
+  moss::bench::time_cuda(state, gpu.stream, [&] {
+    moss::route_logits(gpu, moss::RouteLogitsArgs<bf16>{ConstView<bf16, 2>(xs[next].data(), {kTokens, kIn}),
+                                                        ConstView<float, 2>(wr.data(), {kExperts, kIn}),
+                                                        logits.view<2>({kTokens, kExperts})});
+    moss::sinkhorn(gpu, sa);
+    moss::route_select(gpu, moss::RouteSelectArgs<moss::SinkhornTop1>{
+                                router, sa.logits, ConstView<float, 2>(scores.data(), {kTokens, kExperts}),
+                                expert.view<2>({kTokens, 1}), gate.view<2>({kTokens, 1})});
+    next = (next + 1) % sets;
+  });
+  moss::bench::set_rates(state, static_cast<double>(kTokens) * kIn * sizeof(bf16), 0);  // x read once
+}
+BENCHMARK(BM_sinkhorn_router_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -3,7 +3,10 @@
 //
 // The plan is integer-exact, so the CUDA plan must equal the host plan entry for entry
 // (pair_row, row_pair, offsets, counts), with and without capacity, K = 1 and 2, every token on
-// one expert, empty experts and no tokens; a slot-major reference written here checks both.
+// one expert, empty experts, no tokens, and expert counts across several tiles of the offsets
+// scan; a slot-major reference written here checks both. The workspace contract: a caller
+// workspace of workspace_bytes (filled with garbage) gives the same plan; a smaller or
+// misaligned one is a config_error.
 // gather_rows copies rows, so it is compared bit for bit; combine_rows sums in float32 and is
 // compared within the per-op tolerance, over weighted column ranges, strided and misaligned
 // outputs whose gaps are poisoned and must stay untouched, and expert-output rows that no kept
@@ -11,9 +14,12 @@
 #include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "moss/backend/cuda.cuh"
@@ -26,6 +32,7 @@
 
 namespace {
 
+using Catch::Matchers::ContainsSubstring;
 using moss::test::device_copy;
 using moss::test::host_copy;
 using moss::test::same_bits;
@@ -142,7 +149,7 @@ struct DevicePlan {
 };
 
 DevicePlan plan_cuda(const Cuda& gpu, const Buffer<std::int32_t>& experts, index_t tokens, index_t K, index_t X,
-                     index_t capacity) {
+                     index_t capacity, moss::Workspace workspace = {}) {
   const PlanOut poison = poisoned_plan(tokens * K, X);
   DevicePlan d{device_copy(gpu, poison.pair_row), device_copy(gpu, poison.row_pair), device_copy(gpu, poison.offsets),
                device_copy(gpu, poison.counts)};
@@ -154,6 +161,7 @@ DevicePlan plan_cuda(const Cuda& gpu, const Buffer<std::int32_t>& experts, index
   a.row_pair = d.row_pair.flat("row_pair");
   a.offsets = d.offsets.flat("offsets");
   a.counts = d.counts.flat("counts");
+  a.workspace = workspace;
   moss::permute_plan(gpu, a);
   return d;
 }
@@ -202,16 +210,19 @@ std::vector<index_t> capacities(index_t tokens, index_t K, index_t X) {
 
 }  // namespace
 
-TEST_CASE("permute_plan: the CUDA plan equals the host plan entry for entry", "[cuda][ops][permute]") {
-  MOSS_REQUIRE_CUDA_DEVICE();
-  moss::CudaStream stream;
-  const Cuda gpu{stream.get()};
-  std::uint64_t seed = 10;
-  for (index_t X : {1, 8, 17, 64, 256}) {
+namespace {
+
+/// Plans every combination of the given expert counts, K = 1 and 2, token counts and spreads,
+/// under every capacity, on both backends: the CUDA plan must equal the host plan entry for
+/// entry, and the host plan the reference.
+void check_plans(const Cuda& gpu, std::initializer_list<index_t> expert_counts,
+                 std::initializer_list<index_t> token_counts, std::initializer_list<Spread> spreads,
+                 std::uint64_t seed) {
+  for (index_t X : expert_counts) {
     for (index_t K : {1, 2}) {
       if (K > X) continue;
-      for (index_t tokens : {0, 1, 7, 1000, 4097, 16384}) {
-        for (Spread spread : {Spread::uniform, Spread::one_expert, Spread::sparse, Spread::skewed}) {
+      for (index_t tokens : token_counts) {
+        for (Spread spread : spreads) {
           seed += 7;
           const auto experts = make_experts(tokens, K, X, spread, seed);
           const Buffer<std::int32_t> dex = device_copy(gpu, experts);
@@ -231,6 +242,16 @@ TEST_CASE("permute_plan: the CUDA plan equals the host plan entry for entry", "[
   }
 }
 
+}  // namespace
+
+TEST_CASE("permute_plan: the CUDA plan equals the host plan entry for entry", "[cuda][ops][permute]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  check_plans(gpu, {1, 8, 17, 64, 256}, {0, 1, 7, 1000, 4097, 16384},
+              {Spread::uniform, Spread::one_expert, Spread::sparse, Spread::skewed}, 10);
+}
+
 TEST_CASE("permute_plan: CUDA at a realistic shape (65536 tokens, K = 2, 64 experts)", "[cuda][ops][permute]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
@@ -241,6 +262,75 @@ TEST_CASE("permute_plan: CUDA at a realistic shape (65536 tokens, K = 2, 64 expe
   for (index_t capacity : capacities(tokens, K, X)) {
     CAPTURE(capacity);
     CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, capacity)) == plan_host(experts, tokens, K, X, capacity));
+  }
+}
+
+TEST_CASE("permute_plan: CUDA offsets scan across many tiles of experts", "[cuda][ops][permute]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  // The offsets kernel scans tiles of 256 experts with a running total: X below, at and above
+  // one tile, and several tiles; small token counts leave most experts empty.
+  check_plans(gpu, {255, 256, 257, 1000, 3000}, {1, 7, 1000, 4097},
+              {Spread::uniform, Spread::one_expert, Spread::sparse}, 3000);
+}
+
+TEST_CASE("permute_plan: CUDA workspace contract", "[cuda][ops][permute]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const index_t tokens = 4097, K = 2, X = 17;
+  const auto experts = make_experts(tokens, K, X, Spread::skewed, 31);
+  const Buffer<std::int32_t> dex = device_copy(gpu, experts);
+  const PlanOut poison = poisoned_plan(tokens * K, X);
+  DevicePlan d{device_copy(gpu, poison.pair_row), device_copy(gpu, poison.row_pair), device_copy(gpu, poison.offsets),
+               device_copy(gpu, poison.counts)};
+  moss::PermutePlanArgs a;
+  a.expert = ConstView<std::int32_t, 2>(dex.data(), {tokens, K}, "expert");
+  a.num_experts = X;
+  a.capacity = 300;
+  a.pair_row = d.pair_row.flat("pair_row");
+  a.row_pair = d.row_pair.flat("row_pair");
+  a.offsets = d.offsets.flat("offsets");
+  a.counts = d.counts.flat("counts");
+  const std::size_t need = moss::workspace_bytes(gpu, a);
+  CHECK(moss::workspace_bytes(Host{}, a) == 0);
+  // At least the sort keys and values (input and sorted) and the run bounds.
+  CHECK(need >= 4 * static_cast<std::size_t>(tokens * K) * sizeof(std::int32_t) + 2 * X * sizeof(std::int32_t));
+  const PlanOut want = plan_host(experts, tokens, K, X, 300);
+
+  SECTION("an exact caller workspace, filled with garbage, gives the host plan") {
+    Buffer<unsigned char> ws = device_copy(gpu, std::vector<unsigned char>(need, 0xab));
+    CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, 300, moss::Workspace{ws.data(), need})) == want);
+    // At an aligned offset into a larger buffer, too; and twice from the same workspace.
+    Buffer<unsigned char> big = device_copy(gpu, std::vector<unsigned char>(need + 1024, 0x5a));
+    const moss::Workspace inner{big.data() + moss::kWorkspaceAlignment, need + 512};
+    CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, 300, inner)) == want);
+    CHECK(host_copy(gpu, plan_cuda(gpu, dex, tokens, K, X, 300, inner)) == want);
+    // make_permute_plan passes it through.
+    const moss::PermutePlan mp = moss::make_permute_plan(gpu, a.expert, X, 300, moss::Workspace{ws.data(), need});
+    gpu.synchronize();
+    CHECK(host_copy(gpu, mp.pair_row) == want.pair_row);
+    CHECK(host_copy(gpu, mp.offsets) == want.offsets);
+  }
+  SECTION("no tokens: only the run bounds") {
+    moss::PermutePlanArgs e = a;
+    e.expert = ConstView<std::int32_t, 2>(dex.data(), {0, K}, "expert");
+    e.pair_row = TensorView<std::int32_t, 1>(d.pair_row.data(), {0}, "pair_row");
+    e.row_pair = TensorView<std::int32_t, 1>(d.row_pair.data(), {0}, "row_pair");
+    CHECK(moss::workspace_bytes(gpu, e) == moss::kWorkspaceAlignment);  // 2·17 int32, rounded up
+  }
+  SECTION("too small or misaligned: config_error naming the op and the sizes") {
+    Buffer<unsigned char> ws = gpu.alloc<unsigned char>(static_cast<index_t>(need + 1024));
+    a.workspace = moss::Workspace{ws.data(), need - 1};
+    REQUIRE_THROWS_AS(moss::permute_plan(gpu, a), moss::config_error);
+    REQUIRE_THROWS_WITH(moss::permute_plan(gpu, a),
+                        ContainsSubstring("permute_plan (cuda): the workspace holds " + std::to_string(need - 1) +
+                                          " bytes but this call needs " + std::to_string(need)));
+    a.workspace = moss::Workspace{ws.data() + 4, need};
+    REQUIRE_THROWS_AS(moss::permute_plan(gpu, a), moss::config_error);
+    REQUIRE_THROWS_WITH(moss::permute_plan(gpu, a), ContainsSubstring("is not aligned to 256 bytes"));
+    gpu.synchronize();
   }
 }
 

@@ -1,7 +1,7 @@
 // tests/ops/permute_test.cpp: `permute_plan`, `gather_rows` and `combine_rows` on the host
 // against hand-worked plans (slot-major capacity priority, empty experts, K = X), a plan
 // reference written here, the capacity formula, gather/combine against float64 loops, strided
-// and poisoned buffers, and every validation error.
+// and poisoned buffers, the workspace contract on the host, and every validation error.
 #include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
@@ -54,7 +54,7 @@ Plan run_plan(const I32& expert, index_t T, index_t K, index_t X, index_t capaci
   return p;
 }
 
-/// The plan straight from REFERENCE.md §2 (GShard priority): expert by expert, slot by slot,
+/// The plan straight from docs/math.md §2.3 and §2.6 (GShard priority): expert by expert, slot by slot,
 /// token by token; each expert keeps its first C pairs (all when C = 0); kept rows are numbered
 /// consecutively.
 Plan reference_plan(const I32& expert, index_t T, index_t K, index_t X, index_t capacity) {
@@ -225,6 +225,38 @@ TEST_CASE("permute_plan: random plans match the reference and are consistent", "
       if (C == 0) REQUIRE(std::count(p.pair_row.begin(), p.pair_row.end(), -1) == 0);
     }
   }
+}
+
+TEST_CASE("permute_plan: the host needs no workspace and ignores one given; workspace_bytes validates",
+          "[host][ops][permute]") {
+  const I32 ex = random_experts(40, 2, 6, 4242);
+  Plan p;
+  p.pair_row.assign(80, -99);
+  p.row_pair.assign(80, -99);
+  p.offsets.assign(7, -99);
+  p.counts.assign(6, -99);
+  moss::PermutePlanArgs a;
+  a.expert = ConstView<std::int32_t, 2>(ex.data(), {40, 2}, "expert");
+  a.num_experts = 6;
+  a.capacity = 9;
+  a.pair_row = TensorView<std::int32_t, 1>(p.pair_row.data(), {80}, "pair_row");
+  a.row_pair = TensorView<std::int32_t, 1>(p.row_pair.data(), {80}, "row_pair");
+  a.offsets = TensorView<std::int32_t, 1>(p.offsets.data(), {7}, "offsets");
+  a.counts = TensorView<std::int32_t, 1>(p.counts.data(), {6}, "counts");
+  CHECK(moss::workspace_bytes(moss::Host{}, a) == 0);
+  std::vector<unsigned char> scratch(16);
+  a.workspace = moss::Workspace{scratch.data(), scratch.size()};
+  moss::permute_plan(moss::Host{}, a);
+  CHECK(p == reference_plan(ex, 40, 2, 6, 9));
+  a.counts = TensorView<std::int32_t, 1>(p.counts.data(), {5}, "counts");
+  REQUIRE_THROWS_AS(moss::workspace_bytes(moss::Host{}, a), moss::shape_error);
+  REQUIRE_THROWS_WITH(moss::workspace_bytes(moss::Host{}, a),
+                      ContainsSubstring("workspace_bytes (permute_plan): counts is [5] (experts) but expected [6]"));
+  // make_permute_plan passes a workspace through.
+  const moss::PermutePlan mp =
+      moss::make_permute_plan(moss::Host{}, ConstView<std::int32_t, 2>(ex.data(), {40, 2}, "expert"), 6, 9,
+                              moss::Workspace{scratch.data(), scratch.size()});
+  CHECK(I32(mp.pair_row.data(), mp.pair_row.data() + 80) == reference_plan(ex, 40, 2, 6, 9).pair_row);
 }
 
 TEST_CASE("expert_capacity: max(1, ceil(cf·T·K/X)) in double, 0 when dropless", "[host][ops][permute]") {

@@ -1,14 +1,15 @@
-// tests/ops/router_cuda_test.cu: `route` and `router_stats` on CUDA against the host oracle.
+// tests/ops/router_cuda_test.cu: `route`, `route_logits`, `route_select` and `router_stats` on
+// CUDA against the host oracle.
 //
 // The contract (moss/ops/router.hpp): the float32 logits are bit-identical on both backends (the
-// host replays the kernel's summation order), so the selected experts are identical too; gates
-// may differ by the device's expf (≤ 1e-6 relative here). SinkhornTop1 in training mode is the
-// exception: its balancing sums round differently on the device, so a tiny fraction of
-// near-tied tokens may pick another expert and the balanced loads are compared loosely.
-// Shapes cover tokens 1 … 16384, d_model 1, 33 (not a multiple of the 16-byte chunk) and 2048,
-// expert counts 1 … 256 (kMaxExperts), the weight staged in shared memory and read from global
-// memory, and x contiguous, with a wider aligned row stride, and one element off 16 bytes (the
-// scalar load path). Outputs are poisoned before every CUDA call.
+// host replays the kernel's summation order), and `route_logits` writes the same bits as
+// `route`, so the selected experts are identical too; gates may differ by the device's expf
+// (≤ 1e-6 relative here). `route_select` from the same logits and scores selects the same
+// experts on both backends. Shapes cover tokens 1 … 16384, d_model 1, 33 (not a multiple of the
+// 16-byte chunk) and 2048, expert counts 1 … 256 (kMaxExperts), the weight staged in shared
+// memory and read from global memory, and x contiguous, with a wider aligned row stride, and
+// one element off 16 bytes (the scalar load path). Outputs are poisoned before every CUDA call.
+// The Sinkhorn balancing is its own op (tests/ops/sinkhorn_cuda_test.cu).
 #include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
@@ -25,9 +26,11 @@
 #include "moss/ops/router/cuda.cuh"
 #include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
+#include "router_test_routers.hpp"
 
 namespace {
 
+using moss::test::ArgmaxScores;
 using moss::test::device_copy;
 using moss::test::host_copy;
 using moss::test::same_bits;
@@ -129,6 +132,37 @@ Routed route_cuda(const Cuda& gpu, const R& router, const PlacedX<T>& px, const 
   return {host_copy(gpu, dl), host_copy(gpu, dg), host_copy(gpu, de)};
 }
 
+/// `route_logits` on the GPU over the same placement (logits poisoned first).
+template <class T>
+std::vector<float> route_logits_cuda(const Cuda& gpu, const PlacedX<T>& px, const Buffer<float>& dw, index_t tokens,
+                                     index_t D, index_t X) {
+  const Buffer<T> dx = device_copy(gpu, px.wide);
+  Buffer<float> dl = device_copy(gpu, std::vector<float>(static_cast<std::size_t>(tokens * X), kPoison));
+  moss::route_logits(gpu, moss::RouteLogitsArgs<T>{ConstView<T, 2>(dx.data() + px.offset, {tokens, D}, {px.ld, 1}, "x"),
+                                                   ConstView<float, 2>(dw.data(), {X, D}, "weight"),
+                                                   TensorView<float, 2>(dl.data(), {tokens, X}, "logits")});
+  gpu.synchronize();
+  return host_copy(gpu, dl);
+}
+
+/// `route_select` on one backend over host logits and scores (tokens, X); outputs poisoned.
+template <class R, class Backend>
+Routed route_select_on(const Backend& backend, const R& router, const std::vector<float>& logits,
+                       const std::vector<float>& scores, index_t tokens, index_t X) {
+  const Buffer<float> dl = device_copy(backend, logits), ds = device_copy(backend, scores);
+  Buffer<std::int32_t> de =
+      device_copy(backend, std::vector<std::int32_t>(static_cast<std::size_t>(tokens * R::k), kPoisonIndex));
+  Buffer<float> dg = device_copy(backend, std::vector<float>(static_cast<std::size_t>(tokens * R::k), kPoison));
+  moss::RouteSelectArgs<R> a;
+  a.router = router;
+  a.logits = ConstView<float, 2>(dl.data(), {tokens, X}, "logits");
+  a.scores = ConstView<float, 2>(ds.data(), {tokens, X}, "scores");
+  a.expert = TensorView<std::int32_t, 2>(de.data(), {tokens, R::k}, "expert");
+  a.gate = TensorView<float, 2>(dg.data(), {tokens, R::k}, "gate");
+  moss::route_select(backend, a);
+  return {{}, host_copy(backend, dg), host_copy(backend, de)};
+}
+
 /// x ~ N(0, 1) in T and a router weight ~ N(0, 1/D), so the logits are O(1) at every d_model.
 template <class T>
 std::vector<T> make_x(index_t tokens, index_t D, std::uint64_t seed) {
@@ -160,8 +194,10 @@ void check_route(const Cuda& gpu, const R& router, const Shape& s, std::uint64_t
   for (Layout layout : {Layout::contiguous, Layout::aligned_stride, Layout::misaligned}) {
     if (!all_layouts && layout != Layout::contiguous) continue;
     CAPTURE(tokens, D, X, R::k, layout_name(layout));
-    const Routed got = route_cuda(gpu, router, place(x, tokens, D, layout), dw, tokens, D, X);
+    const PlacedX<T> px = place(x, tokens, D, layout);
+    const Routed got = route_cuda(gpu, router, px, dw, tokens, D, X);
     CHECK(same_bits(got.logits, want.logits));
+    CHECK(same_bits(route_logits_cuda(gpu, px, dw, tokens, D, X), want.logits));
     CHECK(got.expert == want.expert);
     CHECK(moss::test::rel_l2(got.gate, want.gate) <= 1e-6);
     CHECK(max_rel(got.gate, want.gate) <= 1e-5);
@@ -211,8 +247,10 @@ TEST_CASE("route: CUDA with no tokens writes nothing", "[cuda][ops][router]") {
   CHECK(got.logits.empty());
   CHECK(got.expert.empty());
   const Routed got_s =
-      route_cuda(gpu, moss::SinkhornTop1{true}, place(std::vector<bf16>{}, 0, 33, Layout::contiguous), dw, 0, 33, 8);
+      route_cuda(gpu, moss::SinkhornTop1{}, place(std::vector<bf16>{}, 0, 33, Layout::contiguous), dw, 0, 33, 8);
   CHECK(got_s.gate.empty());
+  CHECK(route_logits_cuda(gpu, place(std::vector<f16>{}, 0, 33, Layout::contiguous), dw, 0, 33, 8).empty());
+  CHECK(route_select_on(gpu, moss::TopK<2>{}, {}, {}, 0, 8).expert.empty());
 }
 
 TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as the host does", "[cuda][ops][router]",
@@ -239,7 +277,7 @@ TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as th
   };
   auto check = [&](const auto& router) {
     using R = std::decay_t<decltype(router)>;
-    CAPTURE(R::k, moss::router_wants_balance(router));
+    CAPTURE(R::k);
     const Routed want = route_host(router, x, w, tokens, D, X);
     const Routed got = route_cuda(gpu, router, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
     CHECK(same_or_both_nan(got.logits, want.logits));
@@ -262,69 +300,40 @@ TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as th
   check(moss::SinkhornTop1{});
 }
 
-TEMPLATE_TEST_CASE("route: SinkhornTop1 training mode on CUDA balances like the host", "[cuda][ops][router]", float,
-                   bf16) {
+TEST_CASE("route_select: CUDA selects from given scores as the host does", "[cuda][ops][router]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};
-  struct Case {
-    index_t tokens, d_model, experts;
-    bool skewed;  // expert 0 gets +3 on every logit: inference mode sends it most tokens
-  };
-  const Case cases[] = {{1, 33, 8, false},    {64, 33, 8, false},   {1000, 33, 8, true},   {1000, 64, 17, false},
-                        {4097, 64, 64, true}, {16384, 64, 8, true}, {2048, 2048, 8, false}};
-  std::uint64_t seed = 900;
-  for (const Case& c : cases) {
-    seed += 10;
-    const index_t tokens = c.tokens, D = c.d_model, X = c.experts;
-    CAPTURE(tokens, D, X, c.skewed);
-    auto xf = moss::test::randn(static_cast<std::size_t>(tokens * D), seed);
-    auto w = make_weight(X, D, seed + 1);
-    if (c.skewed) {
-      for (index_t t = 0; t < tokens; ++t) xf[t * D] = 1.0f;
-      for (index_t i = 0; i < X; ++i) w[i * D] = i == 0 ? 3.0f : 0.0f;
-    }
-    const auto x = moss::test::to_storage<TestType>(xf);
-    const Routed want = route_host(moss::SinkhornTop1{true}, x, w, tokens, D, X);
-    const Buffer<float> dw = device_copy(gpu, w);
-    const Routed got =
-        route_cuda(gpu, moss::SinkhornTop1{true}, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
-    // The logits are the same kernel as in inference mode: bit-identical.
-    CHECK(same_bits(got.logits, want.logits));
-    // Selections: a tiny fraction of near ties may go either way.
-    index_t differ = 0;
-    std::vector<index_t> load_host(static_cast<std::size_t>(X), 0), load_cuda(static_cast<std::size_t>(X), 0);
-    bool valid = true;
-    std::vector<float> gate_agree_host, gate_agree_cuda;
-    for (index_t t = 0; t < tokens; ++t) {
-      const std::int32_t e = got.expert[t], h = want.expert[t];
-      valid = valid && e >= 0 && e < X;
-      if (!valid) break;
-      ++load_cuda[e];
-      ++load_host[h];
-      if (e != h) {
-        ++differ;
-      } else {
-        gate_agree_host.push_back(want.gate[t]);
-        gate_agree_cuda.push_back(got.gate[t]);
-      }
-    }
-    REQUIRE(valid);
-    const index_t allowed = std::max<index_t>(1, tokens / 200);
-    INFO(differ << " of " << tokens << " tokens picked another expert (allowed " << allowed << ")");
-    CHECK(differ <= allowed);
-    // Where the experts agree the gate is sigmoid(logit) of the same logit.
-    CHECK(max_rel(gate_agree_cuda, gate_agree_host) <= 1e-5);
-    // The balanced loads agree loosely, and balancing did balance where inference would not.
-    index_t load_diff = 0;
-    for (index_t e = 0; e < X; ++e) load_diff += std::abs(load_cuda[e] - load_host[e]);
-    CHECK(load_diff <= 2 * allowed);
-    if (c.skewed) {
-      const Routed inference = route_host(moss::SinkhornTop1{false}, x, w, tokens, D, X);
-      index_t to_zero = 0;
-      for (index_t t = 0; t < tokens; ++t) to_zero += inference.expert[t] == 0;
-      CHECK(to_zero > tokens / 2);
-      CHECK(*std::max_element(load_cuda.begin(), load_cuda.end()) <= 2 * tokens / X);
+  std::uint64_t seed = 700;
+  for (index_t tokens : {1, 7, 1000, 16384}) {
+    for (index_t X : {1, 8, 17, 256}) {
+      seed += 4;
+      CAPTURE(tokens, X);
+      const auto logits = moss::test::randn(static_cast<std::size_t>(tokens * X), seed, 2.0f);
+      // Scores unrelated to the logits: quantised (many ties), a NaN now and then, one all-NaN row.
+      auto scores = moss::test::randn(static_cast<std::size_t>(tokens * X), seed + 1);
+      for (float& v : scores) v = std::round(v * 4.0f) / 4.0f;
+      for (index_t t = 0; t < tokens; t += 7) scores[t * X + (t % X)] = NAN;
+      if (tokens > 3)
+        for (index_t i = 0; i < X; ++i) scores[3 * X + i] = NAN;
+      auto check = [&](const auto& router) {
+        using R = std::decay_t<decltype(router)>;
+        CAPTURE(R::k);
+        const Routed want = route_select_on(Host{}, router, logits, scores, tokens, X);
+        const Routed got = route_select_on(gpu, router, logits, scores, tokens, X);
+        CHECK(got.expert == want.expert);
+        CHECK(max_rel(got.gate, want.gate) <= 1e-5);
+        return got;
+      };
+      // ArgmaxScores's weight is the chosen logit itself: the kernel read the logits it was given.
+      const Routed a = check(ArgmaxScores{});
+      bool gate_is_logit = true;
+      for (index_t t = 0; t < tokens; ++t)
+        gate_is_logit = gate_is_logit && std::memcmp(&a.gate[t], &logits[t * X + a.expert[t]], sizeof(float)) == 0;
+      CHECK(gate_is_logit);
+      check(moss::Top1Switch{});
+      check(moss::SinkhornTop1{});
+      if (X >= 2) check(moss::TopK<2>{true});
     }
   }
 }

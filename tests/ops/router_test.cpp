@@ -1,7 +1,9 @@
-// tests/ops/router_test.cpp: `route` and `router_stats` on the host against hand-worked
-// selections (REFERENCE.md §2: ties, NaN, K = X, Sinkhorn), the logits against a float64 loop
-// and against the documented warp summation order (re-derived here), the worked example of the
-// load-balancing loss, the z-loss, and every validation error.
+// tests/ops/router_test.cpp: `route`, `route_logits`, `route_select` and `router_stats` on the
+// host against hand-worked selections (docs/math.md §2.2: ties, NaN, K = X), the logits against a
+// float64 loop and against the documented warp summation order (re-derived here), route_logits
+// bit for bit against route, route_select with scores that are not the logits, the worked
+// example of the load-balancing loss, the z-loss, and every validation error. The Sinkhorn
+// balancing is its own op (tests/ops/sinkhorn_test.cpp).
 #include <algorithm>
 #include <catch2/catch_template_test_macros.hpp>
 #include <catch2/catch_test_macros.hpp>
@@ -16,6 +18,7 @@
 #include "moss/ops/permute.hpp"
 #include "moss/ops/router.hpp"
 #include "moss_test.hpp"
+#include "router_test_routers.hpp"
 
 namespace {
 
@@ -25,6 +28,7 @@ using moss::ConstView;
 using moss::f16;
 using moss::index_t;
 using moss::TensorView;
+using moss::test::ArgmaxScores;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -55,6 +59,36 @@ Routed run_route(const R& router, const std::vector<T>& x, index_t tokens, index
   a.expert = TensorView<std::int32_t, 2>(o.expert.data(), {tokens, R::k}, "expert");
   a.gate = TensorView<float, 2>(o.gate.data(), {tokens, R::k}, "gate");
   moss::route(moss::Host{}, a);
+  return o;
+}
+
+/// Runs `route_logits` on the host (logits poisoned with NaN first).
+template <class T>
+std::vector<float> run_route_logits(const std::vector<T>& x, index_t tokens, index_t D, index_t x_stride,
+                                    const std::vector<float>& w, index_t X) {
+  std::vector<float> logits(static_cast<std::size_t>(tokens * X), kNaN);
+  moss::RouteLogitsArgs<T> a{ConstView<T, 2>(x.data(), {tokens, D}, {x_stride, 1}, "x"),
+                             ConstView<float, 2>(w.data(), {X, D}, "weight"),
+                             TensorView<float, 2>(logits.data(), {tokens, X}, "logits")};
+  moss::route_logits(moss::Host{}, a);
+  return logits;
+}
+
+/// Runs `route_select` on the host over given logits and scores (tokens, X); outputs poisoned.
+template <class R>
+Routed run_route_select(const R& router, const std::vector<float>& logits, const std::vector<float>& scores,
+                        index_t tokens, index_t X) {
+  Routed o;
+  o.logits = logits;
+  o.expert.assign(static_cast<std::size_t>(tokens * R::k), -7);
+  o.gate.assign(static_cast<std::size_t>(tokens * R::k), -7.0f);
+  moss::RouteSelectArgs<R> a;
+  a.router = router;
+  a.logits = ConstView<float, 2>(logits.data(), {tokens, X}, "logits");
+  a.scores = ConstView<float, 2>(scores.data(), {tokens, X}, "scores");
+  a.expert = TensorView<std::int32_t, 2>(o.expert.data(), {tokens, R::k}, "expert");
+  a.gate = TensorView<float, 2>(o.gate.data(), {tokens, R::k}, "gate");
+  moss::route_select(moss::Host{}, a);
   return o;
 }
 
@@ -121,32 +155,6 @@ std::vector<double> logits64(const std::vector<T>& x, index_t tokens, index_t D,
       l[t * X + i] = s;
     }
   return l;
-}
-
-/// The Sinkhorn-Knopp balanced matrix of exp(logits) in float64, iterated to convergence
-/// (rows sum to 1/T, columns to 1/X), written from REFERENCE.md §2 without the row shift.
-std::vector<double> sinkhorn64(const std::vector<float>& logits, index_t T, index_t X) {
-  std::vector<double> c(logits.size()), d0(static_cast<std::size_t>(T), 1.0), d1(static_cast<std::size_t>(X), 1.0);
-  for (std::size_t i = 0; i < c.size(); ++i) c[i] = std::exp(static_cast<double>(logits[i]));
-  for (int round = 0; round < 100000; ++round) {
-    for (index_t t = 0; t < T; ++t) {
-      double s = 0;
-      for (index_t i = 0; i < X; ++i) s += d1[i] * c[t * X + i];
-      d0[t] = 1.0 / (static_cast<double>(T) * s);
-    }
-    double change = 0;
-    for (index_t i = 0; i < X; ++i) {
-      double s = 0;
-      for (index_t t = 0; t < T; ++t) s += d0[t] * c[t * X + i];
-      const double next = 1.0 / (static_cast<double>(X) * s);
-      change = std::max(change, std::fabs(next - d1[i]) / next);
-      d1[i] = next;
-    }
-    if (change < 1e-13) break;
-  }
-  for (index_t t = 0; t < T; ++t)
-    for (index_t i = 0; i < X; ++i) c[t * X + i] *= d1[i] * d0[t];
-  return c;
 }
 
 /// Index of the largest value of row t (ties → lowest index).
@@ -392,78 +400,6 @@ TEST_CASE("route: SinkhornTop1 inference mode is the argmax of sigmoid(logits), 
   CHECK(near_rel(neg.gate[0], sigmoid64(-0.5), 1e-6));
 }
 
-TEST_CASE("route: SinkhornTop1 training mode ranks the Sinkhorn-balanced matrix", "[host][ops][router]") {
-  // A skewed batch: expert 0's weight row is aligned with a shared component of every token, so
-  // inference sends most tokens to expert 0.
-  const index_t T = 64, X = 4, D = 16;
-  auto x = moss::test::randn(T * D, 51, 0.5f);
-  for (index_t t = 0; t < T; ++t) x[t * D] += 2.0f;
-  auto w = moss::test::randn(X * D, 52, 0.5f);
-  w[0] += 1.5f;
-  moss::SinkhornTop1 train;
-  train.training = true;
-  const Routed inf = run_route(moss::SinkhornTop1{}, x, T, D, D, w, X);
-  const Routed trn = run_route(train, x, T, D, D, w, X);
-  REQUIRE(inf.logits == trn.logits);
-
-  std::vector<int> count_inf(X, 0), count_trn(X, 0);
-  for (index_t t = 0; t < T; ++t) {
-    ++count_inf[inf.expert[t]];
-    ++count_trn[trn.expert[t]];
-  }
-  CAPTURE(count_inf, count_trn);
-  REQUIRE(count_inf[0] >= 3 * T / 4);  // the input really is skewed
-
-  SECTION("the balanced matrix: positive, columns sum to 1/X, rows to 1/T") {
-    const auto bal = moss::detail::route::sinkhorn_scores(ConstView<float, 2>(trn.logits.data(), {T, X}, "logits"));
-    REQUIRE(bal.size() == static_cast<std::size_t>(T * X));
-    for (index_t i = 0; i < X; ++i) {
-      double col = 0;
-      for (index_t t = 0; t < T; ++t) {
-        REQUIRE(bal[t * X + i] > 0.0f);
-        col += bal[t * X + i];
-      }
-      CAPTURE(i, col);
-      CHECK(near_rel(col, 1.0 / X, 1e-4));
-    }
-    for (index_t t = 0; t < T; ++t) {
-      double row = 0;
-      for (index_t i = 0; i < X; ++i) row += bal[t * X + i];
-      CAPTURE(t, row);
-      CHECK(near_rel(row, 1.0 / T, 1e-3));  // converged to the stopping tolerance
-    }
-    // The selection is the argmax of each balanced row.
-    for (index_t t = 0; t < T; ++t) REQUIRE(trn.expert[t] == argmax_row(bal, t, X));
-    // Against a float64 Sinkhorn iterated to convergence: the same matrix up to the stopping
-    // tolerance, and the same selection wherever the float64 row has a clear winner.
-    const auto ref = sinkhorn64(trn.logits, T, X);
-    CHECK(moss::test::rel_l2(bal, ref) <= 1e-4);
-    for (index_t t = 0; t < T; ++t) {
-      std::vector<double> row(ref.begin() + t * X, ref.begin() + (t + 1) * X);
-      std::sort(row.rbegin(), row.rend());
-      if (row[0] - row[1] > 1e-2 * row[0]) {
-        CAPTURE(t);
-        CHECK(trn.expert[t] == argmax_row(ref, t, X));
-      }
-    }
-  }
-  SECTION("training spreads the skewed batch over more experts than inference") {
-    const auto used = [](const std::vector<int>& c) {
-      return std::count_if(c.begin(), c.end(), [](int n) { return n > 0; });
-    };
-    CHECK(used(count_trn) == X);
-    CHECK(used(count_trn) > used(count_inf));
-    CHECK(*std::max_element(count_trn.begin(), count_trn.end()) < count_inf[0]);
-    CHECK(*std::max_element(count_trn.begin(), count_trn.end()) <= T / 2);
-  }
-  SECTION("the gate is sigmoid(logit of the chosen expert) in training mode too") {
-    for (index_t t = 0; t < T; ++t) {
-      CAPTURE(t);
-      REQUIRE(near_rel(trn.gate[t], sigmoid64(trn.logits[t * X + trn.expert[t]]), 1e-6));
-    }
-  }
-}
-
 TEMPLATE_TEST_CASE("route: logits match a float64 loop and the documented warp order bit for bit",
                    "[host][ops][router]", float, f16, bf16) {
   using T = TestType;
@@ -492,12 +428,112 @@ TEMPLATE_TEST_CASE("route: logits match a float64 loop and the documented warp o
 
 TEST_CASE("route: zero tokens write nothing", "[host][ops][router]") {
   const std::vector<float> x{1.0f, 2.0f}, w{1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
-  moss::SinkhornTop1 train;
-  train.training = true;
-  const Routed r = run_route(train, x, 0, 2, 2, w, 3);
+  const Routed r = run_route(moss::SinkhornTop1{}, x, 0, 2, 2, w, 3);
   CHECK(r.logits.empty());
   const Routed q = run_route(moss::TopK<2>{}, x, 0, 2, 2, w, 3);
   CHECK(q.expert.empty());
+  const auto l = run_route_logits(x, 0, 2, 2, w, 3);
+  CHECK(l.empty());
+  const Routed s = run_route_select(moss::TopK<2>{}, {}, {}, 0, 3);
+  CHECK(s.expert.empty());
+}
+
+TEMPLATE_TEST_CASE("route_logits: bit-identical to route's logits", "[host][ops][router]", float, f16, bf16) {
+  using T = TestType;
+  // d_model across the 16-byte chunk and the 32-lane sweep; strided rows; 1 … kMaxExperts experts.
+  struct Shape {
+    index_t tokens, D, stride, X;
+  };
+  std::uint64_t seed = 1300;
+  for (const Shape& sh : {Shape{1, 1, 1, 1}, Shape{5, 3, 7, 4}, Shape{17, 129, 129, 9}, Shape{9, 257, 300, 17},
+                          Shape{3, 1000, 1003, 256}, Shape{33, 64, 64, 8}}) {
+    CAPTURE(sh.tokens, sh.D, sh.stride, sh.X);
+    const auto x = moss::test::to_storage<T>(moss::test::randn(sh.tokens * sh.stride, seed += 3));
+    const auto w = moss::test::randn(sh.X * sh.D, seed += 3, 1.0f / std::sqrt(static_cast<float>(sh.D)));
+    const std::vector<float> l = run_route_logits(x, sh.tokens, sh.D, sh.stride, w, sh.X);
+    for (float v : l) REQUIRE(!std::isnan(v));  // every poisoned element was written
+    const Routed a = run_route(moss::Top1Switch{}, x, sh.tokens, sh.D, sh.stride, w, sh.X);
+    REQUIRE(l.size() == a.logits.size());
+    CHECK(std::memcmp(l.data(), a.logits.data(), l.size() * sizeof(float)) == 0);
+    if (sh.X >= 2) {
+      moss::TopK<2> renorm;
+      renorm.renormalize = true;
+      const Routed b = run_route(renorm, x, sh.tokens, sh.D, sh.stride, w, sh.X);
+      CHECK(std::memcmp(l.data(), b.logits.data(), l.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+TEST_CASE("route ranks the logits for any router: scores = logits", "[host][ops][router]") {
+  // A router that ranks `scores` and reports the logit it chose as its weight: route passes the
+  // logits as the scores, so it picks the largest logit, also for SinkhornTop1 in training mode
+  // (its balanced scores come from its own batch hook, which route does not call).
+  const index_t T = 37, X = 6, D = 12;
+  const auto x = moss::test::randn(T * D, 1401);
+  const auto w = moss::test::randn(X * D, 1402, 0.4f);
+  const Routed r = run_route(ArgmaxScores{}, x, T, D, D, w, X);
+  moss::SinkhornTop1 train;
+  train.training = true;
+  const Routed s = run_route(train, x, T, D, D, w, X);
+  for (index_t t = 0; t < T; ++t) {
+    CAPTURE(t);
+    REQUIRE(r.expert[t] == argmax_row(r.logits, t, X));
+    REQUIRE(same_bits(r.gate[t], r.logits[t * X + r.expert[t]]));
+    REQUIRE(s.expert[t] == r.expert[t]);
+    REQUIRE(near_rel(s.gate[t], sigmoid64(s.logits[t * X + s.expert[t]]), 1e-6));
+  }
+}
+
+TEST_CASE("route_select: ranks the given scores and weighs by the logits", "[host][ops][router]") {
+  const index_t T = 41, X = 9;
+  const auto logits = moss::test::randn(T * X, 1501, 1.5f);
+  // Scores unrelated to the logits, with ties (quantised) and a NaN column entry per few tokens.
+  auto scores = moss::test::randn(T * X, 1502);
+  for (float& v : scores) v = std::round(v * 4.0f) / 4.0f;
+  for (index_t t = 0; t < T; t += 5) scores[t * X + (t % X)] = kNaN;
+
+  SECTION("the argmax of the scores (ties → lowest, NaN never while numbers are left), the chosen logit") {
+    const Routed r = run_route_select(ArgmaxScores{}, logits, scores, T, X);
+    for (index_t t = 0; t < T; ++t) {
+      CAPTURE(t);
+      index_t best = -1;
+      for (index_t i = 0; i < X; ++i)
+        if (!std::isnan(scores[t * X + i]) && (best < 0 || scores[t * X + i] > scores[t * X + best])) best = i;
+      REQUIRE(r.expert[t] == best);
+      REQUIRE(same_bits(r.gate[t], logits[t * X + best]));
+    }
+  }
+  SECTION("TopK<2>: the two best scores, softmax(logits) weights") {
+    const Routed r = run_route_select(moss::TopK<2>{}, logits, scores, T, X);
+    for (index_t t = 0; t < T; ++t) {
+      CAPTURE(t);
+      const std::vector<float> lg(logits.begin() + t * X, logits.begin() + (t + 1) * X);
+      std::vector<index_t> order;
+      for (index_t i = 0; i < X; ++i)
+        if (!std::isnan(scores[t * X + i])) order.push_back(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](index_t a, index_t b) { return scores[t * X + a] > scores[t * X + b]; });
+      REQUIRE(r.expert[2 * t] == order[0]);
+      REQUIRE(r.expert[2 * t + 1] == order[1]);
+      REQUIRE(near_rel(r.gate[2 * t], softmax64(lg, order[0]), 1e-6));
+      REQUIRE(near_rel(r.gate[2 * t + 1], softmax64(lg, order[1]), 1e-6));
+    }
+  }
+  SECTION("scores = logits gives route's selection bit for bit") {
+    const index_t D = 10;
+    const auto x = moss::test::randn(T * D, 1503);
+    const auto w = moss::test::randn(X * D, 1504, 0.5f);
+    moss::TopK<3> renorm;
+    renorm.renormalize = true;
+    const Routed a = run_route(renorm, x, T, D, D, w, X);
+    const Routed b = run_route_select(renorm, a.logits, a.logits, T, X);
+    CHECK(b.expert == a.expert);
+    CHECK(std::memcmp(b.gate.data(), a.gate.data(), a.gate.size() * sizeof(float)) == 0);
+    const Routed c = run_route(moss::SinkhornTop1{}, x, T, D, D, w, X);
+    const Routed d = run_route_select(moss::SinkhornTop1{}, c.logits, c.logits, T, X);
+    CHECK(d.expert == c.expert);
+    CHECK(std::memcmp(d.gate.data(), c.gate.data(), c.gate.size() * sizeof(float)) == 0);
+  }
 }
 
 namespace {
@@ -521,7 +557,7 @@ std::vector<float> run_stats(const std::vector<float>& logits, index_t T, index_
 
 }  // namespace
 
-TEST_CASE("router_stats: the worked example of REFERENCE.md §2", "[host][ops][router]") {
+TEST_CASE("router_stats: the worked example of docs/math.md §2.4", "[host][ops][router]") {
   // X = 2, K = 1, p = (0.9, 0.1) and (0.4, 0.6): logits = log p, so softmax gives p and
   // logsumexp = log 1 = 0.
   const std::vector<float> logits{std::log(0.9f), std::log(0.1f), std::log(0.4f), std::log(0.6f)};
@@ -762,6 +798,123 @@ TEST_CASE("route and router_stats: every validation error", "[host][ops][router]
     a.logits = ConstView<float, 2>(logits.data(), {T, X}, {9, 1}, "logits");
     REQUIRE_THROWS_AS(moss::router_stats(host, a), moss::shape_error);
     REQUIRE_THROWS_WITH(moss::router_stats(host, a), ContainsSubstring("logits [2, 4] must be contiguous"));
+  }
+}
+
+TEST_CASE("route_logits and route_select: every validation error", "[host][ops][router][errors]") {
+  const index_t T = 3, D = 5, X = 4;
+  const auto x = moss::test::randn(T * 8, 91);
+  const auto w = moss::test::randn(300 * D, 92);
+  std::vector<float> logits(300 * T), scores(300 * T), gate(3 * T);
+  std::vector<std::int32_t> expert(3 * T);
+  const moss::Host host;
+  const auto good_logits = [&] {
+    return moss::RouteLogitsArgs<float>{ConstView<float, 2>(x.data(), {T, D}, "x"),
+                                        ConstView<float, 2>(w.data(), {X, D}, "weight"),
+                                        TensorView<float, 2>(logits.data(), {T, X}, "logits")};
+  };
+  REQUIRE_NOTHROW(moss::route_logits(host, good_logits()));
+  SECTION("route_logits: logits of the wrong shape, or not contiguous") {
+    auto a = good_logits();
+    a.logits = TensorView<float, 2>(logits.data(), {T, 5}, "logits");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a),
+                        ContainsSubstring("route_logits: logits is [3, 5] (tokens, experts) but expected [3, 4]"));
+    a.logits = TensorView<float, 2>(logits.data(), {T, X}, {6, 1}, "logits");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a), ContainsSubstring("logits [3, 4] must be contiguous"));
+  }
+  SECTION("route_logits: weight's d_model differs, x rows overlap, d_model = 0") {
+    auto a = good_logits();
+    a.weight = ConstView<float, 2>(w.data(), {X, 6}, "weight");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a),
+                        ContainsSubstring("route_logits: weight is [4, 6] (experts, d_model) but expected [4, 5]"));
+    a = good_logits();
+    a.x = ConstView<float, 2>(x.data(), {T, D}, {4, 1}, "x");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a), ContainsSubstring("x has row stride 4 but its rows are 5 wide"));
+    a = good_logits();
+    a.x = ConstView<float, 2>(x.data(), {T, 0}, "x");
+    a.weight = ConstView<float, 2>(w.data(), {X, 0}, "weight");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::config_error);
+  }
+  SECTION("route_logits: no experts, or more than kMaxExperts") {
+    auto a = good_logits();
+    a.weight = ConstView<float, 2>(w.data(), {0, D}, "weight");
+    a.logits = TensorView<float, 2>(logits.data(), {T, 0}, "logits");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::config_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a), ContainsSubstring("weight is [0, 5] (experts, d_model)"));
+    a.weight = ConstView<float, 2>(w.data(), {257, D}, "weight");
+    a.logits = TensorView<float, 2>(logits.data(), {T, 257}, "logits");
+    REQUIRE_THROWS_AS(moss::route_logits(host, a), moss::unsupported_error);
+    REQUIRE_THROWS_WITH(moss::route_logits(host, a),
+                        ContainsSubstring("route_logits: 257 experts; supported: 1 to 256"));
+  }
+
+  const auto good_select = [&] {
+    moss::RouteSelectArgs<moss::TopK<3>> a;
+    a.logits = ConstView<float, 2>(logits.data(), {T, X}, "logits");
+    a.scores = ConstView<float, 2>(scores.data(), {T, X}, "scores");
+    a.expert = TensorView<std::int32_t, 2>(expert.data(), {T, 3}, "expert");
+    a.gate = TensorView<float, 2>(gate.data(), {T, 3}, "gate");
+    return a;
+  };
+  REQUIRE_NOTHROW(moss::route_select(host, good_select()));
+  SECTION("route_select: scores of the wrong shape, or not contiguous") {
+    auto a = good_select();
+    a.scores = ConstView<float, 2>(scores.data(), {T, 3}, "scores");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a),
+                        ContainsSubstring("route_select: scores is [3, 3] (tokens, experts) but expected [3, 4]"));
+    a.scores = ConstView<float, 2>(scores.data(), {2, X}, "scores");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    a.scores = ConstView<float, 2>(scores.data(), {T, X}, {5, 1}, "scores");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a), ContainsSubstring("scores [3, 4] must be contiguous"));
+  }
+  SECTION("route_select: logits not contiguous, or missing") {
+    auto a = good_select();
+    a.logits = ConstView<float, 2>(logits.data(), {T, X}, {5, 1}, "logits");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a), ContainsSubstring("logits [3, 4] must be contiguous"));
+    a = good_select();
+    a.scores.data = nullptr;
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a), ContainsSubstring("scores [3, 4] has no data"));
+  }
+  SECTION("route_select: expert or gate of the wrong shape") {
+    auto a = good_select();
+    a.expert = TensorView<std::int32_t, 2>(expert.data(), {T, 2}, "expert");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a),
+                        ContainsSubstring("expert is [3, 2] (tokens, K) but expected [3, 3]"));
+    a = good_select();
+    a.gate = TensorView<float, 2>(gate.data(), {2, 3}, "gate");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::shape_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, a),
+                        ContainsSubstring("gate is [2, 3] (tokens, K) but expected [3, 3]"));
+  }
+  SECTION("route_select: K > X, no experts, more than kMaxExperts") {
+    auto a = good_select();
+    a.logits = ConstView<float, 2>(logits.data(), {T, 2}, "logits");
+    a.scores = ConstView<float, 2>(scores.data(), {T, 2}, "scores");
+    REQUIRE_THROWS_AS(moss::route_select(host, a), moss::config_error);
+    REQUIRE_THROWS_WITH(
+        moss::route_select(host, a),
+        ContainsSubstring("route_select: the router picks K = 3 experts per token but there are only 2"));
+    moss::RouteSelectArgs<moss::Top1Switch> b;
+    b.logits = ConstView<float, 2>(logits.data(), {T, 0}, "logits");
+    b.scores = ConstView<float, 2>(scores.data(), {T, 0}, "scores");
+    b.expert = TensorView<std::int32_t, 2>(expert.data(), {T, 1}, "expert");
+    b.gate = TensorView<float, 2>(gate.data(), {T, 1}, "gate");
+    REQUIRE_THROWS_AS(moss::route_select(host, b), moss::config_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, b), ContainsSubstring("logits is [3, 0] (tokens, experts)"));
+    b.logits = ConstView<float, 2>(logits.data(), {T, 257}, "logits");
+    b.scores = ConstView<float, 2>(scores.data(), {T, 257}, "scores");
+    REQUIRE_THROWS_AS(moss::route_select(host, b), moss::unsupported_error);
+    REQUIRE_THROWS_WITH(moss::route_select(host, b),
+                        ContainsSubstring("route_select: 257 experts; supported: 1 to 256"));
   }
 }
 
