@@ -7,9 +7,9 @@
 
 template <class Backend>
 void demo(const Backend& backend, const char* where) {
-  moss::MambaConfig cfg;                          // sizes are runtime values (default: Mamba-130M)
+  moss::MambaConfig cfg;  // sizes are runtime values (default: Mamba-130M)
   cfg.d_model = 256, cfg.n_layers = 4, cfg.vocab_size = 1000;
-  moss::MambaLM<float> model(cfg);                // = LanguageModel<Residual<RmsNorm, Mamba<float>>>
+  moss::MambaLM<float> model(cfg);                 // = LanguageModel<Residual<RmsNorm, Mamba<float>>>
   auto params = model.init(backend, /*seed=*/42);  // or model.load(backend, moss::Checkpoint("dir"))
 
   std::vector<std::int64_t> ids = {1, 17, 42, 7, 99, 3};  // (batch 2, seqlen 3), host memory
@@ -17,7 +17,7 @@ void demo(const Backend& backend, const char* where) {
   auto logits = backend.template alloc<float>(2 * 3 * cfg.vocab_size);
   model.forward(backend, params, prompt, logits.template view<3>({2, 3, cfg.vocab_size}, "logits"));
 
-  moss::GenerateOptions opt;                      // greedy; see SamplingOptions for sampling
+  moss::GenerateOptions opt;  // greedy; see SamplingOptions for sampling
   opt.max_new_tokens = 8;
   auto out = moss::generate(backend, model, params, prompt, opt);  // prefill + one-token decode steps
   std::printf("%s: row 0 ->", where);

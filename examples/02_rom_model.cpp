@@ -16,10 +16,11 @@ using Model =
 template <class Backend>
 void demo(const Backend& backend, const char* where) {
   moss::MambaConfig cfg;
-  cfg.d_model = 128, cfg.n_layers = 4, cfg.vocab_size = 512;  // 2 × (RoM block, MoE block)
-  cfg.rom.normalize = true;                                   // TopK<2>: weights sum to 1
-  cfg.moe.settings.capacity_factor = 1.25;                    // Switch capacity, overflow dropped
-  const Model model(cfg);
+  cfg.d_model = 128, cfg.n_layers = 4, cfg.vocab_size = 512;    // 2 × (RoM block, MoE block)
+  auto blocks = Model::default_block_configs();                 // one config per pattern position
+  std::get<0>(blocks).routing.router.renormalize = true;        // TopK<2>: weights sum to 1
+  std::get<1>(blocks).routing.settings.capacity_factor = 1.25;  // Switch capacity, overflow dropped
+  const Model model(cfg, blocks);
   const auto params = model.init(backend, /*seed=*/7);
 
   std::vector<std::int64_t> ids(2 * 16);

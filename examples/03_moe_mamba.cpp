@@ -11,14 +11,16 @@ template <class Backend>
 void demo(const Backend& backend, const char* where) {
   moss::MambaConfig cfg;
   cfg.d_model = 128, cfg.n_layers = 6, cfg.vocab_size = 512;
-  cfg.moe.num_experts = 8;
-  cfg.moe.settings.capacity_factor = 1.0;
-  const moss::MoeMambaLM<float> model(cfg);  // Pattern<Mamba block, Switch MoE block>
+  using Model = moss::MoeMambaLM<float>;  // Pattern<Mamba block, Switch MoE block>
+  auto blocks = Model::default_block_configs();
+  std::get<1>(blocks).routing.num_experts = 8;  // the MoE block's section of config.json
+  std::get<1>(blocks).routing.settings.capacity_factor = 1.0;
+  const Model model(cfg, blocks);
   const auto params = model.init(backend, /*seed=*/3);
 
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "moss_moe_mamba_example";
-  model.save(backend, params, dir);  // config.json (model_type "moss") + model.safetensors
-  const moss::MoeMambaLM<float> again(moss::load_mamba_config(dir));
+  model.save(backend, params, dir);                 // config.json (model_type "moss", "blocks") + model.safetensors
+  const Model again(moss::load_mamba_config(dir));  // the expert count comes back from "blocks"
   const auto loaded = again.load(backend, moss::Checkpoint(dir));
 
   std::vector<std::int64_t> ids = {5, 9, 2, 77, 301, 4, 8, 15};

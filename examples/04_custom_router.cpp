@@ -9,15 +9,14 @@
 
 struct ConfidentTop2 {
   static constexpr int k = 2;                                 // slots per token (a dropped slot gets weight 0)
-  static constexpr bool balanced = false;                     // no Sinkhorn pass: scores are the logits
   static constexpr bool aux_loss = true;                      // the Switch load-balancing loss applies
   static constexpr std::string_view name = "confident_top2";  // its config.json name
   float ratio = 0.5f;
 
   MOSS_HD void select(const float* logits, const float* scores, int num_experts, int* experts, float* weights) const {
-    moss::detail::route::top_k<2>(scores, num_experts, experts);  // ties → lowest index, NaN last
-    const float p0 = moss::detail::route::softmax_at(logits, num_experts, experts[0]);
-    const float p1 = moss::detail::route::softmax_at(logits, num_experts, experts[1]);
+    moss::select_top_k<2>(scores, num_experts, experts);  // ties → lowest index, NaN last
+    const float p0 = moss::softmax_at(logits, num_experts, experts[0]);
+    const float p1 = moss::softmax_at(logits, num_experts, experts[1]);
     const bool keep = p1 >= ratio * p0;
     weights[0] = keep ? p0 / (p0 + p1) : 1.0f;
     weights[1] = keep ? p1 / (p0 + p1) : 0.0f;

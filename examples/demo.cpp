@@ -27,13 +27,31 @@ struct Plan {
   std::uint64_t seed;
   moss::SamplingOptions sampling;
   std::string checkpoint;
+  moss::index_t experts = 8;  ///< of every routed block of a seeded model
 };
+
+/// The block configs of a seeded `Model`: every routed block (MoE or RoM) with `experts` experts.
+template <class Model>
+typename Model::BlockConfigs seeded_blocks(moss::index_t experts) {
+  auto blocks = Model::default_block_configs();
+  std::apply(
+      [&](auto&... b) {
+        (
+            [&] {
+              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = experts;
+            }(),
+            ...);
+      },
+      blocks);
+  return blocks;
+}
 
 template <class Model, class Backend>
 void run(const Backend& backend, const char* device, moss::MambaConfig cfg, const Plan& plan) {
   using T = typename Model::value_type;
   using clock = std::chrono::steady_clock;
-  const Model model(cfg);
+  // A checkpoint's config.json carries each block's section; a seeded model takes --experts.
+  const Model model = plan.checkpoint.empty() ? Model(cfg, seeded_blocks<Model>(plan.experts)) : Model(cfg);
   auto t0 = clock::now();
   const auto params =
       plan.checkpoint.empty() ? model.init(backend, plan.seed) : model.load(backend, moss::Checkpoint(plan.checkpoint));
@@ -160,7 +178,7 @@ int main_checked(int argc, char** argv) {
   } else {
     const std::string model = args.get("--model", "mamba");
     cfg.moss_variant = model == "mamba" ? "" : model;
-    cfg.moe.num_experts = cfg.rom.num_experts = args.get_int("--experts", 8);
+    plan.experts = args.get_int("--experts", 8);
   }
   if (args.has("--layers")) cfg.n_layers = args.get_int("--layers", cfg.n_layers);
   const moss::DType dtype = args.has("--dtype") ? moss::parse_storage_dtype(args.get("--dtype"), "--dtype")

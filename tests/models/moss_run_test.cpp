@@ -93,8 +93,18 @@ void check_saved_variant(const char* variant) {
   INFO("variant " << variant);
   MambaConfig cfg;
   cfg.d_model = 32, cfg.n_layers = 4, cfg.vocab_size = 64;
-  cfg.moe.num_experts = 4, cfg.rom.num_experts = 4;
-  const Model model(cfg);
+  // every routed block (MoE or RoM) of the variant with 4 experts
+  auto blocks = Model::default_block_configs();
+  std::apply(
+      [](auto&... b) {
+        (
+            [&] {
+              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = 4;
+            }(),
+            ...);
+      },
+      blocks);
+  const Model model(cfg, blocks);
   const Host host;
   const auto params = model.init(host, 5);
   const auto tmp =
@@ -130,4 +140,23 @@ TEST_CASE("moss-run runs every moss variant from a saved folder", "[host][models
   check_saved_variant<BlackMambaLM<float>>("blackmamba");
   check_saved_variant<RomLM<float>>("rom");
   check_saved_variant<RomMoeLM<float>>("rom-moe");
+}
+
+TEST_CASE("moss-run refuses a custom pattern, which has no built-in model type", "[host][models][cli][errors]") {
+  using Custom = LanguageModel<Pattern<MambaBlock<float>, Residual<RmsNorm, FeedForward<Mlp<Gelu>, float>>>>;
+  MambaConfig cfg;
+  cfg.d_model = 32, cfg.n_layers = 2, cfg.vocab_size = 64;
+  const Custom model(cfg);
+  const auto tmp = std::filesystem::temp_directory_path() / ("moss_run_custom_" + std::to_string(::getpid()));
+  model.save(Host{}, model.init(Host{}, 1), tmp / "model");
+  SafetensorsWriter in;
+  in.add("input_ids", {1, 3}, std::vector<std::int64_t>{1, 2, 3});
+  in.write(tmp / "inputs.safetensors");
+  const auto r =
+      run_moss("--checkpoint " + (tmp / "model").string() + " --inputs " + (tmp / "inputs.safetensors").string() +
+               " --output " + (tmp / "out.safetensors").string() + " --device cpu");
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, ContainsSubstring("moss_variant \"custom\" has no built-in model type"));
+  std::filesystem::remove_all(tmp);
 }
