@@ -269,10 +269,9 @@ TEST_CASE("permute_plan: CUDA offsets scan across many tiles of experts", "[cuda
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};
-  // The offsets kernel scans tiles of 256 experts with a running total: X below, at and above
-  // one tile, and several tiles; small token counts leave most experts empty.
-  check_plans(gpu, {255, 256, 257, 1000, 3000}, {1, 7, 1000, 4097},
-              {Spread::uniform, Spread::one_expert, Spread::sparse}, 3000);
+  // The offsets kernel scans tiles of 256 experts with a running total: X at and just above one
+  // tile, and several tiles; small token counts (racecheck-friendly) leave most experts empty.
+  check_plans(gpu, {256, 257, 3000}, {1, 7, 1000}, {Spread::uniform, Spread::one_expert, Spread::sparse}, 3000);
 }
 
 TEST_CASE("permute_plan: CUDA workspace contract", "[cuda][ops][permute]") {
