@@ -214,13 +214,6 @@ std::string router_name() {
   }
 }
 
-/// Transitional: no built-in router asks the generic route op for a balanced pass any more
-/// (SinkhornTop1 scores through its own hook). Kept until the router op stops asking.
-template <Router R>
-MOSS_HD bool router_wants_balance(const R&) {
-  return false;
-}
-
 /// The settings of a routed layer that do not depend on the router kind (docs/math.md §2).
 struct RouterSettings {
   double capacity_factor = 0.0;  ///< > 0: each expert takes at most max(1, ceil(cf·T·K/X)) pairs; 0: dropless
