@@ -27,6 +27,12 @@ std::vector<T> host_copy(const Backend& backend, const Buffer<T>& b) {
   return v;
 }
 
+/// The whole tensor `t` of `backend` in host memory, row-major (synchronous).
+template <class T, std::size_t Rank, class Backend>
+std::vector<T> host_copy(const Backend& backend, const Tensor<T, Rank>& t) {
+  return host_copy(backend, t.buffer());
+}
+
 /// True when `a` and `b` hold the same bytes.
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {

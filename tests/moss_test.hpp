@@ -1,20 +1,24 @@
-// tests/moss_test.hpp: helpers shared by the tests (random data, error norms, GPU gating).
+// tests/moss_test.hpp: helpers shared by the tests (random data, host buffers and tensors, error
+// norms, GPU gating).
 #pragma once
 
 #include <catch2/catch_test_macros.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "moss/backend/host.hpp"
+#include "moss/core/buffer.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 
 namespace moss::test {
 
-/// Directory of the fixtures copied from ../shared/fixtures (a missing file is a failure).
+/// Directory of the test fixtures, tests/data (a missing file is a failure).
 inline std::string data_dir() { return MOSS_TEST_DATA_DIR; }
 
 /// `n` floats from N(mean, stddev) with a fixed seed.
@@ -51,6 +55,59 @@ std::vector<double> to_double(const std::vector<T>& v) {
   return r;
 }
 
+/// Overwrites host buffer `b` with N(0, stddev²) values (seeded) rounded to T.
+template <class T>
+void fill_normal(Buffer<T>& b, std::uint64_t seed, double stddev) {
+  const auto v = randn(static_cast<std::size_t>(b.size()), seed, static_cast<float>(stddev));
+  for (index_t i = 0; i < b.size(); ++i) b.data()[i] = from_float<T>(v[static_cast<std::size_t>(i)]);
+}
+
+/// Overwrites host tensor `t` with N(0, stddev²) values (seeded) rounded to T; its shape stays.
+template <class T, std::size_t Rank>
+void fill_normal(Tensor<T, Rank>& t, std::uint64_t seed, double stddev) {
+  fill_normal(t.buffer(), seed, stddev);
+}
+
+/// A host buffer's elements.
+template <class T>
+std::vector<T> host_copy(const Buffer<T>& b) {
+  return std::vector<T>(b.data(), b.data() + b.size());
+}
+
+/// A host tensor's elements, row-major.
+template <class T, std::size_t Rank>
+std::vector<T> host_copy(const Tensor<T, Rank>& t) {
+  return host_copy(t.buffer());
+}
+
+/// Whether two host buffers hold the same bits.
+template <class T>
+bool same_bits(const Buffer<T>& a, const Buffer<T>& b) {
+  return a.size() == b.size() && (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(T) * a.size()) == 0);
+}
+
+/// Whether two host tensors have the same presence, shape and name and hold the same bits.
+template <class T, std::size_t Rank>
+bool same_bits(const Tensor<T, Rank>& a, const Tensor<T, Rank>& b) {
+  return a.present() == b.present() && a.shape() == b.shape() && a.name() == b.name() &&
+         same_bits(a.buffer(), b.buffer());
+}
+
+/// A host copy of host tensor `t` (same shape, name and bits; an absent tensor stays absent).
+template <class T, std::size_t Rank>
+Tensor<T, Rank> clone(const Tensor<T, Rank>& t) {
+  if (!t.present()) return {};
+  return Tensor<T, Rank>(upload(Host{}, t.data(), t.numel()), t.shape(), t.name());
+}
+
+/// Host tensor `t`'s memory under another shape of the same element count and another name (a
+/// copy), e.g. a dense (out, in) weight as a one-expert (1, out, in) stack.
+template <std::size_t R2, class T, std::size_t Rank>
+Tensor<T, R2> reshaped(const Tensor<T, Rank>& t, const Extents<R2>& shape, std::string name) {
+  Tensor<T, Rank> c = clone(t);
+  return Tensor<T, R2>(std::move(c.buffer()), shape, std::move(name));
+}
+
 /// Any element (float, f16, bf16, double) as double.
 inline double as_double(double x) { return x; }
 inline double as_double(float x) { return x; }
@@ -72,12 +129,15 @@ double rel_l2(const std::vector<A>& a, const std::vector<B>& b) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-/// Per-op tolerance of REFERENCE.md's precision contract for storage type T.
+/// Per-op tolerance of the precision contract (docs/math.md, "Precision contract") for storage type T.
 template <class T>
 constexpr double op_tolerance() {
-  if constexpr (std::is_same_v<T, float>) return 1e-5;
-  else if constexpr (std::is_same_v<T, f16>) return 3e-3;
-  else return 1e-2;
+  if constexpr (std::is_same_v<T, float>)
+    return 1e-5;
+  else if constexpr (std::is_same_v<T, f16>)
+    return 3e-3;
+  else
+    return 1e-2;
 }
 
 /// True when the GPU run (scripts/test --gpu) demands a device: then "no device" fails.
@@ -89,10 +149,10 @@ inline bool gpu_required() {
 }  // namespace moss::test
 
 /// In a CUDA test: skip (exit code 4) when no GPU is visible, fail when MOSS_REQUIRE_GPU=1.
-#define MOSS_REQUIRE_CUDA_DEVICE()                                                  \
-  do {                                                                              \
-    if (::moss::cuda_device_count() == 0) {                                         \
+#define MOSS_REQUIRE_CUDA_DEVICE()                                                                \
+  do {                                                                                            \
+    if (::moss::cuda_device_count() == 0) {                                                       \
       if (::moss::test::gpu_required()) FAIL("MOSS_REQUIRE_GPU=1 but no CUDA device is visible"); \
-      SKIP("no CUDA device visible");                                               \
-    }                                                                               \
+      SKIP("no CUDA device visible");                                                             \
+    }                                                                                             \
   } while (0)

@@ -1,4 +1,4 @@
-// tests/layers/mamba_reference.hpp: an independent float64 Mamba-1 mixer (REFERENCE.md §1),
+// tests/layers/mamba_reference.hpp: an independent float64 Mamba-1 mixer (docs/math.md §1),
 // written from the formulas without any moss op, for the layer tests.
 #pragma once
 
@@ -15,11 +15,18 @@ struct MambaRefWeights {
   std::vector<double> in_proj, in_bias, conv_w, conv_b, x_proj, dt_proj, dt_bias, A_log, Dskip, out_proj, out_bias;
 };
 
+/// A host buffer's elements as doubles.
 template <class T>
 std::vector<double> widen(const Buffer<T>& b) {
   std::vector<double> r(static_cast<std::size_t>(b.size()));
   for (index_t i = 0; i < b.size(); ++i) r[i] = static_cast<double>(to_float(b.data()[i]));
   return r;
+}
+
+/// A host tensor's elements as doubles, row-major (empty for an absent tensor).
+template <class T, std::size_t Rank>
+std::vector<double> widen(const Tensor<T, Rank>& t) {
+  return widen(t.buffer());
 }
 
 /// Copies host-backend params into doubles.
@@ -43,8 +50,9 @@ MambaRefWeights ref_weights(const MambaDims& d, const MambaParams<T>& p) {
 /// out (batch, L, D) = mixer(x (batch, L, D)) in float64; optional per-sequence initial states
 /// conv0 (batch, ED, W−1), h0 (batch, ED, N); writes the final states into conv1 / h1 if given.
 inline std::vector<double> ref_mamba(const MambaRefWeights& w, const std::vector<double>& x, index_t batch, index_t L,
-                                     const std::vector<double>* conv0 = nullptr, const std::vector<double>* h0 = nullptr,
-                                     std::vector<double>* conv1 = nullptr, std::vector<double>* h1 = nullptr) {
+                                     const std::vector<double>* conv0 = nullptr,
+                                     const std::vector<double>* h0 = nullptr, std::vector<double>* conv1 = nullptr,
+                                     std::vector<double>* h1 = nullptr) {
   const index_t D = w.D, ED = w.ED, N = w.N, W = w.W, R = w.R;
   std::vector<double> out(static_cast<std::size_t>(batch * L * D));
   if (conv1) conv1->assign(static_cast<std::size_t>(batch * ED * (W - 1)), 0.0);

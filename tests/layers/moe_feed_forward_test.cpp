@@ -1,7 +1,8 @@
-// Host tests of the feed-forward blocks (REFERENCE.md §2): MoeFeedForward against an
+// Host tests of the feed-forward blocks (docs/math.md §2): MoeFeedForward against an
 // independent float64 loop for every router and expert kind and three dtypes, capacity and the
 // routing report against hand computation, the one-expert case against the dense FeedForward,
-// Hugging Face's SwitchTransformersSparseMLP fixture, decode steps, checkpoints and errors.
+// Hugging Face's SwitchTransformersSparseMLP fixture, decode steps, checkpoints, the blocks'
+// config sections and errors.
 #include <unistd.h>
 
 #include <catch2/catch_template_test_macros.hpp>
@@ -28,26 +29,77 @@ std::filesystem::path temp_dir(const std::string& name) {
   return p;
 }
 
-/// The experts of a feed-forward block in double.
-template <class Expert, class T>
-test::FfnRefWeights ffn_ref(index_t X, index_t D, index_t F, const Buffer<T>& wi, const Buffer<T>& up,
-                            const Buffer<T>& wo) {
+/// Whether an expert kind is a gated MLP (gate, up, down) rather than an MLP (wi, wo).
+template <class Expert>
+constexpr bool kGated = false;
+template <Activation A>
+constexpr bool kGated<GatedMlp<A>> = true;
+
+/// The experts of a feed-forward block in double, from the expert kind's params `e` (X stacked).
+template <class Expert, class P>
+test::FfnRefWeights ffn_ref(index_t X, index_t D, index_t F, const P& e) {
   test::FfnRefWeights w;
   w.X = X;
   w.D = D;
   w.F = F;
-  w.gated = Expert::kind == ExpertKind::gated_mlp;
+  w.gated = kGated<Expert>;
   using A = typename Expert::activation;
   w.act = std::is_same_v<A, Relu>   ? test::RefAct::relu
           : std::is_same_v<A, Gelu> ? test::RefAct::gelu
                                     : test::RefAct::silu;
-  w.wi = test::widen(wi);
-  w.up = test::widen(up);
-  w.wo = test::widen(wo);
-  REQUIRE(static_cast<index_t>(w.wi.size()) == X * F * D);
-  REQUIRE(static_cast<index_t>(w.wo.size()) == X * D * F);
-  REQUIRE(static_cast<index_t>(w.up.size()) == (w.gated ? X * F * D : 0));
+  if constexpr (kGated<Expert>) {
+    REQUIRE(e.gate.shape() == Extents<3>{X, F, D});
+    REQUIRE(e.up.shape() == Extents<3>{X, F, D});
+    REQUIRE(e.down.shape() == Extents<3>{X, D, F});
+    w.wi = test::widen(e.gate);
+    w.up = test::widen(e.up);
+    w.wo = test::widen(e.down);
+  } else {
+    REQUIRE(e.wi.shape() == Extents<3>{X, F, D});
+    REQUIRE(e.wo.shape() == Extents<3>{X, D, F});
+    w.wi = test::widen(e.wi);
+    w.wo = test::widen(e.wo);
+  }
   return w;
+}
+
+/// Overwrites an MLP or gated-MLP expert stack with N(0, 1/D) (first GEMMs) and N(0, 1/F)
+/// (second GEMM) values.
+template <class P>
+void fill_experts(P& e, index_t D, index_t F, std::uint64_t seed) {
+  const double in = 1.0 / std::sqrt(static_cast<double>(D)), hidden = 1.0 / std::sqrt(static_cast<double>(F));
+  if constexpr (requires { e.gate; }) {
+    test::fill_normal(e.gate, seed + 2, in);
+    test::fill_normal(e.up, seed + 3, in);
+    test::fill_normal(e.down, seed + 4, hidden);
+  } else {
+    test::fill_normal(e.wi, seed + 2, in);
+    test::fill_normal(e.wo, seed + 4, hidden);
+  }
+}
+
+/// A one-expert MoE block's expert stack as a dense FeedForward's params (same bits, the dense
+/// block's names).
+template <class P>
+P as_dense(const P& e) {
+  auto rename = [](const auto& t) {
+    return test::reshaped(t, t.shape(), t.name().substr(std::string("experts.").size()));
+  };
+  if constexpr (requires { e.gate; }) {
+    return P{rename(e.gate), rename(e.up), rename(e.down)};
+  } else {
+    return P{rename(e.wi), rename(e.wo)};
+  }
+}
+
+/// Whether two host expert stacks hold the same tensors, bit for bit.
+template <class P>
+bool same_experts(const P& a, const P& b) {
+  if constexpr (requires { a.gate; }) {
+    return test::same_bits(a.gate, b.gate) && test::same_bits(a.up, b.up) && test::same_bits(a.down, b.down);
+  } else {
+    return test::same_bits(a.wi, b.wi) && test::same_bits(a.wo, b.wo);
+  }
 }
 
 struct MoeCase {
@@ -62,9 +114,7 @@ typename Layer::Params random_params(const Layer& layer, index_t D, index_t F, s
   Rng rng(seed);
   auto p = layer.init(Host{}, rng, 2);
   test::fill_normal(p.router, seed + 1, 0.6);
-  test::fill_normal(p.experts.wi, seed + 2, 1.0 / std::sqrt(static_cast<double>(D)));
-  if (p.experts.up.size()) test::fill_normal(p.experts.up, seed + 3, 1.0 / std::sqrt(static_cast<double>(D)));
-  test::fill_normal(p.experts.wo, seed + 4, 1.0 / std::sqrt(static_cast<double>(F)));
+  fill_experts(p.experts, D, F, seed);
   return p;
 }
 
@@ -127,7 +177,7 @@ test::RefRouting check_moe_forward(R router, const MoeCase& c, double tol) {
     REQUIRE(r.margin > 1e-4 / static_cast<double>(tokens));
   }
   test::ref_apply_capacity(r, c.capacity_factor);
-  const auto w = ffn_ref<Expert>(c.X, c.D, c.F, p.experts.wi, p.experts.up, p.experts.wo);
+  const auto w = ffn_ref<Expert>(c.X, c.D, c.F, p.experts);
   const auto ref = test::ref_moe_ffn(w, test::to_double(x), r);
   const double err = test::rel_l2(out, ref);
   INFO("relative L2 error " << err << " (tolerance " << tol << ")");
@@ -188,11 +238,7 @@ TEST_CASE("SinkhornTop1's training mode balances where inference mode does not",
   // Nearly every token prefers expert 0 by its logits; the balanced matrix spreads them.
   const index_t X = 4, D = 8, F = 8, tokens = 32;
   MoeFeedForward<SinkhornTop1, Experts<>, Mlp<Relu>, float> layer(D, F, X);
-  const auto p0 = random_params(layer, D, F, 3);
-  Rng rng(1);
-  auto p = layer.init(Host{}, rng, 1);
-  p.experts.wi = upload(Host{}, p0.experts.wi.data(), p0.experts.wi.size());
-  p.experts.wo = upload(Host{}, p0.experts.wo.data(), p0.experts.wo.size());
+  auto p = random_params(layer, D, F, 3);
   test::fill_normal(p.router, 5, 0.3);
   for (index_t d = 0; d < D; ++d) p.router.data()[d] = 0.3f;  // expert 0's row: logit ≈ 2.4, the others ≈ N(0, 0.85)
   auto x = test::randn(static_cast<std::size_t>(tokens * D), 6, 0.3f, 1.0f);
@@ -221,7 +267,7 @@ TEST_CASE("Capacity drops pairs over C = max(1, ceil(cf·T·K/X)) and reports th
     const std::vector<float> x = {1.0f, 0.0f, 2.0f, 0.5f, 0.5f, 0.1f, 3.0f, -1.0f};  // all prefer expert 0
     RoutingReport report;
     const auto out = run_forward(layer, p, x, 1, 4, D, &report);
-    const auto w = ffn_ref<Mlp<Relu>>(X, D, F, p.experts.wi, p.experts.up, p.experts.wo);
+    const auto w = ffn_ref<Mlp<Relu>>(X, D, F, p.experts);
     for (index_t t = 0; t < 4; ++t) {
       double y[2];
       const double xt[2] = {x[t * 2], x[t * 2 + 1]};
@@ -254,7 +300,7 @@ TEST_CASE("Capacity drops pairs over C = max(1, ceil(cf·T·K/X)) and reports th
     const std::vector<float> x = {2, 1, 0, 2, 0, 1, 1, 2, 0};
     RoutingReport report;
     const auto out = run_forward(layer, p, x, 1, 3, D, &report);
-    const auto w = ffn_ref<Mlp<Gelu>>(X, D, F, p.experts.wi, p.experts.up, p.experts.wo);
+    const auto w = ffn_ref<Mlp<Gelu>>(X, D, F, p.experts);
     const int keep_expert[3] = {0, 2, 1};
     const int keep_logit[3] = {2, 1, 2};  // the kept expert's logit, of logits {2, 1, 0} permuted
     const double z = std::exp(2.0) + std::exp(1.0) + 1.0;
@@ -291,7 +337,7 @@ TEST_CASE("Capacity drops pairs over C = max(1, ceil(cf·T·K/X)) and reports th
   }
 }
 
-TEST_CASE("The routing report's losses match REFERENCE.md's worked example", "[host][layers][moe]") {
+TEST_CASE("The routing report's losses match docs/math.md's worked example", "[host][layers][moe]") {
   // X = 2, K = 1, p = (0.9, 0.1) and (0.4, 0.6): f = (0.5, 0.5), P = (0.65, 0.35),
   // aux = α · 2 · (0.325 + 0.175) = α. Logits shifted by +1 and −2 (softmax unchanged), so
   // logsumexp = 1 and −2 and z = β · (1 + 4) / 2.
@@ -334,10 +380,7 @@ TEST_CASE("One expert, top-1, no capacity: MoeFeedForward equals the dense FeedF
     const FeedForward<Expert, float> dense(D, F);
     REQUIRE(moe.num_experts() == 1);
     const auto p = random_params(moe, D, F, 41);
-    typename FeedForward<Expert, float>::Params q;
-    q.wi = upload(Host{}, p.experts.wi.data(), p.experts.wi.size());
-    if (p.experts.up.size()) q.up = upload(Host{}, p.experts.up.data(), p.experts.up.size());
-    q.wo = upload(Host{}, p.experts.wo.data(), p.experts.wo.size());
+    const typename FeedForward<Expert, float>::Params q = as_dense(p.experts);
     const auto x = test::randn(static_cast<std::size_t>(batch * L * D), 42);
     const auto a = run_forward(moe, p, x, batch, L, D);
     std::vector<float> b(a.size(), NAN);
@@ -349,7 +392,7 @@ TEST_CASE("One expert, top-1, no capacity: MoeFeedForward equals the dense FeedF
     r.tokens = batch * L;
     r.experts = 1;
     r.slots.assign(static_cast<std::size_t>(batch * L), test::RefSlot{0, 1.0, false});
-    const auto w = ffn_ref<Expert>(1, D, F, q.wi, q.up, q.wo);
+    const auto w = ffn_ref<Expert>(1, D, F, q);
     CHECK(test::rel_l2(b, test::ref_moe_ffn(w, test::to_double(x), r)) <= 1e-5);
   };
   SECTION("Mlp<Relu>") { check.template operator()<Mlp<Relu>>(); }
@@ -428,7 +471,7 @@ TEST_CASE("MoeFeedForward step (one token per sequence) equals forward on L = 1"
     // the step equals the dropless float64 loop
     const auto logits = test::layer_logits(x.data(), batch, D, test::host_copy(p.router), X);
     const auto r = test::ref_route(logits, batch, X, 2, test::RefRouter::top_k_renorm);
-    const auto w = ffn_ref<GatedMlp<Silu>>(X, D, F, p.experts.wi, p.experts.up, p.experts.wo);
+    const auto w = ffn_ref<GatedMlp<Silu>>(X, D, F, p.experts);
     CHECK(test::rel_l2(stepped, test::ref_moe_ffn(w, test::to_double(x), r)) <= 1e-5);
   }
 }
@@ -469,9 +512,7 @@ TEST_CASE("MoeFeedForward and FeedForward save and load bit for bit", "[host][la
     CHECK(c.info("m.router.weight").shape == std::vector<index_t>{X, D});
     const auto q = layer.load(Host{}, c, "m.");
     CHECK(test::same_bits(p.router, q.router));
-    CHECK(test::same_bits(p.experts.wi, q.experts.wi));
-    CHECK(test::same_bits(p.experts.up, q.experts.up));
-    CHECK(test::same_bits(p.experts.wo, q.experts.wo));
+    CHECK(same_experts(p.experts, q.experts));
   }
   SECTION("dense FeedForward, GatedMlp<Gelu>, f16") {
     const FeedForward<GatedMlp<Gelu>, f16> layer(D, F);
@@ -483,9 +524,8 @@ TEST_CASE("MoeFeedForward and FeedForward save and load bit for bit", "[host][la
     const Checkpoint c(dir / "c.safetensors");
     CHECK(c.names() == std::vector<std::string>{"f.down.weight", "f.gate.weight", "f.up.weight"});
     const auto q = layer.load(Host{}, c, "f.");
-    CHECK(test::same_bits(p.wi, q.wi));
-    CHECK(test::same_bits(p.up, q.up));
-    CHECK(test::same_bits(p.wo, q.wo));
+    CHECK(same_experts(p, q));
+    CHECK(p.gate.shape() == Extents<3>{1, F, D});
   }
   std::filesystem::remove_all(dir);
 }
@@ -520,10 +560,15 @@ TEST_CASE("MoeFeedForward refuses wrong shapes and contradicting sizes", "[host]
     REQUIRE_THROWS_AS(Eight(D, F, 4), config_error);
     REQUIRE_THROWS_WITH(Eight(D, F, 4), ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
     CHECK(Eight(D, F, 0).num_experts() == 8);  // 0: "as the type says"
-    MambaConfig c;
-    c.d_model = D;
-    c.moe.num_experts = 4;
-    REQUIRE_THROWS_WITH(Eight::settle(c), ContainsSubstring("config moe.num_experts"));
+    // The same contradiction in a config.json section names its path.
+    const io::Json doc = io::parse_json(R"({"model_type": "moss", "moss_variant": "moe-mamba",
+                                            "block_pattern": ["mamba", "moe"], "blocks": [{}, {"num_experts": 4}]})",
+                                        "config.json");
+    const MambaConfig c = MambaConfig::from_json(doc, "config.json");
+    REQUIRE_THROWS_AS(Eight::Config::from_json(c.block_section(1)), config_error);
+    REQUIRE_THROWS_WITH(Eight::Config::from_json(c.block_section(1)),
+                        ContainsSubstring("config.json: blocks[1].num_experts") &&
+                            ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
   }
   SECTION("a runtime count of 0") {
     REQUIRE_THROWS_WITH((MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, float>(D, F, 0)),
@@ -559,8 +604,8 @@ TEST_CASE("MoeFeedForward refuses wrong shapes and contradicting sizes", "[host]
 }
 
 TEST_CASE("A NaN token routes to the lowest experts and propagates into its own output only", "[host][layers][moe]") {
-  // REFERENCE.md §2: a NaN logit is never selected unless all are NaN (then expert 0, and for
-  // K > 1 the next lowest), and NaN propagates into the weight; DESIGN.md: never a crash.
+  // docs/math.md §2.2: a NaN logit is never selected unless all are NaN (then expert 0, and for
+  // K > 1 the next lowest), and NaN propagates into the weight (§ "Precision contract": never a crash).
   const index_t D = 16, F = 24, X = 4, batch = 1, L = 6, bad = 2;
   auto check = [&]<class R>(R router) {
     const MoeFeedForward<R, Experts<>, Mlp<Relu>, float> layer(D, F, X, router);
@@ -574,7 +619,7 @@ TEST_CASE("A NaN token routes to the lowest experts and propagates into its own 
     const auto r = test::ref_route(logits, L, X, R::k, test::ref_router_kind(router));
     for (index_t s = 0; s < R::k; ++s) CHECK(r.at(bad, s).expert == s);  // what the report's counts rest on
     CHECK(report.read().at(0).counts == r.counts);
-    const auto w = ffn_ref<Mlp<Relu>>(X, D, F, p.experts.wi, p.experts.up, p.experts.wo);
+    const auto w = ffn_ref<Mlp<Relu>>(X, D, F, p.experts);
     const auto ref = test::ref_moe_ffn(w, test::to_double(x), r);
     std::vector<float> got_rest;
     std::vector<double> ref_rest;
@@ -589,4 +634,85 @@ TEST_CASE("A NaN token routes to the lowest experts and propagates into its own 
   SECTION("Top1Switch") { check(Top1Switch{}); }
   SECTION("TopK<2>") { check(TopK<2>{true}); }
   SECTION("SinkhornTop1, inference") { check(SinkhornTop1{false}); }
+}
+
+TEST_CASE("MoeFeedForward and FeedForward config sections round-trip and refuse contradictions",
+          "[host][layers][moe][config]") {
+  using Moe = MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, float>;
+  Moe::Config c;
+  c.routing.num_experts = 6;
+  c.routing.router.renormalize = true;
+  c.routing.settings.capacity_factor = 1.25;
+  c.routing.settings.aux_loss_coef = 0.02f;
+  c.routing.settings.z_loss_coef = 0.003f;
+  c.d_ff = 40;
+  io::Json j = io::Json::object();
+  c.to_json(j);
+  CHECK(j.at("router") == "top_k");
+  CHECK(j.at("top_k") == 2);
+  CHECK(j.at("num_experts") == 6);
+  CHECK(j.at("normalize") == true);
+  CHECK(j.at("expert") == "gated_mlp");
+  CHECK(j.at("activation") == "silu");
+  CHECK(j.at("d_ff") == 40);
+  // Through text, as config.json stores it.
+  const io::Json back = io::parse_json(io::dump_json(j), "config.json");
+  const Moe::Config r = Moe::Config::from_json(io::JsonRef(back, "config.json: blocks[1]"));
+  CHECK(r.routing.num_experts == 6);
+  CHECK(r.routing.router.renormalize);
+  CHECK(r.routing.settings.capacity_factor == 1.25);
+  CHECK(r.routing.settings.aux_loss_coef == 0.02f);
+  CHECK(r.routing.settings.z_loss_coef == 0.003f);
+  CHECK(r.d_ff == 40);
+  // The layer built from it has what the config says.
+  MambaDims dims;
+  dims.d_model = 16;
+  const Moe layer(dims, r);
+  CHECK(layer.num_experts() == 6);
+  CHECK(layer.d_ff() == 40);
+  CHECK(layer.router().renormalize);
+
+  auto refused = [](const char* text) {
+    const io::Json doc = io::parse_json(text, "config.json");
+    return Moe::Config::from_json(io::JsonRef(doc, "config.json: blocks[1]"));
+  };
+  REQUIRE_THROWS_AS(refused(R"({"router": "top1_switch"})"), config_error);
+  REQUIRE_THROWS_WITH(refused(R"({"router": "top1_switch"})"),
+                      ContainsSubstring("config.json: blocks[1].router is \"top1_switch\" but the layer type's router "
+                                        "is \"top_k\""));
+  REQUIRE_THROWS_WITH(refused(R"({"top_k": 1})"),
+                      ContainsSubstring("config.json: blocks[1].top_k is 1 but the layer type's router picks 2"));
+  REQUIRE_THROWS_WITH(refused(R"({"num_experts": 4, "expert": "mlp"})"),
+                      ContainsSubstring("config.json: blocks[1].expert is \"mlp\" but the layer type's experts are "
+                                        "\"gated_mlp\""));
+  REQUIRE_THROWS_WITH(refused(R"({"num_experts": 4, "activation": "relu"})"),
+                      ContainsSubstring("config.json: blocks[1].activation is \"relu\""));
+  REQUIRE_THROWS_WITH(refused(R"({"num_experts": 0})"), ContainsSubstring("num_experts is 0"));
+  REQUIRE_THROWS_WITH(refused(R"({"num_experts": 4, "capacity_factor": -1})"),
+                      ContainsSubstring("config.json: blocks[1]") && ContainsSubstring("capacity_factor is -1"));
+  // The JSON accessor's own messages (a kind error inside the section) name the path too.
+  REQUIRE_THROWS_AS(refused(R"({"num_experts": "four"})"), config_error);
+  REQUIRE_THROWS_AS(refused(R"({"num_experts": 4, "normalize": 1})"), config_error);
+  CHECK_THROWS_WITH(refused(R"({"num_experts": "four"})"),
+                    ContainsSubstring("config.json: blocks[1].num_experts is a string"));
+  CHECK_THROWS_WITH(refused(R"({"num_experts": 4, "normalize": 1})"),
+                    ContainsSubstring("config.json: blocks[1].normalize is a number"));
+
+  SECTION("the dense FeedForward") {
+    using Ffn = FeedForward<Mlp<Gelu>, bf16>;
+    Ffn::Config f;
+    f.d_ff = 24;
+    io::Json s = io::Json::object();
+    f.to_json(s);
+    CHECK(s.at("expert") == "mlp");
+    CHECK(s.at("activation") == "gelu");
+    CHECK(s.at("d_ff") == 24);
+    CHECK(Ffn::Config::from_json(io::JsonRef(s, "config.json: blocks[1]")).d_ff == 24);
+    const io::Json gated = io::parse_json(R"({"expert": "gated_mlp"})", "config.json");
+    REQUIRE_THROWS_WITH(Ffn::Config::from_json(io::JsonRef(gated, "config.json: blocks[1]")),
+                        ContainsSubstring("config.json: blocks[1].expert is \"gated_mlp\""));
+    const io::Json none = io::Json::object();
+    CHECK(Ffn::Config::from_json(io::JsonRef(none, "config.json: blocks[1]")).d_ff == 0);  // 0: 3 · d_model
+    CHECK(Ffn(dims, Ffn::Config{}).d_ff() == 48);
+  }
 }

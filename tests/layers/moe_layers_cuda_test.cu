@@ -1,12 +1,18 @@
 // CUDA tests of the sparse layers: MoeFeedForward and RoutedMamba on the GPU against the same
 // layers on the host (the same seeded weights on both), full sequence and one-token steps, with
-// and without capacity, f32 and bf16, and the Hugging Face SwitchTransformersSparseMLP fixture.
+// and without capacity, f32 and bf16, and the Hugging Face SwitchTransformersSparseMLP fixture;
+// and the parts of one's own of tests/layers/custom_components.hpp (a router with a saved
+// setting in MoeFeedForward, a weight placement and a routing scope in RoutedMamba), whose
+// kernel paths differ from the built-in ones (a router struct with state in the route kernel,
+// the fused Conv+Gate combine weighting only the Conv columns, a fused in_proj under a router
+// of another name next to an Out router on Out's own input).
 //
 // The layer input is the same on both backends, so the router logits are bit-identical and
 // every routing decision (expert, plan, counts, drops) must agree exactly; outputs agree within
 // the layer tolerances (f32 1e-5 for the feed-forward block, 1e-4 for a RoM mixer as for the
 // dense Mamba mixer; bf16 1e-2 and 3e-2). The one router that reads an activation the two
-// backends compute differently is PerProjectionRouting's Out router (it routes y ⊙ silu(z)):
+// backends compute differently is an Out router on Out's own input (PerProjectionRouting's,
+// InOutRouting's: it routes y ⊙ silu(z)):
 // in f32 the difference (~1e-6) cannot move a decision in practice, in bf16 it can flip a near
 // tie, so the bf16 runs give that router zero weights (every logit 0: expert 0, exactly, on
 // both backends) and keep the seeded Conv and Gate routers.
@@ -19,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "layers/custom_components.hpp"
 #include "moss/moss.hpp"
 #include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
@@ -38,9 +45,9 @@ std::vector<T> poisoned(index_t n) {
 /// Replaces a router's weight by zeros on `backend`: every logit is then exactly 0, ties go to
 /// the lowest experts, so every token takes expert 0 (and 1, 2, ... for its further slots).
 template <class Backend>
-void zero_router(const Backend& backend, Buffer<float>& w) {
-  const std::vector<float> z(static_cast<std::size_t>(w.size()), 0.0f);
-  w = upload(backend, z.data(), static_cast<index_t>(z.size()));
+void zero_router(const Backend& backend, Tensor<float, 2>& w) {
+  REQUIRE(w.present());
+  w = constant_tensor<float>(backend, w.shape(), 0.0f, w.name());
 }
 
 constexpr double kStatsTol = 1e-5;
@@ -170,23 +177,24 @@ RomRun<T> run_rom(const Backend& backend, const Layer& layer, const typename Lay
   return r;
 }
 
-/// Which routers of a RoM layer get zero weights (see the file comment).
+/// Which routers of a RoM layer get zero weights (see the file comment): none, the router on
+/// Out's own input (an (X, ED) weight), or all.
 enum class ZeroRouters { none, out_only, all };
 
-template <class Params>
-void zero_rom_routers(const Cuda& gpu, Params& hp, Params& gp, ZeroRouters z) {
+template <class Layer>
+void zero_rom_routers(const Cuda& gpu, const Layer& layer, typename Layer::Params& hp, typename Layer::Params& gp,
+                      ZeroRouters z) {
   if (z == ZeroRouters::none) return;
-  auto both = [&](Buffer<float>& h, Buffer<float>& g) {
-    if (!h.data()) return;  // a router this layer type does not have
-    zero_router(Host{}, h);
-    zero_router(gpu, g);
-  };
-  both(hp.router_out, gp.router_out);
-  if (z == ZeroRouters::all) {
-    both(hp.router, gp.router);
-    both(hp.router_conv, gp.router_conv);
-    both(hp.router_gate, gp.router_gate);
+  bool any = false;
+  for (int i = 0; i < Layer::router_count(); ++i) {
+    const bool on_out_input = hp.routers[i].size(1) == layer.dims().d_inner;
+    if (z == ZeroRouters::all || on_out_input) {
+      zero_router(Host{}, hp.routers[i]);
+      zero_router(gpu, gp.routers[i]);
+      any = true;
+    }
   }
+  REQUIRE(any);  // the layer type has the router the test means to zero
 }
 
 template <class Layer>
@@ -197,7 +205,7 @@ void compare_rom(const Cuda& gpu, const Layer& layer, index_t batch, index_t L, 
   Rng r1(seed), r2(seed);
   auto hp = layer.init(Host{}, r1, 4);
   auto gp = layer.init(gpu, r2, 4);
-  zero_rom_routers(gpu, hp, gp, zero);
+  zero_rom_routers(gpu, layer, hp, gp, zero);
   const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * L * D), seed + 1));
   std::vector<std::vector<T>> xs;
   for (index_t s = 0; s < steps; ++s)
@@ -223,7 +231,7 @@ MambaDims rom_dims(index_t d_model) {
   MambaConfig cfg;
   cfg.d_model = d_model;
   cfg.d_state = 16;
-  return MambaDims::from(cfg);
+  return cfg.dims();
 }
 
 template <class T>
@@ -353,4 +361,103 @@ TEST_CASE("RoutedMamba: CUDA at a wider shape (d_model 256, 8 experts, 2 × 200 
   s.capacity_factor = 1.0;
   compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, bf16>(rom_dims(256), 8, {}, s), 2, 200, 4, 3e-2, 9);
   compare_rom(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<>, float>(rom_dims(256), 8, {}, s), 2, 200, 4, 1e-4, 10);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parts of one's own (tests/layers/custom_components.hpp)
+
+namespace {
+
+/// A bias over 8 experts that moves the choice (init's router weights give logits of about
+/// ±0.2, so the bias decides most tokens and the logits the rest).
+test::BiasBalancedTopK<2> steering_router() {
+  test::BiasBalancedTopK<2> r;
+  const float b[8] = {-0.3f, 0.0f, 0.1f, 0.25f, 0.0f, 0.15f, -0.1f, 0.05f};
+  std::copy(std::begin(b), std::end(b), r.bias);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("MoeFeedForward with a bias-balancing router of one's own: CUDA equals the host",
+          "[cuda][layers][moe][components]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  using Router = test::BiasBalancedTopK<2>;
+  const index_t D = 64, X = 8;
+  std::uint64_t seed = 401;
+  for (index_t L : {1, 7, 64}) {
+    for (double cf : {0.0, 1.0}) {
+      seed += 10;
+      RouterSettings s;
+      s.capacity_factor = cf;
+      compare_ffn(gpu, MoeFeedForward<Router, Experts<>, Mlp<Relu>, float>(D, 3 * D, X, steering_router(), s), D, 2, L,
+                  1e-5, seed);
+      compare_ffn(gpu, MoeFeedForward<Router, Experts<>, GatedMlp<Silu>, bf16>(D, 96, X, steering_router(), s), D, 2, L,
+                  1e-2, seed + 1);
+    }
+  }
+  // Zero router weights: every logit 0, the bias alone ranks (experts 3 and 5 for every token).
+  compare_ffn(gpu, MoeFeedForward<Router, Experts<>, Mlp<Relu>, float>(D, 3 * D, X, steering_router()), D, 3, 21, 1e-5,
+              451, true);
+  // More experts than the router holds biases for: NaN weights on both backends, never a crash.
+  const MoeFeedForward<Router, Experts<>, Mlp<Relu>, float> wide(D, 3 * D, Router::kMaxExperts + 1);
+  Rng r1(452), r2(452);
+  const auto hp = wide.init(Host{}, r1, 2);
+  const auto gp = wide.init(gpu, r2, 2);
+  const auto x = test::randn(static_cast<std::size_t>(2 * D), 453);
+  const auto xs = test::randn(static_cast<std::size_t>(D), 454);
+  const FfnRun<float> h = run_ffn(Host{}, wide, hp, x, xs, 1, 2, D);
+  const FfnRun<float> g = run_ffn(gpu, wide, gp, x, xs, 1, 2, D);
+  CHECK(std::all_of(h.out.begin(), h.out.end(), [](float v) { return std::isnan(v); }));
+  CHECK(std::all_of(g.out.begin(), g.out.end(), [](float v) { return std::isnan(v); }));
+  CHECK(std::all_of(h.step.begin(), h.step.end(), [](float v) { return std::isnan(v); }));
+  CHECK(std::all_of(g.step.begin(), g.step.end(), [](float v) { return std::isnan(v); }));
+  check_reports(g.report, h.report, kStatsTol);
+}
+
+TEST_CASE("RoutedMamba with a placement and a scope of one's own: CUDA equals the host",
+          "[cuda][layers][rom][components]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  using test::InOutRouting;
+  using test::WeightConv;
+  using CGO = Routed<Conv, Gate, Out>;
+  const MambaDims dims = rom_dims(64);
+  const index_t X = 4, steps = 3;
+  std::uint64_t seed = 501;
+  for (index_t L : {1, 7, 40}) {
+    for (double cf : {0.0, 1.0}) {
+      seed += 100;
+      RouterSettings s;
+      s.capacity_factor = cf;
+      auto both = [&]<class T>(double tol, std::uint64_t sd) {
+        const ZeroRouters own = std::is_same_v<T, float> ? ZeroRouters::none : ZeroRouters::out_only;
+        // g on the Conv columns of the fused Conv+Gate GEMM.
+        compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<CGO, WeightConv>>(dims, X, {}, s),
+                    2, L, steps, tol, sd);
+        // g on an unfused routed Conv, Gate dense.
+        compare_rom(gpu,
+                    RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<Routed<Conv, Out>, WeightConv>>(
+                        dims, X, TopK<2>{true}, s),
+                    2, L, steps, tol, sd + 10);
+        // The scope: fused in_proj under "router_in", Out under its own router on m.
+        compare_rom(gpu, RoutedMamba<TopK<2>, InOutRouting, Experts<>, T, RomVariant<CGO, WeightOut>>(dims, X, {}, s),
+                    2, L, steps, tol, sd + 20, own);
+        compare_rom(gpu, RoutedMamba<TopK<2>, InOutRouting, Experts<>, T, RomVariant<CGO, WeightConv>>(dims, X, {}, s),
+                    2, L, steps, tol, sd + 30, own);
+        compare_rom(
+            gpu,
+            RoutedMamba<TopK<1>, InOutRouting, Experts<>, T, RomVariant<Routed<Gate, Out>, WeightNone>>(dims, X, {}, s),
+            2, L, steps, tol, sd + 40, own);
+      };
+      both.template operator()<float>(1e-4, seed);
+      both.template operator()<bf16>(3e-2, seed + 50);
+    }
+  }
+  // Every router zero: one expert takes every token, the others are empty.
+  compare_rom(gpu, RoutedMamba<TopK<2>, InOutRouting, Experts<>, float, RomVariant<CGO, WeightConv>>(dims, X), 2, 33, 2,
+              1e-4, 3, ZeroRouters::all);
 }

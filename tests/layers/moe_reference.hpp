@@ -1,19 +1,26 @@
 // tests/layers/moe_reference.hpp: independent float64 references of the sparse layers
-// (REFERENCE.md §2–3): the MoE feed-forward layer and the Routing Mamba (RoM) mixer, written
+// (docs/math.md §2–3): the MoE feed-forward layer and the Routing Mamba (RoM) mixer, written
 // from the formulas without any moss layer or expert op.
 //
 // Only one thing comes from the library: the float32 router logits, computed by `moss::route`
-// (bit-exact on every backend, REFERENCE.md §2 "Selection"), so a reference and a layer rank
-// the same numbers and a near-tie cannot make a test flaky. Selection, weights, capacity, the
-// experts, the conv, the scan and every sum are recomputed here in double.
+// (bit-exact on every backend, docs/math.md §2.1), so a reference and a layer rank the same
+// numbers and a near-tie cannot make a test flaky. Selection, weights, capacity, the experts,
+// the conv, the scan and every sum are recomputed here in double. Which projections a RoM layer
+// routes, which router routes each and where g multiplies are read from the layer's policy
+// types (moss/policy/rom.hpp), so a scope or placement of one's own is checked by the same
+// reference.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "layers/mamba_reference.hpp"
@@ -23,29 +30,6 @@
 #include "moss_test.hpp"
 
 namespace moss::test {
-
-// ---------------------------------------------------------------------------------------------
-// Test data helpers
-// ---------------------------------------------------------------------------------------------
-
-/// Overwrites host buffer `b` with N(0, stddev²) values rounded to T.
-template <class T>
-void fill_normal(Buffer<T>& b, std::uint64_t seed, double stddev) {
-  const auto v = randn(static_cast<std::size_t>(b.size()), seed, static_cast<float>(stddev));
-  for (index_t i = 0; i < b.size(); ++i) b.data()[i] = from_float<T>(v[static_cast<std::size_t>(i)]);
-}
-
-/// A host buffer's elements.
-template <class T>
-std::vector<T> host_copy(const Buffer<T>& b) {
-  return std::vector<T>(b.data(), b.data() + b.size());
-}
-
-/// Whether two host buffers hold the same bits.
-template <class T>
-bool same_bits(const Buffer<T>& a, const Buffer<T>& b) {
-  return a.size() == b.size() && (a.size() == 0 || std::memcmp(a.data(), b.data(), sizeof(T) * a.size()) == 0);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Routing
@@ -68,7 +52,7 @@ std::vector<float> layer_logits(const T* x, index_t tokens, index_t D, const std
   return logits;
 }
 
-/// How the reference turns logits into a selection and combine weights (REFERENCE.md §2).
+/// How the reference turns logits into a selection and combine weights (docs/math.md §2.2).
 enum class RefRouter {
   top1_switch,   ///< argmax, g = softmax[e]
   top_k,         ///< K largest, g = softmax of each
@@ -189,7 +173,7 @@ inline void ref_apply_capacity(RefRouting& r, double cf) {
     }
 }
 
-/// The statistics a layer reports (REFERENCE.md §2), in double.
+/// The statistics a layer reports (docs/math.md §2.4), in double.
 struct RefStats {
   double aux = 0, z = 0;
   std::vector<double> prob_mean;
@@ -219,7 +203,7 @@ inline RefStats ref_stats(const std::vector<float>& logits, const RefRouting& r,
   return s;
 }
 
-/// The Sinkhorn-Knopp balanced matrix of exp(logits) (tokens, X) in double, as REFERENCE.md §2
+/// The Sinkhorn-Knopp balanced matrix of exp(logits) (tokens, X) in double, as docs/math.md §2.2
 /// describes it: alternate row and column normalisation from d1 = 1 until no column factor
 /// moves by 1e-4 or more, at most 100 rounds (the same ε = 1e-8 guard as Megatron's).
 inline std::vector<double> ref_sinkhorn(const std::vector<float>& logits, index_t T, index_t X) {
@@ -313,7 +297,7 @@ inline std::vector<double> ref_moe_ffn(const FfnRefWeights& w, const std::vector
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routing Mamba (REFERENCE.md §3)
+// Routing Mamba (docs/math.md §3)
 // ---------------------------------------------------------------------------------------------
 
 /// A RoM mixer's weights in double. A routed projection holds X matrices, a dense one holds 1:
@@ -327,11 +311,23 @@ struct RomRefWeights {
   std::vector<double> conv_w, conv_b, x_proj, dt_proj, dt_bias, A_log, Dskip;
 };
 
+/// The policy types of a RoutedMamba type.
+template <class Layer>
+struct RomTypes;
+template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V, class Scan>
+struct RomTypes<RoutedMamba<R, S, E, T, V, Scan>> {
+  using router = R;
+  using scope = S;
+  using variant = V;
+  using weight = typename V::weight;
+  using value_type = T;
+};
+
 /// The RoM layer's parameters in double, following routed_mamba.hpp's layout: with Conv and
-/// Gate sharing one decision, expert i's (2·ED, D) in_proj has the Conv rows first.
-template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V>
-RomRefWeights rom_ref_weights(const RoutedMamba<R, S, E, T, V>& layer,
-                              const typename RoutedMamba<R, S, E, T, V>::Params& p) {
+/// Gate routed by one decision, expert i's (2·ED, D) in_proj has the Conv rows first.
+template <class Layer>
+RomRefWeights rom_ref_weights(const Layer& layer, const typename Layer::Params& p) {
+  using V = typename RomTypes<Layer>::variant;
   const MambaDims& d = layer.dims();
   RomRefWeights w;
   w.D = d.d_model;
@@ -340,13 +336,15 @@ RomRefWeights rom_ref_weights(const RoutedMamba<R, S, E, T, V>& layer,
   w.W = d.d_conv;
   w.R = d.dt_rank;
   w.X = layer.num_experts();
-  w.conv_routed = V::conv;
-  w.gate_routed = V::gate;
-  w.out_routed = V::out;
+  w.conv_routed = V::template routes<Conv>;
+  w.gate_routed = V::template routes<Gate>;
+  w.out_routed = V::template routes<Out>;
   const index_t D = w.D, ED = w.ED, X = w.X;
-  if constexpr (RoutedMamba<R, S, E, T, V>::kFusedIn) {
-    const std::vector<double> in = widen(p.in_proj);
-    REQUIRE(static_cast<index_t>(in.size()) == X * 2 * ED * D);
+  if constexpr (Layer::kFusedIn) {
+    REQUIRE(p.in.weight.shape() == Extents<3>{X, 2 * ED, D});
+    REQUIRE_FALSE(p.conv.weight.present());
+    REQUIRE_FALSE(p.gate.weight.present());
+    const std::vector<double> in = widen(p.in.weight);
     w.conv_proj.resize(static_cast<std::size_t>(X * ED * D));
     w.gate_proj.resize(static_cast<std::size_t>(X * ED * D));
     for (index_t e = 0; e < X; ++e) {
@@ -354,21 +352,43 @@ RomRefWeights rom_ref_weights(const RoutedMamba<R, S, E, T, V>& layer,
       std::copy_n(in.begin() + e * 2 * ED * D + ED * D, ED * D, w.gate_proj.begin() + e * ED * D);
     }
   } else {
-    w.conv_proj = widen(p.conv_proj);
-    w.gate_proj = widen(p.gate_proj);
+    REQUIRE_FALSE(p.in.weight.present());
+    REQUIRE(p.conv.weight.shape() == Extents<3>{w.conv_routed ? X : 1, ED, D});
+    REQUIRE(p.gate.weight.shape() == Extents<3>{w.gate_routed ? X : 1, ED, D});
+    w.conv_proj = widen(p.conv.weight);
+    w.gate_proj = widen(p.gate.weight);
   }
-  w.out_proj = widen(p.out_proj);
-  REQUIRE(static_cast<index_t>(w.conv_proj.size()) == (V::conv ? X : 1) * ED * D);
-  REQUIRE(static_cast<index_t>(w.gate_proj.size()) == (V::gate ? X : 1) * ED * D);
-  REQUIRE(static_cast<index_t>(w.out_proj.size()) == (V::out ? X : 1) * D * ED);
-  w.conv_w = widen(p.conv_weight);
-  w.conv_b = widen(p.conv_bias);
-  w.x_proj = widen(p.x_proj);
-  w.dt_proj = widen(p.dt_proj);
-  w.dt_bias = widen(p.dt_bias);
-  w.A_log = widen(p.A_log);
-  w.Dskip = widen(p.D);
+  REQUIRE(p.out.weight.shape() == Extents<3>{w.out_routed ? X : 1, D, ED});
+  w.out_proj = widen(p.out.weight);
+  // RoM's projection experts have no biases (use_bias is refused).
+  for (const auto* e : {&p.in, &p.conv, &p.gate, &p.out}) REQUIRE_FALSE(e->bias.present());
+  w.conv_w = widen(p.core.conv_weight);
+  w.conv_b = widen(p.core.conv_bias);
+  w.x_proj = widen(p.core.x_proj);
+  w.dt_proj = widen(p.core.dt_proj);
+  w.dt_bias = widen(p.core.dt_bias);
+  w.A_log = widen(p.core.A_log);
+  w.Dskip = widen(p.core.D);
   return w;
+}
+
+/// Random weights with enough spread that routing is decisive and the conv and scan see O(1)
+/// inputs (init's N(0, 0.02²) projections would leave the mixer almost linear).
+template <class Layer>
+typename Layer::Params rom_params(const Layer& layer, std::uint64_t seed) {
+  const index_t D = layer.dims().d_model, ED = layer.dims().d_inner;
+  Rng rng(seed);
+  auto p = layer.init(Host{}, rng, 2);
+  std::uint64_t s = seed;
+  // Routers on the layer input (X, D) first, then a router on Out's input (X, ED).
+  for (int i = 0; i < Layer::router_count(); ++i)
+    if (p.routers[i].size(1) == D) fill_normal(p.routers[i], ++s, 0.6);
+  for (int i = 0; i < Layer::router_count(); ++i)
+    if (p.routers[i].size(1) == ED) fill_normal(p.routers[i], ++s, 2.0 / std::sqrt(static_cast<double>(ED)));
+  for (auto* w : {&p.in.weight, &p.conv.weight, &p.gate.weight})
+    if (w->present()) fill_normal(*w, ++s, 1.0 / std::sqrt(static_cast<double>(D)));
+  fill_normal(p.out.weight, ++s, 1.0 / std::sqrt(static_cast<double>(ED)));
+  return p;
 }
 
 /// Decode states in double: conv (batch, ED, W−1) oldest first, ssm (batch, ED, N).
@@ -457,23 +477,17 @@ inline std::vector<double> ref_projection(const std::vector<double>& Wt, index_t
   return out;
 }
 
-/// Where the combine weight multiplies (REFERENCE.md §3's table; per-projection routing
-/// weights every routed projection by its own router).
+/// Where the combine weight multiplies (docs/math.md §3's table): whether g multiplies each
+/// projection's expert outputs (only routed projections are ever weighted).
 struct RefPlacement {
   bool conv = false, gate = false, out = true;
-  static RefPlacement of(Placement p) {
-    switch (p) {
-      case Placement::out:
-        return {false, false, true};
-      case Placement::gate:
-        return {false, true, false};
-      case Placement::all:
-        return {true, true, true};
-      case Placement::none:
-        return {false, false, false};
-    }
-    return {};
+  /// What scope S says for placement W (SharedRouting: the placement's table row; a scope
+  /// with a router per projection weights each routed projection by its own router).
+  template <class S, class W>
+  static RefPlacement of() {
+    return {S::template weighs<W, Conv>, S::template weighs<W, Gate>, S::template weighs<W, Out>};
   }
+  bool operator==(const RefPlacement&) const = default;
 };
 
 /// The routing of a RoM call: the Conv and Gate decisions (the same object for shared routing)
@@ -486,7 +500,7 @@ struct RomRefRouting {
 };
 
 /// out (batch·L, D) of a RoM mixer on x (batch·L, D): u and z are the K routed outputs summed
-/// before the conv (REFERENCE.md §3), the core runs once on that one stream, then Out Proj.
+/// before the conv (docs/math.md §3), the core runs once on that one stream, then Out Proj.
 inline std::vector<double> ref_rom(const RomRefWeights& w, const std::vector<double>& x, index_t batch, index_t L,
                                    const RomRefRouting& routing, RefPlacement place, const RefStates* init = nullptr,
                                    RefStates* final_states = nullptr, RefRouting* out_routing = nullptr) {
@@ -502,7 +516,7 @@ inline std::vector<double> ref_rom(const RomRefWeights& w, const std::vector<dou
   return ref_projection(w.out_proj, D, ED, m, tokens, &ro, place.out);
 }
 
-/// The wrong design REFERENCE.md §3 rules out, for showing that a test tells them apart: every
+/// The wrong design docs/math.md §3 rules out, for showing that a test tells them apart: every
 /// slot's expert output gets a conv and scan of its own (K streams), and the K mixer outputs
 /// are summed after Out Proj. Shared routing, every projection routed.
 inline std::vector<double> ref_rom_conv_per_slot(const RomRefWeights& w, const std::vector<double>& x, index_t batch,
@@ -521,6 +535,106 @@ inline std::vector<double> ref_rom_conv_per_slot(const RomRefWeights& w, const s
     for (std::size_t i = 0; i < out.size(); ++i) out[i] += o[i];
   }
   return out;
+}
+
+/// What the float64 RoM mixer decided besides the output.
+struct RomRefResult {
+  std::vector<double> out;
+  std::vector<RefRouting> routings;        ///< one per router, in the order the layer reports them
+  std::vector<std::vector<float>> logits;  ///< the float32 logits of each routing
+  std::vector<std::string> router_names;   ///< each routing's router ("router", "router_out", ...)
+  RomRefWeights weights;
+  RefPlacement placement;
+};
+
+/// The name a RoM layer's report gives router `name`: "mixer" for the one shared "router",
+/// "mixer.{name}" otherwise.
+inline std::string rom_report_name(const std::string& name) {
+  return name == "router" ? std::string("mixer") : "mixer." + name;
+}
+
+/// The float64 RoM mixer for `layer` (a RoutedMamba of a built-in router) with params `p` on x
+/// (batch, L, D). Routing follows the layer's scope type: each routed projection's router (by
+/// name) decides once per call from the layer's own float32 logits (docs/math.md §2.1) of the
+/// layer input, or, for an Out router on Out's own input, of m = y ⊙ silu(z) rounded to T;
+/// the capacity factor is the layer's. Routers are listed in dataflow order (Conv, Gate, Out).
+/// `other_placement` replaces the layer's placement (to show that a test tells placements
+/// apart); the result is then not the layer's function, and a near-tie of an Out router on its
+/// own input is not refused.
+template <class Layer, class T>
+RomRefResult rom_reference(const Layer& layer, const typename Layer::Params& p, const std::vector<T>& x, index_t batch,
+                           index_t L, const RefStates* init = nullptr, RefStates* final_states = nullptr,
+                           std::optional<RefPlacement> other_placement = std::nullopt) {
+  using S = typename RomTypes<Layer>::scope;
+  using V = typename RomTypes<Layer>::variant;
+  using W = typename RomTypes<Layer>::weight;
+  using R = typename RomTypes<Layer>::router;
+  static_assert(std::is_same_v<T, typename Layer::value_type>);
+  const index_t D = layer.dims().d_model, ED = layer.dims().d_inner, X = layer.num_experts(), K = R::k;
+  const index_t tokens = batch * L;
+  const double cf = layer.settings().capacity_factor;
+  const RefRouter kind = ref_router_kind(layer.router());
+  RomRefResult res;
+  res.weights = rom_ref_weights(layer, p);
+  res.placement = other_placement ? *other_placement : RefPlacement::of<S, W>();
+
+  // The distinct routers of the routed projections, in dataflow order.
+  const std::string conv_router(S::template router<Conv>), gate_router(S::template router<Gate>),
+      out_router(S::template router<Out>);
+  const bool out_on_own_input = V::template routes<Out> && !S::template on_layer_input<Out>;
+  std::vector<std::string> order;
+  auto add = [&](bool routed, const std::string& name) {
+    if (routed && std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+  };
+  add(V::template routes<Conv>, conv_router);
+  add(V::template routes<Gate>, gate_router);
+  add(V::template routes<Out>, out_router);
+  REQUIRE(static_cast<int>(order.size()) == Layer::router_count());
+  auto weight_of = [&](const std::string& name) -> const Tensor<float, 2>& {
+    for (int i = 0; i < Layer::router_count(); ++i)
+      if (Layer::router_name_at(i) == name) return p.routers[static_cast<std::size_t>(i)];
+    FAIL("the layer has no router named " << name);
+    return p.routers[0];
+  };
+  auto route = [&](const auto* in, index_t width, const std::string& name, std::vector<float>& logits) {
+    const Tensor<float, 2>& w = weight_of(name);
+    REQUIRE(w.shape() == Extents<2>{X, width});
+    logits = layer_logits(in, tokens, width, host_copy(w), X);
+    RefRouting r = ref_route(logits, tokens, X, K, kind);
+    ref_apply_capacity(r, cf);
+    return r;
+  };
+  std::map<std::string, RefRouting> decided;
+  for (const std::string& name : order) {
+    if (out_on_own_input && name == out_router) continue;
+    std::vector<float> logits;
+    decided[name] = route(x.data(), D, name, logits);
+    res.routings.push_back(decided[name]);
+    res.logits.push_back(std::move(logits));
+    res.router_names.push_back(name);
+  }
+  RomRefRouting rr;
+  rr.conv = V::template routes<Conv> ? &decided.at(conv_router) : nullptr;
+  rr.gate = V::template routes<Gate> ? &decided.at(gate_router) : nullptr;
+  std::vector<float> out_logits;
+  rr.out = [&](const std::vector<double>& m) {
+    if (!out_on_own_input) return decided.at(out_router);
+    // The Out router reads m = y ⊙ silu(z), which the layer holds in T.
+    std::vector<T> mt(m.size());
+    for (std::size_t i = 0; i < m.size(); ++i) mt[i] = from_float<T>(static_cast<float>(m[i]));
+    return route(mt.data(), ED, out_router, out_logits);
+  };
+  RefRouting out_routing;
+  res.out = ref_rom(res.weights, to_double(x), batch, L, rr, res.placement, init, final_states, &out_routing);
+  if (out_on_own_input) {
+    // m here and in the layer differ by rounding: the Out router must not sit on a near-tie.
+    INFO("smallest top-K margin of the Out router's logits: " << out_routing.margin);
+    if (!other_placement) REQUIRE(out_routing.margin > 1e-4);
+    res.routings.push_back(out_routing);
+    res.logits.push_back(out_logits);
+    res.router_names.push_back(out_router);
+  }
+  return res;
 }
 
 }  // namespace moss::test

@@ -1,4 +1,4 @@
-// Host tests of the Routing Mamba mixer (REFERENCE.md §3): every weight placement, routing
+// Host tests of the Routing Mamba mixer (docs/math.md §3): every weight placement, routing
 // scope and routed subset against an independent float64 mixer, the one-expert case against
 // dense Mamba, K = 2 summed before the conv, capacity, decode (prefill = steps, prefill from a
 // cache, the cache of dense Mamba's size), checkpoints, errors and the zero-length call.
@@ -38,11 +38,6 @@ MambaConfig rom_config() {
   return c;
 }
 
-template <class T>
-Buffer<T> clone(const Buffer<T>& b) {
-  return upload(Host{}, b.data(), b.size());
-}
-
 std::filesystem::path temp_dir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() / ("moss_rom_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
@@ -50,22 +45,7 @@ std::filesystem::path temp_dir(const std::string& name) {
   return p;
 }
 
-/// Random weights with enough spread that routing is decisive and the conv and scan see O(1)
-/// inputs (init's N(0, 0.02²) projections would leave the mixer almost linear).
-template <class Layer>
-typename Layer::Params rom_params(const Layer& layer, std::uint64_t seed) {
-  const double D = static_cast<double>(layer.dims().d_model), ED = static_cast<double>(layer.dims().d_inner);
-  Rng rng(seed);
-  auto p = layer.init(Host{}, rng, 2);
-  std::uint64_t s = seed;
-  for (Buffer<float>* r : {&p.router, &p.router_conv, &p.router_gate})
-    if (r->size()) test::fill_normal(*r, ++s, 0.6);
-  if (p.router_out.size()) test::fill_normal(p.router_out, ++s, 2.0 / std::sqrt(ED));
-  for (auto* w : {&p.in_proj, &p.conv_proj, &p.gate_proj})
-    if (w->size()) test::fill_normal(*w, ++s, 1.0 / std::sqrt(D));
-  test::fill_normal(p.out_proj, ++s, 1.0 / std::sqrt(ED));
-  return p;
-}
+using test::rom_params;
 
 template <class Layer, class T>
 std::vector<T> run_forward(const Layer& layer, const typename Layer::Params& p, const std::vector<T>& x, index_t batch,
@@ -87,94 +67,37 @@ std::vector<T> run_step(const Layer& layer, const typename Layer::Params& p, con
   return out;
 }
 
-/// What the float64 reference decided besides the output.
-struct RomRefResult {
-  std::vector<double> out;
-  std::vector<test::RefRouting> routings;  ///< in the order the layer reports them
-  std::vector<std::vector<float>> logits;  ///< the float32 logits of each routing
-  test::RomRefWeights weights;
-  test::RefPlacement placement;
-};
+using test::rom_reference;
 
-/// The float64 RoM mixer for `layer` with params `p` on x (batch, L, D): routing from the
-/// layer's own float32 logits (REFERENCE.md §2), capacity factor from the layer's settings.
-template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V>
-RomRefResult rom_reference(const RoutedMamba<R, S, E, T, V>& layer,
-                           const typename RoutedMamba<R, S, E, T, V>::Params& p, const std::vector<T>& x, index_t batch,
-                           index_t L, const test::RefStates* init = nullptr, test::RefStates* final_states = nullptr) {
-  const index_t D = layer.dims().d_model, ED = layer.dims().d_inner, X = layer.num_experts(), K = R::k;
-  const index_t tokens = batch * L;
-  const double cf = layer.settings().capacity_factor;
-  const auto kind = test::ref_router_kind(layer.router());
-  RomRefResult res;
-  res.weights = test::rom_ref_weights(layer, p);
-  std::vector<float> out_logits;
-  auto route = [&](const auto* in, index_t width, const Buffer<float>& w, std::vector<float>* keep = nullptr) {
-    const auto logits = test::layer_logits(in, tokens, width, test::host_copy(w), X);
-    test::RefRouting r = test::ref_route(logits, tokens, X, K, kind);
-    test::ref_apply_capacity(r, cf);
-    if (keep)
-      *keep = logits;
-    else
-      res.logits.push_back(logits);
-    return r;
-  };
-  test::RefRouting conv, gate, out_routing;
-  test::RomRefRouting rr;
-  if constexpr (S::shared) {
-    conv = route(x.data(), D, p.router);
-    rr.conv = rr.gate = &conv;
-    rr.out = [&](const std::vector<double>&) { return conv; };
-    res.placement = test::RefPlacement::of(V::placement);
-    res.routings.push_back(conv);
-  } else {
-    if (V::conv) conv = route(x.data(), D, p.router_conv);
-    if (V::gate) gate = route(x.data(), D, p.router_gate);
-    rr.conv = &conv;
-    rr.gate = &gate;
-    // The Out router reads m = y ⊙ silu(z), which the layer holds in T.
-    rr.out = [&](const std::vector<double>& m) {
-      std::vector<T> mt(m.size());
-      for (std::size_t i = 0; i < m.size(); ++i) mt[i] = from_float<T>(static_cast<float>(m[i]));
-      return route(mt.data(), ED, p.router_out, &out_logits);
-    };
-    res.placement = {true, true, true};
-    if (V::conv) res.routings.push_back(conv);
-    if (V::gate) res.routings.push_back(gate);
-  }
-  res.out =
-      test::ref_rom(res.weights, test::to_double(x), batch, L, rr, res.placement, init, final_states, &out_routing);
-  if constexpr (!S::shared) {
-    if (V::out) {
-      // m here and in the layer differ by rounding: the Out router must not sit on a near-tie.
-      INFO("smallest top-K margin of the Out router's logits: " << out_routing.margin);
-      REQUIRE(out_routing.margin > 1e-4);
-      res.routings.push_back(out_routing);
-      res.logits.push_back(out_logits);
-    }
-  }
-  return res;
-}
-
-/// The report names of a layer type, in the order it adds them.
-template <class S, class V>
-std::vector<std::string> report_names() {
-  if (S::shared) return {"mixer"};
+/// The report names of a layer's routers, in the order the reference lists them.
+std::vector<std::string> report_names(const test::RomRefResult& ref) {
   std::vector<std::string> n;
-  if (V::conv) n.emplace_back("mixer.router_conv");
-  if (V::gate) n.emplace_back("mixer.router_gate");
-  if (V::out) n.emplace_back("mixer.router_out");
+  for (const std::string& r : ref.router_names) n.push_back(test::rom_report_name(r));
   return n;
 }
 
-/// The scope and variant of a RoutedMamba type.
-template <class Layer>
-struct RomTraits;
-template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V>
-struct RomTraits<RoutedMamba<R, S, E, T, V>> {
-  using scope = S;
-  using variant = V;
-};
+/// The report names a built-in scope's layer adds, in the order it adds them (docs/math.md §3).
+template <class S, class V>
+std::vector<std::string> builtin_report_names() {
+  if constexpr (std::is_same_v<S, SharedRouting>) {
+    return {"mixer"};
+  } else {
+    static_assert(std::is_same_v<S, PerProjectionRouting>);
+    std::vector<std::string> n;
+    if (V::template routes<Conv>) n.emplace_back("mixer.router_conv");
+    if (V::template routes<Gate>) n.emplace_back("mixer.router_gate");
+    if (V::template routes<Out>) n.emplace_back("mixer.router_out");
+    return n;
+  }
+}
+
+/// The four built-in placements under shared routing, by name.
+std::vector<std::pair<std::string, test::RefPlacement>> shared_placements() {
+  return {{"WeightOut", test::RefPlacement::of<SharedRouting, WeightOut>()},
+          {"WeightGate", test::RefPlacement::of<SharedRouting, WeightGate>()},
+          {"WeightAll", test::RefPlacement::of<SharedRouting, WeightAll>()},
+          {"WeightNone", test::RefPlacement::of<SharedRouting, WeightNone>()}};
+}
 
 template <class S, class V>
 using Rom2 = RoutedMamba<TopK<2>, S, Experts<>, float, V>;
@@ -200,7 +123,7 @@ TEMPLATE_TEST_CASE(
   const MambaConfig cfg = rom_config();
   const bool renormalize = GENERATE(false, true);
   const index_t batch = 2, L = GENERATE(1, 9);
-  const Layer layer(MambaDims::from(cfg), kExperts, TopK<2>{renormalize});
+  const Layer layer(cfg.dims(), kExperts, TopK<2>{renormalize});
   const auto p = rom_params(layer, 101);
   const auto x = test::to_storage<float>(test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 102));
   RoutingReport report;
@@ -212,10 +135,11 @@ TEMPLATE_TEST_CASE(
 
   // One report entry per router, in the order the layer runs them, with the reference's
   // counts before and after capacity.
-  using S = typename RomTraits<Layer>::scope;
-  using V = typename RomTraits<Layer>::variant;
+  using S = typename test::RomTypes<Layer>::scope;
+  using V = typename test::RomTypes<Layer>::variant;
   const auto stats = report.read();
-  const auto names = report_names<S, V>();
+  const auto names = builtin_report_names<S, V>();
+  CHECK(report_names(ref) == names);
   REQUIRE(stats.size() == names.size());
   REQUIRE(ref.routings.size() == names.size());
   for (std::size_t i = 0; i < names.size(); ++i) {
@@ -232,29 +156,29 @@ TEMPLATE_TEST_CASE(
   }
 
   // The placements are told apart: the reference with any other placement misses.
-  if constexpr (S::shared) {
-    for (Placement other : {Placement::out, Placement::gate, Placement::all, Placement::none}) {
-      const auto pl = test::RefPlacement::of(other);
+  if constexpr (std::is_same_v<S, SharedRouting>) {
+    for (const auto& [other, pl] : shared_placements()) {
       const auto& mine = ref.placement;
-      const bool differs =
-          (V::conv && pl.conv != mine.conv) || (V::gate && pl.gate != mine.gate) || (V::out && pl.out != mine.out);
+      const bool differs = (V::template routes<Conv> && pl.conv != mine.conv) ||
+                           (V::template routes<Gate> && pl.gate != mine.gate) ||
+                           (V::template routes<Out> && pl.out != mine.out);
       if (!differs) continue;
       test::RomRefRouting rr;
       rr.conv = rr.gate = &ref.routings[0];
       rr.out = [&](const std::vector<double>&) { return ref.routings[0]; };
       const auto wrong = test::ref_rom(ref.weights, test::to_double(x), batch, L, rr, pl);
-      INFO("placement " << static_cast<int>(other) << " instead of " << static_cast<int>(V::placement));
+      INFO("placement " << other << " instead of " << typename test::RomTypes<Layer>::weight{}.name);
       CHECK(test::rel_l2(out, wrong) > 1e-3);
     }
   }
 }
 
 TEST_CASE("RoutedMamba sums the K = 2 expert outputs before the conv", "[host][layers][moe][rom]") {
-  // REFERENCE.md §3: one conv and scan per token on the summed stream; a conv per slot
+  // docs/math.md §3: one conv and scan per token on the summed stream; a conv per slot
   // (K streams, summed after Out Proj) is a different function and must not match.
   const MambaConfig cfg = rom_config();
   using Layer = Rom2<SharedRouting, RomVariant<CGO, WeightOut>>;
-  const Layer layer(MambaDims::from(cfg), kExperts);
+  const Layer layer(cfg.dims(), kExperts);
   const auto p = rom_params(layer, 111);
   const index_t batch = 2, L = 12;
   const auto x = test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 112);
@@ -279,7 +203,7 @@ TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every
   const index_t batch = 2, L = 7;
   const auto x = test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 122);
   using WOut = RoutedMamba<TopK<1>, SharedRouting, Experts<>, float, RomVariant<CGO, WeightOut>>;
-  const WOut base(MambaDims::from(cfg), kExperts, router);
+  const WOut base(cfg.dims(), kExperts, router);
   const auto p = rom_params(base, 121);
   {
     SafetensorsWriter w;
@@ -288,8 +212,7 @@ TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every
   }
   const Checkpoint ckpt(dir / "rom.safetensors");
   auto run = [&]<class W>() {
-    const RoutedMamba<TopK<1>, SharedRouting, Experts<>, float, RomVariant<CGO, W>> layer(MambaDims::from(cfg),
-                                                                                          kExperts, router);
+    const RoutedMamba<TopK<1>, SharedRouting, Experts<>, float, RomVariant<CGO, W>> layer(cfg.dims(), kExperts, router);
     const auto q = layer.load(Host{}, ckpt, "m.");
     const auto out = run_forward(layer, q, x, batch, L);
     CHECK(test::rel_l2(out, rom_reference(layer, q, x, batch, L).out) <= 1e-5);
@@ -313,7 +236,7 @@ TEST_CASE("RoutedMamba with K = 1 and renormalised weights is the same for every
 
 TEST_CASE("RoutedMamba with one expert equals dense Mamba with the same weights", "[host][layers][moe][rom]") {
   const MambaConfig cfg = rom_config();
-  const MambaDims dims = MambaDims::from(cfg);
+  const MambaDims dims = cfg.dims();
   const index_t D = dims.d_model, batch = 3, L = 10, prefill = 4;
   const Mamba<float> dense(dims);
   Rng rng(131);
@@ -327,17 +250,19 @@ TEST_CASE("RoutedMamba with one expert equals dense Mamba with the same weights"
     REQUIRE(rom.num_experts() == 1);
     Rng r2(134);
     auto p = rom.init(Host{}, r2, 2);
-    test::fill_normal(p.router, 135, 1.0);
-    p.in_proj = clone(dp.in_proj);    // (1, 2·ED, D) = the dense in_proj
-    p.out_proj = clone(dp.out_proj);  // (1, D, ED)
-    p.conv_weight = clone(dp.conv_weight);
-    p.conv_bias = clone(dp.conv_bias);
-    p.x_proj = clone(dp.x_proj);
-    p.dt_proj = clone(dp.dt_proj);
-    p.dt_bias = clone(dp.dt_bias);
-    p.A = clone(dp.A);
-    p.A_log = clone(dp.A_log);
-    p.D = clone(dp.D);
+    static_assert(Rom::router_count() == 1 && Rom::kFusedIn);
+    test::fill_normal(p.routers[0], 135, 1.0);
+    const index_t ED = dims.d_inner;
+    p.in.weight = test::reshaped(dp.in_proj, Extents<3>{1, 2 * ED, D}, "in_proj.weight");  // = the dense in_proj
+    p.out.weight = test::reshaped(dp.out_proj, Extents<3>{1, D, ED}, "out_proj.weight");
+    p.core.conv_weight = test::clone(dp.conv_weight);
+    p.core.conv_bias = test::clone(dp.conv_bias);
+    p.core.x_proj = test::clone(dp.x_proj);
+    p.core.dt_proj = test::clone(dp.dt_proj);
+    p.core.dt_bias = test::clone(dp.dt_bias);
+    p.core.A = test::clone(dp.A);
+    p.core.A_log = test::clone(dp.A_log);
+    p.core.D = test::clone(dp.D);
     const auto x = test::randn(static_cast<std::size_t>(batch * L * D), 136);
     std::vector<float> want(x.size(), NAN);
     dense.forward(Host{}, dp, ConstView<float, 3>(x.data(), {batch, L, D}, "x"),
@@ -374,14 +299,14 @@ TEMPLATE_TEST_CASE("RoutedMamba prefill followed by decode steps equals one full
                    (Rom2<PerProjectionRouting, RomVariant<CGO>>)) {
   using Layer = TestType;
   const MambaConfig cfg = rom_config();
-  const Layer layer(MambaDims::from(cfg), kExperts);
+  const Layer layer(cfg.dims(), kExperts);
   const auto p = rom_params(layer, 141);
   const index_t batch = 3, L = 10, prefill = GENERATE(1, 4), D = cfg.d_model;
   const auto x = test::randn(static_cast<std::size_t>(batch * L * D), 142);
   const auto full = run_forward(layer, p, x, batch, L);
 
   auto cache = layer.make_cache(Host{}, batch);
-  const Mamba<float> dense(MambaDims::from(cfg));
+  const Mamba<float> dense(cfg.dims());
   const auto dense_cache = dense.make_cache(Host{}, batch);
   CHECK(cache.conv_state.size() == dense_cache.conv_state.size());  // the decode state is dense Mamba's
   CHECK(cache.ssm_state.size() == dense_cache.ssm_state.size());
@@ -417,7 +342,7 @@ TEMPLATE_TEST_CASE("RoutedMamba prefill followed by decode steps equals one full
 TEST_CASE("RoutedMamba prefill continues from a cache", "[host][layers][moe][rom]") {
   const MambaConfig cfg = rom_config();
   using Layer = Rom2<SharedRouting, RomVariant<CGO, WeightOut>>;
-  const Layer layer(MambaDims::from(cfg), kExperts);
+  const Layer layer(cfg.dims(), kExperts);
   const auto p = rom_params(layer, 151);
   const index_t batch = 2, L1 = GENERATE(1, 2, 6), L2 = 7, D = cfg.d_model;
   const auto x = test::randn(static_cast<std::size_t>(batch * (L1 + L2) * D), 152);
@@ -450,7 +375,7 @@ TEMPLATE_TEST_CASE("RoutedMamba with capacity drops pairs from every routed proj
   const MambaConfig cfg = rom_config();
   RouterSettings s;
   s.capacity_factor = 0.6;  // C = ceil(0.6 · 24 · 2 / 4) = 8 of 12 pairs per expert on average
-  const Layer layer(MambaDims::from(cfg), kExperts, TopK<2>{}, s);
+  const Layer layer(cfg.dims(), kExperts, TopK<2>{}, s);
   const auto p = rom_params(layer, 161);
   const index_t batch = 2, L = 12;
   const auto x = test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 162);
@@ -474,8 +399,7 @@ TEMPLATE_TEST_CASE("RoutedMamba in bf16 and f16 stays within the layer tolerance
                    f16) {
   using T = TestType;
   const MambaConfig cfg = rom_config();
-  const RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<CGO, WeightAll>> layer(MambaDims::from(cfg),
-                                                                                            kExperts);
+  const RoutedMamba<TopK<2>, SharedRouting, Experts<>, T, RomVariant<CGO, WeightAll>> layer(cfg.dims(), kExperts);
   const auto p = rom_params(layer, 171);
   const index_t batch = 2, L = 11;
   const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(batch * L * cfg.d_model), 172));
@@ -484,7 +408,7 @@ TEMPLATE_TEST_CASE("RoutedMamba in bf16 and f16 stays within the layer tolerance
   const double err = test::rel_l2(out, ref.out);
   INFO("relative L2 error " << err);
   // A whole mixer (in_proj, conv, x_proj, dt_proj, scan, out_proj, each rounding to T): the
-  // end-to-end tolerance of REFERENCE.md, as for dense Mamba.
+  // end-to-end tolerance of docs/math.md's precision contract, as for dense Mamba.
   CHECK(err <= (std::is_same_v<T, bf16> ? 3e-2 : 1e-2));
 }
 
@@ -494,7 +418,7 @@ TEST_CASE("RoutedMamba checkpoints use the documented names and load back bit fo
   const auto dir = temp_dir("names");
   using Shape = std::vector<index_t>;
   auto check = [&]<class Layer>(const std::map<std::string, Shape>& routed) {
-    const Layer layer(MambaDims::from(cfg), X);
+    const Layer layer(cfg.dims(), X);
     const auto p = rom_params(layer, 181);
     SafetensorsWriter w;
     layer.save(Host{}, p, w, "backbone.layers.0.mixer.");
@@ -517,24 +441,21 @@ TEST_CASE("RoutedMamba checkpoints use the documented names and load back bit fo
       if (c.contains("backbone.layers.0.mixer." + k)) CHECK(c.info("backbone.layers.0.mixer." + k).shape == v);
     }
     const auto q = layer.load(Host{}, c, "backbone.layers.0.mixer.");
-    for (auto [a, b] : {std::pair{&p.router, &q.router},
-                        {&p.router_conv, &q.router_conv},
-                        {&p.router_gate, &q.router_gate},
-                        {&p.router_out, &q.router_out},
-                        {&p.dt_bias, &q.dt_bias},
-                        {&p.A_log, &q.A_log},
-                        {&p.A, &q.A},
-                        {&p.D, &q.D}})
+    for (int i = 0; i < Layer::router_count(); ++i) CHECK(test::same_bits(p.routers[i], q.routers[i]));
+    for (auto [a, b] : {std::pair{&p.core.dt_bias, &q.core.dt_bias}, {&p.core.D, &q.core.D}})
       CHECK(test::same_bits(*a, *b));
-    for (auto [a, b] : {std::pair{&p.in_proj, &q.in_proj},
-                        {&p.conv_proj, &q.conv_proj},
-                        {&p.gate_proj, &q.gate_proj},
-                        {&p.out_proj, &q.out_proj},
-                        {&p.conv_weight, &q.conv_weight},
-                        {&p.conv_bias, &q.conv_bias},
-                        {&p.x_proj, &q.x_proj},
-                        {&p.dt_proj, &q.dt_proj}})
+    for (auto [a, b] : {std::pair{&p.core.A_log, &q.core.A_log}, {&p.core.A, &q.core.A}})
       CHECK(test::same_bits(*a, *b));
+    for (auto [a, b] : {std::pair{&p.in.weight, &q.in.weight},
+                        {&p.conv.weight, &q.conv.weight},
+                        {&p.gate.weight, &q.gate.weight},
+                        {&p.out.weight, &q.out.weight}})
+      CHECK(test::same_bits(*a, *b));
+    for (auto [a, b] : {std::pair{&p.core.conv_weight, &q.core.conv_weight},
+                        {&p.core.x_proj, &q.core.x_proj},
+                        {&p.core.dt_proj, &q.core.dt_proj}})
+      CHECK(test::same_bits(*a, *b));
+    CHECK(test::same_bits(p.core.conv_bias, q.core.conv_bias));
     const auto x = test::randn(static_cast<std::size_t>(2 * 5 * D), 182);
     CHECK(run_forward(layer, p, x, 2, 5) == run_forward(layer, q, x, 2, 5));
   };
@@ -571,22 +492,29 @@ TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful
   using Layer = Rom2<SharedRouting, RomVariant<CGO>>;
   SECTION("use_bias = true is unsupported") {
     cfg.use_bias = true;
-    REQUIRE_THROWS_AS(Layer(MambaDims::from(cfg), kExperts), unsupported_error);
-    REQUIRE_THROWS_WITH(Layer(MambaDims::from(cfg), kExperts), ContainsSubstring("use_bias"));
+    REQUIRE_THROWS_AS(Layer(cfg.dims(), kExperts), unsupported_error);
+    REQUIRE_THROWS_WITH(Layer(cfg.dims(), kExperts), ContainsSubstring("use_bias"));
   }
   SECTION("K larger than the expert count") {
-    REQUIRE_THROWS_AS(Layer(MambaDims::from(cfg), 1), config_error);
-    REQUIRE_THROWS_WITH(Layer(MambaDims::from(cfg), 1), ContainsSubstring("K = 2"));
+    REQUIRE_THROWS_AS(Layer(cfg.dims(), 1), config_error);
+    REQUIRE_THROWS_WITH(Layer(cfg.dims(), 1), ContainsSubstring("K = 2"));
   }
   SECTION("a type fixing 8 experts with a config saying 4") {
     using Eight = RoutedMamba<TopK<1>, SharedRouting, Experts<8>, float>;
-    REQUIRE_THROWS_WITH(Eight(MambaDims::from(cfg), 4),
+    REQUIRE_THROWS_WITH(Eight(cfg.dims(), 4),
                         ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
-    cfg.rom.num_experts = 4;
-    REQUIRE_THROWS_WITH(Eight::settle(cfg), ContainsSubstring("config rom.num_experts"));
+    // The same contradiction in a config.json section names its path.
+    const io::Json doc = io::parse_json(R"({"model_type": "moss", "moss_variant": "rom", "block_pattern": ["rom"],
+                                            "blocks": [{"num_experts": 4}]})",
+                                        "config.json");
+    const MambaConfig c = MambaConfig::from_json(doc, "config.json");
+    REQUIRE_THROWS_AS(Eight::Config::from_json(c.block_section(0)), config_error);
+    REQUIRE_THROWS_WITH(Eight::Config::from_json(c.block_section(0)),
+                        ContainsSubstring("config.json: blocks[0].num_experts") &&
+                            ContainsSubstring("moss::Experts<8>") && ContainsSubstring("num_experts = 4"));
   }
   SECTION("wrong shapes name the tensor") {
-    const Layer layer(MambaDims::from(cfg), kExperts);
+    const Layer layer(cfg.dims(), kExperts);
     const auto p = rom_params(layer, 191);
     std::vector<float> x(2 * 3 * 20), out(2 * 3 * 16);
     REQUIRE_THROWS_WITH(
@@ -611,46 +539,90 @@ TEST_CASE("RoutedMamba refuses unsupported settings and wrong shapes with useful
     const auto dir = temp_dir("errors");
     MambaConfig wide = cfg;
     wide.expand = 3;
-    const Layer other(MambaDims::from(wide), kExperts);
+    const Layer other(wide.dims(), kExperts);
     SafetensorsWriter w;
     other.save(Host{}, rom_params(other, 192), w, "m.");
     w.write(dir / "wide.safetensors");
-    const Layer layer(MambaDims::from(cfg), kExperts);
+    const Layer layer(cfg.dims(), kExperts);
     const Checkpoint c(dir / "wide.safetensors");
     REQUIRE_THROWS_AS(layer.load(Host{}, c, "m."), io_error);
     REQUIRE_THROWS_WITH(layer.load(Host{}, c, "m."), ContainsSubstring("m.in_proj.weight"));
     // a shared-routing checkpoint does not load as per-projection routing
-    REQUIRE_THROWS_WITH(
-        (Rom2<PerProjectionRouting, RomVariant<CGO>>(MambaDims::from(wide), kExperts).load(Host{}, c, "m.")),
-        ContainsSubstring("m.router_conv.weight"));
+    REQUIRE_THROWS_WITH((Rom2<PerProjectionRouting, RomVariant<CGO>>(wide.dims(), kExperts).load(Host{}, c, "m.")),
+                        ContainsSubstring("m.router_conv.weight"));
     std::filesystem::remove_all(dir);
   }
 }
 
 TEST_CASE("A zero-length input is a no-op for RoutedMamba, as for Mamba and MoeFeedForward",
           "[host][layers][moe][rom]") {
-  // Nothing to route: no error about gates or plans (DESIGN.md: never a misleading failure).
+  // Nothing to route: no error about gates or plans (never a misleading failure).
   const MambaConfig cfg = rom_config();
   const index_t D = cfg.d_model;
   std::vector<float> x(static_cast<std::size_t>(D)), out(static_cast<std::size_t>(D), 7.0f);
   const ConstView<float, 3> empty_x(x.data(), {2, 0, D}, "x");
   const TensorView<float, 3> empty_out(out.data(), {2, 0, D}, "out");
-  const Mamba<float> dense(MambaDims::from(cfg));
+  const Mamba<float> dense(cfg.dims());
   Rng rng(201);
   CHECK_NOTHROW(dense.forward(Host{}, dense.init(Host{}, rng, 1), empty_x, empty_out));
   const MoeFeedForward<TopK<2>, Experts<>, Mlp<Relu>, float> moe(D, 8, kExperts);
   CHECK_NOTHROW(moe.forward(Host{}, moe.init(Host{}, rng, 1), empty_x, empty_out));
   SECTION("shared routing, WeightOut") {
-    const Rom2<SharedRouting, RomVariant<CGO, WeightOut>> layer(MambaDims::from(cfg), kExperts);
+    const Rom2<SharedRouting, RomVariant<CGO, WeightOut>> layer(cfg.dims(), kExperts);
     CHECK_NOTHROW(layer.forward(Host{}, rom_params(layer, 202), empty_x, empty_out));
   }
   SECTION("per-projection routing") {
-    const Rom2<PerProjectionRouting, RomVariant<CGO>> layer(MambaDims::from(cfg), kExperts);
+    const Rom2<PerProjectionRouting, RomVariant<CGO>> layer(cfg.dims(), kExperts);
     CHECK_NOTHROW(layer.forward(Host{}, rom_params(layer, 203), empty_x, empty_out));
   }
   SECTION("shared routing, WeightNone (no gate needed anywhere)") {
-    const Rom2<SharedRouting, RomVariant<CGO, WeightNone>> layer(MambaDims::from(cfg), kExperts);
+    const Rom2<SharedRouting, RomVariant<CGO, WeightNone>> layer(cfg.dims(), kExperts);
     CHECK_NOTHROW(layer.forward(Host{}, rom_params(layer, 204), empty_x, empty_out));
   }
   CHECK(out[0] == 7.0f);  // nothing written
+}
+
+TEST_CASE("RoutedMamba's config section round-trips and refuses another scope, placement or routed set",
+          "[host][layers][moe][rom][config]") {
+  using Layer = Rom2<PerProjectionRouting, RomVariant<GO>>;
+  Layer::Config c;
+  c.routing.num_experts = 5;
+  c.routing.router.renormalize = true;
+  c.routing.settings.capacity_factor = 1.5;
+  io::Json s = io::Json::object();
+  c.to_json(s);
+  CHECK(s.at("router") == "top_k");
+  CHECK(s.at("top_k") == 2);
+  CHECK(s.at("num_experts") == 5);
+  CHECK(s.at("normalize") == true);
+  CHECK(s.at("scope") == "per_projection");
+  CHECK(s.at("weight_placement") == "out");
+  CHECK(s.at("projections") == io::Json::array({"gate", "out"}));
+  const io::Json back = io::parse_json(io::dump_json(s), "config.json");
+  const auto r = Layer::Config::from_json(io::JsonRef(back, "config.json: blocks[0]"));
+  CHECK(r.routing.num_experts == 5);
+  CHECK(r.routing.router.renormalize);
+  CHECK(r.routing.settings.capacity_factor == 1.5);
+  const Layer layer(rom_config().dims(), r);
+  CHECK(layer.num_experts() == 5);
+  CHECK(layer.settings().capacity_factor == 1.5);
+
+  auto refused = [&](const char* key, io::Json value) {
+    io::Json bad = back;
+    bad[key] = std::move(value);
+    return Layer::Config::from_json(io::JsonRef(bad, "config.json: blocks[0]"));
+  };
+  REQUIRE_THROWS_AS(refused("scope", "shared"), config_error);
+  REQUIRE_THROWS_WITH(refused("scope", "shared"),
+                      ContainsSubstring("config.json: blocks[0].scope is \"shared\" but the layer type's is "
+                                        "\"per_projection\""));
+  REQUIRE_THROWS_WITH(refused("weight_placement", "all"),
+                      ContainsSubstring("config.json: blocks[0].weight_placement is \"all\""));
+  REQUIRE_THROWS_WITH(refused("projections", io::Json::array({"conv", "gate", "out"})),
+                      ContainsSubstring("config.json: blocks[0].projections does not match") &&
+                          ContainsSubstring("[\"gate\", \"out\"]"));
+  // The routed set is a set: its order in the section does not matter.
+  CHECK_NOTHROW(refused("projections", io::Json::array({"out", "gate"})));
+  REQUIRE_THROWS_WITH(refused("router", "sinkhorn_top1"),
+                      ContainsSubstring("config.json: blocks[0].router is \"sinkhorn_top1\""));
 }
