@@ -517,6 +517,9 @@ class JsonRef {
   JsonRef(const Json& value, std::string path) : value_(&value), where_(std::move(path)) {}
   /// A view of a temporary would dangle.
   JsonRef(const Json&& value, std::string path) = delete;
+  /// A view of `value` that sits at `where` inside some document ("config.json: blocks[1]"), for
+  /// a value kept apart from its document: members continue the path ("...blocks[1].num_experts").
+  static JsonRef at_path(const Json& value, std::string where) { return JsonRef(value, std::move(where), Child{}); }
 
   /// The value itself.
   const Json& json() const { return *value_; }

@@ -79,7 +79,7 @@ struct MambaConfig {
   io::JsonRef block_section(std::size_t i) const {
     static const io::Json empty = io::Json::object();
     const std::string path = source + ": blocks[" + std::to_string(i) + "]";
-    return i < blocks.size() ? io::JsonRef(blocks[i], path) : io::JsonRef(empty, path);
+    return io::JsonRef::at_path(i < blocks.size() ? blocks[i] : empty, path);
   }
 
   /// Throws `config_error` naming the first key with an impossible value.
