@@ -88,8 +88,10 @@ struct LinearPlan {
   std::size_t workspace_bytes = 0;  // the work area `algo` needs (at most the preference's maximum)
 
   /// Builds the descriptors and asks the heuristic for an algorithm that needs at most
-  /// `max_workspace_bytes` of work area.
-  LinearPlan(cublasLtHandle_t lt, const LinearPlanKey& k, std::size_t max_workspace_bytes) {
+  /// `max_workspace_bytes` of work area. `bias` is a device pointer with the key's bias
+  /// alignment: the heuristic reads its address (not its data) to rule out misaligned kernels;
+  /// every call sets its real bias pointer before it runs.
+  LinearPlan(cublasLtHandle_t lt, const LinearPlanKey& k, const void* bias, std::size_t max_workspace_bytes) {
     MOSS_CUBLAS_CHECK(cublasLtMatmulDescCreate(desc.out(), CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_w = CUBLAS_OP_T, trans_x = CUBLAS_OP_N;
     MOSS_CUBLAS_CHECK(
@@ -97,10 +99,6 @@ struct LinearPlan {
     MOSS_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, &trans_x, sizeof(trans_x)));
     if (k.align_bias != 0) {
-      // The heuristic reads the bias address (not its data) to rule out misaligned kernels: an
-      // address equal to the key's alignment has exactly that alignment. Every call sets the
-      // real pointer before it runs.
-      const void* bias = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(k.align_bias));
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const std::int32_t bias_type = k.out_type;
       MOSS_CUBLAS_CHECK(
@@ -149,13 +147,13 @@ struct LinearPlan {
   }
 };
 
-/// The plan of `key` for this thread, built on first use.
-inline LinearPlan& linear_plan(const Cuda& gpu, const LinearPlanKey& key) {
+/// The plan of `key` for this thread, built on first use (`bias`: see LinearPlan).
+inline LinearPlan& linear_plan(const Cuda& gpu, const LinearPlanKey& key, const void* bias) {
   thread_local std::map<LinearPlanKey, std::unique_ptr<LinearPlan>> plans;
   auto it = plans.find(key);
   if (it != plans.end()) return *it->second;
   if (plans.size() >= kLinearTuning.plan_cache_entries) plans.clear();
-  auto plan = std::make_unique<LinearPlan>(gpu.cublaslt(), key, kLinearTuning.max_workspace_bytes);
+  auto plan = std::make_unique<LinearPlan>(gpu.cublaslt(), key, bias, kLinearTuning.max_workspace_bytes);
   return *plans.emplace(key, std::move(plan)).first->second;
 }
 
@@ -198,6 +196,17 @@ LinearPlanKey linear_plan_key(const LinearArgs<T, Tout>& a, LinearBias bias) {
                    : bias == LinearBias::direct ? cuda::address_alignment(a.bias.data)
                                                 : static_cast<std::uint32_t>(kWorkspaceAlignment);
   return key;
+}
+
+/// The plan of validated arguments `a` (at least one row) whose bias is read as `bias` says.
+/// Before the workspace exists, a copied bias is stood in for by the cuBLAS handle's own work
+/// area: a device allocation with the same 256-byte alignment as the copy will have.
+template <class T, class Tout>
+LinearPlan& linear_plan_for(const Cuda& gpu, const LinearArgs<T, Tout>& a, LinearBias bias) {
+  const void* probe = bias == LinearBias::none     ? nullptr
+                      : bias == LinearBias::direct ? static_cast<const void*>(a.bias.data)
+                                                   : blas_handles().workspace;
+  return linear_plan(gpu, linear_plan_key(a, bias), probe);
 }
 
 /// The pieces of `linear`'s CUDA workspace (moss/core/workspace.hpp), in layout order.
@@ -262,7 +271,7 @@ std::size_t workspace_bytes(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
   if (a.x.shape[0] == 0) return 0;
   const detail::LinearBias bias = detail::linear_bias(a);
   WorkspaceLayout layout;
-  detail::linear_workspace(a, bias, detail::linear_plan(gpu, detail::linear_plan_key(a, bias)), layout);
+  detail::linear_workspace(a, bias, detail::linear_plan_for(gpu, a, bias), layout);
   return layout.bytes();
 }
 
@@ -275,7 +284,7 @@ void linear(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
   const LinearShape s = linear_shape(a);
   if (s.rows == 0) return;
   const detail::LinearBias bias_from = detail::linear_bias(a);
-  detail::LinearPlan& plan = detail::linear_plan(gpu, detail::linear_plan_key(a, bias_from));
+  detail::LinearPlan& plan = detail::linear_plan_for(gpu, a, bias_from);
   if (!plan.has_algo) {
     detail::linear_gemm_ex(gpu, a);
     return;
