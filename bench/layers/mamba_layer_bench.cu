@@ -1,6 +1,8 @@
-// Mamba layer forward on CUDA at the canonical layer shape of PERFORMANCE.md (d_model 2048,
+// Mamba layer forward on CUDA at the canonical layer shape of docs/performance.md (d_model 2048,
 // d_inner 4096, d_state 16, d_conv 4, batch 8 x seqlen 2048, bf16; anchor: mamba_ssm's fused
-// Mamba module, 2.52 ms on the H100), plus the language-model decode step at Mamba-130M's shape.
+// Mamba module, 2.52 ms on the H100), the same layer at batch 1 x 2048 with each scan strategy
+// (SequentialScan, ChunkedScan and the default AutoScan, which picks by shape), plus the
+// language-model decode step at Mamba-130M's shape.
 #include "moss/moss.hpp"
 #include "moss_bench.cuh"
 
@@ -10,14 +12,16 @@ using namespace moss;
 
 constexpr double kLayerAnchorMs = 2.52;
 
-void BM_mamba_layer_forward(benchmark::State& state) {
+/// Times `Mamba<bf16, Scan>::forward` at (batch, L) = (range 0, range 1).
+template <class Scan>
+void mamba_layer_forward(benchmark::State& state) {
   CudaStream stream;
   const Cuda gpu{stream.get()};
   MambaConfig cfg;
   cfg.d_model = 2048;
   cfg.d_state = 16;
   const index_t batch = state.range(0), L = state.range(1), D = cfg.d_model;
-  const Mamba<bf16> layer(MambaDims::from(cfg));
+  const Mamba<bf16, Scan> layer(cfg.dims());
   Rng rng(1);
   const auto p = layer.init(gpu, rng, 48);
   const Buffer<bf16> x = bench::device_randn<bf16>(gpu, batch * L * D, 2);
@@ -31,7 +35,27 @@ void BM_mamba_layer_forward(benchmark::State& state) {
   state.counters["tokens_per_second"] = benchmark::Counter(tokens * state.iterations(), benchmark::Counter::kIsRate);
   state.counters["anchor_ms"] = kLayerAnchorMs;
 }
+
+void BM_mamba_layer_forward(benchmark::State& state) { mamba_layer_forward<AutoScan>(state); }
 BENCHMARK(BM_mamba_layer_forward)->Args({8, 2048})->Args({1, 2048})->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// Batch 1 x 2048, where the sequential recurrence leaves most SMs idle: each strategy named.
+template <class Scan>
+void BM_mamba_layer_forward_scan(benchmark::State& state) {
+  mamba_layer_forward<Scan>(state);
+}
+BENCHMARK_TEMPLATE(BM_mamba_layer_forward_scan, SequentialScan)
+    ->Args({1, 2048})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_mamba_layer_forward_scan, ChunkedScan)
+    ->Args({1, 2048})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_mamba_layer_forward_scan, AutoScan)
+    ->Args({1, 2048})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 // Whole-model decode step (batch 1 / 16), Mamba-130M shape, bf16; anchor 2.03 ms/token (mamba_ssm
 // with CUDA graphs), floor 0.09 ms (0.26 GB of weights at 3 TB/s).
@@ -46,7 +70,8 @@ void BM_lm_decode_step(benchmark::State& state) {
   std::vector<std::int64_t> ids(batch, 7);
   Buffer<float> logits = gpu.alloc<float>(batch * V);
   bench::time_cuda(state, gpu.stream, [&] {
-    model.step(gpu, p, ConstView<std::int64_t, 1>(ids.data(), {batch}, "ids"), logits.view<2>({batch, V}, "logits"), cache);
+    model.step(gpu, p, ConstView<std::int64_t, 1>(ids.data(), {batch}, "ids"), logits.view<2>({batch, V}, "logits"),
+               cache);
   });
   state.counters["anchor_ms"] = 2.03;
 }

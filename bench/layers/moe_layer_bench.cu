@@ -1,4 +1,4 @@
-// CUDA benchmarks of the sparse layers at PERFORMANCE.md's layer shape (d_model 2048, d_inner
+// CUDA benchmarks of the sparse layers at docs/performance.md's layer shape (d_model 2048, d_inner
 // 4096, d_state 16, batch 8 × seqlen 2048, bf16), 8 experts, top-1:
 //   RoM layer vs the dense Mamba layer at equal active parameters (the dense layer is timed in
 //   the same benchmark): counters dense_ms and ratio_to_dense (RoM time / dense time; goal
@@ -17,13 +17,12 @@ namespace {
 using namespace moss;
 
 constexpr index_t kBatch = 8, kLen = 2048, kModel = 2048, kExperts = 8;
+constexpr index_t kFf = 3 * kModel;  // MoE-Mamba's expert width
 
 MambaConfig layer_config() {
   MambaConfig c;
   c.d_model = kModel;
   c.d_state = 16;
-  c.rom.num_experts = kExperts;
-  c.moe.num_experts = kExperts;
   return c;
 }
 
@@ -37,13 +36,13 @@ void BM_rom_layer_forward(benchmark::State& state) {
   const ConstView<bf16, 3> xv(x.data(), {kBatch, kLen, kModel}, "x");
   const TensorView<bf16, 3> yv = y.view<3>({kBatch, kLen, kModel}, "y");
 
-  const Mamba<bf16> dense(MambaDims::from(c));
+  const Mamba<bf16> dense(c.dims());
   Rng rng(1);
   const auto dp = dense.init(gpu, rng, 48);
   const double dense_ms = bench::median_ms(gpu.stream, 20, [&] { dense.forward(gpu, dp, xv, yv); });
 
   using Rom = RoutedMamba<TopK<1>, SharedRouting, Experts<kExperts>, bf16>;
-  const Rom rom(MambaDims::from(c), kExperts);
+  const Rom rom(c.dims(), kExperts);
   const auto rp = rom.init(gpu, rng, 48);
   bench::time_cuda(state, gpu.stream, [&] { rom.forward(gpu, rp, xv, yv); });
   using benchmark::Counter;
@@ -58,8 +57,7 @@ BENCHMARK(BM_rom_layer_forward)->UseManualTime()->Unit(benchmark::kMillisecond);
 void BM_moe_feed_forward(benchmark::State& state) {
   CudaStream stream;
   const Cuda gpu{stream.get()};
-  const MambaConfig c = layer_config();
-  const index_t tokens = kBatch * kLen, F = c.moe.resolved_d_ff(kModel);
+  const index_t tokens = kBatch * kLen, F = kFf;
   const Buffer<bf16> x = bench::device_randn<bf16>(gpu, tokens * kModel, 2);
   Buffer<bf16> y = gpu.alloc<bf16>(tokens * kModel);
   const ConstView<bf16, 3> xv(x.data(), {kBatch, kLen, kModel}, "x");

@@ -1,4 +1,5 @@
-// CUDA tests of the named sparse model variants (MoeMambaLM, BlackMambaLM, RomLM, RomMoeLM): the
+// CUDA tests of the named sparse model variants (MoeMambaLM, BlackMambaLM, RomLM, RomMoeLM) and of
+// a pattern with two MoE blocks that use different routers (Top1Switch, TopK<2>): the
 // same seed gives the same weights on both backends, and the GPU model gives the host model's
 // logits within the end-to-end tolerance (f32 ≤ 1e-4, bf16 ≤ 3e-2) for a full forward, a
 // prefill into a cache and decode steps after it, with the routing reports agreeing (counts,
@@ -37,17 +38,19 @@ Buffer<float> poisoned_logits(const Backend& backend, index_t n) {
 /// Gives every router of the model zero weights (see the file comment).
 template <class Backend, class Params>
 void zero_routers(const Backend& backend, Params& p) {
-  auto zero = [&](Buffer<float>& w) {
-    if (!w.data()) return;
-    const std::vector<float> z(static_cast<std::size_t>(w.size()), 0.0f);
-    w = upload(backend, z.data(), static_cast<index_t>(z.size()));
+  auto zero = [&](Tensor<float, 2>& w) {
+    if (!w.present()) return;
+    const std::vector<float> z(static_cast<std::size_t>(w.numel()), 0.0f);
+    w = Tensor<float, 2>(upload(backend, z.data(), w.numel()), w.shape(), w.name());
   };
   std::apply(
       [&](auto&... per_position) {
         (
             [&] {
               for (auto& block : per_position) {
-                if constexpr (requires { block.mixer.router; }) zero(block.mixer.router);
+                if constexpr (requires { block.mixer.router; }) zero(block.mixer.router);  // MoE
+                if constexpr (requires { block.mixer.routers; })                           // RoM
+                  for (auto& r : block.mixer.routers) zero(r);
               }
             }(),
             ...);
@@ -93,22 +96,40 @@ ModelRun run_model(const Backend& backend, const Model& model, const typename Mo
 
 /// A small config every variant accepts: the router, expert and pattern keys are left for the
 /// model types to fill in.
-MambaConfig small_config(index_t n_layers, double capacity_factor) {
+MambaConfig small_config(index_t n_layers) {
   MambaConfig c;
   c.d_model = 64;
   c.n_layers = n_layers;
   c.vocab_size = 512;
   c.d_state = 16;
-  c.moe.num_experts = 8;
-  c.moe.settings.capacity_factor = capacity_factor;
-  c.rom.num_experts = 4;
-  c.rom.settings.capacity_factor = capacity_factor;
   return c;
 }
 
+/// The block configs of `Model`: MoE blocks 8 experts, RoM blocks 4, every routed block with
+/// `capacity_factor`.
 template <class Model>
-void compare_model(const Cuda& gpu, const MambaConfig& cfg, double tol, std::uint64_t seed, bool zero) {
-  const Model model(cfg);
+typename Model::BlockConfigs small_blocks(double capacity_factor) {
+  auto blocks = Model::default_block_configs();
+  std::apply(
+      [&](auto&... b) {
+        (
+            [&] {
+              if constexpr (requires { b.routing.num_experts; }) {
+                b.routing.num_experts = requires { b.d_ff; }
+                ? 8 : 4;
+                b.routing.settings.capacity_factor = capacity_factor;
+              }
+            }(),
+            ...);
+      },
+      blocks);
+  return blocks;
+}
+
+template <class Model>
+void compare_model(const Cuda& gpu, const MambaConfig& cfg, double capacity_factor, double tol, std::uint64_t seed,
+                   bool zero) {
+  const Model model(cfg, small_blocks<Model>(capacity_factor));
   auto hp = model.init(Host{}, seed);
   auto gp = model.init(gpu, seed);  // the same seed gives the same weights on both backends
   if (zero) {
@@ -125,7 +146,7 @@ void compare_model(const Cuda& gpu, const MambaConfig& cfg, double tol, std::uin
 
   const ModelRun want = run_model(Host{}, model, hp, ids, step_ids, batch, L);
   const ModelRun got = run_model(gpu, model, gp, ids, step_ids, batch, L);
-  CAPTURE(Model::variant, cfg.n_layers, zero);
+  CAPTURE(model.config().moss_variant, cfg.n_layers, zero);
   CHECK(test::rel_l2(got.full, want.full) <= tol);
   CHECK(test::rel_l2(got.prefill, want.prefill) <= tol);
   REQUIRE(got.steps.size() == want.steps.size());
@@ -148,12 +169,19 @@ void compare_model(const Cuda& gpu, const MambaConfig& cfg, double tol, std::uin
     for (const auto& s : want.full_report) CHECK(s.counts[0] == batch * L);
 }
 
+/// A pattern with two MoE blocks that use different routers and expert kinds.
+template <StorageType T>
+using TwoMoeLM =
+    LanguageModel<Pattern<MambaBlock<T>, Residual<RmsNorm, MoeFeedForward<Top1Switch, Experts<>, Mlp<Relu>, T>>,
+                          Residual<RmsNorm, MoeFeedForward<TopK<2>, Experts<>, GatedMlp<Silu>, T>>>>;
+
 template <StorageType T>
 void compare_every_variant(const Cuda& gpu, double tol, bool zero) {
-  compare_model<MoeMambaLM<T>>(gpu, small_config(4, 1.0), tol, 31, zero);  // MoE-Mamba's capacity factor 1
-  compare_model<BlackMambaLM<T>>(gpu, small_config(4, 0.0), tol, 32, zero);
-  compare_model<RomLM<T>>(gpu, small_config(3, 1.0), tol, 33, zero);
-  compare_model<RomMoeLM<T>>(gpu, small_config(4, 0.0), tol, 34, zero);
+  compare_model<MoeMambaLM<T>>(gpu, small_config(4), 1.0, tol, 31, zero);  // MoE-Mamba's capacity factor 1
+  compare_model<BlackMambaLM<T>>(gpu, small_config(4), 0.0, tol, 32, zero);
+  compare_model<RomLM<T>>(gpu, small_config(3), 1.0, tol, 33, zero);
+  compare_model<RomMoeLM<T>>(gpu, small_config(4), 0.0, tol, 34, zero);
+  compare_model<TwoMoeLM<T>>(gpu, small_config(6), 1.0, tol, 35, zero);
 }
 
 }  // namespace
