@@ -1,5 +1,5 @@
 // tests/models/hf_parity.hpp: Hugging Face parity checks shared by the host and CUDA tests.
-// The fixture (tests/data/hf_mamba_tiny, copied from ../shared/fixtures) was produced by
+// The fixture (tests/data/hf_mamba_tiny, described in tests/data/README.md) was produced by
 // transformers' MambaForCausalLM; a missing file fails the test.
 #pragma once
 
