@@ -26,7 +26,7 @@
 //     settings in its block's section of config.json, so they round-trip with a saved model.
 //
 // `moss::Router<R>` checks the shape of such a struct; examples/04_custom_router.cpp writes one,
-// tests/layers/custom_router_test.cpp an auxiliary-loss-free bias-balancing router with a saved
+// tests/layers/custom_components.hpp an auxiliary-loss-free bias-balancing router with a saved
 // setting. Capacity and the loss coefficients are the layer's (`RouterSettings`), the same for
 // every router.
 #pragma once
