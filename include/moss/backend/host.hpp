@@ -84,14 +84,14 @@ void fill_zero(const Host&, Buffer<T>& b) {
 template <class T>
 Buffer<T> upload(const Host& host, const T* src, index_t n) {
   Buffer<T> b = host.alloc<T>(n);
-  if (n) std::memcpy(b.data(), src, static_cast<std::size_t>(n) * sizeof(T));
+  if (n > 0) std::memcpy(b.data(), src, static_cast<std::size_t>(n) * sizeof(T));
   return b;
 }
 
 /// Copies `n` elements of backend memory at `src` into host memory at `dst`.
 template <class T>
 void download(const Host&, T* dst, const T* src, index_t n) {
-  if (n) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
+  if (n > 0) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
 }
 
 /// The host form of the stream-ordered copy (moss/backend/cuda.cuh): `download`, done on return.

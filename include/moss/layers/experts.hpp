@@ -279,9 +279,10 @@ concept ExpertKind =
     StorageType<T> && requires { typename E::template Params<T>; } &&
     requires(const Host& h, Rng& rng, const ExpertShape& s, const std::string& name,
              const typename E::template Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x, TensorView<T, 2> out,
-             SafetensorsWriter& w) {
+             SafetensorsWriter& w, const WeightMap& src) {
       { E::name } -> std::convertible_to<std::string_view>;
       { E::template init<T>(h, rng, s, name) } -> std::same_as<typename E::template Params<T>>;
+      { E::template load<T>(h, src, name, name, s) } -> std::same_as<typename E::template Params<T>>;
       E::save(h, p, s, w, name);
       E::apply(h, p, d, x, out, ColumnWeighting{});
     };
