@@ -18,7 +18,7 @@
 
 namespace moss::bench {
 
-/// Measured ceilings of the H100 of PERFORMANCE.md; each run also measures its own
+/// Measured ceilings of the H100 of docs/performance.md; each run also measures its own
 /// (copy_bench, gemm ceiling) and the results table quotes both.
 inline constexpr double kCopyBytesPerSecond = 3.02e12;  // device-to-device, read + written
 inline constexpr double kBf16GemmFlops = 736e12;        // cublasGemmEx 16384 x 2048 x 8192

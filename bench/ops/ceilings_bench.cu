@@ -1,5 +1,5 @@
 // bench/ops/ceilings_bench.cu: the two ceilings every results table quotes, measured on the
-// machine of the run (PERFORMANCE.md lists the H100 reference values):
+// machine of the run (docs/performance.md lists the H100 reference values):
 //   copy: a 1 GiB device-to-device cudaMemcpyAsync; bytes_per_second counts bytes read plus
 //         written (2 GiB per copy). Reference: 3.02 TB/s.
 //   gemm: cublasGemmEx bf16 in/out, float32 accumulation, 16384 × 2048 × 8192 (tokens × in →

@@ -43,7 +43,7 @@ inline std::string quoted_list(const std::vector<std::string>& v) {
 
 }  // namespace detail
 
-/// Sizes and flags of a Mamba-1 language model (REFERENCE.md §1). Defaults are Mamba-130M's.
+/// Sizes and flags of a Mamba-1 language model (docs/math.md §1). Defaults are Mamba-130M's.
 struct MambaConfig {
   index_t d_model = 768;                   ///< hidden_size (D)
   index_t n_layers = 24;                   ///< num_hidden_layers
