@@ -39,6 +39,7 @@
 #include "moss/backend/host.hpp"
 #include "moss/core/config.hpp"
 #include "moss/core/error.hpp"
+#include "moss/core/math.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/ops/sinkhorn.hpp"
@@ -72,14 +73,7 @@ MOSS_HD void select_top_k(const float* scores, int num_experts, int* experts) {
 
 namespace detail::route {
 
-/// e^x in float32 (the device's accurate expf; a few ulp from the host's).
-MOSS_HD float exp_f32(float x) {
-#if MOSS_DEVICE_PASS
-  return ::expf(x);
-#else
-  return std::exp(x);
-#endif
-}
+using moss::exp_f32;
 
 /// The largest logit, ignoring NaN (−inf when all are NaN).
 MOSS_HD float max_logit(const float* logits, int num_experts) {
@@ -102,7 +96,7 @@ MOSS_HD float softmax_at(const float* logits, int num_experts, int e) {
 }
 
 /// logistic sigmoid 1 / (1 + e^-x).
-MOSS_HD float sigmoid(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+MOSS_HD float sigmoid(float x) { return sigmoid_f32(x); }
 
 }  // namespace detail::route
 

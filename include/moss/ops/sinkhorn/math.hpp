@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "moss/core/config.hpp"
+#include "moss/core/math.hpp"
 #include "moss/core/tensor.hpp"
 
 namespace moss::detail::sinkhorn {
@@ -13,14 +14,7 @@ namespace moss::detail::sinkhorn {
 /// ε of the scaling updates: keeps 1 / sum finite for an all-zero column or row.
 inline constexpr float kEps = 1e-8f;
 
-/// e^x in float32 (the device's accurate expf; a few ulp from the host's).
-MOSS_HD float exp_f32(float x) {
-#if MOSS_DEVICE_PASS
-  return ::expf(x);
-#else
-  return std::exp(x);
-#endif
-}
+using moss::exp_f32;
 
 /// c[i] = exp(logits[i] − max_j logits[j]) for one token (X entries). The max ignores NaN, so a
 /// NaN logit gives a NaN cost; an all-NaN or all-(−inf) row gives NaN everywhere. The shift is
