@@ -43,3 +43,9 @@ void validate(const ActivationArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/activation/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/activation/cuda.cuh"
+#endif

@@ -203,3 +203,9 @@ inline void expect_causal_conv1d_cuda_width(index_t width, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/causal_conv1d/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/causal_conv1d/cuda.cuh"
+#endif

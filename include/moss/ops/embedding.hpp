@@ -67,3 +67,9 @@ namespace detail {
 }  // namespace moss
 
 #include "moss/ops/embedding/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/embedding/cuda.cuh"
+#endif

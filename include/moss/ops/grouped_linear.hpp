@@ -110,3 +110,9 @@ const std::vector<std::int32_t>& read_offsets(const Backend& backend, PermutePla
 }  // namespace moss
 
 #include "moss/ops/grouped_linear/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/grouped_linear/cuda.cuh"
+#endif

@@ -69,3 +69,9 @@ std::size_t workspace_bytes(const Host&, const LinearArgs<T, Tout>&) {
 }  // namespace moss
 
 #include "moss/ops/linear/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/linear/cuda.cuh"
+#endif

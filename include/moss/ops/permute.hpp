@@ -195,3 +195,9 @@ PermutePlan make_permute_plan(const Backend& backend, ConstView<std::int32_t, 2>
 }  // namespace moss
 
 #include "moss/ops/permute/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/permute/cuda.cuh"
+#endif

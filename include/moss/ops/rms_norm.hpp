@@ -63,3 +63,9 @@ void validate(const RmsNormArgs<Tdelta, Tout>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/rms_norm/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/rms_norm/cuda.cuh"
+#endif

@@ -183,3 +183,9 @@ inline void validate(const RouterStatsArgs& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/router/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/router/cuda.cuh"
+#endif

@@ -78,3 +78,9 @@ inline std::size_t workspace_bytes(const Host&, const SinkhornArgs& a) {
 }  // namespace moss
 
 #include "moss/ops/sinkhorn/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// (or a layer built on it) runs on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/sinkhorn/cuda.cuh"
+#endif
