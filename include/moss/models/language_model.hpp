@@ -284,8 +284,17 @@ class LanguageModel {
     return std::tuple<Block<I>...>(Block<I>(c.norm(), c.dims(), std::get<I>(b))...);
   }
   /// Each position's typed config, read from its section of `c` (defaults where it has none).
+  /// A config's block_pattern, when it names one, must be the model type's (checked before any
+  /// section is read, so a section is never read by the wrong block type).
+  static void expect_pattern(const MambaConfig& c) {
+    const std::vector<std::string> pattern = pattern_names();
+    MOSS_EXPECTS(c.block_pattern.empty() || c.block_pattern == pattern, config_error, c.source,
+                 ": block_pattern is ", detail::quoted_list(c.block_pattern), " but the model type's pattern is ",
+                 detail::quoted_list(pattern));
+  }
   template <std::size_t... I>
   static BlockConfigs configs_from(const MambaConfig& c, std::index_sequence<I...>) {
+    expect_pattern(c);
     MOSS_EXPECTS(c.blocks.empty() || c.blocks.size() == sizeof...(I), config_error, c.source, ": blocks has ",
                  c.blocks.size(), " sections but the model type's pattern has ", sizeof...(I), " blocks ",
                  detail::quoted_list(pattern_names()));
@@ -308,10 +317,8 @@ class LanguageModel {
   static MambaConfig settle(MambaConfig c) {
     c.validate("LanguageModel");
     const std::vector<std::string> pattern = pattern_names();
+    expect_pattern(c);
     if (c.block_pattern.empty()) c.block_pattern = pattern;
-    MOSS_EXPECTS(c.block_pattern == pattern, config_error, "LanguageModel: the config's block_pattern is ",
-                 detail::quoted_list(c.block_pattern), " but the model type's pattern is ",
-                 detail::quoted_list(pattern));
     MOSS_EXPECTS(c.n_layers % static_cast<index_t>(kPattern) == 0, config_error, "LanguageModel: num_hidden_layers is ",
                  c.n_layers, ", which is not a multiple of the block pattern's length ", kPattern, " (",
                  detail::quoted_list(pattern), ")");
