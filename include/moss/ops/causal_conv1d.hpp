@@ -24,36 +24,9 @@
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/ops/causal_conv1d/args.hpp"
 
 namespace moss {
-
-/// Arguments of `causal_conv1d`. Optional inputs are views with a null `data`.
-/// @tparam T storage type of x, weight, bias, states and out (float, f16 or bf16).
-template <class T>
-struct CausalConv1dArgs {
-  ConstView<T, 3> x;       // (batch, dim, L), any strides
-  ConstView<T, 2> weight;  // (dim, W)
-  ConstView<T, 1> bias;    // (dim), optional
-  bool silu = false;
-  ConstView<T, 3> initial_state;  // (batch, dim, W-1), optional
-  TensorView<T, 3> out;           // (batch, dim, L), any strides
-  TensorView<T, 3> final_state;   // (batch, dim, W-1), optional output
-};
-
-/// Arguments of `causal_conv1d_step`: one token per sequence; the state shifts left by one
-/// column and takes x as its newest column.
-template <class T>
-struct CausalConv1dStepArgs {
-  TensorView<T, 3> state;  // (batch, dim, W-1), read and written
-  ConstView<T, 2> x;       // (batch, dim)
-  ConstView<T, 2> weight;  // (dim, W)
-  ConstView<T, 1> bias;    // (dim), optional
-  bool silu = false;
-  TensorView<T, 2> out;  // (batch, dim)
-};
-
-/// The filter widths W the CUDA kernels are compiled for (the host backend takes any W ≥ 1).
-inline constexpr std::array<int, 3> kCausalConv1dCudaWidths{2, 3, 4};
 
 namespace detail {
 

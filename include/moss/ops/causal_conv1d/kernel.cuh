@@ -19,7 +19,7 @@
 
 #include "moss/core/dtype.hpp"
 #include "moss/cuda/vector.cuh"
-#include "moss/ops/causal_conv1d.hpp"
+#include "moss/ops/causal_conv1d/args.hpp"
 #include "moss/ops/causal_conv1d/math.hpp"
 #include "moss/ops/causal_conv1d/tuning.cuh"
 

@@ -11,7 +11,7 @@
 
 #include "moss/core/tensor.hpp"
 #include "moss/cuda/vector.cuh"
-#include "moss/ops/causal_conv1d.hpp"
+#include "moss/ops/causal_conv1d/args.hpp"
 
 namespace moss::detail {
 
