@@ -429,15 +429,15 @@ TEST_CASE("A scope of one's own: checkpoint names, config section, decode and sa
     CHECK(s.at("scope") == "in_out");
     CHECK(s.at("weight_placement") == "conv");
     CHECK(s.at("projections") == io::Json::array({"conv", "gate", "out"}));
-    const auto r = Layer::Config::from_json(io::JsonRef(s, "config.json: blocks[0]"));
+    const auto r = Layer::Config::from_json(io::JsonRef::at_path(s, "config.json: blocks[0]"));
     CHECK(r.routing.num_experts == X);
     s["scope"] = "shared";
-    REQUIRE_THROWS_WITH(Layer::Config::from_json(io::JsonRef(s, "config.json: blocks[0]")),
+    REQUIRE_THROWS_WITH(Layer::Config::from_json(io::JsonRef::at_path(s, "config.json: blocks[0]")),
                         ContainsSubstring("config.json: blocks[0].scope is \"shared\" but the layer type's is "
                                           "\"in_out\""));
     s["scope"] = "in_out";
     s["weight_placement"] = "out";
-    REQUIRE_THROWS_WITH(Layer::Config::from_json(io::JsonRef(s, "config.json: blocks[0]")),
+    REQUIRE_THROWS_WITH(Layer::Config::from_json(io::JsonRef::at_path(s, "config.json: blocks[0]")),
                         ContainsSubstring("config.json: blocks[0].weight_placement is \"out\""));
   }
   SECTION("prefill followed by decode steps equals one full forward") {

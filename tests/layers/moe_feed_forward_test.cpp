@@ -657,7 +657,7 @@ TEST_CASE("MoeFeedForward and FeedForward config sections round-trip and refuse 
   CHECK(j.at("d_ff") == 40);
   // Through text, as config.json stores it.
   const io::Json back = io::parse_json(io::dump_json(j), "config.json");
-  const Moe::Config r = Moe::Config::from_json(io::JsonRef(back, "config.json: blocks[1]"));
+  const Moe::Config r = Moe::Config::from_json(io::JsonRef::at_path(back, "config.json: blocks[1]"));
   CHECK(r.routing.num_experts == 6);
   CHECK(r.routing.router.renormalize);
   CHECK(r.routing.settings.capacity_factor == 1.25);
@@ -674,7 +674,7 @@ TEST_CASE("MoeFeedForward and FeedForward config sections round-trip and refuse 
 
   auto refused = [](const char* text) {
     const io::Json doc = io::parse_json(text, "config.json");
-    return Moe::Config::from_json(io::JsonRef(doc, "config.json: blocks[1]"));
+    return Moe::Config::from_json(io::JsonRef::at_path(doc, "config.json: blocks[1]"));
   };
   REQUIRE_THROWS_AS(refused(R"({"router": "top1_switch"})"), config_error);
   REQUIRE_THROWS_WITH(refused(R"({"router": "top1_switch"})"),
@@ -707,12 +707,12 @@ TEST_CASE("MoeFeedForward and FeedForward config sections round-trip and refuse 
     CHECK(s.at("expert") == "mlp");
     CHECK(s.at("activation") == "gelu");
     CHECK(s.at("d_ff") == 24);
-    CHECK(Ffn::Config::from_json(io::JsonRef(s, "config.json: blocks[1]")).d_ff == 24);
+    CHECK(Ffn::Config::from_json(io::JsonRef::at_path(s, "config.json: blocks[1]")).d_ff == 24);
     const io::Json gated = io::parse_json(R"({"expert": "gated_mlp"})", "config.json");
-    REQUIRE_THROWS_WITH(Ffn::Config::from_json(io::JsonRef(gated, "config.json: blocks[1]")),
+    REQUIRE_THROWS_WITH(Ffn::Config::from_json(io::JsonRef::at_path(gated, "config.json: blocks[1]")),
                         ContainsSubstring("config.json: blocks[1].expert is \"gated_mlp\""));
     const io::Json none = io::Json::object();
-    CHECK(Ffn::Config::from_json(io::JsonRef(none, "config.json: blocks[1]")).d_ff == 0);  // 0: 3 · d_model
+    CHECK(Ffn::Config::from_json(io::JsonRef::at_path(none, "config.json: blocks[1]")).d_ff == 0);  // 0: 3 · d_model
     CHECK(Ffn(dims, Ffn::Config{}).d_ff() == 48);
   }
 }

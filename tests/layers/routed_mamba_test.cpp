@@ -599,7 +599,7 @@ TEST_CASE("RoutedMamba's config section round-trips and refuses another scope, p
   CHECK(s.at("weight_placement") == "out");
   CHECK(s.at("projections") == io::Json::array({"gate", "out"}));
   const io::Json back = io::parse_json(io::dump_json(s), "config.json");
-  const auto r = Layer::Config::from_json(io::JsonRef(back, "config.json: blocks[0]"));
+  const auto r = Layer::Config::from_json(io::JsonRef::at_path(back, "config.json: blocks[0]"));
   CHECK(r.routing.num_experts == 5);
   CHECK(r.routing.router.renormalize);
   CHECK(r.routing.settings.capacity_factor == 1.5);
@@ -610,7 +610,7 @@ TEST_CASE("RoutedMamba's config section round-trips and refuses another scope, p
   auto refused = [&](const char* key, io::Json value) {
     io::Json bad = back;
     bad[key] = std::move(value);
-    return Layer::Config::from_json(io::JsonRef(bad, "config.json: blocks[0]"));
+    return Layer::Config::from_json(io::JsonRef::at_path(bad, "config.json: blocks[0]"));
   };
   REQUIRE_THROWS_AS(refused("scope", "shared"), config_error);
   REQUIRE_THROWS_WITH(refused("scope", "shared"),
