@@ -95,6 +95,8 @@ function(moss_add_header_check)
     endforeach()
     add_library(${arg_CUDA_TARGET} OBJECT ${_cuda_sources})
     target_link_libraries(${arg_CUDA_TARGET} PRIVATE moss::cuda moss_dev_flags)
+    # Nothing is instantiated, so no machine code is needed: PTX only keeps the check cheap.
+    set_target_properties(${arg_CUDA_TARGET} PROPERTIES CUDA_ARCHITECTURES 90-virtual)
     list(APPEND _checked ${_cuh})
     string(APPEND _objects "$<SEMICOLON>$<TARGET_OBJECTS:${arg_CUDA_TARGET}>")
   endif()

@@ -11,6 +11,7 @@ option(MOSS_REQUIRE_CUDA "Fail the configure step when no CUDA compiler is found
 option(MOSS_BUILD_TESTS "Build the Catch2 tests" ${_moss_top})
 option(MOSS_BUILD_BENCH "Build the Google Benchmark targets" ${_moss_top})
 option(MOSS_BUILD_EXAMPLES "Build the examples and moss-run" ${_moss_top})
+option(MOSS_CUDA_EXAMPLES "Compile the examples, moss-run and moss-demo as CUDA when the CUDA backend is on (they then run on the GPU); OFF builds them for the CPU only" ON)
 option(MOSS_SYNC_LAUNCHES "Synchronise after every kernel launch (names the failing kernel)" OFF)
 option(MOSS_WARNINGS_AS_ERRORS "Treat compiler warnings as errors in moss's own targets" OFF)
 option(MOSS_USE_CCACHE "Compile moss's own targets through ccache when it is installed" ${_moss_top})
