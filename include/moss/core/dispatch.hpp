@@ -23,12 +23,17 @@ struct type_tag {
 template <class F>
 decltype(auto) dispatch_dtype(DType d, F&& f) {
   switch (d) {
-    case DType::f32: return std::forward<F>(f)(type_tag<float>{});
-    case DType::f16: return std::forward<F>(f)(type_tag<f16>{});
-    case DType::bf16: return std::forward<F>(f)(type_tag<bf16>{});
-    default: break;
+    case DType::f32:
+      return std::forward<F>(f)(type_tag<float>{});
+    case DType::f16:
+      return std::forward<F>(f)(type_tag<f16>{});
+    case DType::bf16:
+      return std::forward<F>(f)(type_tag<bf16>{});
+    default:
+      break;
   }
-  raise<unsupported_error>("dispatch_dtype: dtype ", dtype_name(d), " is not a storage dtype; supported: f32, f16, bf16");
+  raise<unsupported_error>("dispatch_dtype: dtype ", dtype_name(d),
+                           " is not a storage dtype; supported: f32, f16, bf16");
 }
 
 /// Calls `f(std::bool_constant<b>{})`.

@@ -99,8 +99,8 @@ class Dispatch {
                  " expert(s)");
     if (is_dense()) {
       const ConstView<T, 2> w(weight.data, {weight.shape[1], weight.shape[2]}, weight.name);
-      const ConstView<T, 1> b = present(bias) ? ConstView<T, 1>(bias.data, {bias.shape[1]}, bias.name)
-                                              : ConstView<T, 1>{};
+      const ConstView<T, 1> b =
+          present(bias) ? ConstView<T, 1>(bias.data, {bias.shape[1]}, bias.name) : ConstView<T, 1>{};
       moss::linear(backend, LinearArgs<T>{rows, w, b, y});
       return;
     }

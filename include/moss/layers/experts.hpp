@@ -40,9 +40,9 @@
 
 #include "moss/backend/host.hpp"
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/layers/dispatch.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/ops/activation.hpp"
 #include "moss/policy/activation.hpp"
 
@@ -79,8 +79,8 @@ inline std::vector<index_t> stored_shape(const ExpertShape& s, index_t rows, ind
 /// (rows, cols) each; a dense one reads (rows, cols). A missing tensor names the canonical name.
 template <class T, class Backend, WeightSource Source>
 Tensor<T, 3> load_expert_weight(const Backend& backend, const Source& src, const std::string& prefix,
-                                const std::string& base, const std::string& leaf, const ExpertShape& s,
-                                index_t rows, index_t cols) {
+                                const std::string& base, const std::string& leaf, const ExpertShape& s, index_t rows,
+                                index_t cols) {
   const std::string name = base + leaf, full = prefix + name;
   const Extents<3> shape{s.experts, rows, cols};
   auto per_expert = [&](index_t i) { return prefix + base + "expert_" + std::to_string(i) + "." + leaf; };
@@ -97,8 +97,8 @@ Tensor<T, 3> load_expert_weight(const Backend& backend, const Source& src, const
 
 /// Writes a stacked weight under `prefix + t.name()` in the stack's stored shape.
 template <class Backend, class T>
-void save_expert_weight(const Backend& backend, SafetensorsWriter& w, const std::string& prefix,
-                        const Tensor<T, 3>& t, const ExpertShape& s) {
+void save_expert_weight(const Backend& backend, SafetensorsWriter& w, const std::string& prefix, const Tensor<T, 3>& t,
+                        const ExpertShape& s) {
   save_param(backend, w, prefix + t.name(), t.buffer(), stored_shape(s, t.size(1), t.size(2)));
 }
 
@@ -137,8 +137,8 @@ struct LinearExpert {
     if (s.bias) {
       const std::vector<index_t> stored =
           s.stacked ? std::vector<index_t>{s.experts, s.out} : std::vector<index_t>{s.out};
-      p.bias = Tensor<T, 2>(load_param<T>(backend, src, prefix + base + "bias", stored), {s.experts, s.out},
-                            base + "bias");
+      p.bias =
+          Tensor<T, 2>(load_param<T>(backend, src, prefix + base + "bias", stored), {s.experts, s.out}, base + "bias");
     }
     return p;
   }
@@ -179,8 +179,8 @@ struct Mlp {
   static Params<T> init(const Backend& backend, Rng& rng, const ExpertShape& s, const std::string& base) {
     Params<T> p;
     p.wi = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.hidden, s.in}, 0.02, base + "wi.weight");
-    p.wo = normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.out, s.hidden}, 0.02 * s.out_scale,
-                            base + "wo.weight");
+    p.wo =
+        normal_tensor<T>(backend, rng, Extents<3>{s.experts, s.out, s.hidden}, 0.02 * s.out_scale, base + "wo.weight");
     return p;
   }
   template <StorageType T, class Backend, WeightSource Source>
@@ -275,17 +275,17 @@ struct GatedMlp {
 
 /// What every expert-kind struct provides (see the top of this file), checked for storage type T.
 template <class E, class T>
-concept ExpertKind =
-    StorageType<T> && requires { typename E::template Params<T>; } &&
-    requires(const Host& h, Rng& rng, const ExpertShape& s, const std::string& name,
-             const typename E::template Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x, TensorView<T, 2> out,
-             SafetensorsWriter& w, const WeightMap& src) {
-      { E::name } -> std::convertible_to<std::string_view>;
-      { E::template init<T>(h, rng, s, name) } -> std::same_as<typename E::template Params<T>>;
-      { E::template load<T>(h, src, name, name, s) } -> std::same_as<typename E::template Params<T>>;
-      E::save(h, p, s, w, name);
-      E::apply(h, p, d, x, out, ColumnWeighting{});
-    };
+concept ExpertKind = StorageType<T> && requires {
+  typename E::template Params<T>;
+} && requires(const Host& h, Rng& rng, const ExpertShape& s, const std::string& name,
+              const typename E::template Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x, TensorView<T, 2> out,
+              SafetensorsWriter& w, const WeightMap& src) {
+  { E::name } -> std::convertible_to<std::string_view>;
+  { E::template init<T>(h, rng, s, name) } -> std::same_as<typename E::template Params<T>>;
+  { E::template load<T>(h, src, name, name, s) } -> std::same_as<typename E::template Params<T>>;
+  E::save(h, p, s, w, name);
+  E::apply(h, p, d, x, out, ColumnWeighting{});
+};
 
 /// An expert kind of a feed-forward block (D → F → D): one whose stack has a hidden width.
 /// Every `ExpertKind` qualifies; LinearExpert (no hidden layer) is excluded by name only

@@ -24,13 +24,13 @@
 #include <string_view>
 
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/block.hpp"
 #include "moss/layers/dispatch.hpp"
 #include "moss/layers/experts.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/policy/experts.hpp"
 #include "moss/policy/router.hpp"
@@ -54,8 +54,8 @@ struct ExpertKeys {
   static void read(const io::JsonRef& section, index_t& d_ff) {
     std::string k = kind(), a = activation();
     section.read("expert", k);
-    MOSS_EXPECTS(k == kind(), config_error, section.where(), ".expert is \"", k, "\" but the layer type's experts are \"",
-                 kind(), "\"");
+    MOSS_EXPECTS(k == kind(), config_error, section.where(), ".expert is \"", k,
+                 "\" but the layer type's experts are \"", kind(), "\"");
     section.read("activation", a);
     MOSS_EXPECTS(a == activation(), config_error, section.where(), ".activation is \"", a,
                  "\" but the layer type's activation is \"", activation(), "\"");
@@ -76,7 +76,7 @@ struct ExpertKeys {
 /// @tparam Expert the expert kind (Mlp<Act>, GatedMlp<Act> or one's own).
 /// @tparam T storage type of activations and weights.
 template <class Expert, StorageType T>
-  requires FeedForwardExpert<Expert, T>
+requires FeedForwardExpert<Expert, T>
 class FeedForward {
  public:
   using value_type = T;
@@ -159,7 +159,7 @@ class FeedForward {
 /// @tparam Expert the expert kind (Mlp<Act>, GatedMlp<Act> or one's own).
 /// @tparam T storage type of activations and expert weights (the router stays float32).
 template <Router R, ExpertCount E, class Expert, StorageType T>
-  requires FeedForwardExpert<Expert, T>
+requires FeedForwardExpert<Expert, T>
 class MoeFeedForward {
   static_assert(E::fixed == 0 || R::k <= E::fixed,
                 "moss::MoeFeedForward: the router picks more experts per token (R::k) than Experts<N> has");
@@ -270,9 +270,8 @@ class MoeFeedForward {
   void apply(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<T, 2> out, bool full_sequence,
              RoutingReport* report) const {
     if (x.shape[0] == 0) return;
-    RoutingDecision d =
-        decide_routing(backend, config_.routing.router, config_.routing.settings, x, p.router, full_sequence, report,
-                       "mixer");
+    RoutingDecision d = decide_routing(backend, config_.routing.router, config_.routing.settings, x, p.router,
+                                       full_sequence, report, "mixer");
     Expert::apply(backend, p.experts, Dispatch<T>::routed(d), x, out, ColumnWeighting::all(shape_.out));
   }
 

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/ops/causal_conv1d.hpp"
 #include "moss/ops/linear.hpp"
 #include "moss/ops/selective_scan.hpp"
@@ -35,8 +35,8 @@ struct MambaDims {
   /// Throws `config_error` naming `where` for an impossible size.
   void validate(const char* where) const {
     MOSS_EXPECTS(d_model >= 1 && d_inner >= 1 && d_state >= 1 && d_conv >= 1 && dt_rank >= 1, config_error, where,
-                 ": d_model ", d_model, ", d_inner ", d_inner, ", d_state ", d_state, ", d_conv ", d_conv,
-                 ", dt_rank ", dt_rank, " must all be at least 1");
+                 ": d_model ", d_model, ", d_inner ", d_inner, ", d_state ", d_state, ", d_conv ", d_conv, ", dt_rank ",
+                 dt_rank, " must all be at least 1");
   }
 };
 
@@ -125,8 +125,8 @@ class MambaCore {
   template <class Backend, WeightSource Source>
   void load(const Backend& backend, const Source& src, const std::string& prefix, Params& p) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
-    p.conv_weight = Tensor<T, 2>(load_param<T>(backend, src, prefix + "conv1d.weight", {ED, 1, W}), {ED, W},
-                                 "conv1d.weight");
+    p.conv_weight =
+        Tensor<T, 2>(load_param<T>(backend, src, prefix + "conv1d.weight", {ED, 1, W}), {ED, W}, "conv1d.weight");
     if (dims_.use_conv_bias) p.conv_bias = load_tensor<T>(backend, src, prefix, "conv1d.bias", Extents<1>{ED});
     p.x_proj = load_tensor<T>(backend, src, prefix, "x_proj.weight", Extents<2>{dims_.x_proj_out(), ED});
     p.dt_proj = load_tensor<T>(backend, src, prefix, "dt_proj.weight", Extents<2>{ED, R});
@@ -138,8 +138,7 @@ class MambaCore {
   /// Adds the shared weights to `w` under `prefix`.
   template <class Backend>
   void save(const Backend& backend, const Params& p, SafetensorsWriter& w, const std::string& prefix) const {
-    save_param(backend, w, prefix + "conv1d.weight", p.conv_weight.buffer(),
-               {dims_.d_inner, 1, dims_.d_conv});
+    save_param(backend, w, prefix + "conv1d.weight", p.conv_weight.buffer(), {dims_.d_inner, 1, dims_.d_conv});
     save_tensor(backend, w, prefix, p.conv_bias);
     save_tensor(backend, w, prefix, p.x_proj);
     save_tensor(backend, w, prefix, p.dt_proj);
@@ -195,10 +194,14 @@ class MambaCore {
     causal_conv1d(backend, conv);
 
     Buffer<T> x_dbl = backend.template alloc<T>(tokens * XP);  // (tokens, R + 2N) = [dt_low | B | C]
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"), p.x_proj, {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"),
+                                  p.x_proj,
+                                  {},
                                   x_dbl.template view<2>({tokens, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(tokens * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"), p.dt_proj, {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
+                                  p.dt_proj,
+                                  {},
                                   delta.template view<2>({tokens, ED}, "delta")});
 
     Buffer<float> ssm_final;
@@ -231,15 +234,19 @@ class MambaCore {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
     const index_t XP = dims_.x_proj_out();
     Buffer<T> v = backend.template alloc<T>(batch * ED);
-    causal_conv1d_step(backend, CausalConv1dStepArgs<T>{
-                                    TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
-                                    ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), p.conv_weight, p.conv_bias,
-                                    true, v.template view<2>({batch, ED}, "conv_out")});
+    causal_conv1d_step(
+        backend, CausalConv1dStepArgs<T>{TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
+                                         ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), p.conv_weight, p.conv_bias,
+                                         true, v.template view<2>({batch, ED}, "conv_out")});
     Buffer<T> x_dbl = backend.template alloc<T>(batch * XP);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"), p.x_proj, {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"),
+                                  p.x_proj,
+                                  {},
                                   x_dbl.template view<2>({batch, XP}, "x_dbl")});
     Buffer<T> delta = backend.template alloc<T>(batch * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"), p.dt_proj, {},
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"),
+                                  p.dt_proj,
+                                  {},
                                   delta.template view<2>({batch, ED}, "delta")});
     SelectiveScanStepArgs<T> s;
     s.state = TensorView<float, 3>(cache.ssm_state.data(), {batch, ED, N}, "ssm_state");

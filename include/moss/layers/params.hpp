@@ -107,8 +107,8 @@ Tensor<T, Rank> constant_tensor(const Backend& backend, const Extents<Rank>& sha
 template <class T, std::size_t Rank, class Backend, WeightSource Source>
 Tensor<T, Rank> load_tensor(const Backend& backend, const Source& src, const std::string& prefix,
                             const std::string& name, const Extents<Rank>& shape) {
-  return Tensor<T, Rank>(
-      load_param<T>(backend, src, prefix + name, std::vector<index_t>(shape.begin(), shape.end())), shape, name);
+  return Tensor<T, Rank>(load_param<T>(backend, src, prefix + name, std::vector<index_t>(shape.begin(), shape.end())),
+                         shape, name);
 }
 
 /// Like `load_tensor`, but the tensor may be stored under any of `names` (the first is the

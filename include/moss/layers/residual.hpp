@@ -11,11 +11,11 @@
 #include <utility>
 
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
-#include "moss/layers/routing.hpp"
 #include "moss/layers/block.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/layers/params.hpp"
+#include "moss/layers/routing.hpp"
 #include "moss/ops/rms_norm.hpp"
 
 namespace moss {
@@ -97,8 +97,7 @@ class Residual {
 
   Residual(Norm norm, Mixer mixer) : norm_(std::move(norm)), mixer_(std::move(mixer)) {}
   /// The block of a model with shared sizes `dims`, norm settings `norm` and mixer config `config`.
-  Residual(const NormSettings& norm, const MambaDims& dims, const Config& config)
-      : norm_(norm), mixer_(dims, config) {}
+  Residual(const NormSettings& norm, const MambaDims& dims, const Config& config) : norm_(norm), mixer_(dims, config) {}
   /// The block's name in a config's `block_pattern` (the mixer's).
   static constexpr std::string_view block_name = Mixer::block_name;
   /// The mixer's config (with what its types imply filled in).

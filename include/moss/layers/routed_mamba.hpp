@@ -37,13 +37,13 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/block.hpp"
 #include "moss/layers/dispatch.hpp"
 #include "moss/layers/experts.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/policy/experts.hpp"
 #include "moss/policy/rom.hpp"
@@ -59,15 +59,14 @@ namespace moss {
 /// @tparam T storage type of activations and weights (routers, A, D, dt bias stay float32).
 /// @tparam V the variant: RomVariant<Routed<...>, Weight>.
 /// @tparam Scan the selective-scan strategy of the shared core.
-template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V = RomVariant<>,
-          class Scan = AutoScan>
+template <Router R, RoutingScope S, ExpertCount E, StorageType T, class V = RomVariant<>, class Scan = AutoScan>
 class RoutedMamba {
   using W = typename V::weight;
   template <class P>
   static constexpr bool kRouted = V::template routes<P>;
   /// Whether g multiplies projection P's output (routed projections only).
   template <class P>
-  static constexpr bool kWeighted = kRouted<P> && S::template weighs<W, P>;
+  static constexpr bool kWeighted = kRouted<P>&& S::template weighs<W, P>;
 
   static constexpr bool kScopeUsesPlacement = S::template weighs<WeightNone, Out> != S::template weighs<WeightAll, Out>;
   static_assert(kScopeUsesPlacement || std::is_same_v<W, WeightOut>,
@@ -75,8 +74,8 @@ class RoutedMamba {
                 "weight placement at its default (WeightOut)");
   static constexpr bool kWeighsAll = W::template weighs<Conv> && W::template weighs<Gate> && W::template weighs<Out>;
   static_assert(!kScopeUsesPlacement || kWeighsAll ||
-                    ((!W::template weighs<Conv> || kRouted<Conv>) && (!W::template weighs<Gate> || kRouted<Gate>) &&
-                     (!W::template weighs<Out> || kRouted<Out>)),
+                    ((!W::template weighs<Conv> || kRouted<Conv>)&&(!W::template weighs<Gate> || kRouted<Gate>)&&(
+                        !W::template weighs<Out> || kRouted<Out>)),
                 "moss::RoutedMamba: the weight placement puts g on a projection this variant does not route; route it, "
                 "or choose another placement");
 
@@ -173,8 +172,8 @@ class RoutedMamba {
     MOSS_EXPECTS(!dims.use_bias, unsupported_error,
                  "RoutedMamba: use_bias = true is not supported (projection experts have no biases); supported: "
                  "use_bias = false");
-    MOSS_EXPECTS(R::k <= X, config_error, "RoutedMamba: the router picks K = ", R::k, " experts per token but there are ",
-                 X);
+    MOSS_EXPECTS(R::k <= X, config_error, "RoutedMamba: the router picks K = ", R::k,
+                 " experts per token but there are ", X);
     config_.routing.settings.validate("RoutedMamba");
   }
   /// A mixer of `dims` with `num_experts` experts.

@@ -15,13 +15,13 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
-#include "moss/layers/params.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
-#include "moss/policy/experts.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/ops/permute.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/math.hpp"
+#include "moss/policy/experts.hpp"
 #include "moss/policy/router.hpp"
 
 namespace moss {
@@ -127,8 +127,8 @@ class RoutingReport {
   struct Entry {
     std::string layer;
     index_t tokens = 0, k = 1, num_experts = 0;
-    Buffer<float> values;         // (2 + X) page-locked: aux, z, P_0 .. P_{X-1}
-    Buffer<std::int32_t> counts;  // (2X + 1) page-locked: counts, then offsets
+    Buffer<float> values;               // (2 + X) page-locked: aux, z, P_0 .. P_{X-1}
+    Buffer<std::int32_t> counts;        // (2X + 1) page-locked: counts, then offsets
     std::shared_ptr<const void> event;  // the backend's event marking the copies' arrival
     void (*wait)(const void*) = nullptr;
   };
@@ -161,8 +161,8 @@ struct RouterConfig {
                  "\" but the layer type's router is \"", router_name<R>(), "\"");
     index_t k = R::k;
     section.read("top_k", k);
-    MOSS_EXPECTS(k == R::k, config_error, section.where(), ".top_k is ", k, " but the layer type's router picks ",
-                 R::k, " experts per token");
+    MOSS_EXPECTS(k == R::k, config_error, section.where(), ".top_k is ", k, " but the layer type's router picks ", R::k,
+                 " experts per token");
     section.read("num_experts", num_experts);
     num_experts = E::resolve(num_experts, (section.where() + ".num_experts").c_str());
     section.read("capacity_factor", settings.capacity_factor);
@@ -198,8 +198,8 @@ struct RoutingDecision {
 /// dropless) and, when `report` is given, adds the statistics under `name`.
 template <class Backend, class T, Router R>
 RoutingDecision decide_routing(const Backend& backend, const R& router, const RouterSettings& settings,
-                               ConstView<T, 2> x, ConstView<float, 2> weight, bool full_sequence,
-                               RoutingReport* report, const std::string& name) {
+                               ConstView<T, 2> x, ConstView<float, 2> weight, bool full_sequence, RoutingReport* report,
+                               const std::string& name) {
   const index_t tokens = x.shape[0], num_experts = weight.shape[0], K = R::k;
   RoutingDecision d;
   d.logits = backend.template alloc<float>(tokens * num_experts);

@@ -12,11 +12,11 @@
 #include <utility>
 #include <vector>
 
-#include "moss/layers/params.hpp"
 #include "moss/io/checkpoint.hpp"
-#include "moss/io/writer.hpp"
 #include "moss/io/json.hpp"
+#include "moss/io/writer.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/layers/params.hpp"
 #include "moss/layers/residual.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/models/mamba_config.hpp"
@@ -115,9 +115,7 @@ class LanguageModel {
   /// A model of `config` with the typed config of each pattern position (`config.blocks` is
   /// replaced by what they write).
   LanguageModel(MambaConfig config, const BlockConfigs& blocks)
-      : config_(settle(std::move(config))),
-        blocks_(make_blocks(config_, blocks, Seq{})),
-        norm_f_(config_.norm()) {
+      : config_(settle(std::move(config))), blocks_(make_blocks(config_, blocks, Seq{})), norm_f_(config_.norm()) {
     config_.blocks = sections(Seq{});
   }
 
@@ -288,8 +286,8 @@ class LanguageModel {
   /// section is read, so a section is never read by the wrong block type).
   static void expect_pattern(const MambaConfig& c) {
     const std::vector<std::string> pattern = pattern_names();
-    MOSS_EXPECTS(c.block_pattern.empty() || c.block_pattern == pattern, config_error, c.source,
-                 ": block_pattern is ", detail::quoted_list(c.block_pattern), " but the model type's pattern is ",
+    MOSS_EXPECTS(c.block_pattern.empty() || c.block_pattern == pattern, config_error, c.source, ": block_pattern is ",
+                 detail::quoted_list(c.block_pattern), " but the model type's pattern is ",
                  detail::quoted_list(pattern));
   }
   template <std::size_t... I>

@@ -69,9 +69,7 @@ struct MambaConfig {
   index_t d_inner() const { return expand * d_model; }
   index_t resolved_dt_rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
   /// The shared sizes every block of the model receives.
-  MambaDims dims() const {
-    return {d_model, d_inner(), d_state, d_conv, resolved_dt_rank(), use_bias, use_conv_bias};
-  }
+  MambaDims dims() const { return {d_model, d_inner(), d_state, d_conv, resolved_dt_rank(), use_bias, use_conv_bias}; }
   /// The settings of every norm of the model.
   NormSettings norm() const { return {d_model, eps, residual_in_fp32}; }
   /// The section of pattern position i as a path-aware view ("dir/config.json: blocks[1]"); an

@@ -44,7 +44,8 @@ concept RomProjection = std::same_as<P, Conv> || std::same_as<P, Gate> || std::s
 template <class... P>
 struct Routed {
   static_assert(sizeof...(P) >= 1, "moss::Routed<...>: route at least one projection (else use moss::Mamba)");
-  static_assert((RomProjection<P> && ...), "moss::Routed<...>: every projection must be moss::Conv, moss::Gate or moss::Out");
+  static_assert((RomProjection<P> && ...),
+                "moss::Routed<...>: every projection must be moss::Conv, moss::Gate or moss::Out");
   /// Whether projection Q is routed.
   template <class Q>
   static constexpr bool routes = (std::is_same_v<P, Q> || ...);
