@@ -2,6 +2,7 @@
 // norms, GPU gating).
 #pragma once
 
+#include <algorithm>
 #include <catch2/catch_test_macros.hpp>
 #include <cmath>
 #include <cstdint>
@@ -53,6 +54,29 @@ std::vector<double> to_double(const std::vector<T>& v) {
   std::vector<double> r(v.size());
   for (std::size_t i = 0; i < v.size(); ++i) r[i] = static_cast<double>(to_float(v[i]));
   return r;
+}
+
+/// max_i |a_i − b_i| / |b_i| over two float vectors: 0 for equal values (equal infinities and
+/// NaN on both sides included), +inf when only one side is NaN.
+inline double max_rel_nan_aware(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i]))) continue;
+    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
+    m = std::max(m,
+                 std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(b[i])), 1e-30));
+  }
+  return m;
+}
+
+/// Index of the largest value of row t of a row-major (rows, X) matrix (ties → lowest index).
+template <class V>
+index_t argmax_row(const std::vector<V>& m, index_t t, index_t X) {
+  index_t best = 0;
+  for (index_t i = 1; i < X; ++i)
+    if (m[t * X + i] > m[t * X + best]) best = i;
+  return best;
 }
 
 /// Overwrites host buffer `b` with N(0, stddev²) values (seeded) rounded to T.

@@ -44,20 +44,6 @@ using moss::Host;
 using moss::index_t;
 using moss::TensorView;
 
-/// max_i |a_i − b_i| / |b_i| (0 for equal values, including equal infinities); NaN on one side
-/// only gives +inf.
-double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i]))) continue;
-    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
-    m = std::max(m,
-                 std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(b[i])), 1e-30));
-  }
-  return m;
-}
-
 constexpr float kPoison = -12345.0f;
 constexpr std::int32_t kPoisonIndex = 0x5a5a5a5a;
 
@@ -200,7 +186,7 @@ void check_route(const Cuda& gpu, const R& router, const Shape& s, std::uint64_t
     CHECK(same_bits(route_logits_cuda(gpu, px, dw, tokens, D, X), want.logits));
     CHECK(got.expert == want.expert);
     CHECK(moss::test::rel_l2(got.gate, want.gate) <= 1e-6);
-    CHECK(max_rel(got.gate, want.gate) <= 1e-5);
+    CHECK(moss::test::max_rel_nan_aware(got.gate, want.gate) <= 1e-5);
   }
 }
 
@@ -282,7 +268,7 @@ TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as th
     const Routed got = route_cuda(gpu, router, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
     CHECK(same_or_both_nan(got.logits, want.logits));
     CHECK(got.expert == want.expert);
-    CHECK(max_rel(got.gate, want.gate) <= 1e-5);
+    CHECK(moss::test::max_rel_nan_aware(got.gate, want.gate) <= 1e-5);
     for (index_t t = 0; t < tokens; ++t)
       for (int s = 0; s < R::k; ++s) {
         if (t != 7) CHECK(got.expert[t * R::k + s] != 9);
@@ -322,7 +308,7 @@ TEST_CASE("route_select: CUDA selects from given scores as the host does", "[cud
         const Routed want = route_select_on(Host{}, router, logits, scores, tokens, X);
         const Routed got = route_select_on(gpu, router, logits, scores, tokens, X);
         CHECK(got.expert == want.expert);
-        CHECK(max_rel(got.gate, want.gate) <= 1e-5);
+        CHECK(moss::test::max_rel_nan_aware(got.gate, want.gate) <= 1e-5);
         return got;
       };
       // ArgmaxScores's weight is the chosen logit itself: the kernel read the logits it was given.
@@ -385,7 +371,7 @@ TEST_CASE("router_stats: CUDA matches the host within 1e-5", "[cuda][ops][router
         for (bool aux : {true, false}) {
           CAPTURE(tokens, X, k, aux);
           const auto [want, got] = stats_both(gpu, logits, counts, tokens, X, k, aux);
-          CHECK(max_rel(got, want) <= 1e-5);
+          CHECK(moss::test::max_rel_nan_aware(got, want) <= 1e-5);
           if (!aux) CHECK(got[0] == 0.0f);
           if (tokens == 0) CHECK(std::all_of(got.begin(), got.end(), [](float v) { return v == 0.0f; }));
         }

@@ -157,15 +157,6 @@ std::vector<double> logits64(const std::vector<T>& x, index_t tokens, index_t D,
   return l;
 }
 
-/// Index of the largest value of row t (ties → lowest index).
-template <class V>
-index_t argmax_row(const std::vector<V>& m, index_t t, index_t X) {
-  index_t best = 0;
-  for (index_t i = 1; i < X; ++i)
-    if (m[t * X + i] > m[t * X + best]) best = i;
-  return best;
-}
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("route: hand-computed logits and selections", "[host][ops][router]", float, f16, bf16) {
@@ -206,7 +197,7 @@ TEST_CASE("route: Top1Switch weight is the softmax probability of the argmax, no
   for (index_t t = 0; t < T; ++t) {
     const std::vector<float> lg(b.logits.begin() + t * X, b.logits.begin() + (t + 1) * X);
     CAPTURE(t);
-    REQUIRE(b.expert[t] == argmax_row(b.logits, t, X));
+    REQUIRE(b.expert[t] == moss::test::argmax_row(b.logits, t, X));
     REQUIRE(near_rel(b.gate[t], softmax64(lg, static_cast<std::size_t>(b.expert[t])), 1e-6));
   }
 }
@@ -388,7 +379,7 @@ TEST_CASE("route: SinkhornTop1 inference mode is the argmax of sigmoid(logits), 
     CAPTURE(t);
     std::vector<double> sig(static_cast<std::size_t>(X));
     for (index_t i = 0; i < X; ++i) sig[i] = sigmoid64(r.logits[t * X + i]);
-    REQUIRE(r.expert[t] == argmax_row(sig, 0, X));
+    REQUIRE(r.expert[t] == moss::test::argmax_row(sig, 0, X));
     REQUIRE(near_rel(r.gate[t], sigmoid64(r.logits[t * X + r.expert[t]]), 1e-6));
   }
   // sigmoid(20) and sigmoid(30) are both 1.0f, but the ranking is on the logits: expert 1.
@@ -477,7 +468,7 @@ TEST_CASE("route ranks the logits for any router: scores = logits", "[host][ops]
   const Routed s = run_route(train, x, T, D, D, w, X);
   for (index_t t = 0; t < T; ++t) {
     CAPTURE(t);
-    REQUIRE(r.expert[t] == argmax_row(r.logits, t, X));
+    REQUIRE(r.expert[t] == moss::test::argmax_row(r.logits, t, X));
     REQUIRE(same_bits(r.gate[t], r.logits[t * X + r.expert[t]]));
     REQUIRE(s.expert[t] == r.expert[t]);
     REQUIRE(near_rel(s.gate[t], sigmoid64(s.logits[t * X + s.expert[t]]), 1e-6));

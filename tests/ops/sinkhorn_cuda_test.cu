@@ -72,27 +72,6 @@ std::vector<float> sinkhorn_cuda(const Cuda& gpu, const std::vector<float>& logi
   return host_copy(gpu, ds);
 }
 
-/// max_i |a_i − b_i| / |b_i| (NaN on both sides counts as equal, on one side as +inf).
-double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double m = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i]))) continue;
-    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
-    m = std::max(m,
-                 std::fabs(static_cast<double>(a[i]) - b[i]) / std::max(std::fabs(static_cast<double>(b[i])), 1e-30));
-  }
-  return m;
-}
-
-/// Index of the largest value of row t (ties → lowest index).
-index_t argmax_row(const std::vector<float>& m, index_t t, index_t X) {
-  index_t best = 0;
-  for (index_t i = 1; i < X; ++i)
-    if (m[t * X + i] > m[t * X + best]) best = i;
-  return best;
-}
-
 /// Logits (T, X) ~ N(0, 2²); skewed: expert 0 gets +3.
 std::vector<float> make_logits(index_t T, index_t X, bool skewed, std::uint64_t seed) {
   auto l = moss::test::randn(static_cast<std::size_t>(T * X), seed, 2.0f);
@@ -124,7 +103,7 @@ TEST_CASE("sinkhorn: CUDA runs the same rounds as the host (tolerance 0, fixed m
       const auto want = sinkhorn_host(l, c.tokens, c.experts, 0.0f, rounds);
       const auto got = sinkhorn_cuda(gpu, l, c.tokens, c.experts, 0.0f, rounds);
       CHECK(moss::test::rel_l2(got, want) <= 1e-5);
-      CHECK(max_rel(got, want) <= 1e-4);
+      CHECK(moss::test::max_rel_nan_aware(got, want) <= 1e-4);
     }
   }
 }
@@ -272,7 +251,7 @@ TEST_CASE("SinkhornTop1 training mode on CUDA (route_logits → sinkhorn → rou
     CHECK(moss::test::rel_l2(got.scores, want.scores) <= 1e-3);
     // Every selection is the argmax of its own backend's balanced row.
     bool argmax = true;
-    for (index_t t = 0; t < T; ++t) argmax = argmax && got.expert[t] == argmax_row(got.scores, t, X);
+    for (index_t t = 0; t < T; ++t) argmax = argmax && got.expert[t] == moss::test::argmax_row(got.scores, t, X);
     CHECK(argmax);
     // Selections: a tiny fraction of near ties may go either way.
     index_t differ = 0;
@@ -294,14 +273,14 @@ TEST_CASE("SinkhornTop1 training mode on CUDA (route_logits → sinkhorn → rou
     INFO(differ << " of " << T << " tokens picked another expert (allowed " << allowed << ")");
     CHECK(differ <= allowed);
     // Where the experts agree the gate is sigmoid(logit) of the same logit.
-    CHECK(max_rel(gate_agree_cuda, gate_agree_host) <= 1e-5);
+    CHECK(moss::test::max_rel_nan_aware(gate_agree_cuda, gate_agree_host) <= 1e-5);
     index_t load_diff = 0;
     for (index_t e = 0; e < X; ++e) load_diff += std::abs(load_cuda[e] - load_host[e]);
     CHECK(load_diff <= 2 * allowed);
     if (c.skewed) {
       // Balancing did balance where ranking the logits would not.
       index_t to_zero = 0;
-      for (index_t t = 0; t < T; ++t) to_zero += argmax_row(want.logits, t, X) == 0;
+      for (index_t t = 0; t < T; ++t) to_zero += moss::test::argmax_row(want.logits, t, X) == 0;
       CHECK(to_zero > T / 2);
       CHECK(*std::max_element(load_cuda.begin(), load_cuda.end()) <= 2 * T / X);
     }

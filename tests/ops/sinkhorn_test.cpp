@@ -102,15 +102,6 @@ double max_rel(const std::vector<A>& a, const std::vector<B>& b) {
   return m;
 }
 
-/// Index of the largest value of row t (ties → lowest index).
-template <class V>
-index_t argmax_row(const std::vector<V>& m, index_t t, index_t X) {
-  index_t best = 0;
-  for (index_t i = 1; i < X; ++i)
-    if (m[t * X + i] > m[t * X + best]) best = i;
-  return best;
-}
-
 /// A skewed batch of logits (T, X): expert 0 gets +3, so an unbalanced argmax sends it most tokens.
 std::vector<float> skewed_logits(index_t T, index_t X, std::uint64_t seed) {
   auto l = moss::test::randn(T * X, seed);
@@ -139,8 +130,8 @@ TEST_CASE("sinkhorn: hand-worked cases", "[host][ops][sinkhorn]") {
     // token 0 and expert 1 to token 1 (each column sums to 1/2).
     const std::vector<float> l{3.0f, 0.0f, 1.0f, 0.0f};
     const auto s = run_sinkhorn(l, 2, 2);
-    CHECK(argmax_row(s, 0, 2) == 0);
-    CHECK(argmax_row(s, 1, 2) == 1);
+    CHECK(moss::test::argmax_row(s, 0, 2) == 0);
+    CHECK(moss::test::argmax_row(s, 1, 2) == 1);
     CHECK(near_rel(s[0] + s[2], 0.5, 1e-6));
     CHECK(near_rel(s[1] + s[3], 0.5, 1e-6));
     CHECK(moss::test::rel_l2(s, sinkhorn64(l, 2, 2, -1)) <= 1e-4);
@@ -170,7 +161,7 @@ TEST_CASE("sinkhorn: balanced columns and rows, against float64 iterated to conv
       std::sort(row.rbegin(), row.rend());
       if (c.X > 1 && row[0] - row[1] > 1e-2 * row[0]) {
         CAPTURE(t);
-        CHECK(argmax_row(s, t, c.X) == argmax_row(ref, t, c.X));
+        CHECK(moss::test::argmax_row(s, t, c.X) == moss::test::argmax_row(ref, t, c.X));
       }
     }
   }
@@ -370,7 +361,7 @@ TEST_CASE("SinkhornTop1 training mode: route_logits → sinkhorn → route_selec
   REQUIRE(count_inf[0] >= 3 * T / 4);  // the input really is skewed
   for (index_t t = 0; t < T; ++t) {
     CAPTURE(t);
-    REQUIRE(expert[t] == argmax_row(scores, t, X));  // the argmax of each balanced row
+    REQUIRE(expert[t] == moss::test::argmax_row(scores, t, X));  // the argmax of each balanced row
     REQUIRE(near_rel(gate[t], 1.0 / (1.0 + std::exp(-static_cast<double>(logits[t * X + expert[t]]))), 1e-6));
   }
   const auto used = [](const std::vector<int>& c) {
