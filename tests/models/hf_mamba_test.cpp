@@ -58,8 +58,9 @@ TEST_CASE("config.json of the fixture is read as transformers wrote it", "[host]
 }
 
 TEST_CASE("config.json accepts torch_dtype and dtype and rejects bad values", "[host][models][errors]") {
-  auto parse = [](const std::string& text) {
-    return MambaConfig::from_json(io::parse_json(text, "config.json"), "config.json");
+  auto parse = [](const std::string& text) {  // text: a JSON object; model_type "mamba" is put in front
+    return MambaConfig::from_json(io::parse_json(R"({"model_type": "mamba", )" + text.substr(1), "config.json"),
+                                  "config.json");
   };
   CHECK(parse(R"({"hidden_size": 32, "torch_dtype": "bfloat16"})").dtype == DType::bf16);
   CHECK(parse(R"({"hidden_size": 32, "dtype": "float16"})").dtype == DType::f16);

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <ostream>
 #include <string>
 #include <type_traits>
@@ -22,6 +23,13 @@
 namespace moss {
 
 using index_t = std::int64_t;
+
+/// "Any extent": the one expected extent `expect_shape` lets match every size, as in
+/// `expect_shape(where, x, {moss::any, moss::any, d_model}, "(batch, seqlen, d_model)")`.
+/// Every other negative expected extent is an error, never a wildcard, so a size computed from a
+/// bad config (n − 1 for n = 0, a wrapped product) cannot make a check pass. The value is not −1
+/// for the same reason: it is the one negative number no such computation plausibly yields.
+inline constexpr index_t any = std::numeric_limits<index_t>::min() + 1;
 
 /// A shape or stride list of fixed rank, printable as "[4, 512, 768]".
 template <std::size_t Rank>
@@ -123,20 +131,27 @@ index_t span_elements(const TensorView<T, Rank>& v) {
   return last + 1;
 }
 
-/// Checks that `v` has exactly `expected` shape (a negative entry matches anything) and throws
-/// `shape_error` naming `where`, the tensor, both shapes and the axis names otherwise:
+/// Checks that `v` has exactly `expected` shape, where an entry `moss::any` matches any extent,
+/// and throws `shape_error` naming `where`, the tensor, both shapes and the axis names otherwise:
 /// "Mamba::forward: x is [4, 512, 768] (batch, seqlen, d_model) but expected [4, 512, 1024]".
+/// Any other negative expected extent (a size computed from a bad config) matches nothing and
+/// the message says so.
 template <class T, std::size_t Rank>
-void expect_shape(const char* where, const TensorView<T, Rank>& v, const Extents<Rank>& expected,
-                  const char* axes) {
-  bool ok = true;
-  for (std::size_t i = 0; i < Rank; ++i) ok = ok && (expected[i] < 0 || v.shape[i] == expected[i]);
-  if (ok) return;
+void expect_shape(const char* where, const TensorView<T, Rank>& v, const Extents<Rank>& expected, const char* axes) {
+  bool ok = true, negative = false;
+  for (std::size_t i = 0; i < Rank; ++i) {
+    negative = negative || (expected[i] < 0 && expected[i] != any);
+    ok = ok && (expected[i] == any || v.shape[i] == expected[i]);
+  }
+  if (ok && !negative) return;
   std::string exp = "[";
   for (std::size_t i = 0; i < Rank; ++i)
-    exp += (i ? ", " : "") + (expected[i] < 0 ? std::string("*") : std::to_string(expected[i]));
+    exp += (i ? ", " : "") + (expected[i] == any ? std::string("*") : std::to_string(expected[i]));
   exp += "]";
-  raise<shape_error>(where, ": ", v.name, " is ", shape_string(v.shape), " ", axes, " but expected ", exp);
+  raise<shape_error>(where, ": ", v.name, " is ", shape_string(v.shape), " ", axes, " but expected ", exp,
+                     negative ? " (a negative expected extent is an invalid size, not a wildcard; moss::any is "
+                                "the one extent that matches any size)"
+                              : "");
 }
 
 /// Checks that a view with a non-zero element count has a non-null pointer and no negative

@@ -38,7 +38,7 @@ namespace detail {
 /// Checks the (batch, L, D) input and output of a block.
 template <class T>
 void expect_block_io(const char* where, const ConstView<T, 3>& x, const TensorView<T, 3>& out, index_t D) {
-  expect_shape(where, x, {-1, -1, D}, "(batch, seqlen, d_model)");
+  expect_shape(where, x, {any, any, D}, "(batch, seqlen, d_model)");
   expect_shape(where, out, {x.shape[0], x.shape[1], D}, "(batch, seqlen, d_model)");
   expect_contiguous(where, x);
   expect_contiguous(where, out);
@@ -47,7 +47,7 @@ void expect_block_io(const char* where, const ConstView<T, 3>& x, const TensorVi
 /// Checks the (batch, D) input and output of a one-token step.
 template <class T>
 void expect_step_io(const char* where, const ConstView<T, 2>& x, const TensorView<T, 2>& out, index_t D) {
-  expect_shape(where, x, {-1, D}, "(batch, d_model)");
+  expect_shape(where, x, {any, D}, "(batch, d_model)");
   expect_shape(where, out, {x.shape[0], D}, "(batch, d_model)");
   expect_contiguous(where, x);
   expect_contiguous(where, out);

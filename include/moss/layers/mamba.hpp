@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moss/core/buffer.hpp"
+#include "moss/core/checked.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/params.hpp"
@@ -26,17 +27,32 @@
 namespace moss {
 
 /// The sizes of one Mamba mixer: the model's shared sizes (Hugging Face's config keys), which
-/// every block of a model receives (models/ derives them from config.json).
+/// every block of a model receives (models/ derives them from config.json). `validate` checks
+/// that every size the mixer derives from them (x_proj's width, each weight's and each
+/// per-sequence state's element count) fits, so the arithmetic of a validated mixer cannot wrap.
 struct MambaDims {
   index_t d_model = 0, d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0;
   bool use_bias = false, use_conv_bias = true;
-  /// Width of x_proj's output: [dt_low | B | C].
-  index_t x_proj_out() const { return dt_rank + 2 * d_state; }
-  /// Throws `config_error` naming `where` for an impossible size.
+  /// Width of x_proj's output: [dt_low | B | C] (checked: `config_error` when it overflows).
+  index_t x_proj_out() const {
+    return checked_add(dt_rank, checked_mul(index_t{2}, d_state, "MambaDims: 2 × d_state"),
+                       "MambaDims: dt_rank + 2 × d_state");
+  }
+  /// Throws `config_error` naming `where` for an impossible size: one below 1, or a derived size
+  /// that overflows or exceeds `max_tensor_elements`.
   void validate(const char* where) const {
     MOSS_EXPECTS(d_model >= 1 && d_inner >= 1 && d_state >= 1 && d_conv >= 1 && dt_rank >= 1, config_error, where,
                  ": d_model ", d_model, ", d_inner ", d_inner, ", d_state ", d_state, ", d_conv ", d_conv, ", dt_rank ",
                  dt_rank, " must all be at least 1");
+    const std::string w(where);
+    const index_t xp = checked_add(dt_rank, checked_mul(index_t{2}, d_state, w + ": 2 × d_state"),
+                                   w + ": x_proj width dt_rank + 2 × d_state");
+    const index_t two_ed = checked_mul(index_t{2}, d_inner, w + ": 2 × d_inner");
+    checked_elements(two_ed, d_model, w + ": in_proj.weight (2·d_inner × d_model)");
+    checked_elements(d_inner, d_conv, w + ": conv1d.weight (d_inner × d_conv)");
+    checked_elements(xp, d_inner, w + ": x_proj.weight ((dt_rank + 2·d_state) × d_inner)");
+    checked_elements(d_inner, dt_rank, w + ": dt_proj.weight (d_inner × dt_rank)");
+    checked_elements(d_inner, d_state, w + ": A_log (d_inner × d_state)");
   }
 };
 
@@ -347,7 +363,7 @@ class Mamba {
     const char* where = "Mamba::forward";
     const index_t batch = x.shape[0], L = x.shape[1];
     const index_t D = dims_.d_model, ED = dims_.d_inner;
-    expect_shape(where, x, {-1, -1, D}, "(batch, seqlen, d_model)");
+    expect_shape(where, x, {any, any, D}, "(batch, seqlen, d_model)");
     expect_shape(where, out, {batch, L, D}, "(batch, seqlen, d_model)");
     expect_contiguous(where, x);
     expect_contiguous(where, out);
@@ -369,7 +385,7 @@ class Mamba {
     const char* where = "Mamba::step";
     const index_t batch = x.shape[0];
     const index_t D = dims_.d_model, ED = dims_.d_inner;
-    expect_shape(where, x, {-1, D}, "(batch, d_model)");
+    expect_shape(where, x, {any, D}, "(batch, d_model)");
     expect_shape(where, out, {batch, D}, "(batch, d_model)");
     expect_contiguous(where, x);
     expect_contiguous(where, out);

@@ -165,7 +165,11 @@ struct RouterConfig {
                  " experts per token");
     section.read("num_experts", num_experts);
     num_experts = E::resolve(num_experts, (section.where() + ".num_experts").c_str());
-    section.read("capacity_factor", settings.capacity_factor);
+    if (section.read("capacity_factor", settings.capacity_factor)) {
+      // as_double refused NaN and infinities; a negative factor has no meaning (0 is dropless).
+      MOSS_EXPECTS(settings.capacity_factor >= 0, config_error, section.where(), ".capacity_factor is ",
+                   settings.capacity_factor, ", expected a finite number >= 0 (0 = dropless)");
+    }
     section.read("aux_loss_coef", settings.aux_loss_coef);
     section.read("z_loss_coef", settings.z_loss_coef);
     settings.validate(section.where().c_str());

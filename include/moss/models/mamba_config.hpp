@@ -14,6 +14,12 @@
 // block reading "moe") is read too: each position takes the section of its block's name.
 // The block types of a model must agree with their sections: each block's `Config::from_json`
 // fills in what a section leaves out from the type and refuses what contradicts it.
+//
+// A config moss cannot run exactly as its author meant is a `config_error` naming the key, never
+// a run with other numbers: a model_type other than "mamba" or "moss", a hidden_act other than
+// SiLU, dtype and torch_dtype that disagree, moss keys under model_type "mamba", a
+// state-spaces/mamba_ssm config (d_model, n_layer, ssm_cfg), and sizes whose products overflow
+// or exceed `max_tensor_elements` (every size derived here is computed with moss/core/checked.hpp).
 #pragma once
 
 #include <cmath>
@@ -22,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "moss/core/checked.hpp"
 #include "moss/core/dispatch.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/error.hpp"
@@ -66,8 +73,10 @@ struct MambaConfig {
                                            ///< (empty: every block as its type's defaults say)
   std::string source = "config";           ///< where the config came from, for messages ("dir/config.json")
 
-  index_t d_inner() const { return expand * d_model; }
-  index_t resolved_dt_rank() const { return dt_rank > 0 ? dt_rank : (d_model + 15) / 16; }
+  /// E·D; `config_error` "<source>: expand × hidden_size overflows (E × D)" when it does not fit.
+  index_t d_inner() const { return checked_mul(expand, d_model, source + ": expand × hidden_size"); }
+  /// time_step_rank, or ceil(D / 16) for "auto" (computed without overflow).
+  index_t resolved_dt_rank() const { return dt_rank > 0 ? dt_rank : d_model / 16 + (d_model % 16 != 0 ? 1 : 0); }
   /// The shared sizes every block of the model receives.
   MambaDims dims() const { return {d_model, d_inner(), d_state, d_conv, resolved_dt_rank(), use_bias, use_conv_bias}; }
   /// The settings of every norm of the model.
@@ -98,13 +107,30 @@ struct MambaConfig {
                  ", expected a positive number");
     MOSS_EXPECTS(eos_token_id < vocab_size, config_error, where, ": eos_token_id ", eos_token_id,
                  " is outside the vocabulary of ", vocab_size);
+    // Every size the model derives from the keys, checked for overflow and for tensors beyond
+    // max_tensor_elements (the mixer's own MambaDims::validate repeats this in its terms).
+    const std::string w(where);
+    const index_t ED = checked_mul(expand, d_model, w + ": expand × hidden_size");
+    const index_t R = resolved_dt_rank();
+    const index_t XP = checked_add(R, 2 * d_state, w + ": time_step_rank + 2 × state_size");
+    checked_elements(vocab_size, d_model, w + ": the embedding (vocab_size × hidden_size)");
+    checked_elements(checked_mul(index_t{2}, ED, w + ": 2 × expand × hidden_size"), d_model,
+                     w + ": in_proj.weight (2·expand·hidden_size × hidden_size)");
+    checked_elements(ED, d_conv, w + ": conv1d.weight (expand·hidden_size × conv_kernel)");
+    checked_elements(XP, ED, w + ": x_proj.weight ((time_step_rank + 2·state_size) × expand·hidden_size)");
+    checked_elements(ED, R, w + ": dt_proj.weight (expand·hidden_size × time_step_rank)");
+    checked_elements(ED, d_state, w + ": A_log (expand·hidden_size × state_size)");
   }
 
-  /// Reads a Hugging Face `MambaConfig` object (or a moss one). Unknown keys are ignored;
-  /// missing keys keep the defaults of transformers' MambaConfig. `what` names the file in messages.
+  /// Reads a Hugging Face `MambaConfig` object (model_type "mamba") or a moss one (model_type
+  /// "moss"). Keys that only concern training, initialisation or the tokenizer are ignored;
+  /// missing keys keep the defaults of transformers' MambaConfig. `config_error` naming the key for anything moss
+  /// would not run as written (see the top of this file). `what` names the file in messages.
   static MambaConfig from_json(const io::Json& doc, const std::string& what) {
     const io::JsonRef j(doc, what);
     MOSS_EXPECTS(j.is_object(), config_error, what, ": a config must be a JSON object, not ", j.kind());
+    expect_hf_layout(j);
+    const std::string model_type = read_model_type(j);
     MambaConfig c;
     c.source = what;
     c.d_model = 768;
@@ -131,22 +157,27 @@ struct MambaConfig {
     j.read("tie_word_embeddings", c.tie_embeddings);
     j.read("residual_in_fp32", c.residual_in_fp32);
     j.read("layer_norm_epsilon", c.eps);
-    if (auto v = j.find("intermediate_size"); v && !v->is_null()) {
-      const index_t inter = v->as_int();
-      MOSS_EXPECTS(inter == c.expand * c.d_model, config_error, v->where(), " is ", inter,
-                   " but expand · hidden_size = ", c.expand, " · ", c.d_model, " = ", c.expand * c.d_model);
+    if (auto v = j.find("hidden_act"); v && !v->is_null()) {
+      const std::string act = v->as_string();
+      MOSS_EXPECTS(act == "silu" || act == "swish", config_error, v->where(), " is \"", act,
+                   "\", but moss's Mamba mixer applies SiLU after the conv and to the gate: it supports "
+                   "hidden_act \"silu\" (or its alias \"swish\") only");
     }
     j.read("bos_token_id", c.bos_token_id);
     j.read("eos_token_id", c.eos_token_id);
-    // transformers 4 writes "torch_dtype", transformers 5 writes "dtype".
-    for (const char* key : {"dtype", "torch_dtype"}) {
-      if (auto v = j.find(key); v && v->is_string()) {
-        c.dtype = parse_storage_dtype(v->as_string(), v->where().c_str());
-        break;
-      }
+    c.dtype = read_dtype(j);
+    if (model_type == "moss") {
+      read_moss(j, c);
+    } else {
+      expect_no_moss_keys(j);
     }
-    if (auto v = j.find("model_type"); v && v->is_string() && v->as_string() == "moss") read_moss(j, c);
     c.validate(what);
+    if (auto v = j.find("intermediate_size"); v && !v->is_null()) {
+      const index_t inter = v->as_int();
+      const index_t ed = c.d_inner();  // validate checked that it fits
+      MOSS_EXPECTS(inter == ed, config_error, v->where(), " is ", inter, " but expand · hidden_size = ", c.expand,
+                   " · ", c.d_model, " = ", ed);
+    }
     return c;
   }
 
@@ -168,6 +199,7 @@ struct MambaConfig {
     j["tie_word_embeddings"] = tie_embeddings;
     j["residual_in_fp32"] = residual_in_fp32;
     j["layer_norm_epsilon"] = io::json_number(eps);
+    j["hidden_act"] = "silu";
     if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
     if (eos_token_id >= 0) j["eos_token_id"] = eos_token_id;
     if (dtype) {
@@ -188,6 +220,69 @@ struct MambaConfig {
   bool is_moss() const { return !moss_variant.empty() && moss_variant != "mamba"; }
 
  private:
+  /// `config_error` for a config in the layout of the original state-spaces/mamba repository
+  /// (mamba_ssm's MambaConfig: d_model, n_layer, ssm_cfg, no hidden_size).
+  static void expect_hf_layout(const io::JsonRef& j) {
+    if (j.find("hidden_size")) return;
+    std::vector<std::string> found;
+    for (const char* key : {"d_model", "n_layer", "ssm_cfg"})
+      if (j.find(key)) found.push_back(key);
+    MOSS_EXPECTS(found.empty(), config_error, j.where(), " is a state-spaces/mamba (mamba_ssm) config (it has ",
+                 detail::quoted_list(found),
+                 " and no \"hidden_size\"); moss loads the Hugging Face transformers MambaForCausalLM "
+                 "config.json (model_type \"mamba\", hidden_size, num_hidden_layers, state_size, ...): use a "
+                 "\"-hf\" checkpoint (e.g. state-spaces/mamba-130m-hf) or convert this one with transformers' "
+                 "convert_mamba_ssm_checkpoint_to_pytorch.py");
+  }
+
+  /// The config's model_type: "mamba" (a Hugging Face Mamba) or "moss"; `config_error` naming
+  /// the value for any other or a missing one.
+  static std::string read_model_type(const io::JsonRef& j) {
+    const std::optional<io::JsonRef> v = j.find("model_type");
+    MOSS_EXPECTS(v && !v->is_null(), config_error, j.where(),
+                 ": model_type is missing; moss reads \"mamba\" (a Hugging Face MambaForCausalLM config) and "
+                 "\"moss\" (a config moss wrote)");
+    const std::string t = v->as_string();
+    MOSS_EXPECTS(t == "mamba" || t == "moss", config_error, v->where(), " is \"", t,
+                 "\"; moss reads \"mamba\" (a Hugging Face MambaForCausalLM config) and \"moss\" (a config moss "
+                 "wrote)");
+    return t;
+  }
+
+  /// The storage dtype of "dtype" (transformers 5) and "torch_dtype" (transformers 4); `config_error`
+  /// when both are present and name different dtypes.
+  static std::optional<DType> read_dtype(const io::JsonRef& j) {
+    std::optional<DType> d;
+    std::string first_where, first_text;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      const std::optional<io::JsonRef> v = j.find(key);
+      if (!v || v->is_null()) continue;
+      const std::string text = v->as_string();
+      const DType t = parse_storage_dtype(text, v->where().c_str());
+      MOSS_EXPECTS(!d || *d == t, config_error, v->where(), " is \"", text, "\" but ", first_where, " is \"",
+                   first_text, "\"; both name the checkpoint's storage dtype and must agree");
+      if (!d) {
+        d = t;
+        first_where = v->where();
+        first_text = text;
+      }
+    }
+    return d;
+  }
+
+  /// `config_error` for moss's own keys in a config whose model_type is "mamba": they would be
+  /// ignored, so the model would not be the one the file describes.
+  static void expect_no_moss_keys(const io::JsonRef& j) {
+    for (const char* key : {"moss_variant", "block_pattern", "blocks"}) {
+      const std::optional<io::JsonRef> v = j.find(key);
+      if (!v || v->is_null()) continue;
+      if (std::string(key) == "moss_variant" && v->is_string() && v->as_string() == "mamba") continue;
+      raise<config_error>(v->where(),
+                          " is a moss key, but model_type is \"mamba\" (a Hugging Face Mamba, which "
+                          "has no such key); a moss model's config says model_type \"moss\"");
+    }
+  }
+
   static void read_moss(const io::JsonRef& j, MambaConfig& c) {
     j.read("moss_variant", c.moss_variant);
     j.read("block_pattern", c.block_pattern);

@@ -101,7 +101,7 @@ void validate(const CausalConv1dArgs<T>& args, const char* where) {
 
   const auto [dim, width] = detail::conv1d_expect_weight(where, weight);
   expect_valid(where, x);
-  expect_shape(where, x, {-1, dim, -1}, "(batch, dim, L)");
+  expect_shape(where, x, {any, dim, any}, "(batch, dim, L)");
   const index_t batch = x.shape[0], seqlen = x.shape[2];
   expect_valid(where, out);
   expect_shape(where, out, {batch, dim, seqlen}, "(batch, dim, L)");
@@ -140,7 +140,7 @@ void validate(const CausalConv1dStepArgs<T>& args, const char* where) {
 
   const auto [dim, width] = detail::conv1d_expect_weight(where, weight);
   expect_valid(where, x);
-  expect_shape(where, x, {-1, dim}, "(batch, dim)");
+  expect_shape(where, x, {any, dim}, "(batch, dim)");
   const index_t batch = x.shape[0];
   expect_valid(where, state);
   expect_shape(where, state, {batch, dim, width - 1}, "(batch, dim, W-1)");

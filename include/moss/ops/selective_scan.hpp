@@ -137,12 +137,12 @@ void validate(const SelectiveScanArgs<T>& a, const char* where) {
   expect_valid(where, delta);
   expect_shape(where, delta, {batch, dim, L}, "(batch, dim, L)");
   expect_valid(where, A);
-  expect_shape(where, A, {dim, -1}, "(dim, N)");
+  expect_shape(where, A, {dim, any}, "(dim, N)");
   const index_t N = A.shape[1];
   detail::scan::expect_state_size(where, N);
   for (const auto& bc : {B, C}) {
     expect_valid(where, bc);
-    expect_shape(where, bc, {batch, -1, N, L}, "(batch, groups, N, L)");
+    expect_shape(where, bc, {batch, any, N, L}, "(batch, groups, N, L)");
     detail::scan::expect_groups(where, bc, dim);
   }
   detail::scan::expect_optional(where, a.D.named("D"), {dim}, "(dim)");
@@ -262,12 +262,12 @@ void validate(const SelectiveScanStepArgs<T>& a, const char* where) {
   expect_valid(where, delta);
   expect_shape(where, delta, {batch, dim}, "(batch, dim)");
   expect_valid(where, A);
-  expect_shape(where, A, {dim, -1}, "(dim, N)");
+  expect_shape(where, A, {dim, any}, "(dim, N)");
   const index_t N = A.shape[1];
   detail::scan::expect_state_size(where, N);
   for (const auto& bc : {B, C}) {
     expect_valid(where, bc);
-    expect_shape(where, bc, {batch, -1, N}, "(batch, groups, N)");
+    expect_shape(where, bc, {batch, any, N}, "(batch, groups, N)");
     detail::scan::expect_groups(where, bc, dim);
   }
   detail::scan::expect_optional(where, a.D.named("D"), {dim}, "(dim)");

@@ -8,9 +8,12 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
+#include "moss/core/checked.hpp"
 #include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
+#include "moss/core/error.hpp"
 #include "moss/policy/router.hpp"
 
 namespace moss::detail::route {
@@ -66,10 +69,23 @@ inline float dot_in_kernel_order(const T* x, const float* w, long long D) {
 
 /// Capacity of each expert for T tokens, K slots, X experts and capacity factor cf > 0:
 /// max(1, ceil(cf · T · K / X)), computed in double (docs/math.md §2). 0 for cf = 0 (dropless).
+/// A capacity too large for 62 bits (cf · T · K / X ≥ 2^62, e.g. cf = 1e308) exceeds T · K,
+/// so it keeps every pair just as T · K does, and max(1, T · K) is returned: the same plan,
+/// without a float-to-integer overflow. `config_error` naming capacity_factor for a negative,
+/// NaN or infinite cf; `shape_error` for T < 0, K < 1 or X < 1.
 inline long long expert_capacity(double capacity_factor, long long tokens, long long k, long long experts) {
-  if (capacity_factor <= 0) return 0;
+  MOSS_EXPECTS(std::isfinite(capacity_factor) && capacity_factor >= 0, config_error,
+               "expert_capacity: capacity_factor is ", capacity_factor,
+               ", expected a finite number >= 0 (0 = dropless)");
+  MOSS_EXPECTS(tokens >= 0 && k >= 1 && experts >= 1, shape_error, "expert_capacity: ", tokens, " tokens, k ", k,
+               " and ", experts, " experts; expected tokens >= 0, k >= 1 and experts >= 1");
+  if (capacity_factor == 0) return 0;
   const double c =
       std::ceil(capacity_factor * static_cast<double>(tokens) * static_cast<double>(k) / static_cast<double>(experts));
+  if (!(c < 0x1p62)) {
+    const long long pairs = try_mul(tokens, k).value_or(std::numeric_limits<long long>::max());
+    return pairs < 1 ? 1 : pairs;
+  }
   return c < 1 ? 1 : static_cast<long long>(c);
 }
 
