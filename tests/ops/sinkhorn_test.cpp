@@ -138,7 +138,9 @@ TEST_CASE("sinkhorn: hand-worked cases", "[host][ops][sinkhorn]") {
   }
 }
 
-TEST_CASE("sinkhorn: balanced columns and rows, against float64 iterated to convergence", "[host][ops][sinkhorn]") {
+// [slow]: ~20 s in a Release build (the float64 reference iterates to convergence); ctest labels it "slow".
+TEST_CASE("sinkhorn: balanced columns and rows, against float64 iterated to convergence",
+          "[host][ops][sinkhorn][slow]") {
   struct Case {
     index_t T, X;
     bool skewed;

@@ -145,6 +145,11 @@ class RoutingReport {
 /// @tparam E the expert-count policy (a count fixed in the type wins over the config's).
 template <Router R, ExpertCount E>
 struct RouterConfig {
+  // Every routed block (MoeFeedForward, RoutedMamba, one's own) holds a RouterConfig, so this
+  // is the one place where the router's K and a fixed expert count meet.
+  static_assert(E::fixed == 0 || R::k <= E::fixed,
+                "moss::RouterConfig<R, E>: the router picks more experts per token (R::k) than the fixed "
+                "expert count Experts<N> has (K must be <= N)");
   index_t num_experts = E::fixed;  ///< X; with Experts<> it must be set (config "num_experts")
   R router{};                      ///< the router and its runtime settings
   RouterSettings settings{};       ///< capacity factor and loss coefficients

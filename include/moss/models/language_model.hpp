@@ -28,9 +28,23 @@ namespace moss {
 /// A list of block types that a model repeats, in order, to its runtime depth: layer i is of
 /// type Blocks[i mod n]. A depth that is not a multiple of n is a `config_error`.
 ///   moss::Pattern<MambaBlock, MoeBlock>   MoE-Mamba: Mamba and MoE feed-forward alternating
+/// What a model stacks: a block on the residual stream, built from the model's norm settings,
+/// shared sizes and its config section, as `Residual<Norm, Mixer>` is around a mixer.
+template <class B>
+concept ModelBlock = requires(const NormSettings& norm, const MambaDims& dims, const typename B::Config& config) {
+  typename B::Params;
+  typename B::Cache;
+  { B::block_name } -> std::convertible_to<std::string_view>;
+  B(norm, dims, config);
+};
+
 template <class... Blocks>
 struct Pattern {
   static_assert(sizeof...(Blocks) >= 1, "moss::Pattern<...>: list at least one block type");
+  // Checked first: a bare mixer otherwise fails deep inside the model's constructor.
+  static_assert((ModelBlock<Blocks> && ...),
+                "moss::LanguageModel: every block type must be wrapped in moss::Residual<Norm, Mixer> (e.g. "
+                "moss::Residual<moss::RmsNorm, moss::Mamba<T>>)");
   static constexpr std::size_t size = sizeof...(Blocks);
   using blocks = std::tuple<Blocks...>;
   using value_type = typename std::tuple_element_t<0, blocks>::value_type;

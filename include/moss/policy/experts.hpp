@@ -14,12 +14,23 @@
 
 namespace moss {
 
+/// The template argument of `Experts<>`: the count is read from the config. Not 0, so that a
+/// spelled-out `Experts<0>` (a block without experts) is refused instead of silently meaning
+/// "from the config".
+inline constexpr index_t kExpertsFromConfig = -1;
+
 /// The expert count: fixed in the type (`Experts<8>`) or read from the config (`Experts<>`).
-/// @tparam N the fixed count, or 0 for a runtime count.
-template <index_t N = 0>
+/// @tparam N the fixed count (≥ 1), or kExpertsFromConfig (the default) for a runtime count.
+template <index_t N = kExpertsFromConfig>
 struct Experts {
-  static_assert(N >= 0, "moss::Experts<N>: N must be positive (or 0 for a count read from the config)");
-  static constexpr index_t fixed = N;
+  static_assert(N != 0,
+                "moss::Experts<0>: a sparse block needs at least one expert; write moss::Experts<> to read the "
+                "count from the config");
+  static_assert(N >= 0 || N == kExpertsFromConfig,
+                "moss::Experts<N>: N must be positive (or left out, moss::Experts<>, to read the count from the "
+                "config)");
+  /// The fixed count, or 0 when it comes from the config (what the layers test for).
+  static constexpr index_t fixed = N > 0 ? N : 0;
   /// The count to use given the config's `num_experts`; throws `config_error` when they disagree.
   static index_t resolve(index_t configured, const char* where) {
     if constexpr (N > 0) {

@@ -1,0 +1,6 @@
+// expect: moss::activation: T must be float, moss::f16 or moss::bf16
+#include "moss/ops/activation.hpp"
+
+namespace ops_activation {
+void check(const moss::ActivationArgs<double>& a) { moss::validate(a, "activation"); }
+}  // namespace ops_activation
