@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <utility>
 
 #include "moss/core/buffer.hpp"
@@ -38,6 +39,50 @@ namespace moss {
 
 namespace detail {
 
+/// Throws the `out_of_memory_error` of a failed CUDA allocation (`call` returned
+/// cudaErrorMemoryAllocation) by `who` of `bytes` bytes for `what` (null: unnamed): device
+/// memory on device `dev` (with what the device and moss's pool `pool` hold, when not null) or,
+/// with `pinned`, page-locked host memory. Clears the error first, so no later check reports it.
+[[noreturn]] inline void raise_cuda_out_of_memory(const char* who, const char* call, std::uint64_t bytes, int dev,
+                                                  cudaMemPool_t pool, bool pinned, const char* what) {
+  (void)cudaGetLastError();
+  std::string name = cat("cuda:", dev);
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+    name += cat(" (", prop.name, ")");
+  else
+    (void)cudaGetLastError();
+  const std::string device = pinned ? cat("page-locked host memory (for ", name, ")") : cat("device memory on ", name);
+  std::string why = cat(call, " failed");
+  std::size_t free_bytes = 0, total_bytes = 0;
+  if (pinned) {
+    why += "; page-locked memory is limited by the host's RAM and its locked-memory limit";
+  } else if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+    why += cat("; the device has ", byte_size_text(free_bytes, false), " free of ", byte_size_text(total_bytes, false));
+  } else {
+    (void)cudaGetLastError();
+  }
+  std::uint64_t used = 0, reserved = 0;
+  if (pool && cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess &&
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess) {
+    why += cat("; moss's pool holds ", byte_size_text(used, false), " in live buffers and ",
+               byte_size_text(reserved > used ? reserved - used : 0, false), " cached for reuse");
+  } else {
+    (void)cudaGetLastError();
+  }
+  raise_out_of_memory(who, bytes, device, what, why);
+}
+
+/// Checks the status `err` of the allocation `call` made by `who`: `out_of_memory_error` for
+/// cudaErrorMemoryAllocation (see `raise_cuda_out_of_memory`), `cuda_error` for any other failure.
+inline void check_cuda_alloc(cudaError_t err, const char* who, const char* call, std::uint64_t bytes, int dev,
+                             cudaMemPool_t pool, bool pinned, const char* what, const char* file, int line) {
+  if (err == cudaSuccess) return;
+  if (err == cudaErrorMemoryAllocation) raise_cuda_out_of_memory(who, call, bytes, dev, pool, pinned, what);
+  (void)cudaGetLastError();
+  cuda::raise_failed_call(call, cudaGetErrorName(err), cudaGetErrorString(err), file, line);
+}
+
 /// One cuBLAS and one cuBLASLt handle per (thread, device), created on first use and kept.
 struct BlasHandles {
   cublasHandle_t blas = nullptr;
@@ -51,7 +96,8 @@ struct BlasHandles {
   BlasHandles() {
     MOSS_CUBLAS_CHECK(cublasCreate(&blas));
     MOSS_CUBLAS_CHECK(cublasLtCreate(&lt));
-    MOSS_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+    check_cuda_alloc(cudaMalloc(&workspace, kWorkspaceBytes), "cuBLAS handle setup", "cudaMalloc", kWorkspaceBytes,
+                     cuda::current_device(), nullptr, false, "the cuBLAS workspace", __FILE__, __LINE__);
     MOSS_CUBLAS_CHECK(cublasSetWorkspace(blas, workspace, kWorkspaceBytes));
   }
   ~BlasHandles() {
@@ -166,25 +212,30 @@ struct Cuda {
   cudaStream_t stream = nullptr;
 
   /// Allocates `n` uninitialised elements from moss's pool on the current device, stream-ordered
-  /// on `stream`; freed on the same stream.
+  /// on `stream`; freed on the same stream. `what` names the buffer in the
+  /// `out_of_memory_error` raised when the device has not the memory (null: unnamed).
   template <class T>
-  Buffer<T> alloc(index_t n) const {
-    MOSS_EXPECTS(n >= 0, config_error, "Cuda::alloc: negative element count ", n);
+  Buffer<T> alloc(index_t n, const char* what = nullptr) const {
+    const int dev = cuda::current_device();
+    const std::size_t bytes = alloc_bytes("Cuda::alloc", n, sizeof(T), "device memory", what);
     if (n == 0) return Buffer<T>(nullptr, 0, Device::cuda, {});
     void* p = nullptr;
-    MOSS_CUDA_CHECK(cudaMallocFromPoolAsync(&p, static_cast<std::size_t>(n) * sizeof(T),
-                                            detail::memory_pool(cuda::current_device()), stream));
+    const cudaMemPool_t pool = detail::memory_pool(dev);
+    detail::check_cuda_alloc(cudaMallocFromPoolAsync(&p, bytes, pool, stream), "Cuda::alloc", "cudaMallocFromPoolAsync",
+                             bytes, dev, pool, false, what, __FILE__, __LINE__);
     return Buffer<T>(static_cast<T*>(p), n, Device::cuda,
                      {[](void* q, void* s) { (void)cudaFreeAsync(q, static_cast<cudaStream_t>(s)); }, stream});
   }
   /// Allocates `n` uninitialised elements of page-locked host memory (`Device::host`), the
   /// destination that lets `download_async` overlap the host's work; freed with cudaFreeHost.
+  /// `what` names the buffer in the `out_of_memory_error` raised on failure (null: unnamed).
   template <class T>
-  Buffer<T> alloc_pinned(index_t n) const {
-    MOSS_EXPECTS(n >= 0, config_error, "Cuda::alloc_pinned: negative element count ", n);
+  Buffer<T> alloc_pinned(index_t n, const char* what = nullptr) const {
+    const std::size_t bytes = alloc_bytes("Cuda::alloc_pinned", n, sizeof(T), "page-locked host memory", what);
     if (n == 0) return Buffer<T>(nullptr, 0, Device::host, {});
     void* p = nullptr;
-    MOSS_CUDA_CHECK(cudaMallocHost(&p, static_cast<std::size_t>(n) * sizeof(T)));
+    detail::check_cuda_alloc(cudaMallocHost(&p, bytes), "Cuda::alloc_pinned", "cudaMallocHost", bytes,
+                             cuda::current_device(), nullptr, true, what, __FILE__, __LINE__);
     return Buffer<T>(static_cast<T*>(p), n, Device::host, {[](void* q, void*) { (void)cudaFreeHost(q); }, nullptr});
   }
   /// An event recorded on the stream now: it completes when the work queued so far has run.

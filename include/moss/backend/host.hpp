@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <new>
+#include <limits>
 
 #include "moss/core/buffer.hpp"
 
@@ -27,21 +27,23 @@ struct Host {
   /// What `record` returns.
   using Event = HostEvent;
 
-  /// Allocates `n` uninitialised elements of host memory (64-byte aligned).
+  /// Allocates `n` uninitialised elements of host memory (64-byte aligned). `what` names the
+  /// buffer in the `out_of_memory_error` raised when the memory is not there (null: unnamed).
   template <class T>
-  Buffer<T> alloc(index_t n) const {
-    MOSS_EXPECTS(n >= 0, config_error, "Host::alloc: negative element count ", n);
+  Buffer<T> alloc(index_t n, const char* what = nullptr) const {
+    const std::size_t bytes = alloc_bytes("Host::alloc", n, sizeof(T), "host memory", what);
     if (n == 0) return Buffer<T>(nullptr, 0, Device::host, {});
-    const std::size_t bytes = (static_cast<std::size_t>(n) * sizeof(T) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
+    if (bytes > std::numeric_limits<std::size_t>::max() - 63)
+      raise_out_of_memory("Host::alloc", bytes, "host memory", what, "the size exceeds the address space");
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!p) raise_out_of_memory("Host::alloc", bytes, "host memory", what, "std::aligned_alloc returned null");
     return Buffer<T>(static_cast<T*>(p), n, Device::host, {[](void* q, void*) { std::free(q); }, nullptr});
   }
   /// Allocates `n` elements of host memory for `download_async` (on the host, ordinary memory:
   /// the same as `alloc`).
   template <class T>
-  Buffer<T> alloc_pinned(index_t n) const {
-    return alloc<T>(n);
+  Buffer<T> alloc_pinned(index_t n, const char* what = nullptr) const {
+    return alloc<T>(n, what);
   }
   /// Waits for queued work (host work is synchronous: nothing to wait for).
   void synchronize() const {}

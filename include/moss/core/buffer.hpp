@@ -5,6 +5,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <iterator>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +21,46 @@ namespace moss {
 enum class Device : std::uint8_t { host, cuda };
 
 constexpr const char* device_name(Device d) { return d == Device::host ? "host" : "cuda"; }
+
+/// A byte count as people read it: "512 bytes", "1.50 GiB (1610612736 bytes)" (without the
+/// exact count in parentheses when `exact` is false: "1.50 GiB").
+inline std::string byte_size_text(std::uint64_t bytes, bool exact = true) {
+  if (bytes < 1024) return cat(bytes, " bytes");
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(bytes) / 1024.0;
+  std::size_t u = 0;
+  while (v >= 1024.0 && u + 1 < std::size(units)) {
+    v /= 1024.0;
+    ++u;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f %s", v, units[u]);
+  return exact ? cat(text, " (", bytes, " bytes)") : std::string(text);
+}
+
+/// Throws `out_of_memory_error` for a failed allocation: `who` made it ("Host::alloc"), of
+/// `bytes` bytes on `device` ("host memory", "cuda:0 (NVIDIA H100)"), for `what` (the buffer's
+/// name; null or empty when the caller did not say), and `why` (what failed, what was free).
+[[noreturn]] inline void raise_out_of_memory(const char* who, std::uint64_t bytes, const std::string& device,
+                                             const char* what, const std::string& why) {
+  const std::string text = bytes == UINT64_MAX ? std::string("more than 2^64 bytes") : byte_size_text(bytes);
+  const std::string for_what = what && *what ? cat(" for ", what) : std::string(" (buffer not named by the caller)");
+  throw out_of_memory_error(
+      cat(who, ": out of memory: ", text, " of ", device, " requested", for_what, why.empty() ? "" : "; ", why), bytes);
+}
+
+/// The bytes of `n` elements of `elem_size` bytes each, for `who` allocating `what` on
+/// `device`: `config_error` for a negative `n`, `out_of_memory_error` when the size does not
+/// fit in `std::size_t` (no allocation can succeed).
+inline std::size_t alloc_bytes(const char* who, index_t n, std::size_t elem_size, const char* device,
+                               const char* what) {
+  MOSS_EXPECTS(n >= 0, config_error, who, ": negative element count ", n, what && *what ? cat(" for ", what) : "");
+  const auto count = static_cast<std::uint64_t>(n);
+  if (elem_size != 0 && count > std::numeric_limits<std::size_t>::max() / elem_size)
+    raise_out_of_memory(who, UINT64_MAX, device, what,
+                        cat(n, " elements of ", elem_size, " bytes exceed the address space"));
+  return static_cast<std::size_t>(count) * elem_size;
+}
 
 /// How a buffer returns its memory: a plain function and an opaque context (a stream, say).
 struct Deleter {

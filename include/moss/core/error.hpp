@@ -5,6 +5,7 @@
 // value. Device code never throws.
 #pragma once
 
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -42,6 +43,20 @@ class io_error : public error {
  public:
   using error::error;
 };
+/// Memory a backend could not allocate: host memory (`Host::alloc`) or device memory
+/// (`Cuda::alloc`, `Cuda::alloc_pinned`). Raised instead of `std::bad_alloc` or a bare
+/// cudaErrorMemoryAllocation; the message says how many bytes were requested, on which device,
+/// for what when the caller named the buffer, and (on a GPU) how much memory was free.
+class out_of_memory_error : public error {
+ public:
+  /// `bytes`: the size of the request that failed (UINT64_MAX when it exceeds 64 bits).
+  explicit out_of_memory_error(const std::string& message, std::uint64_t bytes = 0) : error(message), bytes_(bytes) {}
+  /// The number of bytes that were requested (0 when not known).
+  std::uint64_t bytes() const noexcept { return bytes_; }
+
+ private:
+  std::uint64_t bytes_ = 0;
+};
 
 namespace detail {
 
@@ -72,7 +87,7 @@ template <class Error, class... Parts>
 
 /// Throws `kind` (a moss error type) with the streamed message parts unless `cond` holds.
 /// Example: MOSS_EXPECTS(n > 0, moss::config_error, "Mamba: d_model is ", n, ", expected > 0");
-#define MOSS_EXPECTS(cond, kind, ...)      \
-  do {                                     \
+#define MOSS_EXPECTS(cond, kind, ...)              \
+  do {                                             \
     if (!(cond)) ::moss::raise<kind>(__VA_ARGS__); \
   } while (0)
