@@ -156,21 +156,28 @@ class SafetensorsWriter {
     const std::filesystem::path tmp = path.string() + ".partial";
     {
       std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) raise<io_error>(path.string(), ": cannot create file (", std::strerror(errno), ")");
+      if (!out) {
+        const int err = errno;  // read before anything else can change it
+        raise<io_error>(path.string(), ": cannot create file ", tmp.string(), " (", std::strerror(err), ")");
+      }
+      errno = 0;
       body(out);
       out.flush();
       if (!out) {
+        const int err = errno;
         out.close();
-        std::error_code ec;
-        std::filesystem::remove(tmp, ec);
-        raise<io_error>(path.string(), ": write failed (disk full?)");
+        std::error_code ignored;
+        std::filesystem::remove(tmp, ignored);
+        raise<io_error>(path.string(), ": write failed (", err ? std::strerror(err) : "disk full?", ")");
       }
     }
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
     if (ec) {
-      std::filesystem::remove(tmp, ec);
-      raise<io_error>(path.string(), ": cannot move the written file into place (", ec.message(), ")");
+      const std::string why = ec.message();  // before the clean-up below reuses an error code
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+      raise<io_error>(path.string(), ": cannot move the written file into place (", why, ")");
     }
   }
 
