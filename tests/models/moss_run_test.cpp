@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "moss/moss.hpp"
@@ -20,18 +21,28 @@ namespace {
 
 struct Outcome {
   int status;
-  std::string output;
+  std::string output;  ///< stdout, then stderr
+  std::string out;     ///< stdout alone
+  std::string err;     ///< stderr alone
 };
 
-Outcome run_moss(const std::string& args) {
-  const auto log = std::filesystem::temp_directory_path() / ("moss_run_test_" + std::to_string(::getpid()) + ".log");
-  const std::string cmd = std::string(MOSS_RUN_EXE) + " " + args + " > " + log.string() + " 2>&1";
-  const int status = std::system(cmd.c_str());
-  std::ifstream in(log);
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
-  std::filesystem::remove(log);
-  return {status, ss.str()};
+  return ss.str();
+}
+
+Outcome run_moss(const std::string& args) {
+  const auto base = std::filesystem::temp_directory_path() / ("moss_run_test_" + std::to_string(::getpid()));
+  const auto out_log = base.string() + ".out", err_log = base.string() + ".err";
+  const std::string cmd = std::string(MOSS_RUN_EXE) + " " + args + " > " + out_log + " 2> " + err_log;
+  const int status = std::system(cmd.c_str());
+  Outcome r{status, "", slurp(out_log), slurp(err_log)};
+  r.output = r.out + r.err;
+  std::filesystem::remove(out_log);
+  std::filesystem::remove(err_log);
+  return r;
 }
 
 }  // namespace
@@ -45,6 +56,12 @@ TEST_CASE("moss-run reproduces the fixture's logits and greedy tokens", "[host][
                           out.string() + " --generate 3 --device cpu --dtype f32");
   INFO(r.output);
   REQUIRE(r.status == 0);
+  // The summary: what ran, and the throughput of each phase.
+  CHECK_THAT(r.out, ContainsSubstring("moss-run: mamba, f32 on cpu: 2 x 33 tokens, vocab 256"));
+  CHECK_THAT(r.out, ContainsSubstring("forward: 66 tokens in "));
+  CHECK_THAT(r.out, ContainsSubstring("decode:  2 steps x batch 2 in "));
+  CHECK_THAT(r.out, ContainsSubstring("tokens/s"));
+  CHECK(r.err.empty());
   const SafetensorsFile got(out.string());
   const SafetensorsFile ref(dir + "/reference.safetensors");
   const auto logits = got.read_as<float>("logits", {2, 33, 256});
@@ -56,7 +73,45 @@ TEST_CASE("moss-run reproduces the fixture's logits and greedy tokens", "[host][
     // The first generated token is the argmax of the last position's logits.
     CHECK(gen[b * 36 + 33] == argmax(logits.data() + (b * 33 + 32) * 256, 256));
   }
+
+  // In passes of 5 positions (33 = 6 · 5 + 3), each continuing from the last one's state, the
+  // file holds the same logits and tokens; --quiet prints nothing.
+  const auto chunked =
+      std::filesystem::temp_directory_path() / ("moss_run_chunked_" + std::to_string(::getpid()) + ".safetensors");
+  const auto q = run_moss("--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output " +
+                          chunked.string() + " --generate 3 --device cpu --dtype f32 --chunk-len 5 --quiet");
+  INFO(q.output);
+  REQUIRE(q.status == 0);
+  CHECK(q.out.empty());
+  CHECK(q.err.empty());
+  const SafetensorsFile got_chunked(chunked.string());
+  CHECK(test::rel_l2(got_chunked.read_as<float>("logits", {2, 33, 256}), logits) <= 1e-6);
+  CHECK(got_chunked.read_as<std::int64_t>("generated", {2, 36}) == gen);
+  CHECK(!std::filesystem::exists(chunked.string() + ".partial"));
   std::filesystem::remove(out);
+  std::filesystem::remove(chunked);
+}
+
+TEST_CASE("moss-run names the real reason an output cannot be written", "[host][models][cli][errors]") {
+  const std::string dir = test::data_dir() + "/hf_mamba_tiny";
+  const auto tmp = std::filesystem::temp_directory_path() / ("moss_run_outdir_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(tmp / "taken");
+  const std::string common = "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --device cpu ";
+  // A directory as --output: refused before the model runs, with the system's reason.
+  auto r = run_moss(common + "--output " + (tmp / "taken").string());
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.err, ContainsSubstring((tmp / "taken").string()));
+  CHECK_THAT(r.err, ContainsSubstring("Is a directory"));
+  CHECK_THAT(r.err, !ContainsSubstring("Success"));
+  CHECK(r.out.empty());
+  // A missing folder.
+  r = run_moss(common + "--output " + (tmp / "missing" / "out.safetensors").string());
+  INFO(r.output);
+  CHECK(r.status != 0);
+  CHECK_THAT(r.err, ContainsSubstring("No such file or directory"));
+  CHECK(std::filesystem::is_empty(tmp / "taken"));
+  std::filesystem::remove_all(tmp);
 }
 
 TEST_CASE("moss-run refuses bad arguments and files with a message", "[host][models][cli][errors]") {
@@ -82,6 +137,9 @@ TEST_CASE("moss-run refuses bad arguments and files with a message", "[host][mod
   fails_with(
       "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --device tpu",
       "--device");
+  fails_with(
+      "--checkpoint " + dir + " --inputs " + dir + "/reference.safetensors --output /tmp/x.safetensors --chunk-len 0",
+      "--chunk-len is 0, expected ≥ 1");
 }
 
 namespace {
@@ -110,6 +168,14 @@ void check_saved_variant(const char* variant) {
   const auto tmp =
       std::filesystem::temp_directory_path() / ("moss_run_" + std::string(variant) + "_" + std::to_string(::getpid()));
   model.save(host, params, tmp / "model");
+  // config.json writes float settings in their shortest round-trip form: 1e-05, not
+  // 9.999999747378752e-06 (the float widened to double).
+  const std::string config = slurp(tmp / "model" / "config.json");
+  INFO(config);
+  CHECK_THAT(config, ContainsSubstring("\"layer_norm_epsilon\": 1e-05"));
+  CHECK_THAT(config, ContainsSubstring("\"aux_loss_coef\": 0.01"));
+  CHECK_THAT(config, ContainsSubstring("\"z_loss_coef\": 0.001"));
+  CHECK(!std::regex_search(config, std::regex(R"([0-9]\.[0-9]{10,})")));  // no float → double digits
   std::vector<std::int64_t> ids(2 * 9);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 13 + 5) % 64);
   SafetensorsWriter in;
