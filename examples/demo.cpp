@@ -4,9 +4,18 @@
 // tokens through the decode path and prints prefill and decode throughput and, for routed
 // models, how the first routed layer spread the prompt over its experts — on the GPU when one
 // is visible, else on the CPU.
+#include <unistd.h>
+
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <iostream>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <thread>
 
 #include "cli.hpp"
 #include "moss/moss.hpp"
@@ -21,6 +30,68 @@ constexpr const char* kUsage =
     "Defaults: dense Mamba, Mamba-130M shape (d_model 768, 24 layers, vocab 50280) with seeded\n"
     "random weights (routed variants: 8 experts, top-1);\n"
     "GPU: bf16, batch 8, prompt 512, 128 new tokens; CPU: f32, batch 1, prompt 64, 16 new tokens.\n";
+
+/// `x` with `digits` decimals.
+std::string fixed(double x, int digits) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", digits, x);
+  return text;
+}
+
+/// A line on stderr saying what the demo is doing while it does it. On a terminal the line
+/// counts the seconds (rewritten in place every second) until the next stage replaces it or
+/// `done` ends it; elsewhere (a log) it is printed once, and `done`'s text on a line of its own.
+/// A stage that ends by an exception says "failed".
+class Progress {
+ public:
+  explicit Progress(std::string what)
+      : what_(std::move(what)), tty_(::isatty(::fileno(stderr)) != 0), exceptions_(std::uncaught_exceptions()) {
+    std::fprintf(stderr, "[moss-demo] %s...%s", what_.c_str(), tty_ ? "" : "\n");
+    std::fflush(stderr);
+    if (tty_) {
+      try {
+        ticker_ = std::thread([this] { tick(); });
+      } catch (const std::system_error&) {  // no threads here: no counter, the line stays
+      }
+    }
+  }
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+  ~Progress() { stop(std::uncaught_exceptions() > exceptions_ ? "failed" : ""); }
+  /// Ends the line with `result` ("weights ready in 3.2 s").
+  void done(const std::string& result) { stop(result); }
+
+ private:
+  void tick() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (int s = 1; !cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stopped_; }); ++s) {
+      std::fprintf(stderr, "\r[moss-demo] %s... %d s", what_.c_str(), s);
+      std::fflush(stderr);
+    }
+  }
+  void stop(const std::string& result) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (stopped_) return;
+      stopped_ = true;
+    }
+    cv_.notify_all();
+    if (ticker_.joinable()) ticker_.join();
+    if (tty_)
+      std::fprintf(stderr, "\r[moss-demo] %s... %s\033[K\n", what_.c_str(), result.empty() ? "done" : result.c_str());
+    else if (!result.empty())
+      std::fprintf(stderr, "[moss-demo] %s\n", result.c_str());
+    std::fflush(stderr);
+  }
+
+  std::string what_;
+  bool tty_;
+  int exceptions_;  // in flight when the stage began: more at its end means it failed
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stopped_ = false;
+  std::thread ticker_;
+};
 
 struct Plan {
   moss::index_t batch, prompt_len, generate;
@@ -52,11 +123,20 @@ void run(const Backend& backend, const char* device, moss::MambaConfig cfg, cons
   using clock = std::chrono::steady_clock;
   // A checkpoint's config.json carries each block's section; a seeded model takes --experts.
   const Model model = plan.checkpoint.empty() ? Model(cfg, seeded_blocks<Model>(plan.experts)) : Model(cfg);
+  const std::string variant = model.config().moss_variant.empty() ? "mamba" : model.config().moss_variant;
   auto t0 = clock::now();
+  std::optional<Progress> progress;
+  if (plan.checkpoint.empty()) {
+    progress.emplace(moss::cat("initialising ", cfg.n_layers, " ", variant, " layers (d_model ", cfg.d_model,
+                               ", vocab ", cfg.vocab_size, ") with seeded random weights"));
+  } else {
+    progress.emplace(moss::cat("loading ", cfg.n_layers, " ", variant, " layers from ", plan.checkpoint));
+  }
   const auto params =
       plan.checkpoint.empty() ? model.init(backend, plan.seed) : model.load(backend, moss::Checkpoint(plan.checkpoint));
   backend.synchronize();
   const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
+  progress->done(moss::cat("weights ready in ", fixed(load_s, 1), " s"));
 
   // A seeded prompt of random token ids.
   moss::Rng rng(plan.seed + 1);
@@ -67,20 +147,25 @@ void run(const Backend& backend, const char* device, moss::MambaConfig cfg, cons
   opt.sampling = plan.sampling;
   const moss::ConstView<std::int64_t, 2> prompt_view(prompt.data(), {plan.batch, plan.prompt_len}, "prompt");
 
+  progress.emplace(moss::cat("warm-up: prefill ", plan.batch, " x ", plan.prompt_len, " tokens, 2 new tokens per row"));
   moss::generate(backend, model, params, prompt_view, [&] {  // warm-up (kernel loading, handles)
     moss::GenerateOptions w = opt;
     w.max_new_tokens = std::min<moss::index_t>(2, opt.max_new_tokens);
     return w;
   }());
+  progress.emplace(moss::cat("timed run: prefill ", plan.batch, " x ", plan.prompt_len, " tokens, then ", plan.generate,
+                             " new tokens per row"));
   const auto r = moss::generate(backend, model, params, prompt_view, opt);
+  progress.reset();
 
-  const std::string variant = model.config().moss_variant.empty() ? "mamba" : model.config().moss_variant;
   std::printf("moss-demo: %s LM, d_model %lld, %lld layers, vocab %lld, d_state %lld, %s weights (%s), on %s\n",
               variant.c_str(), static_cast<long long>(cfg.d_model), static_cast<long long>(cfg.n_layers),
               static_cast<long long>(cfg.vocab_size), static_cast<long long>(cfg.d_state),
               std::string(moss::dtype_name(moss::dtype_of<T>)).c_str(),
               plan.checkpoint.empty() ? "seeded random" : plan.checkpoint.c_str(), device);
   std::printf("  weights ready in %.2f s\n", load_s);
+  if (plan.checkpoint.empty())
+    std::printf("  seeded random weights: the tokens are meaningless (--checkpoint DIR runs trained weights)\n");
   std::printf("  prefill: %lld x %lld tokens in %.3f ms -> %.0f tokens/s\n", static_cast<long long>(plan.batch),
               static_cast<long long>(plan.prompt_len), r.prefill_seconds * 1e3,
               plan.batch * plan.prompt_len / r.prefill_seconds);
