@@ -35,7 +35,8 @@ class Checkpoint {
   /// File name of the index of a sharded checkpoint.
   static constexpr const char* index_file_name = "model.safetensors.index.json";
 
-  /// Opens `path` (folder, index or .safetensors file); `io_error` naming what is wrong.
+  /// Opens `path` (folder, index or .safetensors file); `io_error` naming what is wrong
+  /// ("checkpoint /x does not exist", "checkpoint folder /x holds neither ...").
   explicit Checkpoint(std::filesystem::path path) : path_(std::move(path)) {
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -45,10 +46,12 @@ class Checkpoint {
       } else if (fs::exists(path_ / index_file_name, ec)) {
         open_index(path_ / index_file_name);
       } else {
-        raise<io_error>(path_.string(), ": holds neither ", single_file_name, " nor ", index_file_name);
+        raise<io_error>("checkpoint folder ", path_.string(), " holds neither ", single_file_name, " nor ",
+                        index_file_name);
       }
     } else if (!fs::exists(path_, ec)) {
-      raise<io_error>(path_.string(), ": no such file or directory");
+      raise<io_error>("checkpoint ", path_.string(), " does not exist (expected a folder holding ", single_file_name,
+                      " or ", index_file_name, ", an index file or a .safetensors file)");
     } else if (path_.filename().string().ends_with(".index.json")) {
       open_index(path_);
     } else {

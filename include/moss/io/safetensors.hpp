@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <optional>
@@ -107,6 +108,13 @@ constexpr bool is_int_dtype(DType d) { return d == DType::i32 || d == DType::i64
 /// True when `read` converts a stored `from` into `to`.
 constexpr bool convertible(DType from, DType to) {
   return from == to || (is_float_dtype(from) && is_float_dtype(to)) || (is_int_dtype(from) && is_int_dtype(to));
+}
+
+/// The stored dtypes that `read` converts into `to`, for messages ("f32, f16 or bf16").
+inline std::string readable_as(DType to) {
+  if (is_float_dtype(to)) return "f32, f16 or bf16";
+  if (is_int_dtype(to)) return "i32 or i64";
+  return std::string(dtype_name(to)) + " only";
 }
 
 inline float load_float(const std::byte* p, DType d) {
@@ -223,8 +231,9 @@ class SafetensorsFile {
     const TensorInfo& ti = info(name);
     const std::string file = path_.string();
     MOSS_EXPECTS(detail::st::convertible(ti.dtype, want), io_error, file, ": tensor ", detail::st::quoted(name), " is ",
-                 dtype_name(ti.dtype), " and cannot be read as ", dtype_name(want),
-                 "; moss converts among f32, f16 and bf16, and between i32 and i64");
+                 dtype_name(ti.dtype), " and cannot be read as ", dtype_name(want), " (a ", dtype_name(want),
+                 " read accepts ", detail::st::readable_as(want),
+                 " data; moss converts among f32, f16 and bf16, and between i32 and i64)");
     const std::uint64_t count = static_cast<std::uint64_t>(ti.numel());
     const std::uint64_t need = count * dtype_size(want);
     MOSS_EXPECTS(out.size() == need, shape_error, "SafetensorsFile::read: ", file, ": tensor ",
@@ -282,6 +291,22 @@ class SafetensorsFile {
   /// `read` into `bytes` bytes at `out`.
   void read(std::string_view name, DType want, void* out, std::size_t bytes) const {
     read(name, want, std::span<std::byte>(static_cast<std::byte*>(out), bytes));
+  }
+
+  /// Checks that tensor `name` is stored as one of `accepted` and throws `io_error` "file: tensor
+  /// X is f32 but expected i64 or i32" otherwise (for inputs that must have a given dtype).
+  void expect_dtype(std::string_view name, std::initializer_list<DType> accepted) const {
+    const TensorInfo& ti = info(name);
+    if (std::find(accepted.begin(), accepted.end(), ti.dtype) != accepted.end()) return;
+    std::string list;
+    std::size_t i = 0;
+    for (DType d : accepted) {
+      if (i > 0) list += i + 1 == accepted.size() ? " or " : ", ";
+      list += dtype_name(d);
+      ++i;
+    }
+    raise<io_error>(path_.string(), ": tensor ", detail::st::quoted(name), " is ", dtype_name(ti.dtype),
+                    " but expected ", list);
   }
 
   /// Checks that tensor `name` has shape `expected` (a negative entry matches any extent) and

@@ -87,6 +87,28 @@ inline std::int64_t sample_token(const float* logits, index_t V, const SamplingO
   return order[keep - 1];
 }
 
+namespace detail {
+
+/// Raises `moss::error` when one of the V logits of sequence `row` for new token `step` is NaN
+/// or ±Inf: no token picked from them would be what the model means (argmax over NaN is 0).
+inline void expect_finite_logits(const float* logits, index_t V, index_t row, index_t step, index_t prompt_len) {
+  index_t first = -1, bad = 0;
+  for (index_t v = 0; v < V; ++v)
+    if (!std::isfinite(logits[v])) {
+      if (first < 0) first = v;
+      ++bad;
+    }
+  if (bad == 0) return;
+  raise<moss::error>("generate: the logits of sequence ", row, " for new token ", step, " (position ",
+                     prompt_len + step, ") are not finite: logits[", row, ", ", first, "] = ", logits[first], " (", bad,
+                     " of ", V,
+                     " non-finite); no token can be picked from them. The weights or the computation produced NaN or "
+                     "Inf (load the checkpoint with LoadOptions{.check_finite = true} to find a non-finite weight; an "
+                     "f16 model may overflow where bf16 or f32 does not)");
+}
+
+}  // namespace detail
+
 /// What `generate` does.
 struct GenerateOptions {
   index_t max_new_tokens = 16;
@@ -107,7 +129,10 @@ struct GenerateResult {
 };
 
 /// Generates up to `opt.max_new_tokens` tokens after `prompt` (host memory, (batch, L)) with
-/// `model` and its `params` on `backend`.
+/// `model` and its `params` on `backend`. The logits of every step come back to the host (on
+/// every backend, in the copy that the token pick reads anyway, so no extra synchronisation)
+/// and a NaN or ±Inf among those of a running sequence raises `moss::error` naming the
+/// sequence, the step and the vocabulary index, never a token picked from them.
 template <class Model, class Backend>
 GenerateResult generate(const Backend& backend, const Model& model, const typename Model::Params& params,
                         ConstView<std::int64_t, 2> prompt, const GenerateOptions& opt) {
@@ -137,6 +162,7 @@ GenerateResult generate(const Backend& backend, const Model& model, const typena
       if (opt.record_logits) r.logits.insert(r.logits.end(), host_logits.begin(), host_logits.end());
       bool all_done = true;
       for (index_t b = 0; b < batch; ++b) {
+        if (!done[b]) detail::expect_finite_logits(host_logits.data() + b * V, V, b, r.steps, L);
         next[b] = done[b] ? eos : sample_token(host_logits.data() + b * V, V, opt.sampling, rng);
         rows[b].push_back(next[b]);
         if (stop && next[b] == eos) done[b] = true;

@@ -3,7 +3,9 @@
 // from a cache, and one-token decode.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -14,6 +16,7 @@
 
 #include "moss/io/checkpoint.hpp"
 #include "moss/io/json.hpp"
+#include "moss/io/weights.hpp"
 #include "moss/io/writer.hpp"
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/params.hpp"
@@ -163,18 +166,26 @@ class LanguageModel {
     return p;
   }
 
-  /// Loads weights under Hugging Face names (f32, f16 or bf16 in the file; converted to T). A
-  /// tied model ignores a stored `lm_head.weight`; an untied one requires it.
+  /// Loads weights under Hugging Face names (f32, f16 or bf16 in the file; converted to T),
+  /// validated as `options` says (io/weights.hpp): by default every tensor of `ckpt` must be
+  /// read by the model (a layer beyond num_hidden_layers, or a conv1d.bias under use_conv_bias
+  /// false, is an `io_error` listing the unused tensors) and every value must be finite (a NaN
+  /// or ±Inf is an `io_error` naming the tensor and the flat index). An untied model requires
+  /// `lm_head.weight`; a tied one accepts a stored `lm_head.weight` only when it equals the
+  /// embeddings bit for bit (`io_error` otherwise).
   template <class Backend, WeightSource Source>
-  Params load(const Backend& backend, const Source& ckpt) const {
+  Params load(const Backend& backend, const Source& ckpt, const LoadOptions& options = {}) const {
+    const CheckedSource<Source> src(ckpt, options);
     Params p;
     const Extents<2> vd{config_.vocab_size, config_.d_model};
-    p.embeddings = load_tensor<T>(backend, ckpt, "", "backbone.embeddings.weight", vd);
-    if (!config_.tie_embeddings) p.lm_head = load_tensor<T>(backend, ckpt, "", "lm_head.weight", vd);
-    p.norm_f = norm_f_.load(backend, ckpt, "", "backbone.norm_f.weight");
+    p.embeddings = load_tensor<T>(backend, src, "", "backbone.embeddings.weight", vd);
+    if (!config_.tie_embeddings) p.lm_head = load_tensor<T>(backend, src, "", "lm_head.weight", vd);
+    if (config_.tie_embeddings && src.contains("lm_head.weight")) expect_tied_head(src);
+    p.norm_f = norm_f_.load(backend, src, "", "backbone.norm_f.weight");
     for (index_t i = 0; i < config_.n_layers; ++i)
-      at(i,
-         [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, ckpt, layer_prefix(i))); });
+      at(i, [&](auto I) { std::get<I>(p.layers).push_back(std::get<I>(blocks_).load(backend, src, layer_prefix(i))); });
+    src.expect_all_read(config_.source == "config" ? std::string("the model") : cat("the model of ", config_.source),
+                        [&](const std::vector<std::string>& unread) { return unused_hint(unread); });
     return p;
   }
 
@@ -337,6 +348,52 @@ class LanguageModel {
     if (c.moss_variant.empty() && pattern != std::vector<std::string>{"mamba"}) c.moss_variant = "custom";
     return c;
   }
+  /// A tied model's stored lm_head.weight must be the embedding matrix, bit for bit.
+  template <class Src>
+  void expect_tied_head(const Src& src) const {
+    const std::vector<index_t> vd{config_.vocab_size, config_.d_model};
+    const std::vector<float> head = src.template read_as<float>("lm_head.weight", vd);
+    const std::vector<float> emb = src.template read_as<float>("backbone.embeddings.weight", vd);
+    std::size_t first = head.size(), differ = 0;
+    for (std::size_t i = 0; i < head.size(); ++i)
+      if (std::memcmp(&head[i], &emb[i], sizeof(float)) != 0) {
+        if (first == head.size()) first = i;
+        ++differ;
+      }
+    if (differ == 0) return;
+    raise<io_error>(src.where(), ": the config", config_.source == "config" ? "" : cat(" (", config_.source, ")"),
+                    " ties the LM head to the embeddings (tie_word_embeddings true) but the checkpoint holds a ",
+                    "different \"lm_head.weight\": element ", first, " (flat index) is ",
+                    detail::float_text(head[first]), " where \"backbone.embeddings.weight\" holds ",
+                    detail::float_text(emb[first]), " (", differ, " of ", head.size(),
+                    " elements differ); set tie_word_embeddings to false to use the stored head, or remove it");
+  }
+  /// Why tensors were left unread, as far as the config explains it ("" when it does not).
+  std::string unused_hint(const std::vector<std::string>& unread) const {
+    const std::string layers = "backbone.layers.";
+    index_t deepest = -1;
+    bool conv_bias = false, proj_bias = false;
+    for (const std::string& n : unread) {
+      if (n.starts_with(layers)) {
+        index_t i = 0;
+        std::size_t k = layers.size();
+        for (; k < n.size() && n[k] >= '0' && n[k] <= '9' && i < (index_t{1} << 40); ++k) i = i * 10 + (n[k] - '0');
+        if (k > layers.size() && k < n.size() && n[k] == '.' && i >= config_.n_layers) deepest = std::max(deepest, i);
+      }
+      conv_bias = conv_bias || (!config_.use_conv_bias && n.ends_with("conv1d.bias"));
+      proj_bias = proj_bias || (!config_.use_bias && (n.ends_with("in_proj.bias") || n.ends_with("out_proj.bias")));
+    }
+    std::string why;
+    if (deepest >= 0)
+      why += deepest == config_.n_layers ? cat("; the config has num_hidden_layers ", config_.n_layers,
+                                               " but the checkpoint also holds layer ", deepest)
+                                         : cat("; the config has num_hidden_layers ", config_.n_layers,
+                                               " but the checkpoint holds layers up to ", deepest, " (layers ",
+                                               config_.n_layers, " to ", deepest, " are unused)");
+    if (conv_bias) why += "; the config has use_conv_bias false but the checkpoint holds conv1d.bias";
+    if (proj_bias) why += "; the config has use_bias false but the checkpoint holds in_proj/out_proj biases";
+    return why;
+  }
   /// Calls f(integral_constant<I>) for the pattern position of layer i.
   template <class F>
   void at(index_t i, F&& f) const {
@@ -383,9 +440,17 @@ class LanguageModel {
 template <StorageType T>
 using MambaLM = LanguageModel<Residual<RmsNorm, Mamba<T>>>;
 
-/// Reads `dir/config.json` (or a config file path).
+/// Reads `dir/config.json` (or a config file path). `io_error` "checkpoint folder /x does not
+/// exist" or "checkpoint folder /x has no config.json" when there is none to read.
 inline MambaConfig load_mamba_config(const std::filesystem::path& path) {
-  const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool is_file = path.extension() == ".json";
+  MOSS_EXPECTS(fs::exists(path, ec), io_error, is_file ? "config file " : "checkpoint folder ", path.string(),
+               " does not exist");
+  const fs::path file = fs::is_directory(path, ec) ? path / "config.json" : path;
+  MOSS_EXPECTS(fs::exists(file, ec), io_error, "checkpoint folder ", path.string(),
+               " has no config.json (a Hugging Face checkpoint folder holds config.json and model.safetensors)");
   return MambaConfig::from_json(io::parse_json(io::read_text_file(file), file.string()), file.string());
 }
 
