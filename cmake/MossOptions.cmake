@@ -14,6 +14,8 @@ option(MOSS_BUILD_EXAMPLES "Build the examples and moss-run" ${_moss_top})
 option(MOSS_CUDA_EXAMPLES "Compile the examples, moss-run and moss-demo as CUDA when the CUDA backend is on (they then run on the GPU); OFF builds them for the CPU only" ON)
 option(MOSS_SYNC_LAUNCHES "Synchronise after every kernel launch (names the failing kernel)" OFF)
 option(MOSS_WARNINGS_AS_ERRORS "Treat compiler warnings as errors in moss's own targets" OFF)
+option(MOSS_HEADER_CHECK "Compile every public header on its own (targets moss_header_check_*, ctest header_check)" ON)
+option(MOSS_BUILD_FUZZ "Build the libFuzzer targets of tests/fuzz (clang++ only; the fuzz preset)" OFF)
 option(MOSS_USE_CCACHE "Compile moss's own targets through ccache when it is installed" ${_moss_top})
 
 # ccache cuts CI rebuilds (mostly nvcc time) to seconds. It is looked up here rather than in the

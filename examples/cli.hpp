@@ -19,8 +19,41 @@
 #include "moss/core/error.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
+#include "moss/io/safetensors.hpp"
 
 namespace moss::cli {
+
+/// The token ids of a moss-run inputs file.
+struct InputIds {
+  index_t batch = 0;              ///< rows
+  index_t length = 0;             ///< positions per row
+  std::vector<std::int64_t> ids;  ///< batch · length ids, row-major
+};
+
+/// Reads the int64 tensor `input_ids` (batch, seqlen) of the safetensors file `path` and checks
+/// that batch and seqlen are ≥ 1 and every id lies in [0, vocab); `io_error` naming the file and
+/// the first bad entry otherwise ("inputs.safetensors: input_ids[0, 3] is 300 but the vocabulary
+/// has 256 tokens").
+inline InputIds read_input_ids(const std::filesystem::path& path, index_t vocab) {
+  const std::string where = path.string();
+  const SafetensorsFile in(path);
+  MOSS_EXPECTS(in.contains("input_ids"), io_error, where, ": has no tensor input_ids");
+  const auto info = in.info("input_ids");
+  MOSS_EXPECTS(info.shape.size() == 2 && info.dtype == DType::i64, io_error, where, ": input_ids is ",
+               dtype_name(info.dtype), " ", detail::st::dims_string(info.shape), " but must be int64 (batch, seqlen)");
+  InputIds out;
+  out.batch = info.shape[0];
+  out.length = info.shape[1];
+  MOSS_EXPECTS(out.batch >= 1 && out.length >= 1, io_error, where, ": input_ids is [", out.batch, ", ", out.length,
+               "] but needs batch ≥ 1 and seqlen ≥ 1");
+  out.ids = in.read_as<std::int64_t>("input_ids", {out.batch, out.length});
+  for (std::size_t i = 0; i < out.ids.size(); ++i) {
+    const std::int64_t id = out.ids[i];
+    MOSS_EXPECTS(id >= 0 && id < vocab, io_error, where, ": input_ids[", static_cast<index_t>(i) / out.length, ", ",
+                 static_cast<index_t>(i) % out.length, "] is ", id, " but the vocabulary has ", vocab, " tokens");
+  }
+  return out;
+}
 
 /// `--name value` and `--flag` arguments, checked against the known names.
 class Args {

@@ -73,15 +73,9 @@ void run(const Backend& backend, const char* device, const moss::MambaConfig& cf
   using moss::index_t;
   const auto t_start = clock_type::now();
 
-  const moss::SafetensorsFile in(job.inputs);
-  MOSS_EXPECTS(in.contains("input_ids"), moss::io_error, job.inputs, ": has no tensor input_ids");
-  const auto info = in.info("input_ids");
-  MOSS_EXPECTS(info.shape.size() == 2 && info.dtype == moss::DType::i64, moss::io_error, job.inputs,
-               ": input_ids must be int64 (batch, seqlen)");
-  const index_t batch = info.shape[0], L = info.shape[1], V = cfg.vocab_size, N = job.generate;
-  MOSS_EXPECTS(batch >= 1 && L >= 1, moss::io_error, job.inputs, ": input_ids is [", batch, ", ", L,
-               "] but needs batch ≥ 1 and seqlen ≥ 1");
-  const std::vector<std::int64_t> ids = in.read_as<std::int64_t>("input_ids", {batch, L});
+  const moss::cli::InputIds input = moss::cli::read_input_ids(job.inputs, cfg.vocab_size);
+  const index_t batch = input.batch, L = input.length, V = cfg.vocab_size, N = job.generate;
+  const std::vector<std::int64_t>& ids = input.ids;
 
   // Positions per forward pass: --chunk-len, else as many as keep one pass's logits in budget.
   const std::uint64_t row_bytes = static_cast<std::uint64_t>(batch) * static_cast<std::uint64_t>(V) * sizeof(float);
