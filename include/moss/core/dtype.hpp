@@ -186,4 +186,15 @@ inline constexpr DType dtype_of = [] {
 template <class T>
 concept StorageType = std::is_same_v<T, float> || std::is_same_v<T, f16> || std::is_same_v<T, bf16>;
 
+/// A storage type, or `double` on the host only: the host ops and their backward passes also
+/// instantiate with double so that finite-difference gradient checks run on the library's own
+/// code at float64 precision (docs/training.md). CUDA code accepts `StorageType` alone.
+template <class T>
+concept HostReal = StorageType<T> || std::is_same_v<T, double>;
+
+/// The arithmetic (and parameter / gradient) type of an op over storage type T: float32 for the
+/// three storage types, double for double.
+template <HostReal T>
+using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
 }  // namespace moss
