@@ -11,7 +11,9 @@
 // state) is distinct memory (no zero or overlapping strides), and the outputs must not overlap
 // any input or each other; in particular out must not alias x, and final_state must not
 // alias initial_state (use two state buffers, or the step op for in-place decode). Any W ≥ 1 runs
-// on the host; the CUDA kernels take W ∈ kCausalConv1dCudaWidths.
+// on the host; the CUDA kernels take W ∈ kCausalConv1dCudaWidths. The host also takes T = double
+// (float64 arithmetic, for gradient checks); CUDA takes the storage types only. The backward pass
+// is moss/ops/causal_conv1d_backward.hpp.
 //
 // This header gives the host backend; moss/ops/causal_conv1d/cuda.cuh (nvcc) adds the CUDA one.
 #pragma once

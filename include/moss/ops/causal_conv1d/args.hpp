@@ -11,7 +11,8 @@
 namespace moss {
 
 /// Arguments of `causal_conv1d`. Optional inputs are views with a null `data`.
-/// @tparam T storage type of x, weight, bias, states and out (float, f16 or bf16).
+/// @tparam T storage type of x, weight, bias, states and out (float, f16 or bf16; double on the
+/// host only, for float64 gradient checks).
 template <class T>
 struct CausalConv1dArgs {
   ConstView<T, 3> x;       // (batch, dim, L), any strides

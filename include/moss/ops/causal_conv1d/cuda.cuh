@@ -78,8 +78,10 @@ void run_causal_conv1d(const Cuda& gpu, const CausalConv1dArgs<T>& args, const C
 
 /// Runs the depthwise causal convolution on the GPU, queued on `gpu.stream` (W ∈ 2, 3, 4; any
 /// strides; vector accesses when x and out have unit stride along dim or L and aligned rows).
-template <StorageType T>
+template <class T>
 void causal_conv1d(const Cuda& gpu, const CausalConv1dArgs<T>& args) {
+  static_assert(StorageType<T>,
+                "moss::causal_conv1d (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   validate(args, "causal_conv1d");
   expect_causal_conv1d_cuda_width(args.weight.shape[1], "causal_conv1d (cuda)");
   detail::run_causal_conv1d(gpu, args, detail::plan_causal_conv1d(args));
@@ -87,8 +89,10 @@ void causal_conv1d(const Cuda& gpu, const CausalConv1dArgs<T>& args) {
 
 /// Runs one decode step on the GPU, queued on `gpu.stream` (W ∈ 2, 3, 4): out = conv(state, x),
 /// then each state row shifts left and takes x as its newest column.
-template <StorageType T>
+template <class T>
 void causal_conv1d_step(const Cuda& gpu, const CausalConv1dStepArgs<T>& args) {
+  static_assert(StorageType<T>,
+                "moss::causal_conv1d_step (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   validate(args, "causal_conv1d_step");
   const index_t width = args.weight.shape[1];
   expect_causal_conv1d_cuda_width(width, "causal_conv1d_step (cuda)");

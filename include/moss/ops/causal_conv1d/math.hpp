@@ -3,10 +3,13 @@
 //
 // One output is act(bias + Σ_k w[k] · window[k]) with window[k] the input at t − (W−1) + k
 // (oldest first), summed in that order in float32. Inputs before t = 0 come from the initial
-// state or are zero; `conv1d_input` says which.
+// state or are zero; `conv1d_input` says which. The host op also instantiates with T = double
+// (compute_t<T>, docs/training.md): the double overloads below are the same formulas in float64,
+// host only; the float ones stay the exact matches of every float call, on host and device.
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
@@ -45,6 +48,44 @@ MOSS_HD T conv1d_input(const ConstView<T, 3>& x,              // (batch, dim, L)
   if (tau >= 0) return x(b, d, tau);
   if (present(initial_state)) return initial_state(b, d, initial_state.shape[2] + tau);
   return T{};
+}
+
+/// SiLU in double (the host's double instantiation).
+inline double conv1d_silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+/// One output of the convolution in double: the float overload's formula and order.
+inline double conv1d_output(const double* w, const double* window, int width, double bias, bool silu) {
+  double acc = bias;
+  for (int k = 0; k < width; ++k) acc += w[k] * window[k];
+  return silu ? conv1d_silu(acc) : acc;
+}
+
+/// d silu(a) / da = σ(a) · (1 + a · (1 − σ(a))), written as mamba_ssm's backward writes it, in
+/// the arithmetic type R (float or double). Host only (the backward pass of docs/math.md §4.1).
+template <class R>
+R conv1d_silu_grad(R a) {
+  const R sigmoid = R(1) / (R(1) + std::exp(-a));
+  return sigmoid * (R(1) + a * (R(1) - sigmoid));
+}
+
+/// `x` (float, f16, bf16 or double) in the arithmetic type of the op, `compute_t<T>`: exact.
+template <class T>
+auto conv1d_widen(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return x;
+  } else {
+    return to_float(x);
+  }
+}
+
+/// An arithmetic value `v` (compute_t<T>) stored as T, rounded once to nearest even.
+template <class T, class C>
+T conv1d_narrow(C v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return from_float<T>(v);
+  }
 }
 
 }  // namespace moss::detail
