@@ -1,5 +1,8 @@
 // moss/ops/embedding.hpp: out[r,:] = table[ids[r],:] (as float32, the residual stream).
 //
+// On the host T may also be double (moss::HostReal); out is then double (compute_t<T>), which
+// the finite-difference checks of the backward passes run on (docs/training.md).
+//
 // An id outside [0, vocab) is an error (shape_error naming the row and the id), never a read
 // outside the table. The CUDA kernel never reads out of bounds; it flags bad ids in device
 // memory and the op checks the flag (one stream synchronisation) unless `ids_checked` says
@@ -8,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
@@ -15,15 +19,25 @@
 
 namespace moss {
 
+namespace detail {
+
+/// The element type of `embedding`'s out: `compute_t<T>` (float, or double for T = double),
+/// spelled without compute_t's constraint so that an unsupported T reaches `validate`'s
+/// static_assert and its message rather than a constraint failure inside the struct.
+template <class T>
+using embedding_out_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+}  // namespace detail
+
 /// Arguments of `embedding`.
-/// @tparam T storage type of the table.
+/// @tparam T storage type of the table (float, f16 or bf16; on the host also double).
 template <class T>
 struct EmbeddingArgs {
-  ConstView<std::int64_t, 1> ids;  // (rows), in the memory of the backend that runs the op
-  ConstView<T, 2> table;           // (vocab, dim), unit inner stride
-  TensorView<float, 2> out;        // (rows, dim), unit inner stride
-  bool ids_checked = false;        // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
-  Workspace workspace{};           // optional scratch (see workspace_bytes); none: the op allocates it
+  ConstView<std::int64_t, 1> ids;                 // (rows), in the memory of the backend that runs the op
+  ConstView<T, 2> table;                          // (vocab, dim), unit inner stride
+  TensorView<detail::embedding_out_t<T>, 2> out;  // (rows, dim), unit inner stride: compute_t<T>
+  bool ids_checked = false;                       // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
+  Workspace workspace{};                          // optional scratch (see workspace_bytes); none: the op allocates it
 };
 
 /// Checks the shapes of `a` once at op entry (both backends): vocab ≥ 1 and dim ≥ 1
@@ -31,7 +45,7 @@ struct EmbeddingArgs {
 /// stride ≥ dim (`shape_error`). ids may have any stride; their values are checked by the op.
 template <class T>
 void validate(const EmbeddingArgs<T>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::embedding: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::embedding: T must be float, moss::f16, moss::bf16 or (host only) double");
   expect_valid(where, a.ids);
   expect_valid(where, a.table);
   expect_valid(where, a.out);

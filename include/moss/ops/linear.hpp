@@ -1,6 +1,8 @@
 // moss/ops/linear.hpp: y = x · Wᵀ (+ bias), the projection of every Mamba layer.
 //
-// Inputs in T, float32 accumulation, one rounding when y is written in Tout (T or float).
+// Inputs in T, float32 accumulation, one rounding when y is written in Tout (T or float). On the
+// host T may also be double (moss::HostReal), which then accumulates in double (compute_t<T>):
+// the finite-difference checks of the backward passes run on it (docs/training.md).
 // x and y may have any row stride (unit stride inside a row), so a column slice of a wider
 // activation is a valid input or output without a copy. On CUDA this is cuBLAS(Lt).
 #pragma once
@@ -15,7 +17,7 @@
 namespace moss {
 
 /// Arguments of `linear`.
-/// @tparam T storage type of x and weight (float, f16 or bf16).
+/// @tparam T storage type of x and weight (float, f16 or bf16; on the host also double).
 /// @tparam Tout storage type of y (T or float).
 template <class T, class Tout = T>
 struct LinearArgs {
@@ -32,7 +34,7 @@ struct LinearArgs {
 /// feature axis and `shape_error` for every shape or stride mismatch.
 template <class T, class Tout>
 void validate(const LinearArgs<T, Tout>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::linear: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::linear: T must be float, moss::f16, moss::bf16 or (host only) double");
   static_assert(std::is_same_v<Tout, T> || std::is_same_v<Tout, float>, "moss::linear: Tout must be T or float");
   expect_valid(where, a.x);
   expect_valid(where, a.weight);

@@ -31,9 +31,11 @@ unsigned long long* embedding_workspace(const EmbeddingArgs<T>& a, WorkspaceLayo
 }  // namespace detail
 
 /// Scratch bytes `embedding` needs on CUDA for `a` (moss/core/workspace.hpp): 256 for the
-/// bad-id flag unless `a.ids_checked`, else none.
+/// bad-id flag unless `a.ids_checked`, else none. T is a storage type: double is host-only.
 template <class T>
 std::size_t workspace_bytes(const Cuda&, const EmbeddingArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::embedding: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   WorkspaceLayout layout;
   detail::embedding_workspace(a, layout);
   return layout.bytes();
@@ -44,8 +46,11 @@ std::size_t workspace_bytes(const Cuda&, const EmbeddingArgs<T>& a) {
 /// with an id outside [0, vocab) (that row of out holds NaN). With `ids_checked` it does not
 /// synchronise; a bad id still reads nothing outside the table and yields a NaN row.
 /// Writing NaN rather than clamping the id keeps a bad id visible in everything downstream.
+/// T is a storage type: double is host-only.
 template <class T>
 void embedding(const Cuda& gpu, const EmbeddingArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::embedding: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "embedding");
   const index_t rows = a.ids.shape[0];
   if (rows == 0) return;

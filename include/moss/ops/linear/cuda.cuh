@@ -233,6 +233,7 @@ LinearWorkspace<Tout> linear_workspace(const LinearArgs<T, Tout>& a, LinearBias 
 /// so y is still rounded once.
 template <class T, class Tout>
 void linear_gemm_ex(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
+  static_assert(StorageType<T>, "moss::linear: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "linear");
   const LinearShape s = linear_shape(a);
   if (s.rows == 0) return;
@@ -264,9 +265,11 @@ void linear_gemm_ex(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
 
 /// Scratch bytes `linear` needs on CUDA for `a` (moss/core/workspace.hpp): the bias copy when
 /// the epilogue cannot read the bias in place, and the work area of the algorithm cuBLASLt
-/// chose for this shape (asked of the heuristic once per shape and thread).
+/// chose for this shape (asked of the heuristic once per shape and thread). T is a storage type:
+/// double is host-only.
 template <class T, class Tout>
 std::size_t workspace_bytes(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
+  static_assert(StorageType<T>, "moss::linear: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "linear workspace_bytes");
   if (a.x.shape[0] == 0) return 0;
   const detail::LinearBias bias = detail::linear_bias(a);
@@ -277,9 +280,11 @@ std::size_t workspace_bytes(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
 
 /// y = x · Wᵀ (+ bias) on the GPU, queued on `gpu.stream`: cuBLASLt with float32 accumulation
 /// and the bias added in its epilogue, y rounded once to Tout. Runs in `a.workspace` when given,
-/// else in memory from the stream-ordered pool. Does not synchronise.
+/// else in memory from the stream-ordered pool. Does not synchronise. T is a storage type: double
+/// is host-only.
 template <class T, class Tout>
 void linear(const Cuda& gpu, const LinearArgs<T, Tout>& a) {
+  static_assert(StorageType<T>, "moss::linear: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "linear");
   const LinearShape s = linear_shape(a);
   if (s.rows == 0) return;

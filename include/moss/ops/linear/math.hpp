@@ -1,13 +1,17 @@
 // moss/ops/linear/math.hpp: the arithmetic of `linear`, written once.
 //
-// y[r,o] = Σ_k x[r,k] · W[o,k] + bias[o], accumulated in float32. The host sums each dot
+// y[r,o] = Σ_k x[r,k] · W[o,k] + bias[o], accumulated in float32 (in double when the host op
+// is instantiated with T = double, compute_t<T>; docs/training.md). The host sums each dot
 // product in `kLinearLanes` interleaved partial sums (lane l takes k ≡ l mod kLinearLanes),
 // then adds the lanes in order: a fixed, deterministic order that the compiler can turn into
 // SIMD code without reassociating anything (-O2/-O3, no -ffast-math needed). cuBLAS sums in
 // its own order; both stay within float32 rounding of the exact result.
 #pragma once
 
+#include <type_traits>
+
 #include "moss/core/config.hpp"
+#include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 
 namespace moss {
@@ -31,21 +35,47 @@ constexpr LinearShape linear_shape(const Args& a) {
 /// Partial sums per dot product; 8 floats fill one AVX register or two SSE registers.
 inline constexpr index_t kLinearLanes = 8;
 
-/// Dot products of one float row `x` with `kRows` float rows `w` (row stride `ldw`), all of
-/// length `k_padded`, a multiple of `kLinearLanes` (callers zero-pad). Writes `kRows` sums.
-template <int kRows>
-MOSS_HD void dot_rows(const float* x, const float* w, index_t ldw, index_t k_padded, float* sums) {
-  float acc[kRows][kLinearLanes] = {};
+/// Dot products of one row `x` with `kRows` rows `w` (row stride `ldw`), all of length
+/// `k_padded`, a multiple of `kLinearLanes` (callers zero-pad), in the arithmetic type `C`
+/// (float; double for the host's T = double). Writes `kRows` sums.
+template <int kRows, class C = float>
+MOSS_HD void dot_rows(const C* x, const C* w, index_t ldw, index_t k_padded, C* sums) {
+  C acc[kRows][kLinearLanes] = {};
   for (index_t k = 0; k < k_padded; k += kLinearLanes) {
     for (int j = 0; j < kRows; ++j) {
       for (index_t l = 0; l < kLinearLanes; ++l) acc[j][l] += x[k + l] * w[j * ldw + k + l];
     }
   }
   for (int j = 0; j < kRows; ++j) {
-    float s = 0.0f;
+    C s = C(0);
     for (index_t l = 0; l < kLinearLanes; ++l) s += acc[j][l];
     sums[j] = s;
   }
 }
+
+namespace detail {
+
+/// `x` (float, f16, bf16 or double) in the arithmetic type of its op, `compute_t<T>`: exact.
+template <class T>
+MOSS_HD auto linear_widen(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return x;
+  } else {
+    return to_float(x);
+  }
+}
+
+/// An arithmetic value `v` (float or double) stored as `Tout` (float, f16, bf16 or double),
+/// rounded once to nearest even.
+template <class Tout, class C>
+MOSS_HD Tout linear_narrow(C v) {
+  if constexpr (std::is_same_v<Tout, double>) {
+    return v;
+  } else {
+    return from_float<Tout>(static_cast<float>(v));
+  }
+}
+
+}  // namespace detail
 
 }  // namespace moss
