@@ -26,6 +26,8 @@ bool rms_norm_vectorizable(const RmsNormArgs<Tdelta, Tout>& a) {
 /// the GPU, queued on `gpu.stream`. Does not synchronise.
 template <class Tdelta, class Tout>
 void rms_norm(const Cuda& gpu, const RmsNormArgs<Tdelta, Tout>& a) {
+  static_assert(StorageType<Tdelta> && StorageType<Tout>,
+                "moss::rms_norm (cuda): Tdelta and Tout must be float, moss::f16 or moss::bf16; double is host-only");
   validate(a, "rms_norm");
   const index_t rows = a.residual.shape[0];
   const index_t dim = a.residual.shape[1];

@@ -1,7 +1,12 @@
 // moss/ops/rms_norm/math.hpp: the arithmetic of `rms_norm`, written once for host and CUDA.
+// The double overloads are the same formulas in float64 for the host's double instantiation
+// (docs/training.md), host only; the float ones stay the exact matches of every float call.
 #pragma once
 
 #include <math.h>
+
+#include <cmath>
+#include <type_traits>
 
 #include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
@@ -24,5 +29,43 @@ MOSS_HD float rms_norm_scale(float sum_squares, index_t dim, float eps) {
 
 /// One normalised element: residual · scale · weight, multiplied in this order.
 MOSS_HD float rms_norm_output(float residual, float scale, float weight) { return residual * scale * weight; }
+
+/// The residual stream after the delta is added, in double: no rounding (Tdelta is double).
+template <class Tdelta>
+double rms_norm_residual(double residual, double delta, bool /*residual_in_fp32*/) {
+  return residual + delta;
+}
+
+/// 1 / sqrt(mean of squares + eps) in double.
+inline double rms_norm_scale(double sum_squares, index_t dim, double eps) {
+  return 1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps);
+}
+
+/// One normalised element in double: residual · scale · weight, in this order.
+inline double rms_norm_output(double residual, double scale, double weight) { return residual * scale * weight; }
+
+namespace detail {
+
+/// `x` (float, f16, bf16 or double) in the arithmetic type of the op: exact.
+template <class T>
+auto rms_norm_widen(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return x;
+  } else {
+    return to_float(x);
+  }
+}
+
+/// An arithmetic value `v` (float, or double for T = double) stored as T, rounded once.
+template <class T, class C>
+T rms_norm_narrow(C v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return from_float<T>(v);
+  }
+}
+
+}  // namespace detail
 
 }  // namespace moss
