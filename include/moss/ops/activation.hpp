@@ -3,15 +3,20 @@
 //   out[r, c] = act(x[r, c])              (Mlp)
 //   out[r, c] = act(x[r, c]) · up[r, c]   (GatedMlp, when `up` is given)
 // float32 arithmetic, rounded once to T. `act` is an activation policy (Relu, Gelu, Silu).
+// On the host T may also be double (float64 arithmetic through ActivationGrad<Act>::value, for
+// gradient checks; docs/training.md); CUDA takes the storage types only. The backward pass is
+// moss/ops/activation_backward.hpp.
 #pragma once
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/ops/activation/math.hpp"
 #include "moss/policy/experts.hpp"
 
 namespace moss {
 
 /// Arguments of `activation`.
+/// @tparam T storage type of x, up and out (float, f16 or bf16; double on the host only).
 template <class T>
 struct ActivationArgs {
   ConstView<T, 2> x;     // (rows, cols), unit inner stride
@@ -19,10 +24,12 @@ struct ActivationArgs {
   TensorView<T, 2> out;  // (rows, cols), unit inner stride; may be x itself
 };
 
-/// Checks `a` once at op entry (both backends).
+/// Checks `a` once at op entry (both backends): T (a static_assert; double on the host only, see
+/// the CUDA overload), out and up (rows, cols) like x, unit inner strides, rows that do not
+/// overlap (`shape_error` naming the tensor).
 template <class T>
 void validate(const ActivationArgs<T>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::activation: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::activation: T must be float, moss::f16 or moss::bf16 (or double, on the host)");
   expect_valid(where, a.x);
   expect_valid(where, a.out);
   if (present(a.up)) expect_valid(where, a.up);

@@ -14,6 +14,8 @@ namespace moss {
 /// Applies `Act` (times `up` when given) on the GPU.
 template <Activation Act, class T>
 void activation(const Cuda& gpu, const ActivationArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::activation (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   validate(a, "activation");
   const index_t rows = a.x.shape[0], cols = a.x.shape[1];
   if (rows == 0 || cols == 0) return;
