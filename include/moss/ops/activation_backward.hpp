@@ -1,4 +1,4 @@
-// moss/ops/activation_backward.hpp: the backward pass of `activation` (docs/math.md §4.1,
+// moss/ops/activation_backward.hpp: the backward pass of `activation` (docs/math.md §4,
 // conventions in docs/training.md).
 //
 // For out = act(x) (Mlp) or out = act(x) · up (GatedMlp) and the gradient dout of out:

@@ -1,4 +1,4 @@
-// moss/ops/causal_conv1d_backward.hpp: the backward pass of `causal_conv1d` (docs/math.md §4.1,
+// moss/ops/causal_conv1d_backward.hpp: the backward pass of `causal_conv1d` (docs/math.md §4,
 // conventions in docs/training.md).
 //
 // With a[b,d,t] = bias[d] + Σ_k weight[d,k] · x[b,d,t-(W-1)+k] the pre-activation (recomputed

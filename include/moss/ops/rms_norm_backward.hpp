@@ -1,5 +1,5 @@
 // moss/ops/rms_norm_backward.hpp: the backward pass of `rms_norm` with its pre-norm residual add
-// (docs/math.md §4.1, conventions in docs/training.md).
+// (docs/math.md §4, conventions in docs/training.md).
 //
 // The forward works in place: it replaces the stream r by r' = r + delta (r' = r without delta)
 // and normalises r'. After it, `residual` holds r', which is both the input of the

@@ -1,5 +1,5 @@
 // moss/ops/activation/backward_host.hpp: the backward pass of `activation` on the CPU
-// (docs/math.md §4.1), the reference of a future CUDA backward.
+// (docs/math.md §4), the reference of a future CUDA backward.
 #pragma once
 
 #include "moss/backend/host.hpp"

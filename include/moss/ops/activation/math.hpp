@@ -1,6 +1,6 @@
 // moss/ops/activation/math.hpp: the float64 form and the derivative of each activation policy
 // (moss/policy/activation.hpp), for the host's double instantiation of `activation` and for
-// `activation_backward` (docs/math.md §4.1, docs/training.md). Host only for now.
+// `activation_backward` (docs/math.md §4, docs/training.md). Host only for now.
 //
 // `ActivationGrad<Act>` is specialised for Relu, Gelu and Silu; an activation of one's own
 // becomes differentiable (and usable with T = double) by specialising it too, with

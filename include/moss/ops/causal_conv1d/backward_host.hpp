@@ -1,5 +1,5 @@
 // moss/ops/causal_conv1d/backward_host.hpp: the backward pass of causal_conv1d on the CPU
-// (docs/math.md §4.1): plain loops in compute_t<T>, the reference of a future CUDA backward.
+// (docs/math.md §4): plain loops in compute_t<T>, the reference of a future CUDA backward.
 #pragma once
 
 #include <vector>

@@ -61,7 +61,7 @@ inline double conv1d_output(const double* w, const double* window, int width, do
 }
 
 /// d silu(a) / da = σ(a) · (1 + a · (1 − σ(a))), written as mamba_ssm's backward writes it, in
-/// the arithmetic type R (float or double). Host only (the backward pass of docs/math.md §4.1).
+/// the arithmetic type R (float or double). Host only (the backward pass of docs/math.md §4).
 template <class R>
 R conv1d_silu_grad(R a) {
   const R sigmoid = R(1) / (R(1) + std::exp(-a));

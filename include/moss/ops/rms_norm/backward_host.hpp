@@ -1,5 +1,5 @@
 // moss/ops/rms_norm/backward_host.hpp: the backward pass of `rms_norm` on the CPU (docs/math.md
-// §4.1): plain loops in float32 (float64 for the double instantiation), the reference of a
+// §4): plain loops in float32 (float64 for the double instantiation), the reference of a
 // future CUDA backward.
 #pragma once
 
