@@ -5,7 +5,9 @@
 //   h[b,d,n,t] = exp(Δ·A[d,n]) · h[b,d,n,t-1] + Δ · B[b,g(d),n,t] · u[b,d,t]   (h[-1] = initial state or 0)
 //   y[b,d,t]   = Σ_n C[b,g(d),n,t] · h[b,d,n,t] + D[d] · u[b,d,t]
 //   out[b,d,t] = y · silu(z[b,d,t])   (when z is given; else y)
-// with g(d) = d / (dim / groups). All arithmetic is float32; the state is float32.
+// with g(d) = d / (dim / groups). All arithmetic is float32; the state is float32. On the host
+// T may also be double (moss::HostReal), and then every value and the arithmetic are double: the
+// precision of the gradient checks (docs/training.md). The CUDA path takes moss::StorageType only.
 //
 // Every tensor is a strided view: (batch, dim, L) activations may have unit stride along L
 // ("channel-first") or along dim ("channel-last", the layout of a (batch, L, d_inner) buffer).
@@ -29,42 +31,46 @@
 #include <type_traits>
 
 #include "moss/backend/host.hpp"
+#include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/core/workspace.hpp"
 
 namespace moss {
 
 /// Arguments of `selective_scan`. Optional inputs are views with a null `data`.
-/// @tparam T storage type of u, delta, z, B, C and out (float, f16 or bf16).
+/// @tparam T storage type of u, delta, z, B, C and out (float, f16 or bf16; on the host also
+/// double, docs/training.md). A, D, delta_bias and the states are `compute_t<T>`: float32 for
+/// the storage types, double for double.
 template <class T>
 struct SelectiveScanArgs {
-  ConstView<T, 3> u;               // (batch, dim, L)
-  ConstView<T, 3> delta;           // (batch, dim, L)
-  ConstView<float, 2> A;           // (dim, N)
-  ConstView<T, 4> B;               // (batch, groups, N, L)
-  ConstView<T, 4> C;               // (batch, groups, N, L)
-  ConstView<float, 1> D;           // (dim), optional
-  ConstView<T, 3> z;               // (batch, dim, L), optional
-  ConstView<float, 1> delta_bias;  // (dim), optional
+  ConstView<T, 3> u;                      // (batch, dim, L)
+  ConstView<T, 3> delta;                  // (batch, dim, L)
+  ConstView<compute_t<T>, 2> A;           // (dim, N)
+  ConstView<T, 4> B;                      // (batch, groups, N, L)
+  ConstView<T, 4> C;                      // (batch, groups, N, L)
+  ConstView<compute_t<T>, 1> D;           // (dim), optional
+  ConstView<T, 3> z;                      // (batch, dim, L), optional
+  ConstView<compute_t<T>, 1> delta_bias;  // (dim), optional
   bool delta_softplus = false;
-  ConstView<float, 3> initial_state;  // (batch, dim, N), optional
-  TensorView<T, 3> out;               // (batch, dim, L)
-  TensorView<float, 3> final_state;   // (batch, dim, N), optional output
+  ConstView<compute_t<T>, 3> initial_state;  // (batch, dim, N), optional
+  TensorView<T, 3> out;                      // (batch, dim, L)
+  TensorView<compute_t<T>, 3> final_state;   // (batch, dim, N), optional output
   Workspace workspace;  // scratch of strategies that need it (`workspace_bytes`); none: the backend's pool
 };
 
 /// Arguments of `selective_scan_step`: one token per sequence, the state updated in place.
+/// @tparam T as for `SelectiveScanArgs` (double on the host only).
 template <class T>
 struct SelectiveScanStepArgs {
-  TensorView<float, 3> state;      // (batch, dim, N), read and written
-  ConstView<T, 2> u;               // (batch, dim)
-  ConstView<T, 2> delta;           // (batch, dim)
-  ConstView<float, 2> A;           // (dim, N)
-  ConstView<T, 3> B;               // (batch, groups, N)
-  ConstView<T, 3> C;               // (batch, groups, N)
-  ConstView<float, 1> D;           // (dim), optional
-  ConstView<T, 2> z;               // (batch, dim), optional
-  ConstView<float, 1> delta_bias;  // (dim), optional
+  TensorView<compute_t<T>, 3> state;      // (batch, dim, N), read and written
+  ConstView<T, 2> u;                      // (batch, dim)
+  ConstView<T, 2> delta;                  // (batch, dim)
+  ConstView<compute_t<T>, 2> A;           // (dim, N)
+  ConstView<T, 3> B;                      // (batch, groups, N)
+  ConstView<T, 3> C;                      // (batch, groups, N)
+  ConstView<compute_t<T>, 1> D;           // (dim), optional
+  ConstView<T, 2> z;                      // (batch, dim), optional
+  ConstView<compute_t<T>, 1> delta_bias;  // (dim), optional
   bool delta_softplus = false;
   TensorView<T, 2> out;  // (batch, dim)
 };

@@ -6,6 +6,8 @@
 // The host side validates (backend-neutral `validate`), picks the tuning row for N, the
 // shared-memory layout (time-major when u has unit stride along dim or nowhere, row-major when
 // along L) and, per tensor, 16-byte copies where strides and alignment allow, and launches.
+// T is a moss::StorageType: the double instantiation (moss::HostReal) is host-only, and every
+// CUDA entry point says so in a static_assert.
 #pragma once
 
 #include <climits>
@@ -339,6 +341,8 @@ void launch_step(const Cuda& gpu, const SelectiveScanStepArgs<T>& a) {
 /// on `gpu.stream` (args validated by `selective_scan`).
 template <class T>
 void SequentialScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   detail::scan::with_tuning(a.A.shape[1], [&]<detail::ScanTuning cfg>() { detail::scan::launch_scan<T, cfg>(gpu, a); });
 }
@@ -347,6 +351,8 @@ void SequentialScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
 /// kernel when L fits one staged chunk). Scratch: `a.workspace` or the backend's pool.
 template <class T>
 void ChunkedScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   const detail::scan::SegmentPlan plan = detail::scan::chunked_plan(a);
   if (plan.segments < 2) return SequentialScan::run(gpu, a);
@@ -356,6 +362,8 @@ void ChunkedScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
 /// Bytes of scratch ChunkedScan needs for `a` on the current device (0 when it runs unsegmented).
 template <class T>
 std::size_t ChunkedScan::workspace_bytes(const Cuda&, const SelectiveScanArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return 0;
   WorkspaceLayout measure;
   detail::scan::segment_scratch(measure, a, detail::scan::chunked_plan(a).segments);
@@ -365,6 +373,8 @@ std::size_t ChunkedScan::workspace_bytes(const Cuda&, const SelectiveScanArgs<T>
 /// AutoScan on the GPU: ChunkedScan when its plan splits L (see AutoScan), else SequentialScan.
 template <class T>
 void AutoScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   if (detail::scan::auto_chunks(a)) return ChunkedScan::run(gpu, a);
   SequentialScan::run(gpu, a);
@@ -373,6 +383,8 @@ void AutoScan::run(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
 /// Bytes of scratch AutoScan needs for `a` on the current device (0 when it runs SequentialScan).
 template <class T>
 std::size_t AutoScan::workspace_bytes(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0 || !detail::scan::auto_chunks(a)) return 0;
   return ChunkedScan::workspace_bytes(gpu, a);
 }
@@ -380,6 +392,8 @@ std::size_t AutoScan::workspace_bytes(const Cuda& gpu, const SelectiveScanArgs<T
 /// Advances every sequence by one token on the GPU, updating `state` in place.
 template <class T>
 void selective_scan_step(const Cuda& gpu, const SelectiveScanStepArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::selective_scan_step (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
   validate(a, "selective_scan_step");
   if (a.u.shape[0] == 0 || a.u.shape[1] == 0) return;
   detail::scan::launch_step(gpu, a);

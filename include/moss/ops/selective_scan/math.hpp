@@ -70,6 +70,34 @@ MOSS_HD float add_skip(float y, float d_skip, float u) { return y + d_skip * u; 
 /// y · SiLU(z): the output gate (only called when z is given).
 MOSS_HD float gate(float y, float z) { return y * silu(z); }
 
+// The same functions in double, for the host's double instantiation (moss::HostReal,
+// docs/training.md): the same formulas and order of operations, evaluated in float64. Host only;
+// the float overloads above are the exact matches for every float call, on host and device.
+
+/// log2(e) in double.
+inline constexpr double kLog2eF64 = 1.4426950408889634;
+/// 2^x in double.
+inline double pow2(double x) { return std::exp2(x); }
+/// softplus in double: x itself for x > 20, as in float.
+inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+/// SiLU in double.
+inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
+/// Δ = softplus?(delta + delta_bias) in double.
+inline double delta_value(double delta, double bias, bool use_softplus) {
+  const double x = delta + bias;
+  return use_softplus ? softplus(x) : x;
+}
+/// A·log2(e) in double.
+inline double a_log2e(double a) { return a * kLog2eF64; }
+/// h ← exp(Δ·A)·h + Δ·B·u in double.
+inline double update_state(double h, double dt, double a_scaled, double dt_u, double b) {
+  return pow2(dt * a_scaled) * h + dt_u * b;
+}
+/// y + D·u in double.
+inline double add_skip(double y, double d_skip, double u) { return y + d_skip * u; }
+/// y · SiLU(z) in double.
+inline double gate(double y, double z) { return y * silu(z); }
+
 /// One time segment of the recurrence of one (batch, channel, state) as the affine map
 /// h ↦ a·h + b (docs/math.md §1): `a` is the product of the segment's decays exp(Δ_t·A) and `b`
 /// the state the segment ends in when it starts from h = 0. Segments compose in time order
@@ -89,5 +117,15 @@ MOSS_HD ScanPair combine(ScanPair first, ScanPair second) { return {second.a * f
 /// A segment's decay Π_t exp(Δ_t·A) = exp(A·Σ_t Δ_t), from A·log2(e) and the segment's Σ Δ: one
 /// exp2 per (channel, state) and segment instead of one per step.
 MOSS_HD float segment_decay(float a_scaled, float delta_sum) { return pow2(a_scaled * delta_sum); }
+
+/// ScanPair in double (the host's double instantiation of the chunked scan).
+struct ScanPairF64 {
+  double a = 1.0;  // Π_t exp(Δ_t·A[d,n]) over the segment
+  double b = 0.0;  // end state of the segment from a zero state
+};
+/// The state after segment `s` when `h` enters it, in double.
+inline double apply(ScanPairF64 s, double h) { return s.a * h + s.b; }
+/// A segment's decay in double.
+inline double segment_decay(double a_scaled, double delta_sum) { return pow2(a_scaled * delta_sum); }
 
 }  // namespace moss::detail::scan
