@@ -86,11 +86,13 @@ void validate(const ActivationBackwardArgs<T>& a, const char* where) {
   check(a.dup);
   MOSS_EXPECTS(!present(a.dup) || present(a.up), shape_error, where, ": ", a.dup.name, " ", shape_string(a.dup.shape),
                " is the gradient of up, but the activation is not gated (up is absent)");
-  for (const auto& o : {a.dx, a.dup}) {
+  const auto same_or_disjoint_from_inputs = [&](const TensorView<T, 2>& o) {
     detail::act_expect_same_or_disjoint(where, o, a.x, true);
     detail::act_expect_same_or_disjoint(where, o, a.up, true);
     detail::act_expect_same_or_disjoint(where, o, a.dout, true);
-  }
+  };
+  same_or_disjoint_from_inputs(a.dx);
+  same_or_disjoint_from_inputs(a.dup);
   detail::act_expect_same_or_disjoint(where, a.dx, a.dup, false);
 }
 
