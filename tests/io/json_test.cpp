@@ -96,6 +96,7 @@ TEST_CASE("io json: malformed input raises io_error with the name, line, column 
   const std::vector<Case> cases = {
       {"", "line 1, column 1", "unexpected end of input"},
       {"   ", "line 1, column 4", "unexpected end of input"},
+      {"\n  ", "line 2, column 3", "unexpected end of input"},
       {"{", "line 1, column 2", "unexpected end of input"},
       {"[1, 2", "line 1, column 6", "unexpected end of input; expected ']'"},
       {"[1,]", "line 1, column 4", "unexpected ']'"},

@@ -160,7 +160,7 @@ TEST_CASE("Last-position logits equal the last row of the full logits", "[host][
     CHECK(std::equal(last.begin() + b * 40, last.begin() + (b + 1) * 40, all.begin() + (b * 4 + 3) * 40));
 }
 
-TEST_CASE("Sampling: greedy, top-k 1, tiny top-p agree; seeds reproduce; eos stops", "[host][models][sampling]") {
+TEST_CASE("Sampling: greedy, top-k 1, tiny top-p agree, seeds reproduce, eos stops", "[host][models][sampling]") {
   const std::vector<float> logits = {0.1f, 2.0f, NAN, 2.0f, -1.0f};
   CHECK(argmax(logits.data(), 5) == 1);  // tie → lowest index, NaN never chosen
   const std::vector<float> nans = {NAN, NAN};

@@ -331,7 +331,7 @@ TEST_CASE("causal_conv1d CUDA: the canonical layer shape", "[cuda]") {
   CHECK(sum.rel_l2() <= moss::test::op_tolerance<moss::bf16>() / 10);
 }
 
-TEST_CASE("causal_conv1d CUDA: L = 0 passes the state through; empty batches do nothing", "[cuda]") {
+TEST_CASE("causal_conv1d CUDA: L = 0 passes the state through, empty batches do nothing", "[cuda]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};

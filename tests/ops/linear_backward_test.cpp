@@ -255,7 +255,7 @@ TEST_CASE("linear_backward: accumulate adds into dweight and dbias, dx is writte
   CHECK(kept.db == old.db);
 }
 
-TEST_CASE("linear_backward: absent outputs are not computed; the others are unchanged", "[host]") {
+TEST_CASE("linear_backward: absent outputs are not computed, the others are unchanged", "[host]") {
   const Case c(10, 7, 6, 31);
   const Grads<float> all = backward<float>(c);
   std::vector<float> x(c.x.begin(), c.x.end()), w(c.w.begin(), c.w.end()), dy(c.dy.begin(), c.dy.end());

@@ -333,7 +333,7 @@ TEST_CASE("permute_plan: CUDA workspace contract", "[cuda][ops][permute]") {
   }
 }
 
-TEST_CASE("permute_plan: CUDA drops an expert outside [0, X) (the host raises)", "[cuda][ops][permute]") {
+TEST_CASE("permute_plan: CUDA drops an expert outside 0..X-1 (the host raises)", "[cuda][ops][permute]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

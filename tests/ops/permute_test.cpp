@@ -227,7 +227,7 @@ TEST_CASE("permute_plan: random plans match the reference and are consistent", "
   }
 }
 
-TEST_CASE("permute_plan: the host needs no workspace and ignores one given; workspace_bytes validates",
+TEST_CASE("permute_plan: the host needs no workspace and ignores one given, workspace_bytes validates",
           "[host][ops][permute]") {
   const I32 ex = random_experts(40, 2, 6, 4242);
   Plan p;
@@ -345,7 +345,7 @@ std::vector<double> combine64(const std::vector<T>& y, index_t tokens, index_t K
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("gather_rows: row r is x[token of row_pair[r]], rows past offsets[X] untouched",
+TEMPLATE_TEST_CASE("gather_rows: row r is x at the token of row_pair r, rows past offsets at X untouched",
                    "[host][ops][permute]", float, f16, bf16) {
   using T = TestType;
   const index_t tokens = 41, D = 13, stride = D + 4;

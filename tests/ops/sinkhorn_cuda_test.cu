@@ -135,7 +135,7 @@ TEST_CASE("sinkhorn: CUDA converges like the host and balances the columns (defa
   }
 }
 
-TEST_CASE("sinkhorn: CUDA propagates NaN like the host; no tokens write nothing", "[cuda][ops][sinkhorn]") {
+TEST_CASE("sinkhorn: CUDA propagates NaN like the host, no tokens write nothing", "[cuda][ops][sinkhorn]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

@@ -169,7 +169,7 @@ TEST_CASE("sinkhorn: balanced columns and rows, against float64 iterated to conv
   }
 }
 
-TEST_CASE("sinkhorn: max_rounds caps the iteration; tolerance 0 runs every round", "[host][ops][sinkhorn]") {
+TEST_CASE("sinkhorn: max_rounds caps the iteration, tolerance 0 runs every round", "[host][ops][sinkhorn]") {
   const index_t T = 97, X = 8;
   const auto l = skewed_logits(T, X, 77);
   for (int rounds : {1, 2, 3, 7, 30}) {
@@ -232,7 +232,7 @@ TEST_CASE("sinkhorn: NaN and infinite logits propagate, nothing crashes", "[host
   }
 }
 
-TEST_CASE("sinkhorn: zero tokens write nothing; the host needs no workspace", "[host][ops][sinkhorn]") {
+TEST_CASE("sinkhorn: zero tokens write nothing, the host needs no workspace", "[host][ops][sinkhorn]") {
   const std::vector<float> none;
   CHECK(run_sinkhorn(none, 0, 8).empty());
   const index_t T = 10, X = 3;

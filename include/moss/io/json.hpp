@@ -459,6 +459,17 @@ class JsonBuilder {
 /// `max_json_depth`, and "<name>: duplicate key \"k\" at line L, column C" (the key's opening
 /// quote) on a key repeated in one object.
 inline Json parse_json(std::string_view text, const std::string& name) {
+  // Empty input gets moss's own message: nlohmann's wording for it differs between 3.11.2 and
+  // 3.11.3, and the position is simply the end of the text.
+  if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
+    std::size_t line = 1, column = 1;
+    for (char ch : text) {
+      if (ch == '\n') ++line, column = 1;
+      else ++column;
+    }
+    raise<io_error>(name, ": invalid JSON at line ", line, ", column ", column,
+                    ": unexpected end of input (the text is empty or only white space)");
+  }
   const char* last = text.data();  // the character the parser read last
   detail::JsonBuilder builder(text, name, last);
   Json::sax_parse(detail::TrackingIterator(text.data(), &last),

@@ -45,7 +45,7 @@ inline void sinkhorn(const Cuda& gpu, const SinkhornArgs& a) {
   WorkspaceLayout layout = ws.layout();
   float* d0 = take_scratch(layout, T);
   constexpr SinkhornTuning cfg = kSinkhornTuning;
-  sinkhorn_kernel<cfg.threads, cfg.expert_tile><<<1, cfg.threads, 2 * sizeof(float) * X, gpu.stream>>>(
+  sinkhorn_kernel<cfg.threads, cfg.expert_tile><<<1, cfg.threads, 2 * sizeof(float) * padded_experts(X), gpu.stream>>>(
       a.logits.data, T, X, a.tolerance, a.max_rounds, a.scores.data, d0);
   MOSS_CHECK_LAUNCH("sinkhorn_kernel", gpu.stream);
 }
