@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "moss/backend/host.hpp"
@@ -48,6 +49,7 @@ struct PermutePlanArgs {
 };
 
 /// Arguments of `gather_rows`.
+/// @tparam T storage type of x and out (float, f16, bf16; on the host also double).
 template <class T>
 struct GatherRowsArgs {
   ConstView<T, 2> x;                    // (tokens, D), unit inner stride
@@ -57,13 +59,24 @@ struct GatherRowsArgs {
   TensorView<T, 2> out;                 // (rows, D), contiguous
 };
 
+namespace detail::permute {
+
+/// The type of `combine_rows`' gate for storage type T: `compute_t<T>` (double for T = double,
+/// else float; float also for a type validate rejects, so that its static_assert is what fires).
+template <class T>
+using gate_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+}  // namespace detail::permute
+
 /// Arguments of `combine_rows`.
+/// @tparam T storage type of y and out (float, f16, bf16; on the host also double, which then
+/// sums in double: the gate is `compute_t<T>`).
 template <class T>
 struct CombineRowsArgs {
-  ConstView<T, 2> y;                    // (rows, D), unit inner stride: one row per kept pair
-  ConstView<std::int32_t, 2> pair_row;  // (tokens, K) from the plan
-  ConstView<float, 2> gate;             // (tokens, K), optional: combine weights
-  index_t weight_begin = 0;             // columns [weight_begin, weight_end) are multiplied by the gate
+  ConstView<T, 2> y;                              // (rows, D), unit inner stride: one row per kept pair
+  ConstView<std::int32_t, 2> pair_row;            // (tokens, K) from the plan
+  ConstView<detail::permute::gate_t<T>, 2> gate;  // (tokens, K), optional: combine weights
+  index_t weight_begin = 0;                       // columns [weight_begin, weight_end) are multiplied by the gate
   index_t weight_end = 0;
   TensorView<T, 2> out;  // (tokens, D), unit inner stride, written (every element)
 };
@@ -122,7 +135,7 @@ inline std::size_t workspace_bytes(const Host&, const PermutePlanArgs& a) {
 /// Checks `a` once at op entry (both backends).
 template <class T>
 void validate(const GatherRowsArgs<T>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::gather_rows: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::gather_rows: T must be float, moss::f16, moss::bf16 or (host only) double");
   expect_valid(where, a.x);
   expect_valid(where, a.row_pair);
   expect_valid(where, a.offsets);
@@ -145,7 +158,7 @@ void validate(const GatherRowsArgs<T>& a, const char* where) {
 /// Checks `a` once at op entry (both backends).
 template <class T>
 void validate(const CombineRowsArgs<T>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::combine_rows: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::combine_rows: T must be float, moss::f16, moss::bf16 or (host only) double");
   expect_valid(where, a.y);
   expect_valid(where, a.pair_row);
   expect_valid(where, a.out);

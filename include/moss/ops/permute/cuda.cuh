@@ -113,6 +113,8 @@ inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
 /// Gathers the kept rows on the GPU (the kept count is read on the device).
 template <class T>
 void gather_rows(const Cuda& gpu, const GatherRowsArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::gather_rows: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   using namespace detail::permute;
   validate(a, "gather_rows");
   const index_t rows = a.row_pair.shape[0], D = a.x.shape[1];
@@ -128,6 +130,8 @@ void gather_rows(const Cuda& gpu, const GatherRowsArgs<T>& a) {
 /// Combines the expert outputs on the GPU: float32 sums in slot order, rounded once.
 template <class T>
 void combine_rows(const Cuda& gpu, const CombineRowsArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::combine_rows: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   using namespace detail::permute;
   validate(a, "combine_rows");
   const index_t tokens = a.pair_row.shape[0], K = a.pair_row.shape[1], D = a.y.shape[1];

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moss/backend/host.hpp"
+#include "moss/ops/linear/math.hpp"
 #include "moss/ops/permute.hpp"
 
 namespace moss {
@@ -71,28 +72,30 @@ void gather_rows(const Host&, const GatherRowsArgs<T>& a) {
   }
 }
 
-/// Combines the expert outputs on the CPU: float32 sums in slot order, rounded once.
+/// Combines the expert outputs on the CPU: sums in compute_t<T> (float32; double for T =
+/// double) in slot order, rounded once.
 template <class T>
 void combine_rows(const Host&, const CombineRowsArgs<T>& a) {
   validate(a, "combine_rows");
+  using C = compute_t<T>;
   const index_t T_ = a.pair_row.shape[0], K = a.pair_row.shape[1], D = a.y.shape[1];
-  std::vector<float> acc(static_cast<std::size_t>(D));
+  std::vector<C> acc(static_cast<std::size_t>(D));
   for (index_t t = 0; t < T_; ++t) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
+    std::fill(acc.begin(), acc.end(), C(0));
     for (index_t s = 0; s < K; ++s) {
       const std::int32_t row = a.pair_row.data[t * K + s];
       if (row < 0) continue;
       MOSS_EXPECTS(row < a.y.shape[0], shape_error, "combine_rows: ", a.pair_row.name, "[", t, ", ", s, "] = ", row,
                    " is not a row of ", a.y.name, " ", shape_string(a.y.shape));
-      const float g = present(a.gate) ? a.gate.data[t * K + s] : 1.0f;
+      const C g = present(a.gate) ? a.gate.data[t * K + s] : C(1);
       const T* y = a.y.data + row * a.y.stride[0];
       for (index_t c = 0; c < D; ++c) {
-        const float v = to_float(y[c]);
+        const C v = detail::linear_widen(y[c]);
         acc[c] += (c >= a.weight_begin && c < a.weight_end) ? g * v : v;
       }
     }
     T* out = a.out.data + t * a.out.stride[0];
-    for (index_t c = 0; c < D; ++c) out[c] = from_float<T>(acc[c]);
+    for (index_t c = 0; c < D; ++c) out[c] = detail::linear_narrow<T>(acc[c]);
   }
 }
 
