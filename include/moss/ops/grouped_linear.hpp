@@ -24,7 +24,8 @@
 namespace moss {
 
 /// Arguments of `grouped_linear`.
-/// @tparam T storage type of x, weight, bias and y (float, f16 or bf16).
+/// @tparam T storage type of x, weight, bias and y (float, f16 or bf16; on the host also double,
+/// which then accumulates in double).
 template <class T>
 struct GroupedLinearArgs {
   ConstView<T, 2> x;                   // (rows, in), unit inner stride
@@ -39,7 +40,7 @@ struct GroupedLinearArgs {
 /// read on the host (`check_offsets`).
 template <class T>
 void validate(const GroupedLinearArgs<T>& a, const char* where) {
-  static_assert(StorageType<T>, "moss::grouped_linear: T must be float, moss::f16 or moss::bf16");
+  static_assert(HostReal<T>, "moss::grouped_linear: T must be float, moss::f16, moss::bf16 or (host only) double");
   expect_valid(where, a.x);
   expect_valid(where, a.weight);
   expect_valid(where, a.offsets);

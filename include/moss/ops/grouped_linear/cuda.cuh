@@ -16,6 +16,8 @@ namespace moss {
 /// `offsets` to the host (one synchronisation) unless `host_offsets` is given.
 template <class T>
 void grouped_linear(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
+  static_assert(StorageType<T>,
+                "moss::grouped_linear: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "grouped_linear");
   const index_t X = a.weight.shape[0];
   std::vector<std::int32_t> read;
