@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "moss/backend/host.hpp"
 #include "moss/core/tensor.hpp"
@@ -34,37 +35,51 @@ namespace moss {
 /// The largest expert count the router kernels support.
 inline constexpr index_t kMaxExperts = 256;
 
+namespace detail::route {
+
+/// The real type of the router's weight, logits and gates for storage type T: `compute_t<T>`
+/// (double for the host's T = double, else float; float also for a type validate rejects, so
+/// that its static_assert is what fires).
+template <class T>
+using real_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+}  // namespace detail::route
+
 /// Arguments of `route`.
-/// @tparam T storage type of x (float, f16 or bf16).
+/// @tparam T storage type of x (float, f16 or bf16; on the host also double, and then weight,
+/// logits and gate are double: `compute_t<T>`).
 /// @tparam R the router policy.
 template <class T, Router R>
 struct RouteArgs {
   R router{};
-  ConstView<T, 2> x;                   // (tokens, D), unit inner stride
-  ConstView<float, 2> weight;          // (X, D), contiguous: the router's classifier
-  TensorView<float, 2> logits;         // (tokens, X), contiguous, written
-  TensorView<std::int32_t, 2> expert;  // (tokens, K), contiguous, written
-  TensorView<float, 2> gate;           // (tokens, K), contiguous, written: combine weights
+  ConstView<T, 2> x;                               // (tokens, D), unit inner stride
+  ConstView<detail::route::real_t<T>, 2> weight;   // (X, D), contiguous: the router's classifier
+  TensorView<detail::route::real_t<T>, 2> logits;  // (tokens, X), contiguous, written
+  TensorView<std::int32_t, 2> expert;              // (tokens, K), contiguous, written
+  TensorView<detail::route::real_t<T>, 2> gate;    // (tokens, K), contiguous, written: combine weights
 };
 
 /// Arguments of `route_logits`: the logits alone.
-/// @tparam T storage type of x (float, f16 or bf16).
+/// @tparam T storage type of x (float, f16 or bf16; on the host also double, and then weight and
+/// logits are double).
 template <class T>
 struct RouteLogitsArgs {
-  ConstView<T, 2> x;            // (tokens, D), unit inner stride
-  ConstView<float, 2> weight;   // (X, D), contiguous: the router's classifier
-  TensorView<float, 2> logits;  // (tokens, X), contiguous, written
+  ConstView<T, 2> x;                               // (tokens, D), unit inner stride
+  ConstView<detail::route::real_t<T>, 2> weight;   // (X, D), contiguous: the router's classifier
+  TensorView<detail::route::real_t<T>, 2> logits;  // (tokens, X), contiguous, written
 };
 
 /// Arguments of `route_select`: the per-token selection from given logits and scores.
 /// @tparam R the router policy.
-template <Router R>
+/// @tparam C the real type of logits, scores and gate: float, or double on the host (then the
+/// experts are ranked by the scores rounded to float, and the gates are computed in double).
+template <Router R, class C = float>
 struct RouteSelectArgs {
   R router{};
-  ConstView<float, 2> logits;          // (tokens, X), contiguous: what the weights are computed from
-  ConstView<float, 2> scores;          // (tokens, X), contiguous: what the experts are ranked by
+  ConstView<C, 2> logits;              // (tokens, X), contiguous: what the weights are computed from
+  ConstView<C, 2> scores;              // (tokens, X), contiguous: what the experts are ranked by
   TensorView<std::int32_t, 2> expert;  // (tokens, K), contiguous, written
-  TensorView<float, 2> gate;           // (tokens, K), contiguous, written: combine weights
+  TensorView<C, 2> gate;               // (tokens, K), contiguous, written: combine weights
 };
 
 /// Number of floats `router_stats` writes: aux loss, z-loss, then the X mean probabilities.
@@ -108,9 +123,9 @@ void expect_experts(const char* where, const V& v, index_t X, index_t k, const c
 /// Checks the inputs and the logits of a logits computation (shared by `route` and
 /// `route_logits`): D ≥ 1, the expert count (K = `k`), the shapes and strides.
 template <class T>
-void expect_logits_args(const char* where, const ConstView<T, 2>& x, const ConstView<float, 2>& weight,
-                        const TensorView<float, 2>& logits, index_t k) {
-  static_assert(StorageType<T>, "moss::route: T must be float, moss::f16 or moss::bf16");
+void expect_logits_args(const char* where, const ConstView<T, 2>& x, const ConstView<real_t<T>, 2>& weight,
+                        const TensorView<real_t<T>, 2>& logits, index_t k) {
+  static_assert(HostReal<T>, "moss::route: T must be float, moss::f16, moss::bf16 or (host only) double");
   expect_valid(where, x);
   expect_valid(where, weight);
   const index_t tokens = x.shape[0], D = x.shape[1], X = weight.shape[0];
@@ -126,8 +141,9 @@ void expect_logits_args(const char* where, const ConstView<T, 2>& x, const Const
 }
 
 /// Checks the selection outputs (tokens, K) and the int32 pair index.
-inline void expect_selection(const char* where, index_t tokens, index_t k, const TensorView<std::int32_t, 2>& expert,
-                             const TensorView<float, 2>& gate) {
+template <class C>
+void expect_selection(const char* where, index_t tokens, index_t k, const TensorView<std::int32_t, 2>& expert,
+                      const TensorView<C, 2>& gate) {
   MOSS_EXPECTS(tokens <= INT32_MAX / k, unsupported_error, where, ": ", tokens, " tokens × K = ", k,
                " pairs exceed the int32 pair index");
   expect_output(where, expert, {tokens, k}, "(tokens, K)");
@@ -152,8 +168,10 @@ void validate(const RouteLogitsArgs<T>& a, const char* where) {
 
 /// Checks `a` once at op entry (both backends): 1 ≤ X ≤ kMaxExperts, K ≤ X, logits and scores
 /// contiguous (tokens, X), expert and gate contiguous (tokens, K).
-template <Router R>
-void validate(const RouteSelectArgs<R>& a, const char* where) {
+template <Router R, class C>
+void validate(const RouteSelectArgs<R, C>& a, const char* where) {
+  static_assert(std::is_same_v<C, float> || std::is_same_v<C, double>,
+                "moss::route_select: the logits must be float (or, on the host, double)");
   expect_valid(where, a.logits);
   expect_valid(where, a.scores);
   const index_t tokens = a.logits.shape[0], X = a.logits.shape[1];

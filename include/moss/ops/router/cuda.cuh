@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "moss/backend/cuda.cuh"
 #include "moss/cuda/launch.cuh"
@@ -53,6 +54,7 @@ void launch_logits(const Cuda& gpu, const R& router, const ConstView<T, 2>& x, c
 /// host's and the router's selection with scores = logits, in one kernel.
 template <class T, Router R>
 void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
+  static_assert(StorageType<T>, "moss::route: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "route");
   detail::route::launch_logits(gpu, a.router, a.x, a.weight, a.logits.data, a.expert.data, a.gate.data);
 }
@@ -61,13 +63,15 @@ void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
 /// logits are bit-identical to `route`'s (and to the host's).
 template <class T>
 void route_logits(const Cuda& gpu, const RouteLogitsArgs<T>& a) {
+  static_assert(StorageType<T>, "moss::route: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "route_logits");
   detail::route::launch_logits(gpu, detail::route::LogitsOnly{}, a.x, a.weight, a.logits.data, nullptr, nullptr);
 }
 
 /// The router's selection on the GPU from given logits and scores (one thread per token).
-template <Router R>
-void route_select(const Cuda& gpu, const RouteSelectArgs<R>& a) {
+template <Router R, class C>
+void route_select(const Cuda& gpu, const RouteSelectArgs<R, C>& a) {
+  static_assert(std::is_same_v<C, float>, "moss::route_select: double is host-only; on CUDA the logits are float");
   using namespace detail::route;
   validate(a, "route_select");
   const index_t tokens = a.logits.shape[0];
