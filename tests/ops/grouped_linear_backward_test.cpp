@@ -168,7 +168,7 @@ TEST_CASE("grouped_linear_backward matches finite differences of grouped_linear 
   }
 }
 
-TEST_CASE("grouped_linear_backward: float agrees with double; bitwise repeatable", "[grouped_linear_backward]") {
+TEST_CASE("grouped_linear_backward: float agrees with double, bitwise repeatable", "[grouped_linear_backward]") {
   for (Case c : cases()) {
     for (auto* v : {&c.x, &c.w, &c.dy})
       for (auto& e : *v) e = static_cast<float>(e);
@@ -207,7 +207,7 @@ TEST_CASE("grouped_linear_backward accumulates into dweight and dbias", "[groupe
   for (index_t o = 0; o < c.out; ++o) CHECK(acc.db[c.out + o] == start.db[c.out + o]);
 }
 
-TEST_CASE("grouped_linear in double agrees with float; absent outputs are skipped", "[grouped_linear_backward]") {
+TEST_CASE("grouped_linear in double agrees with float, absent outputs are skipped", "[grouped_linear_backward]") {
   Case c(7, 3, 4, std::vector<std::int32_t>{2, 0, 5}, 80);
   for (auto* v : {&c.x, &c.w, &c.b})
     for (auto& e : *v) e = static_cast<float>(e);

@@ -275,7 +275,7 @@ TEST_CASE("permute backward is bitwise repeatable", "[permute_backward]") {
   CHECK(std::memcmp(dg1.data(), dg2.data(), dg1.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("combine_rows in double agrees with the float forward; absent outputs are skipped", "[permute_backward]") {
+TEST_CASE("combine_rows in double agrees with the float forward, absent outputs are skipped", "[permute_backward]") {
   const Shape s = kShapes[2];
   const Plan p(s.tokens, s.k, s.experts, s.capacity, s.used, 9);
   std::vector<double> y = moss::test::randn_f64(static_cast<std::size_t>(p.rows() * s.d), 5);

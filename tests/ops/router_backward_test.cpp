@@ -200,7 +200,7 @@ TEST_CASE("route_backward matches finite differences in double: TopK<1> renormal
   check_case(Case<moss::SinkhornTop1>({}, 1, 2, 1, 41));  // one expert
 }
 
-TEST_CASE("route_backward: float agrees with double; bitwise repeatable; accumulate", "[route_backward]") {
+TEST_CASE("route_backward: float agrees with double, bitwise repeatable, accumulate", "[route_backward]") {
   moss::TopK<2> r;
   r.renormalize = true;
   Case<moss::TopK<2>> c(r, 9, 6, 5, 50);
