@@ -45,6 +45,16 @@ if(MOSS_SYNC_LAUNCHES)
   target_compile_definitions(moss_dev_flags INTERFACE MOSS_SYNC_LAUNCHES=1)
 endif()
 
+# ASan + UBSan for the host tests and CPU examples (MOSS_SANITIZE_HOST_TESTS): -O1 because the
+# sanitizers at -O3 cost 3.3x the compile time of a plain -O3 build (measured on mamba_test: 60 s
+# against 18 s; -O1 with sanitizers: 25 s). The -O1 comes after CMAKE_CXX_FLAGS_RELEASE's -O3 and wins.
+add_library(moss_sanitize_flags INTERFACE)
+if(MOSS_SANITIZE_HOST_TESTS)
+  set(_moss_san -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  target_compile_options(moss_sanitize_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-O1 ${_moss_san}>)
+  target_link_options(moss_sanitize_flags INTERFACE ${_moss_san})
+endif()
+
 install(DIRECTORY include/moss DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES LICENSE DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/moss)
 set(_moss_targets moss_io moss)

@@ -21,7 +21,7 @@ function(moss_add_test source)
     target_link_libraries(${name} PRIVATE moss::cuda)
     set(label cuda)
   else()
-    target_link_libraries(${name} PRIVATE moss::moss)
+    target_link_libraries(${name} PRIVATE moss::moss moss_sanitize_flags)
     set(label host)
   endif()
   # PRE_TEST: the cases are listed (`--list-tests`, which runs no test and touches no GPU) when
