@@ -126,7 +126,7 @@ std::pair<std::vector<T>, std::vector<moss::compute_t<T>>> combine_bwd(const Pla
   using C = moss::compute_t<T>;
   const std::vector<T> g = round_to<T>(dout), yy = round_to<T>(y);
   const std::vector<C> gg = round_to<C>(gate);
-  std::vector<T> dy(static_cast<std::size_t>(p.rows() * s.d), moss::detail::linear_narrow<T>(7.0f));
+  std::vector<T> dy(static_cast<std::size_t>(p.rows() * s.d), moss::narrow<T>(7.0f));
   std::vector<C> dgate(static_cast<std::size_t>(p.rows()), C(7));
   moss::CombineRowsBackwardArgs<T> a;
   a.dout = ConstView<T, 2>(g.data(), {p.tokens, s.d}, "dout");

@@ -144,12 +144,18 @@ enum class DType : std::uint8_t { f32, f16, bf16, i32, i64, u8 };
 /// Size in bytes of one element of `d`.
 constexpr std::size_t dtype_size(DType d) {
   switch (d) {
-    case DType::f32: return 4;
-    case DType::f16: return 2;
-    case DType::bf16: return 2;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
-    case DType::u8: return 1;
+    case DType::f32:
+      return 4;
+    case DType::f16:
+      return 2;
+    case DType::bf16:
+      return 2;
+    case DType::i32:
+      return 4;
+    case DType::i64:
+      return 8;
+    case DType::u8:
+      return 1;
   }
   return 0;
 }
@@ -157,12 +163,18 @@ constexpr std::size_t dtype_size(DType d) {
 /// Short name of `d` as moss prints it ("f32", "bf16", ...).
 constexpr std::string_view dtype_name(DType d) {
   switch (d) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
-    case DType::u8: return "u8";
+    case DType::f32:
+      return "f32";
+    case DType::f16:
+      return "f16";
+    case DType::bf16:
+      return "bf16";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
+    case DType::u8:
+      return "u8";
   }
   return "?";
 }
@@ -171,11 +183,16 @@ constexpr std::string_view dtype_name(DType d) {
 template <class T>
 inline constexpr DType dtype_of = [] {
   using U = std::remove_const_t<T>;
-  if constexpr (std::is_same_v<U, float>) return DType::f32;
-  else if constexpr (std::is_same_v<U, f16>) return DType::f16;
-  else if constexpr (std::is_same_v<U, bf16>) return DType::bf16;
-  else if constexpr (std::is_same_v<U, std::int32_t>) return DType::i32;
-  else if constexpr (std::is_same_v<U, std::int64_t>) return DType::i64;
+  if constexpr (std::is_same_v<U, float>)
+    return DType::f32;
+  else if constexpr (std::is_same_v<U, f16>)
+    return DType::f16;
+  else if constexpr (std::is_same_v<U, bf16>)
+    return DType::bf16;
+  else if constexpr (std::is_same_v<U, std::int32_t>)
+    return DType::i32;
+  else if constexpr (std::is_same_v<U, std::int64_t>)
+    return DType::i64;
   else {
     static_assert(std::is_same_v<U, std::uint8_t>, "moss::dtype_of: not a moss element type");
     return DType::u8;
@@ -196,5 +213,26 @@ concept HostReal = StorageType<T> || std::is_same_v<T, double>;
 /// three storage types, double for double.
 template <HostReal T>
 using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+/// `x` (float, f16, bf16 or double) in its arithmetic type `compute_t<T>`: exact.
+template <class T>
+MOSS_HD auto widen(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return x;
+  } else {
+    return to_float(x);
+  }
+}
+
+/// An arithmetic value `v` (float or double) stored as `T` (float, f16, bf16 or double), rounded
+/// once to nearest even.
+template <class T, class C>
+MOSS_HD T narrow(C v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_float<T>(static_cast<float>(v));
+  }
+}
 
 }  // namespace moss

@@ -77,8 +77,8 @@ struct TensorView {
       : data(p), shape(sh), stride(st), name(nm) {}
   /// A mutable view converts to a read-only one.
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr TensorView(const TensorView<U, Rank>& o)  // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr TensorView(
+      const TensorView<U, Rank>& o)  // NOLINT(google-explicit-constructor)
       : data(o.data), shape(o.shape), stride(o.stride), name(o.name) {}
 
   MOSS_HD index_t size(std::size_t d) const { return shape[d]; }
@@ -159,13 +159,12 @@ void expect_shape(const char* where, const TensorView<T, Rank>& v, const Extents
 template <class T, std::size_t Rank>
 void expect_valid(const char* where, const TensorView<T, Rank>& v) {
   for (std::size_t i = 0; i < Rank; ++i) {
-    MOSS_EXPECTS(v.shape[i] >= 0, shape_error, where, ": ", v.name, " has negative extent ",
-                 shape_string(v.shape));
-    MOSS_EXPECTS(v.stride[i] >= 0, shape_error, where, ": ", v.name, " has negative stride ",
-                 shape_string(v.stride), "; moss views need non-negative strides");
+    MOSS_EXPECTS(v.shape[i] >= 0, shape_error, where, ": ", v.name, " has negative extent ", shape_string(v.shape));
+    MOSS_EXPECTS(v.stride[i] >= 0, shape_error, where, ": ", v.name, " has negative stride ", shape_string(v.stride),
+                 "; moss views need non-negative strides");
   }
-  MOSS_EXPECTS(v.empty() || v.data != nullptr, shape_error, where, ": ", v.name, " ",
-               shape_string(v.shape), " has no data (null pointer)");
+  MOSS_EXPECTS(v.empty() || v.data != nullptr, shape_error, where, ": ", v.name, " ", shape_string(v.shape),
+               " has no data (null pointer)");
 }
 
 /// Checks that the view's innermost dimension has unit stride.

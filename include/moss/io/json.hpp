@@ -464,8 +464,10 @@ inline Json parse_json(std::string_view text, const std::string& name) {
   if (text.find_first_not_of(" \t\r\n") == std::string_view::npos) {
     std::size_t line = 1, column = 1;
     for (char ch : text) {
-      if (ch == '\n') ++line, column = 1;
-      else ++column;
+      if (ch == '\n')
+        ++line, column = 1;
+      else
+        ++column;
     }
     raise<io_error>(name, ": invalid JSON at line ", line, ", column ", column,
                     ": unexpected end of input (the text is empty or only white space)");

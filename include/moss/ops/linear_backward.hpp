@@ -25,8 +25,7 @@ namespace moss {
 /// @tparam T storage type of x, weight and dx (float, f16, bf16; double on the host).
 /// @tparam Tout storage type of the forward's y and so of dy (T or float).
 template <HostReal T, class Tout = T>
-  requires(std::is_same_v<Tout, T> || std::is_same_v<Tout, float>)
-struct LinearBackwardArgs {
+requires(std::is_same_v<Tout, T> || std::is_same_v<Tout, float>) struct LinearBackwardArgs {
   ConstView<Tout, 2> dy;                // (rows, out): gradient of y, unit inner stride
   ConstView<T, 2> x;                    // (rows, in): the forward's input, unit inner stride (read for dweight)
   ConstView<T, 2> weight;               // (out, in): the forward's weight, contiguous (read for dx)

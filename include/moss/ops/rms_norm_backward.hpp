@@ -31,7 +31,7 @@ namespace moss {
 /// @tparam Tdelta storage type of the forward's delta (and of ddelta).
 /// @tparam Tout storage type of the forward's out (and of dout).
 template <class Tdelta, class Tout>
-  requires RmsNormTypes<Tdelta, Tout>
+requires RmsNormTypes<Tdelta, Tout>
 struct RmsNormBackwardArgs {
   /// float32; double for the host's double instantiation.
   using Real = rms_norm_compute_t<Tdelta, Tout>;

@@ -24,9 +24,10 @@ namespace moss {
 /// const or not. Gradients of any rank are passed as 1-D views of their (contiguous) memory.
 template <class Views>
 concept GradientList = requires(const Views& vs) {
-  { *std::begin(vs) };
+  {*std::begin(vs)};
   requires std::remove_cvref_t<decltype(*std::begin(vs))>::rank == 1;
-  requires std::is_floating_point_v<std::remove_const_t<typename std::remove_cvref_t<decltype(*std::begin(vs))>::element_type>>;
+  requires std::is_floating_point_v<
+      std::remove_const_t<typename std::remove_cvref_t<decltype(*std::begin(vs))>::element_type>>;
 };
 
 /// The global L2 norm of all the gradients in `grads` (formula and order: this header's

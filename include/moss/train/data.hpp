@@ -118,8 +118,8 @@ class ByteCorpus {
       const auto n_val = static_cast<index_t>(std::floor(static_cast<double>(n) * config_.val_fraction));
       const index_t n_train = n - n_val;
       MOSS_EXPECTS(n_train >= W, config_error, path.string(), ": its training part is ", n_train, " of ", n,
-                   " bytes (val_fraction ", config_.val_fraction, " holds out ", n_val, "), expected at least seq_len + 1 = ",
-                   W);
+                   " bytes (val_fraction ", config_.val_fraction, " holds out ", n_val,
+                   "), expected at least seq_len + 1 = ", W);
       files_.push_back(File{std::move(bytes), n_train});
       train_tokens_ += n_train;
     }

@@ -129,8 +129,8 @@ struct ParamGroup {
 ///   that wants them undecayed puts them in a "no_decay" group itself.
 inline bool decays(const std::string& checkpoint_name) {
   const std::size_t last_dot = checkpoint_name.rfind('.');
-  const std::string_view last =
-      last_dot == std::string::npos ? std::string_view(checkpoint_name) : std::string_view(checkpoint_name).substr(last_dot + 1);
+  const std::string_view last = last_dot == std::string::npos ? std::string_view(checkpoint_name)
+                                                              : std::string_view(checkpoint_name).substr(last_dot + 1);
   if (last == "bias" || last == "A_log" || last == "D") return false;
   std::string_view rest = checkpoint_name;
   for (;;) {

@@ -19,10 +19,10 @@ namespace moss {
 
 /// Linear warmup then cosine decay to `min_lr` over `total_steps` (formula: this header's comment).
 struct CosineSchedule {
-  double lr = 1e-3;                ///< peak learning rate, finite, ≥ 0
-  double min_lr = 0.0;             ///< final learning rate, finite, in [0, lr]
-  std::int64_t warmup_steps = 0;   ///< in [0, total_steps]
-  std::int64_t total_steps = 1;    ///< ≥ 1: the step from which the rate stays at min_lr
+  double lr = 1e-3;               ///< peak learning rate, finite, ≥ 0
+  double min_lr = 0.0;            ///< final learning rate, finite, in [0, lr]
+  std::int64_t warmup_steps = 0;  ///< in [0, total_steps]
+  std::int64_t total_steps = 1;   ///< ≥ 1: the step from which the rate stays at min_lr
 
   /// `config_error` naming the setting, its value and what is expected: total_steps < 1,
   /// warmup_steps outside [0, total_steps], lr or min_lr negative or not finite, min_lr > lr.

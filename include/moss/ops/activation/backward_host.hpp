@@ -19,13 +19,13 @@ void activation_backward(const Host&, const ActivationBackwardArgs<T>& a) {
   const bool gated = present(a.up), want_dx = present(a.dx), want_dup = present(a.dup);
   for (index_t r = 0; r < rows; ++r) {
     for (index_t c = 0; c < cols; ++c) {
-      const R x = detail::act_widen(a.x.data[r * a.x.stride[0] + c]);
-      const R dout = detail::act_widen(a.dout.data[r * a.dout.stride[0] + c]);
-      const R up = gated ? detail::act_widen(a.up.data[r * a.up.stride[0] + c]) : R(1);
+      const R x = moss::widen(a.x.data[r * a.x.stride[0] + c]);
+      const R dout = moss::widen(a.dout.data[r * a.dout.stride[0] + c]);
+      const R up = gated ? moss::widen(a.up.data[r * a.up.stride[0] + c]) : R(1);
       const R dx = (gated ? dout * up : dout) * ActivationGrad<Act>::derivative(x);
       const R dup = want_dup ? dout * detail::activation_value<Act>(x) : R(0);
-      if (want_dx) a.dx.data[r * a.dx.stride[0] + c] = detail::act_narrow<T>(dx);
-      if (want_dup) a.dup.data[r * a.dup.stride[0] + c] = detail::act_narrow<T>(dup);
+      if (want_dx) a.dx.data[r * a.dx.stride[0] + c] = moss::narrow<T>(dx);
+      if (want_dup) a.dup.data[r * a.dup.stride[0] + c] = moss::narrow<T>(dup);
     }
   }
 }

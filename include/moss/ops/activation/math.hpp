@@ -89,26 +89,6 @@ R activation_value(R x) {
   }
 }
 
-/// `x` (float, f16, bf16 or double) in the arithmetic type of the op: exact.
-template <class T>
-auto act_widen(T x) {
-  if constexpr (std::is_same_v<T, double>) {
-    return x;
-  } else {
-    return to_float(x);
-  }
-}
-
-/// An arithmetic value `v` (float, or double for T = double) stored as T, rounded once.
-template <class T, class C>
-T act_narrow(C v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return from_float<T>(v);
-  }
-}
-
 }  // namespace detail
 
 }  // namespace moss

@@ -87,7 +87,7 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Host&, const CrossEntropyAr
   for (index_t v = 0; v < vocab; ++v) {
     const T* src = a.weight.data + v * d;
     C* dst = w.data() + v * kp;
-    for (index_t k = 0; k < d; ++k) dst[k] = detail::linear_widen(src[k]);
+    for (index_t k = 0; k < d; ++k) dst[k] = moss::widen(src[k]);
     std::fill(dst + d, dst + kp, C(0));
   }
   const index_t chunk = std::min(a.chunk_rows, tokens);
@@ -112,7 +112,7 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Host&, const CrossEntropyAr
     for (index_t i : rows) {
       const T* src = a.hidden.data + (c0 + i) * a.hidden.stride[0];
       C* dst = h.data() + i * kp;
-      for (index_t k = 0; k < d; ++k) dst[k] = detail::linear_widen(src[k]);
+      for (index_t k = 0; k < d; ++k) dst[k] = moss::widen(src[k]);
       std::fill(dst + d, dst + kp, C(0));
     }
 
@@ -171,7 +171,7 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Host&, const CrossEntropyAr
           const index_t r = c0 + rows[static_cast<std::size_t>(b0 + q)];
           const C* acc = dh.data() + q * d;
           T* dst = a.dhidden.data + r * a.dhidden.stride[0];
-          for (index_t k = 0; k < d; ++k) dst[k] = detail::linear_narrow<T>(acc[k]);
+          for (index_t k = 0; k < d; ++k) dst[k] = moss::narrow<T>(acc[k]);
         }
       }
     }

@@ -25,7 +25,7 @@ void grouped_linear_backward(const Host& host, const GroupedLinearBackwardArgs<T
   if (present(a.dx))
     for (index_t r = off[X]; r < rows; ++r) {
       T* dst = a.dx.data + r * a.dx.stride[0];
-      std::fill(dst, dst + in, detail::linear_narrow<T>(C(0)));
+      std::fill(dst, dst + in, moss::narrow<T>(C(0)));
     }
   for (index_t e = 0; e < X; ++e) {
     const index_t r0 = off[e], n = off[e + 1] - off[e];

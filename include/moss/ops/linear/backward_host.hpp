@@ -27,7 +27,7 @@ inline constexpr index_t kLinearBackwardRowBlock = 32;
 /// `n` elements of `src` widened to `C` into `dst`.
 template <class T, class C>
 void linear_widen_row(const T* src, index_t n, C* dst) {
-  for (index_t i = 0; i < n; ++i) dst[i] = linear_widen(src[i]);
+  for (index_t i = 0; i < n; ++i) dst[i] = moss::widen(src[i]);
 }
 
 /// dst = src (`accumulate` false) or dst += src, elementwise over `n` elements.
@@ -115,7 +115,7 @@ void linear_backward(const Host&, const LinearBackwardArgs<T, Tout>& a) {
       for (index_t i = 0; i < nr; ++i) {
         const C* acc = dxb.data() + i * in;
         T* dst = a.dx.data + (r0 + i) * a.dx.stride[0];
-        for (index_t k = 0; k < in; ++k) dst[k] = detail::linear_narrow<T>(acc[k]);
+        for (index_t k = 0; k < in; ++k) dst[k] = moss::narrow<T>(acc[k]);
       }
     }
   }

@@ -31,7 +31,7 @@ inline constexpr int kLinearOutGroup = 4;
 /// into `dst` and zeroes `dst[n, padded)`.
 template <class T, class C>
 void widen_padded(const T* src, index_t n, index_t padded, C* dst) {
-  for (index_t i = 0; i < n; ++i) dst[i] = linear_widen(src[i]);
+  for (index_t i = 0; i < n; ++i) dst[i] = moss::widen(src[i]);
   for (index_t i = n; i < padded; ++i) dst[i] = C(0);
 }
 
@@ -56,7 +56,7 @@ void linear(const Host&, const LinearArgs<T, Tout>& a) {
   std::vector<C> wt(static_cast<std::size_t>(tile * kp));       // (tile, kp)
   std::vector<C> bias(static_cast<std::size_t>(s.out), C(0));   // (out)
   if (present(a.bias)) {
-    for (index_t o = 0; o < s.out; ++o) bias[o] = detail::linear_widen(a.bias.data[o]);
+    for (index_t o = 0; o < s.out; ++o) bias[o] = moss::widen(a.bias.data[o]);
   }
 
   for (index_t r0 = 0; r0 < s.rows; r0 += row_block) {
@@ -77,12 +77,12 @@ void linear(const Host&, const LinearArgs<T, Tout>& a) {
         for (; j + group <= no; j += group) {
           C sums[detail::kLinearOutGroup];
           dot_rows<detail::kLinearOutGroup>(xr, wt.data() + j * kp, kp, kp, sums);
-          for (index_t q = 0; q < group; ++q) yr[j + q] = detail::linear_narrow<Tout>(sums[q] + br[j + q]);
+          for (index_t q = 0; q < group; ++q) yr[j + q] = moss::narrow<Tout>(sums[q] + br[j + q]);
         }
         for (; j < no; ++j) {
           C sum;
           dot_rows<1>(xr, wt.data() + j * kp, kp, kp, &sum);
-          yr[j] = detail::linear_narrow<Tout>(sum + br[j]);
+          yr[j] = moss::narrow<Tout>(sum + br[j]);
         }
       }
     }

@@ -53,29 +53,4 @@ MOSS_HD void dot_rows(const C* x, const C* w, index_t ldw, index_t k_padded, C* 
   }
 }
 
-namespace detail {
-
-/// `x` (float, f16, bf16 or double) in the arithmetic type of its op, `compute_t<T>`: exact.
-template <class T>
-MOSS_HD auto linear_widen(T x) {
-  if constexpr (std::is_same_v<T, double>) {
-    return x;
-  } else {
-    return to_float(x);
-  }
-}
-
-/// An arithmetic value `v` (float or double) stored as `Tout` (float, f16, bf16 or double),
-/// rounded once to nearest even.
-template <class Tout, class C>
-MOSS_HD Tout linear_narrow(C v) {
-  if constexpr (std::is_same_v<Tout, double>) {
-    return v;
-  } else {
-    return from_float<Tout>(static_cast<float>(v));
-  }
-}
-
-}  // namespace detail
-
 }  // namespace moss

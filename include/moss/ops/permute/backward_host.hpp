@@ -41,10 +41,10 @@ void gather_rows_backward(const Host&, const GatherRowsBackwardArgs<T>& a) {
       const index_t row = detail::permute::checked_row("gather_rows_backward", a.pair_row, t, s, rows);
       if (row < 0) continue;
       const T* g = a.dout.data + row * a.dout.stride[0];
-      for (index_t c = 0; c < D; ++c) acc[c] += detail::linear_widen(g[c]);
+      for (index_t c = 0; c < D; ++c) acc[c] += moss::widen(g[c]);
     }
     T* dst = a.dx.data + t * a.dx.stride[0];
-    for (index_t c = 0; c < D; ++c) dst[c] = detail::linear_narrow<T>(acc[c]);
+    for (index_t c = 0; c < D; ++c) dst[c] = moss::narrow<T>(acc[c]);
   }
 }
 
@@ -59,7 +59,7 @@ void combine_rows_backward(const Host&, const CombineRowsBackwardArgs<T>& a) {
   // Check the whole plan before writing anything.
   for (index_t t = 0; t < tokens; ++t)
     for (index_t s = 0; s < K; ++s) detail::permute::checked_row("combine_rows_backward", a.pair_row, t, s, rows);
-  if (want_dy) std::fill(a.dy.data, a.dy.data + rows * D, detail::linear_narrow<T>(C(0)));
+  if (want_dy) std::fill(a.dy.data, a.dy.data + rows * D, moss::narrow<T>(C(0)));
   for (index_t t = 0; t < tokens; ++t) {
     const T* g = a.dout.data + t * a.dout.stride[0];
     for (index_t s = 0; s < K; ++s) {
@@ -72,15 +72,14 @@ void combine_rows_backward(const Host&, const CombineRowsBackwardArgs<T>& a) {
         const C w = present(a.gate) ? a.gate.data[t * K + s] : C(1);
         T* dst = a.dy.data + row * D;
         for (index_t c = 0; c < D; ++c) {
-          const C v = detail::linear_widen(g[c]);
-          dst[c] = detail::linear_narrow<T>((c >= a.weight_begin && c < a.weight_end) ? w * v : v);
+          const C v = moss::widen(g[c]);
+          dst[c] = moss::narrow<T>((c >= a.weight_begin && c < a.weight_end) ? w * v : v);
         }
       }
       if (want_dg) {
         const T* y = a.y.data + row * a.y.stride[0];
         C acc(0);
-        for (index_t c = a.weight_begin; c < a.weight_end; ++c)
-          acc += detail::linear_widen(g[c]) * detail::linear_widen(y[c]);
+        for (index_t c = a.weight_begin; c < a.weight_end; ++c) acc += moss::widen(g[c]) * moss::widen(y[c]);
         a.dgate.data[t * K + s] = acc;
       }
     }

@@ -90,12 +90,12 @@ void combine_rows(const Host&, const CombineRowsArgs<T>& a) {
       const C g = present(a.gate) ? a.gate.data[t * K + s] : C(1);
       const T* y = a.y.data + row * a.y.stride[0];
       for (index_t c = 0; c < D; ++c) {
-        const C v = detail::linear_widen(y[c]);
+        const C v = moss::widen(y[c]);
         acc[c] += (c >= a.weight_begin && c < a.weight_end) ? g * v : v;
       }
     }
     T* out = a.out.data + t * a.out.stride[0];
-    for (index_t c = 0; c < D; ++c) out[c] = detail::linear_narrow<T>(acc[c]);
+    for (index_t c = 0; c < D; ++c) out[c] = moss::narrow<T>(acc[c]);
   }
 }
 

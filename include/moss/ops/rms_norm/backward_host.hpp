@@ -29,19 +29,19 @@ void rms_norm_backward(const Host&, const RmsNormBackwardArgs<Tdelta, Tout>& a) 
     for (index_t i = 0; i < dim; ++i) sum_squares += res[i] * res[i];
     const R scale = rms_norm_scale(sum_squares, dim, a.eps);
     if (present(a.dweight))
-      for (index_t i = 0; i < dim; ++i) dweight[i] += detail::rms_norm_widen(dout[i]) * (res[i] * scale);
+      for (index_t i = 0; i < dim; ++i) dweight[i] += moss::widen(dout[i]) * (res[i] * scale);
     if (!want_rows) continue;
     R dot = R(0);  // Σ_j dout[j] · weight[j] · r'[j]
-    for (index_t i = 0; i < dim; ++i) dot += detail::rms_norm_widen(dout[i]) * a.weight.data[i] * res[i];
+    for (index_t i = 0; i < dim; ++i) dot += moss::widen(dout[i]) * a.weight.data[i] * res[i];
     const R coef = dot * (scale * scale * scale) / static_cast<R>(dim);
     const R* dres_out = present(a.dresidual_out) ? a.dresidual_out.data + r * a.dresidual_out.stride[0] : nullptr;
     R* dres = present(a.dresidual) ? a.dresidual.data + r * a.dresidual.stride[0] : nullptr;
     Tdelta* ddelta = present(a.ddelta) ? a.ddelta.data + r * a.ddelta.stride[0] : nullptr;
     for (index_t i = 0; i < dim; ++i) {
-      R g = detail::rms_norm_widen(dout[i]) * a.weight.data[i] * scale - res[i] * coef;
+      R g = moss::widen(dout[i]) * a.weight.data[i] * scale - res[i] * coef;
       if (dres_out) g += dres_out[i];  // read before dres[i] is written: dres may be dres_out
       if (dres) dres[i] = g;
-      if (ddelta) ddelta[i] = detail::rms_norm_narrow<Tdelta>(g);
+      if (ddelta) ddelta[i] = moss::narrow<Tdelta>(g);
     }
   }
   if (present(a.dweight))

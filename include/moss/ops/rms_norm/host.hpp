@@ -23,16 +23,14 @@ void rms_norm(const Host&, const RmsNormArgs<Tdelta, Tout>& a) {
     for (index_t i = 0; i < dim; ++i) {
       R v = res[i];
       if (has_delta) {
-        v = rms_norm_residual<Tdelta>(v, detail::rms_norm_widen(a.delta.data[r * a.delta.stride[0] + i]),
-                                      a.residual_in_fp32);
+        v = rms_norm_residual<Tdelta>(v, moss::widen(a.delta.data[r * a.delta.stride[0] + i]), a.residual_in_fp32);
         res[i] = v;
       }
       sum_squares += v * v;
     }
     const R scale = rms_norm_scale(sum_squares, dim, a.eps);
     Tout* out = a.out.data + r * a.out.stride[0];  // (dim)
-    for (index_t i = 0; i < dim; ++i)
-      out[i] = detail::rms_norm_narrow<Tout>(rms_norm_output(res[i], scale, a.weight.data[i]));
+    for (index_t i = 0; i < dim; ++i) out[i] = moss::narrow<Tout>(rms_norm_output(res[i], scale, a.weight.data[i]));
   }
 }
 

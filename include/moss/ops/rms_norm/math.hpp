@@ -44,28 +44,4 @@ inline double rms_norm_scale(double sum_squares, index_t dim, double eps) {
 /// One normalised element in double: residual · scale · weight, in this order.
 inline double rms_norm_output(double residual, double scale, double weight) { return residual * scale * weight; }
 
-namespace detail {
-
-/// `x` (float, f16, bf16 or double) in the arithmetic type of the op: exact.
-template <class T>
-auto rms_norm_widen(T x) {
-  if constexpr (std::is_same_v<T, double>) {
-    return x;
-  } else {
-    return to_float(x);
-  }
-}
-
-/// An arithmetic value `v` (float, or double for T = double) stored as T, rounded once.
-template <class T, class C>
-T rms_norm_narrow(C v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return v;
-  } else {
-    return from_float<T>(v);
-  }
-}
-
-}  // namespace detail
-
 }  // namespace moss

@@ -95,13 +95,13 @@ void route_backward(const Host&, const RouteBackwardArgs<T, R>& a) {
         for (index_t k = 0; k < D; ++k) acc[k] += g * w[k];
       }
       T* dst = a.dx.data + t * a.dx.stride[0];
-      for (index_t k = 0; k < D; ++k) dst[k] = detail::linear_narrow<T>(acc[k]);
+      for (index_t k = 0; k < D; ++k) dst[k] = moss::narrow<T>(acc[k]);
     }
   }
   if (want_dw) {
     std::vector<C> dw(static_cast<std::size_t>(X * D), C(0)), xr(static_cast<std::size_t>(D));
     for (index_t t = 0; t < tokens; ++t) {
-      for (index_t k = 0; k < D; ++k) xr[k] = detail::linear_widen(a.x.data[t * a.x.stride[0] + k]);
+      for (index_t k = 0; k < D; ++k) xr[k] = moss::widen(a.x.data[t * a.x.stride[0] + k]);
       for (index_t i = 0; i < X; ++i) {
         const C g = dl[t * X + i];
         C* acc = dw.data() + i * D;
