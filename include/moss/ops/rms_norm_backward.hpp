@@ -128,3 +128,9 @@ void validate(const RmsNormBackwardArgs<Tdelta, Tout>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/rms_norm/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// runs the backward on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/rms_norm/backward_cuda.cuh"
+#endif
