@@ -99,3 +99,9 @@ void validate(const ActivationBackwardArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/activation/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// runs the backward on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/activation/backward_cuda.cuh"
+#endif
