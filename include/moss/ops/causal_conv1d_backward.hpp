@@ -126,3 +126,9 @@ void validate(const CausalConv1dBackwardArgs<T>& args, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/causal_conv1d/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// runs the backward on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/causal_conv1d/backward_cuda.cuh"
+#endif
