@@ -57,3 +57,9 @@ void validate(const EmbeddingBackwardArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/embedding/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, so a .cu that includes only this header
+// runs the backward on moss::Cuda too.
+#if defined(__CUDACC__)
+#include "moss/ops/embedding/backward_cuda.cuh"
+#endif
