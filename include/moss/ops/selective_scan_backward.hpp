@@ -24,7 +24,14 @@
 // Arithmetic: compute_t<T> (float32 for the storage types, double for T = double, which is what
 // the finite-difference checks run). Determinism: every reduction runs in one fixed order, with
 // no atomics, so the same inputs give bitwise the same gradients (see backward_host.hpp for the
-// order and for how the forward states are recomputed). The CUDA backward is not written yet.
+// order and for how the forward states are recomputed).
+//
+//   moss::selective_scan_backward(moss::Cuda{stream}, args);   // T = float, f16 or bf16
+//
+// The CUDA overload (selective_scan/backward_cuda.cuh, included under nvcc) takes the same Args,
+// queues its kernels on the stream without synchronising, takes its scratch from the backend's
+// pool, and is bitwise repeatable too; its sums run in other fixed orders than the host's, so the
+// two agree to float rounding (see backward_cuda.cuh for its recomputation and workspace).
 #pragma once
 
 #include <cstddef>
@@ -149,3 +156,6 @@ void validate(const SelectiveScanBackwardArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/selective_scan/backward_host.hpp"
+#if defined(__CUDACC__)
+#include "moss/ops/selective_scan/backward_cuda.cuh"
+#endif
