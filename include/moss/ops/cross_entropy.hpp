@@ -22,8 +22,11 @@
 // every row is ignored the loss is 0, the count 0 and both gradients zero. Every sum runs in a
 // fixed order independent of `chunk_rows`, so the results are bitwise the same for every chunk
 // size and every repeat: the loss over counted rows ascending, dH[r, :] over v ascending,
-// dW[v, :] over rows ascending (docs/math.md §4, docs/training.md). Host only for now; T may be
-// double (moss::HostReal), which computes in double.
+// dW[v, :] over rows ascending (docs/math.md §4, docs/training.md). On the host T may be double
+// (moss::HostReal), which computes in double. On CUDA (under nvcc, moss/ops/cross_entropy/cuda.cuh)
+// T is a storage type, the GEMMs are cuBLAS's and the op synchronises once to return the loss;
+// its results are bitwise repeatable for a given chunk_rows (see that file for how they differ
+// from the host's).
 #pragma once
 
 #include <cstdint>
@@ -98,3 +101,8 @@ void validate(const CrossEntropyArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/cross_entropy/host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, as the forwards' do.
+#if defined(__CUDACC__)
+#include "moss/ops/cross_entropy/cuda.cuh"
+#endif

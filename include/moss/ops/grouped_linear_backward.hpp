@@ -7,8 +7,10 @@
 //   db_e    = Σ_{r in seg} dY[r]          (out), rows ascending; 0 for an empty segment
 // each expert by `linear_backward` over its segment, experts in order, so every sum runs in a
 // fixed order and the same inputs give bitwise the same gradients. Every output is optional;
-// dweight and dbias are overwritten, or added to when `accumulate` is set. Host only for now;
-// T may be double (moss::HostReal).
+// dweight and dbias are overwritten, or added to when `accumulate` is set. On the host T may be
+// double (moss::HostReal); on CUDA (under nvcc, moss/ops/grouped_linear/backward_cuda.cuh) T is a
+// storage type, each segment's GEMMs are cuBLAS's (its own fixed order: bitwise repeatable, equal
+// to the host's to rounding), and the offsets are read to the host as in the forward.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +31,7 @@ struct GroupedLinearBackwardArgs {
   ConstView<T, 2> dy;                          // (rows, out): gradient of y, unit inner stride
   ConstView<T, 2> x;                           // (rows, in): the forward's input, unit inner stride
   ConstView<T, 3> weight;                      // (X, out, in): the forward's weight, contiguous
-  ConstView<std::int32_t, 1> offsets;          // (X + 1): the forward's segment offsets (host memory)
+  ConstView<std::int32_t, 1> offsets;          // (X + 1): the forward's segment offsets (backend memory)
   const std::int32_t* host_offsets = nullptr;  // (X + 1) the same offsets, if the caller has them separately
   TensorView<T, 2> dx;                         // (rows, in), optional: gradient of x, unit inner stride
   TensorView<compute_t<T>, 3> dweight;         // (X, out, in), optional, contiguous: gradient of weight
@@ -83,3 +85,8 @@ void validate(const GroupedLinearBackwardArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/grouped_linear/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, as the forward's does.
+#if defined(__CUDACC__)
+#include "moss/ops/grouped_linear/backward_cuda.cuh"
+#endif

@@ -9,7 +9,9 @@
 // first and then added, so accumulating equals adding the gradient computed without it). Every
 // sum runs in a fixed order, so the same inputs give bitwise the same gradients:
 // dX[r, k] over o ascending, dW[o, k] and db[o] over rows ascending (docs/math.md §4,
-// docs/training.md). Host only for now; T may be double (moss::HostReal).
+// docs/training.md). On the host T may be double (moss::HostReal); on CUDA (under nvcc, from
+// moss/ops/linear/backward_cuda.cuh) T is a storage type and the GEMMs are cuBLAS's, summed in
+// cuBLAS's own fixed order (bitwise repeatable, equal to the host's to rounding).
 #pragma once
 
 #include <type_traits>
@@ -82,3 +84,8 @@ void validate(const LinearBackwardArgs<T, Tout>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/linear/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, as the forward's does.
+#if defined(__CUDACC__)
+#include "moss/ops/linear/backward_cuda.cuh"
+#endif

@@ -10,7 +10,9 @@
 //                          (0 for a dropped slot)
 // Sums in compute_t<T> (float; double for T = double), each in the fixed order above, rounded
 // once to the output's type, so the same inputs give bitwise the same gradients. Every output is
-// optional (an absent view is not computed). Host only for now; T may be double (moss::HostReal).
+// optional (an absent view is not computed). On the host T may be double (moss::HostReal); on
+// CUDA (under nvcc, moss/ops/permute/backward_cuda.cuh) T is a storage type and the plan is
+// trusted as by the forward CUDA ops.
 #pragma once
 
 #include <cstdint>
@@ -116,3 +118,8 @@ void validate(const CombineRowsBackwardArgs<T>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/permute/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op, as the forward's does.
+#if defined(__CUDACC__)
+#include "moss/ops/permute/backward_cuda.cuh"
+#endif
