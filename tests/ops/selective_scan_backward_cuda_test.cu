@@ -357,9 +357,9 @@ void compare(const char* name, const Mirror<E>& m, const std::vector<E>& got, do
 template <class T>
 void check_backward(const Config& c, std::uint64_t seed) {
   INFO(describe(c) << " seed " << seed);
-  Problem<T> p(c, seed);
-  moss::CudaStream stream;
+  moss::CudaStream stream;  // declared first: it outlives the device buffers, which free on it
   const moss::Cuda gpu{stream.get()};
+  Problem<T> p(c, seed);
   const Result<T> r = run_device(p, gpu, c.subtiles);
   moss::selective_scan_backward(moss::Host{}, p.h);  // overwrites the host outputs
   const double tol_t = kFloatTol + t_ulp<T>();
@@ -585,9 +585,9 @@ TEST_CASE("selective_scan_backward (cuda): L = 0 and batch = 0", "[cuda]") {
     c.L = 0;
     c.has_dfinal = dfinal;
     check_backward<float>(c, 700 + dfinal);  // dinitial_state = dfinal_state (or 0), parameters 0
-    Problem<float> p(c, 700 + dfinal);
     moss::CudaStream stream;
     const moss::Cuda gpu{stream.get()};
+    Problem<float> p(c, 700 + dfinal);
     const Result<float> r = run_device(p, gpu, 0);
     CHECK(r.dinit == (dfinal ? p.dfinal.host : std::vector<float>(p.dinit.host.size(), 0.0f)));
     CHECK(r.dA == std::vector<float>(p.dA.host.size(), 0.0f));
@@ -595,9 +595,9 @@ TEST_CASE("selective_scan_backward (cuda): L = 0 and batch = 0", "[cuda]") {
   Config c;
   c.batch = 0;
   check_backward<moss::f16>(c, 710);
-  Problem<moss::f16> p(c, 710);
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
+  Problem<moss::f16> p(c, 710);
   const Result<moss::f16> r = run_device(p, gpu, 0);
   CHECK(r.dA == std::vector<float>(p.dA.host.size(), 0.0f));
   CHECK(r.dD == std::vector<float>(p.dD.host.size(), 0.0f));
