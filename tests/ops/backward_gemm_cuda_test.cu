@@ -251,6 +251,36 @@ TEMPLATE_TEST_CASE("linear_backward: CUDA gives bitwise the same gradients twice
   }
 }
 
+TEST_CASE("linear_backward: CUDA keeps a tiny float dy of an f16 LM head instead of flushing it", "[cuda][backward]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  // An LM head's dy is dloss / N · (softmax − onehot): values near 1e-9, below f16's smallest
+  // subnormal (6e-8). The CUDA op widens the f16 operand rather than rounding dy to f16, so dx
+  // and dW match the host's float32 arithmetic; rounding dy to f16 would zero them.
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const LinearShape s{64, 48, 80};
+  auto dy = moss::test::randn(static_cast<std::size_t>(s.rows * s.out), 31, 1e-9f);
+  const auto x = random_t<f16>(s.rows * s.in, 32);
+  const auto w = random_t<f16>(s.out * s.in, 33, 0.1f);
+  const std::vector<float> dw0(static_cast<std::size_t>(s.out * s.in), 0.0f),
+      db0(static_cast<std::size_t>(s.out), 0.0f);
+  std::vector<f16> dx_h(static_cast<std::size_t>(s.rows * s.in));
+  std::vector<float> dw_h = dw0, db_h = db0;
+  moss::LinearBackwardArgs<f16, float> h;
+  h.dy = ConstView<float, 2>(dy.data(), {s.rows, s.out}, "dy");
+  h.x = ConstView<f16, 2>(x.data(), {s.rows, s.in}, "x");
+  h.weight = ConstView<f16, 2>(w.data(), {s.out, s.in}, "weight");
+  h.dx = TensorView<f16, 2>(dx_h.data(), {s.rows, s.in}, "dx");
+  h.dweight = TensorView<float, 2>(dw_h.data(), {s.out, s.in}, "dweight");
+  h.dbias = TensorView<float, 1>(db_h.data(), {s.out}, "dbias");
+  moss::linear_backward(Host{}, h);
+  const auto g = linear_cuda<f16, float>(gpu, s, 0, kOutputs[0], false, dy, x, w, dw0, db0);
+  CHECK(rel_l2(g.dw, dw_h) <= kFloatGradTol);
+  CHECK(rel_l2(g.db, db_h) <= kFloatGradTol);
+  // dx (≈ 1e-9) is below f16's range on both sides: the same rounding of the same float32 sums.
+  CHECK(rel_l2(g.dx, dx_h) <= moss::test::op_tolerance<f16>());
+}
+
 TEST_CASE("linear_backward: CUDA validates like the host", "[cuda][backward]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   const Cuda gpu{};
