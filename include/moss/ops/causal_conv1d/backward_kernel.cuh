@@ -22,6 +22,14 @@
 #include "moss/core/tensor.hpp"
 #include "moss/ops/causal_conv1d/math.hpp"
 
+// Full unrolling of the W-wide loops (the arrays then stay in registers) in the device pass of
+// the host-and-device routines below; g++ would warn about the pragma in the host pass.
+#if MOSS_DEVICE_PASS
+#define MOSS_CONV1D_BACKWARD_UNROLL _Pragma("unroll")
+#else
+#define MOSS_CONV1D_BACKWARD_UNROLL
+#endif
+
 namespace moss::detail {
 
 /// Threads per block of both backward kernels (no barriers: this only sets the granule).
@@ -71,45 +79,42 @@ struct Conv1dBackwardParams {
   float* partial;                   // (batch · runs, dim, W + 1) slots, null when no parameter gradient is wanted
 };
 
-/// Sequence kernel: thread (b, run, d). g at time t is kept for the W most recent t (gw[k] =
-/// g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known.
+/// The work of sequence-kernel thread (b, run, d), host and device (the host runs it in the
+/// tests, to check the indexing without a GPU). g at time t is kept for the W most recent t
+/// (gw[k] = g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known.
 template <class T, int W>
-__global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
-    causal_conv1d_backward_kernel(const Conv1dBackwardParams<T> p) {
-  static_assert(W >= 2, "causal_conv1d_backward_kernel: the CUDA widths are 2, 3, 4");
-  const index_t batch = p.x.shape[0], dim = p.x.shape[1], seqlen = p.x.shape[2];
-  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= batch * p.runs * dim) return;
-  const index_t d = i % dim, run = (i / dim) % p.runs, b = i / dim / p.runs;
+MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b, index_t run, index_t d) {
+  static_assert(W >= 2, "conv1d_backward_thread: the CUDA widths are 2, 3, 4");
+  const index_t dim = p.x.shape[1], seqlen = p.x.shape[2];
   const index_t t0 = run * p.steps;
   const index_t t1 = t0 + p.steps < seqlen ? t0 + p.steps : seqlen;  // this run's timesteps: t0 .. t1-1
 
   float w[W];
-#pragma unroll
+  MOSS_CONV1D_BACKWARD_UNROLL
   for (int k = 0; k < W; ++k) w[k] = to_float(p.weight(d, k));
   const float bias = present(p.bias) ? to_float(p.bias(d)) : 0.0f;
 
   // win[k]: the input at t − (W−1) + k; before the loop, the W−1 inputs before t0.
   float win[W];
   win[0] = 0.0f;
-#pragma unroll
+  MOSS_CONV1D_BACKWARD_UNROLL
   for (int k = 0; k < W - 1; ++k) win[k + 1] = to_float(conv1d_input(p.x, p.initial_state, b, d, t0 - (W - 1) + k));
   float gw[W];
-#pragma unroll
+  MOSS_CONV1D_BACKWARD_UNROLL
   for (int k = 0; k < W; ++k) gw[k] = 0.0f;
   float dw[W], db = 0.0f;
-#pragma unroll
+  MOSS_CONV1D_BACKWARD_UNROLL
   for (int k = 0; k < W; ++k) dw[k] = 0.0f;
 
   const bool want_inputs = present(p.dx) || present(p.dinitial_state);
   const index_t emit_from = t0 == 0 ? -(W - 1) : t0;  // the first run also owns the state's columns
   const index_t t_last = want_inputs ? t1 + (W - 2) : t1 - 1;
   for (index_t t = t0; t <= t_last; ++t) {
-#pragma unroll
+    MOSS_CONV1D_BACKWARD_UNROLL
     for (int k = W - 1; k > 0; --k) gw[k] = gw[k - 1];
     gw[0] = 0.0f;
     if (t < seqlen) {
-#pragma unroll
+      MOSS_CONV1D_BACKWARD_UNROLL
       for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
       win[W - 1] = to_float(p.x(b, d, t));
       float g = to_float(p.dout(b, d, t));
@@ -117,7 +122,7 @@ __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
       gw[0] = g;
       if (t < t1) {
         db += g;
-#pragma unroll
+        MOSS_CONV1D_BACKWARD_UNROLL
         for (int k = 0; k < W; ++k) dw[k] += g * win[k];
       }
     }
@@ -125,7 +130,7 @@ __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
     const index_t tau = t - (W - 1);
     if (tau < emit_from) continue;
     float acc = 0.0f;  // Σ_k w[k] · g(τ + (W−1) − k), k ascending, times outside [0, L) left out
-#pragma unroll
+    MOSS_CONV1D_BACKWARD_UNROLL
     for (int k = 0; k < W; ++k)
       if (t - k >= 0 && t - k < seqlen) acc += w[k] * gw[k];
     if (present(p.dfinal_state) && tau >= seqlen - (W - 1))
@@ -139,21 +144,30 @@ __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
 
   if (p.partial) {
     float* slot = p.partial + ((b * p.runs + run) * dim + d) * (W + 1);
-#pragma unroll
+    MOSS_CONV1D_BACKWARD_UNROLL
     for (int k = 0; k < W; ++k) slot[k] = dw[k];
     slot[W] = db;
   }
 }
 
-/// Parameter kernel: thread j = d · (W + 1) + k sums slot s = 0 … slots−1 of its (d, k) in
-/// order and writes (or, with `accumulate`, adds) dweight(d, k) for k < W, dbias(d) for k = W.
-template <class R>
+/// Sequence kernel: one thread per (b, run, d), channels fastest.
+template <class T, int W>
 __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
-    causal_conv1d_backward_params_kernel(const R* partial, index_t slots, index_t dim, int width,
-                                         TensorView<R, 2> dweight, TensorView<R, 1> dbias, bool accumulate) {
-  const index_t j = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    causal_conv1d_backward_kernel(const Conv1dBackwardParams<T> p) {
+  const index_t batch = p.x.shape[0], dim = p.x.shape[1];
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= batch * p.runs * dim) return;
+  conv1d_backward_thread<T, W>(p, i / dim / p.runs, (i / dim) % p.runs, i % dim);
+}
+
+/// The work of parameter-kernel thread j = d · (W + 1) + k, host and device: sums slot s = 0 …
+/// slots−1 of its (d, k) in order and writes (or, with `accumulate`, adds) dweight(d, k) for
+/// k < W, dbias(d) for k = W.
+template <class R>
+MOSS_HD void conv1d_backward_param_thread(const R* partial, index_t slots, index_t dim, int width,
+                                          const TensorView<R, 2>& dweight, const TensorView<R, 1>& dbias,
+                                          bool accumulate, index_t j) {
   const index_t per_slot = dim * (width + 1);
-  if (j >= per_slot) return;
   const index_t d = j / (width + 1);
   const int k = static_cast<int>(j % (width + 1));
   if (k < width ? !present(dweight) : !present(dbias)) return;
@@ -161,6 +175,16 @@ __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
   for (index_t s = 0; s < slots; ++s) sum += partial[s * per_slot + j];
   R& dst = k < width ? dweight(d, k) : dbias(d);
   dst = accumulate ? dst + sum : sum;
+}
+
+/// Parameter kernel: one thread per (d, k), k = 0 … W.
+template <class R>
+__global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
+    causal_conv1d_backward_params_kernel(const R* partial, index_t slots, index_t dim, int width,
+                                         const TensorView<R, 2> dweight, const TensorView<R, 1> dbias,
+                                         bool accumulate) {
+  const index_t j = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j < dim * (width + 1)) conv1d_backward_param_thread(partial, slots, dim, width, dweight, dbias, accumulate, j);
 }
 
 }  // namespace moss::detail
