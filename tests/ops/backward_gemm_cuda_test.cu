@@ -254,8 +254,8 @@ TEMPLATE_TEST_CASE("linear_backward: CUDA gives bitwise the same gradients twice
 TEST_CASE("linear_backward: CUDA keeps a tiny float dy of an f16 LM head instead of flushing it", "[cuda][backward]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   // An LM head's dy is dloss / N · (softmax − onehot): values near 1e-9, below f16's smallest
-  // subnormal (6e-8). The CUDA op widens the f16 operand rather than rounding dy to f16, so dx
-  // and dW match the host's float32 arithmetic; rounding dy to f16 would zero them.
+  // subnormal (6e-8). The CUDA op widens the f16 operand rather than rounding dy to f16, so dW
+  // matches the host's float32 arithmetic; rounding dy to f16 would zero it.
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};
   const LinearShape s{64, 48, 80};
