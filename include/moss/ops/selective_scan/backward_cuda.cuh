@@ -13,9 +13,10 @@
 // walks the chunks from the last to the first: each chunk's states are recomputed from its
 // checkpoint into shared memory and its steps walked backwards with the adjoint state λ = dL/dh
 // carried in registers (λ_{t−1} = exp(Δ_t·A)·λ_t + dy_{t−1}·C_{t−1}: a linear scan in reverse
-// time). The chunk is 64 steps for N ≤ 32, 32 for N ≤ 64, 16 for N ≤ 128 and 8 above (what
-// keeps the block's shared memory, (1 or 2)·chunk·⌈N / lanes⌉·128 + channels·chunk floats, within
-// 96 KiB). The inputs are read three times (forward to the checkpoints, chunk recomputation,
+// time). The chunk is the longest power of two ≤ 64 that keeps the block's shared memory,
+// (2 with dB, else 1)·chunk·⌈N / lanes⌉·128 + channels·chunk floats, within 96 KiB: with dB asked
+// for, 64 steps for N ≤ 32, 32 for N ≤ 64, 16 for N ≤ 128 and 8 above (64, 64, 32 and 16
+// without). The inputs are read three times (forward to the checkpoints, chunk recomputation,
 // reverse walk), all from global memory.
 //
 // Workspace (from the backend's pool, stream-ordered, freed when the call returns: the Args carry
@@ -43,11 +44,15 @@
 // The orders differ from the host's (a warp tree over the states, the channel sums split by
 // super-tile), so CUDA and host agree to float rounding, not bitwise.
 //
-// Expected performance (not measured yet): a few times the forward's time, roughly 3 to 6×. The
-// backward reads every input three times with plain (not staged, not vectorised) loads, does
-// three warp reductions per step instead of one (y, du, dΔ), two barriers per chunk, and writes
-// and re-reads the dB / dC partials; it has one block per (batch row, super-tile) like the
-// sequential forward, so short batch · dim leaves the GPU underused (no time-parallel split yet).
+// Expected performance (not measured: written without a GPU): about an order of magnitude slower
+// than the forward (estimate 5 to 15× at the canonical batch 8 × L 2048 × dim 4096, N 16). The
+// backward walks L three times (forward to the checkpoints, chunk recomputation, reverse) with
+// plain per-lane loads of every input at every step (not staged in shared memory nor vectorised
+// like the forward's), three warp reductions per step instead of one (y, du, dΔ), two barriers per
+// chunk, ~66 KiB of shared memory per 128-thread block (3 blocks per SM), and writes and re-reads
+// the dB / dC partials. It has one block per (batch row, super-tile), like the sequential forward,
+// so a short batch · dim leaves the GPU underused (no time-parallel split yet). Staging each chunk's
+// inputs in shared memory with coalesced loads is the first thing to do once it is measured.
 #pragma once
 
 #include <cstddef>
