@@ -13,6 +13,7 @@
 #include "moss/core/random.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/core/workspace.hpp"
+#include "moss/io/bytes.hpp"
 #include "moss/io/checkpoint.hpp"
 #include "moss/io/json.hpp"
 #include "moss/io/safetensors.hpp"

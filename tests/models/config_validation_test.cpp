@@ -2,13 +2,16 @@
 // run exactly as its author meant is a `config_error` naming the key, never a run with other
 // numbers. Sizes whose products overflow or are absurd, capacity factors out of range, a
 // hidden_act moss does not apply, an unknown or missing model_type, dtype and torch_dtype that
-// disagree, a state-spaces/mamba_ssm config; and `expect_shape`'s one wildcard, `moss::any`.
+// disagree, a state-spaces/mamba_ssm config, a tokenizer other than "bytes" (or "bytes" with fewer
+// than 256 tokens); and `expect_shape`'s one wildcard, `moss::any`.
+#include <unistd.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_exception.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
@@ -297,6 +300,70 @@ TEST_CASE("The fixture's config.json and moss-written configs still load", "[hos
 
   // The largest sizes the bound allows are accepted (no tensor is allocated here).
   CHECK(parse(hf_with(R"("vocab_size": 4398046511104, "hidden_size": 64)")).vocab_size == index_t{1} << 42);
+}
+
+// ---------------------------------------------------------------------------------------------
+// "tokenizer": "bytes" or no tokenizer
+
+TEST_CASE("config.json: tokenizer bytes round-trips, an absent or null one is none", "[host][models][config]") {
+  CHECK(parse(hf()).tokenizer.empty());
+  CHECK(parse(hf(R"("tokenizer": null)")).tokenizer.empty());
+  const MambaConfig c = parse(hf(R"("tokenizer": "bytes")"));
+  CHECK(c.tokenizer == "bytes");
+  // Written back only when set, and read back as it was.
+  const io::Json j = c.to_json();
+  CHECK(j.at("tokenizer").get<std::string>() == "bytes");
+  CHECK(MambaConfig::from_json(io::parse_json(io::dump_json(j), "config.json"), "config.json").tokenizer == "bytes");
+  CHECK_FALSE(parse(hf()).to_json().contains("tokenizer"));
+  // A moss model reads it too.
+  CHECK(parse(R"({"model_type": "moss", "moss_variant": "moe-mamba", "hidden_size": 16, "num_hidden_layers": 2,
+      "vocab_size": 256, "state_size": 4, "block_pattern": ["mamba", "moe"], "tokenizer": "bytes"})")
+            .tokenizer == "bytes");
+
+  // A model built in code with the byte tokenizer saves it in config.json; loading gets it back.
+  MambaConfig code;
+  code.d_model = 16, code.n_layers = 1, code.vocab_size = 256, code.d_state = 4;
+  code.tokenizer = "bytes";
+  const MambaLM<float> model(code);
+  const auto dir = std::filesystem::temp_directory_path() / ("moss_tokenizer_config_" + std::to_string(::getpid()));
+  model.save(Host{}, model.init(Host{}, 3), dir);
+  const MambaConfig loaded = load_mamba_config(dir.string());
+  CHECK(loaded.tokenizer == "bytes");
+  CHECK(loaded.vocab_size == 256);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("config.json: a tokenizer other than bytes, or bytes with fewer than 256 tokens, is refused",
+          "[host][models][config]") {
+  for (const char* bad : {R"("wordpiece")", R"("")", R"("Bytes")", R"("gpt2")"}) {
+    INFO(bad);
+    REQUIRE_THROWS_MATCHES(parse(hf(std::string(R"("tokenizer": )") + bad)), config_error,
+                           MessageMatches(ContainsSubstring("config.json: tokenizer is \"") &&
+                                          ContainsSubstring("moss accepts \"bytes\"") &&
+                                          ContainsSubstring("no tokenizer key (token ids only)")));
+  }
+  REQUIRE_THROWS_MATCHES(
+      parse(hf(R"("tokenizer": 5)")), config_error,
+      MessageMatches(ContainsSubstring("config.json: tokenizer is a number") && ContainsSubstring("\"bytes\"")));
+  REQUIRE_THROWS_MATCHES(parse(hf(R"("tokenizer": {"type": "bytes"})")), config_error,
+                         MessageMatches(ContainsSubstring("config.json: tokenizer is an object")));
+  REQUIRE_THROWS_MATCHES(parse(hf_with(R"("hidden_size": 64, "vocab_size": 255, "tokenizer": "bytes")")), config_error,
+                         MessageMatches(ContainsSubstring("config.json: tokenizer \"bytes\" needs vocab_size ≥ 256") &&
+                                        ContainsSubstring("but vocab_size is 255")));
+  // A larger vocabulary is fine (ids above 255 are never produced by the tokenizer).
+  CHECK(parse(hf_with(R"("hidden_size": 64, "vocab_size": 50280, "tokenizer": "bytes")")).tokenizer == "bytes");
+
+  // The same checks for a config built in code, when the model is built.
+  MambaConfig c;
+  c.d_model = 16, c.n_layers = 1, c.vocab_size = 256, c.d_state = 4;
+  c.tokenizer = "bpe";
+  REQUIRE_THROWS_MATCHES(
+      MambaLM<float>(c), config_error,
+      MessageMatches(ContainsSubstring("tokenizer is \"bpe\"") && ContainsSubstring("moss accepts \"bytes\"")));
+  c.tokenizer = "bytes";
+  c.vocab_size = 64;
+  REQUIRE_THROWS_MATCHES(MambaLM<float>(c), config_error,
+                         MessageMatches(ContainsSubstring("tokenizer \"bytes\" needs vocab_size ≥ 256")));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@
 //   "block_pattern": ["mamba", "moe"]    block names, repeated to num_hidden_layers
 //   "blocks":        [{...}, {...}]      one section per pattern position, each read by that
 //                                        block type's `Config::from_json` (moss/layers/)
+//
+// Either model type may also say how its text is turned into token ids:
+//   "tokenizer":     "bytes"               each UTF-8 byte of the text is one token, its value
+//                                          0..255 (moss/io/bytes.hpp); needs vocab_size ≥ 256
+// No key (or null) means the model has no tokenizer moss knows: it takes token ids only (a
+// Hugging Face checkpoint's tokenizer.json is not read). Any other value is a `config_error`.
 // So a pattern with two MoE blocks that use different routers is two sections. A config written
 // by moss 0.1 (one "moe" and one "rom" section shared by every block of that name, a dense "ffn"
 // block reading "moe") is read too: each position takes the section of its block's name.
@@ -71,6 +77,8 @@ struct MambaConfig {
   std::vector<std::string> block_pattern;  ///< block names repeated to n_layers; empty: as the model type says
   std::vector<io::Json> blocks;            ///< the config section of each pattern position, as read
                                            ///< (empty: every block as its type's defaults say)
+  std::string tokenizer;                   ///< "bytes" (moss/io/bytes.hpp) or empty: no tokenizer,
+                                           ///< token ids only (config.json key "tokenizer")
   std::string source = "config";           ///< where the config came from, for messages ("dir/config.json")
 
   /// E·D; `config_error` "<source>: expand × hidden_size overflows (E × D)" when it does not fit.
@@ -107,6 +115,11 @@ struct MambaConfig {
                  ", expected a positive number");
     MOSS_EXPECTS(eos_token_id < vocab_size, config_error, where, ": eos_token_id ", eos_token_id,
                  " is outside the vocabulary of ", vocab_size);
+    MOSS_EXPECTS(tokenizer.empty() || tokenizer == "bytes", config_error, where, ": tokenizer is \"", tokenizer, "\"; ",
+                 kTokenizerValues);
+    MOSS_EXPECTS(tokenizer != "bytes" || vocab_size >= 256, config_error, where,
+                 ": tokenizer \"bytes\" needs vocab_size ≥ 256 (one token per byte value 0..255), but vocab_size is ",
+                 vocab_size);
     // Every size the model derives from the keys, checked for overflow and for tensors beyond
     // max_tensor_elements (the mixer's own MambaDims::validate repeats this in its terms).
     const std::string w(where);
@@ -123,8 +136,9 @@ struct MambaConfig {
   }
 
   /// Reads a Hugging Face `MambaConfig` object (model_type "mamba") or a moss one (model_type
-  /// "moss"). Keys that only concern training, initialisation or the tokenizer are ignored;
-  /// missing keys keep the defaults of transformers' MambaConfig. `config_error` naming the key for anything moss
+  /// "moss"). Keys that only concern training or initialisation are ignored, and so are Hugging
+  /// Face's tokenizer keys (tokenizer_class, pad_token_id, ...); moss's own "tokenizer" is read.
+  /// Missing keys keep the defaults of transformers' MambaConfig. `config_error` naming the key for anything moss
   /// would not run as written (see the top of this file). `what` names the file in messages.
   static MambaConfig from_json(const io::Json& doc, const std::string& what) {
     const io::JsonRef j(doc, what);
@@ -166,6 +180,7 @@ struct MambaConfig {
     j.read("bos_token_id", c.bos_token_id);
     j.read("eos_token_id", c.eos_token_id);
     c.dtype = read_dtype(j);
+    c.tokenizer = read_tokenizer(j);
     if (model_type == "moss") {
       read_moss(j, c);
     } else {
@@ -206,6 +221,7 @@ struct MambaConfig {
       const DType d = *dtype;
       j["dtype"] = d == DType::f32 ? "float32" : d == DType::f16 ? "float16" : "bfloat16";
     }
+    if (!tokenizer.empty()) j["tokenizer"] = tokenizer;
     if (is_moss()) {
       j["moss_variant"] = moss_variant;
       j["block_pattern"] = block_pattern;
@@ -220,6 +236,20 @@ struct MambaConfig {
   bool is_moss() const { return !moss_variant.empty() && moss_variant != "mamba"; }
 
  private:
+  static constexpr const char* kTokenizerValues =
+      "moss accepts \"bytes\" (each UTF-8 byte one token, 0..255) or no tokenizer key (token ids only)";
+
+  /// The config's "tokenizer": "bytes", or empty when the key is absent or null; `config_error`
+  /// naming the key and the accepted values for anything else (another string, "", a number).
+  static std::string read_tokenizer(const io::JsonRef& j) {
+    const std::optional<io::JsonRef> v = j.find("tokenizer");
+    if (!v || v->is_null()) return {};
+    MOSS_EXPECTS(v->is_string(), config_error, v->where(), " is ", v->kind(), "; ", kTokenizerValues);
+    const std::string t = v->as_string();
+    MOSS_EXPECTS(t == "bytes", config_error, v->where(), " is \"", t, "\"; ", kTokenizerValues);
+    return t;
+  }
+
   /// `config_error` for a config in the layout of the original state-spaces/mamba repository
   /// (mamba_ssm's MambaConfig: d_model, n_layer, ssm_cfg, no hidden_size).
   static void expect_hf_layout(const io::JsonRef& j) {
