@@ -180,8 +180,9 @@ void validate(const CombineRowsArgs<T>& a, const char* where) {
     expect_shape(where, a.gate, {tokens, K}, "(tokens, K)");
     expect_contiguous(where, a.gate);
   } else {
-    MOSS_EXPECTS(a.weight_begin == a.weight_end, config_error, where, ": columns [", a.weight_begin, ", ", a.weight_end,
-                 ") are to be weighted but no gate was given");
+    // With no tokens there is nothing to weigh (and a (0, K) gate has no data to be present).
+    MOSS_EXPECTS(a.weight_begin == a.weight_end || tokens == 0, config_error, where, ": columns [", a.weight_begin,
+                 ", ", a.weight_end, ") are to be weighted but no gate was given");
   }
 }
 
