@@ -1,5 +1,6 @@
-// examples/cli.hpp: what moss-run and moss-demo share: a small command-line parser and a
-// safetensors file written piece by piece (for outputs too large to hold twice in memory).
+// examples/cli.hpp: what moss-run and moss-demo share: a small command-line parser, the token
+// ids of an input file or of a --prompt text (byte tokenizer), and a safetensors file written
+// piece by piece (for outputs too large to hold twice in memory).
 #pragma once
 
 #include <cerrno>
@@ -18,8 +19,10 @@
 #include "moss/core/dtype.hpp"
 #include "moss/core/error.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/io/bytes.hpp"
 #include "moss/io/json.hpp"
 #include "moss/io/safetensors.hpp"
+#include "moss/models/mamba_config.hpp"
 
 namespace moss::cli {
 
@@ -52,6 +55,22 @@ inline InputIds read_input_ids(const std::filesystem::path& path, index_t vocab)
     MOSS_EXPECTS(id >= 0 && id < vocab, io_error, where, ": input_ids[", static_cast<index_t>(i) / out.length, ", ",
                  static_cast<index_t>(i) % out.length, "] is ", id, " but the vocabulary has ", vocab, " tokens");
   }
+  return out;
+}
+
+/// The token ids of `--prompt TEXT` for a model of config `cfg`: one row, each byte of the text
+/// its value (moss/io/bytes.hpp). `config_error` when the model has no byte tokenizer (its
+/// config.json does not say "tokenizer": "bytes"; `ids_instead` then says how the program takes
+/// token ids) or the text is empty.
+inline InputIds prompt_input_ids(const MambaConfig& cfg, const std::string& text, const std::string& ids_instead) {
+  MOSS_EXPECTS(cfg.tokenizer == "bytes", config_error, "--prompt: the model has no tokenizer (",
+               cfg.source == "config" ? std::string("its config") : cfg.source,
+               " does not say \"tokenizer\": \"bytes\"), so its text cannot be turned into token ids; ", ids_instead);
+  MOSS_EXPECTS(!text.empty(), config_error, "--prompt is empty; the model needs at least one byte to continue");
+  InputIds out;
+  out.ids = encode_bytes(text);
+  out.batch = 1;
+  out.length = static_cast<index_t>(out.ids.size());
   return out;
 }
 
