@@ -79,4 +79,33 @@ void check_gradient(const std::string& name, const std::vector<double>& analytic
   CHECK(err < tol);
 }
 
+/// Directional derivative check for composed float layers (which have no double instantiation):
+/// for a random direction d (fixed by `seed`, unit RMS) over the `n` floats at `x`, compares
+/// <analytic, d> with the central difference (L(x + h·d) − L(x − h·d)) / 2h, where `loss()`
+/// reads x (perturbed in place, then restored) and returns the loss summed in double. Returns
+/// |a − fd| / max(|a|, |fd|, 1e-12), with both values in the message when it exceeds `tol`.
+template <class Loss>
+void check_directional(const std::string& name, const float* analytic, float* x, std::size_t n, Loss&& loss,
+                       std::uint64_t seed, double h = 1e-3, double tol = 2e-2) {
+  if (n == 0) return;
+  const std::vector<double> d = randn_f64(n, seed);
+  std::vector<float> saved(x, x + n);
+  double a = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    REQUIRE(std::isfinite(analytic[i]));
+    a += static_cast<double>(analytic[i]) * d[i];
+  }
+  const auto at = [&](double t) {
+    for (std::size_t i = 0; i < n; ++i) x[i] = static_cast<float>(saved[i] + t * d[i]);
+    const double l = loss();
+    std::copy(saved.begin(), saved.end(), x);
+    return l;
+  };
+  const double fd = (at(h) - at(-h)) / (2 * h);
+  const double err = std::abs(a - fd) / std::max({std::abs(a), std::abs(fd), 1e-12});
+  INFO("d/d" << name << " along a random direction: analytic " << a << ", central difference " << fd
+             << ", relative error " << err);
+  CHECK(err < tol);
+}
+
 }  // namespace moss::test

@@ -6,6 +6,13 @@
 //   v ─x_proj→ x_dbl (tokens, R+2N) = [dt_low | B | C];  dt_low ─dt_proj→ delta (tokens, ED)
 //   scan(u=v, delta, A, B, C, D, z, delta_bias, softplus) → y (tokens, ED) ─out_proj→ out (tokens, D)
 // The scan and the conv read (batch, ED, L) views with unit stride along ED ("channel-last").
+//
+// Training (docs/training.md): `forward_train` runs the same ops and keeps what `backward` needs
+// (`Saved`); `backward` runs each op's backward in reverse order and writes the parameter
+// gradients (`Grads`: the Params' tensors in float32, same names). What is kept is the
+// `ActivationPolicy`: `keep` stores xz, v, x_dbl, delta and y ((5·ED + R + 2N) values per
+// token); `recompute` stores xz and y (3·ED) and recomputes v, x_dbl and delta (the conv and two
+// small GEMMs) in the backward pass.
 #pragma once
 
 #include <algorithm>
@@ -19,10 +26,15 @@
 #include "moss/core/checked.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
+#include "moss/layers/block.hpp"
 #include "moss/layers/params.hpp"
 #include "moss/ops/causal_conv1d.hpp"
+#include "moss/ops/causal_conv1d_backward.hpp"
+#include "moss/ops/elementwise.hpp"
 #include "moss/ops/linear.hpp"
+#include "moss/ops/linear_backward.hpp"
 #include "moss/ops/selective_scan.hpp"
+#include "moss/ops/selective_scan_backward.hpp"
 
 namespace moss {
 
@@ -87,6 +99,47 @@ struct MambaCache {
   Buffer<float> ssm_state;  // (batch, ED, N)
   index_t batch = 0;
 };
+
+/// What a block keeps from its training forward for the backward pass: everything (`keep`) or
+/// only what is costly to recompute (`recompute`: the rest is recomputed in `backward`).
+enum class ActivationPolicy { keep, recompute };
+
+/// The activations of `MambaCore::forward` between xz and y, kept for the backward pass.
+template <StorageType T>
+struct MambaCoreActivations {
+  Buffer<T> v;      // (tokens, ED): conv1d + SiLU output, the scan's u
+  Buffer<T> x_dbl;  // (tokens, R + 2N) = [dt_low | B | C]
+  Buffer<T> delta;  // (tokens, ED): dt_proj output (before the scan's bias and softplus)
+};
+
+/// Calls f(name, tensor) for every parameter of `p` in checkpoint order (names relative to the
+/// mixer), skipping absent tensors and the derived A. Works on a mixer's Params and on its
+/// float32 gradients alike (the same names in the same order).
+template <class P, class F>
+void visit_mamba_core(P& p, F&& f) {
+  const auto visit = [&](auto& t) {
+    if (t.present()) f(t.name(), t);
+  };
+  visit(p.conv_weight);
+  visit(p.conv_bias);
+  visit(p.x_proj);
+  visit(p.dt_proj);
+  visit(p.dt_bias);
+  visit(p.A_log);
+  visit(p.D);
+}
+
+/// Zeroed float32 tensors shaped and named like every present tensor of `p`, except the derived A.
+template <class Backend, StorageType T>
+void zero_core_grads(const Backend& backend, const MambaCoreParams<T>& p, MambaCoreParams<float>& g) {
+  g.conv_weight = zeros_like<float>(backend, p.conv_weight);
+  g.conv_bias = zeros_like<float>(backend, p.conv_bias);
+  g.x_proj = zeros_like<float>(backend, p.x_proj);
+  g.dt_proj = zeros_like<float>(backend, p.dt_proj);
+  g.dt_bias = zeros_like<float>(backend, p.dt_bias);
+  g.A_log = zeros_like<float>(backend, p.A_log);
+  g.D = zeros_like<float>(backend, p.D);
+}
 
 /// The config section of a block that has no settings of its own (its sizes are the model's
 /// shared `MambaDims`): reads and writes nothing.
@@ -187,48 +240,29 @@ class MambaCore {
 
   /// Full sequence: y (batch·L, ED) from the in_proj output `xz` (batch·L, 2·ED), u = its first
   /// ED columns and z the rest. With a cache, the conv and SSM start from its states and the
-  /// cache is left holding the final states.
+  /// cache is left holding the final states. With `keep`, the activations between xz and y are
+  /// moved there (for `backward`).
   template <class Backend>
-  void forward(const Backend& backend, const Params& p, const T* xz, index_t batch, index_t L, T* y,
-               Cache* cache) const {
+  void forward(const Backend& backend, const Params& p, const T* xz, index_t batch, index_t L, T* y, Cache* cache,
+               MambaCoreActivations<T>* keep = nullptr) const {
     const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
-    const index_t tokens = batch * L;
     const index_t XP = dims_.x_proj_out();
 
-    // u and z are column halves of xz, read as (batch, ED, L) channel-last views.
-    const ConstView<T, 3> u(xz, {batch, ED, L}, {L * 2 * ED, 1, 2 * ED}, "u");
-    const ConstView<T, 3> z(xz + ED, {batch, ED, L}, {L * 2 * ED, 1, 2 * ED}, "z");
-    Buffer<T> v = backend.template alloc<T>(tokens * ED);  // (batch, L, ED)
-    const TensorView<T, 3> v_cl(v.data(), {batch, ED, L}, {L * ED, 1, ED}, "conv_out");
+    MambaCoreActivations<T> a;
     Buffer<T> conv_final;
-    CausalConv1dArgs<T> conv{u, p.conv_weight, p.conv_bias, true, {}, v_cl, {}};
-    if (cache) {
-      conv_final = backend.template alloc<T>(batch * ED * (W - 1));
-      conv.initial_state = ConstView<T, 3>(cache->conv_state.data(), {batch, ED, W - 1}, "conv_state");
-      conv.final_state = TensorView<T, 3>(conv_final.data(), {batch, ED, W - 1}, "conv_state");
-    }
-    causal_conv1d(backend, conv);
-
-    Buffer<T> x_dbl = backend.template alloc<T>(tokens * XP);  // (tokens, R + 2N) = [dt_low | B | C]
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {tokens, ED}, "conv_out"),
-                                  p.x_proj,
-                                  {},
-                                  x_dbl.template view<2>({tokens, XP}, "x_dbl")});
-    Buffer<T> delta = backend.template alloc<T>(tokens * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
-                                  p.dt_proj,
-                                  {},
-                                  delta.template view<2>({tokens, ED}, "delta")});
+    if (cache) conv_final = backend.template alloc<T>(batch * ED * (W - 1));
+    project(backend, p, xz, batch, L, a, cache ? cache->conv_state.data() : nullptr,
+            cache ? conv_final.data() : nullptr);
 
     Buffer<float> ssm_final;
     SelectiveScanArgs<T> scan;
-    scan.u = v_cl;
-    scan.delta = ConstView<T, 3>(delta.data(), {batch, ED, L}, {L * ED, 1, ED}, "delta");
+    scan.u = ConstView<T, 3>(a.v.data(), {batch, ED, L}, {L * ED, 1, ED}, "conv_out");
+    scan.delta = ConstView<T, 3>(a.delta.data(), {batch, ED, L}, {L * ED, 1, ED}, "delta");
     scan.A = p.A;
-    scan.B = ConstView<T, 4>(x_dbl.data() + R, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "B");
-    scan.C = ConstView<T, 4>(x_dbl.data() + R + N, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "C");
+    scan.B = ConstView<T, 4>(a.x_dbl.data() + R, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "B");
+    scan.C = ConstView<T, 4>(a.x_dbl.data() + R + N, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "C");
     scan.D = p.D;
-    scan.z = z;
+    scan.z = ConstView<T, 3>(xz + ED, {batch, ED, L}, {L * 2 * ED, 1, 2 * ED}, "z");
     scan.delta_bias = p.dt_bias;
     scan.delta_softplus = true;
     scan.out = TensorView<T, 3>(y, {batch, ED, L}, {L * ED, 1, ED}, "y");
@@ -242,6 +276,101 @@ class MambaCore {
       cache->conv_state = std::move(conv_final);
       cache->ssm_state = std::move(ssm_final);
     }
+    if (keep) *keep = std::move(a);
+  }
+
+  /// The activations between xz and the scan (conv1d + SiLU, x_proj, dt_proj) into `a`, from zero
+  /// conv state: what `backward` recomputes under `ActivationPolicy::recompute`.
+  template <class Backend>
+  void recompute(const Backend& backend, const Params& p, const T* xz, index_t batch, index_t L,
+                 MambaCoreActivations<T>& a) const {
+    project(backend, p, xz, batch, L, a, nullptr, nullptr);
+  }
+
+  /// Backward of `forward` from zero states (training, no cache), docs/training.md: from dy
+  /// (batch·L, ED), the activations `a` of the forward and its input `xz`, writes dxz (batch·L,
+  /// 2·ED; both halves: du through the conv, dz through the scan's gate) and the gradients of
+  /// the shared weights into `g` (written, or added when `accumulate`). Reverse order of the
+  /// forward: scan → dt_proj → x_proj (its input gradient added to the scan's du) → conv.
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, const T* xz, index_t batch, index_t L,
+                const MambaCoreActivations<T>& a, const T* dy, T* dxz, MambaCoreParams<float>& g,
+                bool accumulate = false) const {
+    const index_t ED = dims_.d_inner, N = dims_.d_state, R = dims_.dt_rank;
+    const index_t XP = dims_.x_proj_out(), tokens = batch * L;
+    const Extents<3> bel{batch, ED, L};
+    const Extents<3> cl{L * ED, 1, ED};           // channel-last strides of a (tokens, ED) buffer
+    const Extents<3> cl2{L * 2 * ED, 1, 2 * ED};  // ... of a half of a (tokens, 2·ED) buffer
+
+    Buffer<T> dv = backend.template alloc<T>(tokens * ED);
+    Buffer<T> ddelta = backend.template alloc<T>(tokens * ED);
+    Buffer<T> dx_dbl = backend.template alloc<T>(tokens * XP);  // [d dt_low | dB | dC]
+    Buffer<float> dA = backend.template alloc<float>(ED * N);
+    if (accumulate) fill_zero(backend, dA);  // the scan adds into dA, dD and ddelta_bias alike
+    SelectiveScanBackwardArgs<T> sb;
+    sb.u = ConstView<T, 3>(a.v.data(), bel, cl, "conv_out");
+    sb.delta = ConstView<T, 3>(a.delta.data(), bel, cl, "delta");
+    sb.A = p.A;
+    sb.B = ConstView<T, 4>(a.x_dbl.data() + R, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "B");
+    sb.C = ConstView<T, 4>(a.x_dbl.data() + R + N, {batch, 1, N, L}, {L * XP, 0, 1, XP}, "C");
+    sb.D = p.D;
+    sb.z = ConstView<T, 3>(xz + ED, bel, cl2, "z");
+    sb.delta_bias = p.dt_bias;
+    sb.delta_softplus = true;
+    sb.dout = ConstView<T, 3>(dy, bel, cl, "dy");
+    sb.du = TensorView<T, 3>(dv.data(), bel, cl, "d conv_out");
+    sb.ddelta = TensorView<T, 3>(ddelta.data(), bel, cl, "d delta");
+    sb.dA = dA.template view<2>({ED, N}, "dA");
+    sb.dB = TensorView<T, 4>(dx_dbl.data() + R, {batch, 1, N, L}, {L * XP, N, 1, XP}, "dB");
+    sb.dC = TensorView<T, 4>(dx_dbl.data() + R + N, {batch, 1, N, L}, {L * XP, N, 1, XP}, "dC");
+    sb.dD = g.D.view();
+    sb.dz = TensorView<T, 3>(dxz + ED, bel, cl2, "dz");
+    sb.ddelta_bias = g.dt_bias.view();
+    sb.accumulate = accumulate;
+    selective_scan_backward(backend, sb);
+
+    // A = −exp(A_log): dA_log = dA ⊙ A.
+    const ConstView<float, 1> A_flat(p.A.data(), {ED * N}, "A");
+    const TensorView<float, 1> dA_flat = dA.template view<1>({ED * N}, "dA");
+    if (accumulate) {
+      multiply(backend, ConstView<float, 1>(dA_flat), A_flat, dA_flat);
+      add_into(backend, ConstView<float, 1>(dA_flat), g.A_log.template view_as<1>({ED * N}));
+    } else {
+      multiply(backend, ConstView<float, 1>(dA_flat), A_flat, g.A_log.template view_as<1>({ED * N}));
+    }
+
+    // delta = dt_low · dt_projᵀ (the bias is the scan's): d dt_low into dx_dbl's first R columns.
+    linear_backward(backend,
+                    LinearBackwardArgs<T>{.dy = ConstView<T, 2>(ddelta.data(), {tokens, ED}, "d delta"),
+                                          .x = ConstView<T, 2>(a.x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
+                                          .weight = p.dt_proj,
+                                          .dx = TensorView<T, 2>(dx_dbl.data(), {tokens, R}, {XP, 1}, "d dt_low"),
+                                          .dweight = g.dt_proj.view(),
+                                          .dbias = {},
+                                          .accumulate = accumulate});
+    // x_dbl = v · x_projᵀ: v's second gradient, added to the scan's.
+    Buffer<T> dv_proj = backend.template alloc<T>(tokens * ED);
+    linear_backward(backend, LinearBackwardArgs<T>{.dy = ConstView<T, 2>(dx_dbl.data(), {tokens, XP}, "d x_dbl"),
+                                                   .x = ConstView<T, 2>(a.v.data(), {tokens, ED}, "conv_out"),
+                                                   .weight = p.x_proj,
+                                                   .dx = dv_proj.template view<2>({tokens, ED}, "d conv_out (x_proj)"),
+                                                   .dweight = g.x_proj.view(),
+                                                   .dbias = {},
+                                                   .accumulate = accumulate});
+    add_into(backend, ConstView<T, 1>(dv_proj.flat()), dv.flat());
+
+    // v = SiLU(conv(u) + bias): du into dxz's first ED columns.
+    CausalConv1dBackwardArgs<T> cb;
+    cb.x = ConstView<T, 3>(xz, bel, cl2, "u");
+    cb.weight = p.conv_weight;
+    cb.bias = p.conv_bias;
+    cb.silu = true;
+    cb.dout = ConstView<T, 3>(dv.data(), bel, cl, "d conv_out");
+    cb.dx = TensorView<T, 3>(dxz, bel, cl2, "du");
+    cb.dweight = g.conv_weight.view();
+    cb.dbias = g.conv_bias.view();
+    cb.accumulate = accumulate;
+    causal_conv1d_backward(backend, cb);
   }
 
   /// One token per sequence: y (batch, ED) from `xz` (batch, 2·ED), updating the cache in place.
@@ -280,6 +409,35 @@ class MambaCore {
   }
 
  private:
+  /// conv1d + SiLU (from `conv_state`, or zero when null; the final state into `conv_final` when
+  /// not null), x_proj and dt_proj: v, x_dbl and delta of `a` from xz.
+  template <class Backend>
+  void project(const Backend& backend, const Params& p, const T* xz, index_t batch, index_t L,
+               MambaCoreActivations<T>& a, const T* conv_state, T* conv_final) const {
+    const index_t ED = dims_.d_inner, W = dims_.d_conv, R = dims_.dt_rank;
+    const index_t tokens = batch * L;
+    const index_t XP = dims_.x_proj_out();
+    // u is the first column half of xz, read as a (batch, ED, L) channel-last view.
+    const ConstView<T, 3> u(xz, {batch, ED, L}, {L * 2 * ED, 1, 2 * ED}, "u");
+    a.v = backend.template alloc<T>(tokens * ED);  // (batch, L, ED)
+    const TensorView<T, 3> v_cl(a.v.data(), {batch, ED, L}, {L * ED, 1, ED}, "conv_out");
+    CausalConv1dArgs<T> conv{u, p.conv_weight, p.conv_bias, true, {}, v_cl, {}};
+    if (conv_state) conv.initial_state = ConstView<T, 3>(conv_state, {batch, ED, W - 1}, "conv_state");
+    if (conv_final) conv.final_state = TensorView<T, 3>(conv_final, {batch, ED, W - 1}, "conv_state");
+    causal_conv1d(backend, conv);
+
+    a.x_dbl = backend.template alloc<T>(tokens * XP);  // (tokens, R + 2N) = [dt_low | B | C]
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(a.v.data(), {tokens, ED}, "conv_out"),
+                                  p.x_proj,
+                                  {},
+                                  a.x_dbl.template view<2>({tokens, XP}, "x_dbl")});
+    a.delta = backend.template alloc<T>(tokens * ED);
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(a.x_dbl.data(), {tokens, R}, {XP, 1}, "dt_low"),
+                                  p.dt_proj,
+                                  {},
+                                  a.delta.template view<2>({tokens, ED}, "delta")});
+  }
+
   template <class Backend>
   void set_a_log(const Backend& backend, Params& p, const std::vector<float>& a_log) const {
     std::vector<float> a(a_log.size());
@@ -395,6 +553,106 @@ class Mamba {
     Buffer<T> y = backend.template alloc<T>(batch * ED);
     core_.step(backend, p, xz.data(), batch, y.data(), cache);
     linear(backend, LinearArgs<T>{ConstView<T, 2>(y.data(), {batch, ED}, "y"), p.out_proj, p.out_proj_bias, out});
+  }
+
+  // ---- training (docs/training.md) ----
+
+  /// Parameter gradients: the Params' tensors in float32, same names (the derived A is absent).
+  using Grads = MambaParams<float>;
+  /// What `forward_train` keeps for `backward` (the input x is the caller's and is passed again).
+  struct Saved {
+    Buffer<T> xz;                  // (tokens, 2·ED): in_proj output
+    Buffer<T> y;                   // (tokens, ED): gated scan output, out_proj's input
+    MambaCoreActivations<T> core;  // v, x_dbl, delta under `keep`; empty under `recompute`
+    index_t batch = 0, L = 0;
+  };
+
+  /// Zeroed gradients for `p` (every present tensor but A).
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    Grads g;
+    g.in_proj = zeros_like<float>(backend, p.in_proj);
+    g.in_proj_bias = zeros_like<float>(backend, p.in_proj_bias);
+    zero_core_grads(backend, p, g);
+    g.out_proj = zeros_like<float>(backend, p.out_proj);
+    g.out_proj_bias = zeros_like<float>(backend, p.out_proj_bias);
+    return g;
+  }
+
+  /// Calls f(name, tensor) for every trainable tensor of `p` (Params or Grads) in checkpoint
+  /// order, names relative to the mixer ("in_proj.weight", ...).
+  template <class P, class F>
+  static void visit_params(P& p, F&& f) {
+    const auto visit = [&](auto& t) {
+      if (t.present()) f(t.name(), t);
+    };
+    visit(p.in_proj);
+    visit(p.in_proj_bias);
+    visit_mamba_core(p, f);
+    visit(p.out_proj);
+    visit(p.out_proj_bias);
+  }
+
+  /// `forward` without a cache that keeps what `backward` needs in `saved`, as `policy` says.
+  template <class Backend>
+  void forward_train(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out, Saved& saved,
+                     ActivationPolicy policy = ActivationPolicy::keep) const {
+    const char* where = "Mamba::forward_train";
+    const index_t batch = x.shape[0], L = x.shape[1];
+    const index_t D = dims_.d_model, ED = dims_.d_inner;
+    detail::expect_block_io(where, x, out, D);
+    const index_t tokens = batch * L;
+    saved = Saved{};
+    saved.batch = batch;
+    saved.L = L;
+    saved.xz = backend.template alloc<T>(tokens * 2 * ED);
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(x.data, {tokens, D}, "x"), p.in_proj, p.in_proj_bias,
+                                  saved.xz.template view<2>({tokens, 2 * ED}, "xz")});
+    saved.y = backend.template alloc<T>(tokens * ED);
+    core_.forward(backend, p, saved.xz.data(), batch, L, saved.y.data(), nullptr,
+                  policy == ActivationPolicy::keep ? &saved.core : nullptr);
+    linear(backend, LinearArgs<T>{ConstView<T, 2>(saved.y.data(), {tokens, ED}, "y"), p.out_proj, p.out_proj_bias,
+                                  TensorView<T, 2>(out.data, {tokens, D}, "out")});
+  }
+
+  /// Backward of `forward_train`: from dout (batch, L, D), the forward's input x and `saved`,
+  /// writes dx and the parameter gradients into `g` (written, or added when `accumulate`).
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved& saved, ConstView<T, 3> dout,
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+    const char* where = "Mamba::backward";
+    const index_t batch = x.shape[0], L = x.shape[1];
+    const index_t D = dims_.d_model, ED = dims_.d_inner;
+    detail::expect_block_io(where, x, dx, D);
+    expect_shape(where, dout, {batch, L, D}, "(batch, seqlen, d_model), like x");
+    expect_contiguous(where, dout);
+    MOSS_EXPECTS(saved.batch == batch && saved.L == L && saved.xz.size() == batch * L * 2 * ED, shape_error, where,
+                 ": the saved activations are of batch ", saved.batch, " and seqlen ", saved.L, " but x is ",
+                 shape_string(x.shape), " (run forward_train on this input first)");
+    const index_t tokens = batch * L;
+    Buffer<T> dy = backend.template alloc<T>(tokens * ED);
+    linear_backward(backend, LinearBackwardArgs<T>{.dy = ConstView<T, 2>(dout.data, {tokens, D}, "dout"),
+                                                   .x = ConstView<T, 2>(saved.y.data(), {tokens, ED}, "y"),
+                                                   .weight = p.out_proj,
+                                                   .dx = dy.template view<2>({tokens, ED}, "dy"),
+                                                   .dweight = g.out_proj.view(),
+                                                   .dbias = g.out_proj_bias.view(),
+                                                   .accumulate = accumulate});
+    Buffer<T> dxz = backend.template alloc<T>(tokens * 2 * ED);
+    if (saved.core.v.data()) {
+      core_.backward(backend, p, saved.xz.data(), batch, L, saved.core, dy.data(), dxz.data(), g, accumulate);
+    } else {
+      MambaCoreActivations<T> a;
+      core_.recompute(backend, p, saved.xz.data(), batch, L, a);
+      core_.backward(backend, p, saved.xz.data(), batch, L, a, dy.data(), dxz.data(), g, accumulate);
+    }
+    linear_backward(backend, LinearBackwardArgs<T>{.dy = ConstView<T, 2>(dxz.data(), {tokens, 2 * ED}, "dxz"),
+                                                   .x = ConstView<T, 2>(x.data, {tokens, D}, "x"),
+                                                   .weight = p.in_proj,
+                                                   .dx = TensorView<T, 2>(dx.data, {tokens, D}, "dx"),
+                                                   .dweight = g.in_proj.view(),
+                                                   .dbias = g.in_proj_bias.view(),
+                                                   .accumulate = accumulate});
   }
 
  private:

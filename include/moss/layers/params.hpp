@@ -102,6 +102,14 @@ Tensor<T, Rank> constant_tensor(const Backend& backend, const Extents<Rank>& sha
                       std::move(name));
 }
 
+/// A zeroed tensor of element type U shaped and named like `t` (absent when `t` is absent): the
+/// float32 gradient of a parameter.
+template <class U, class T, std::size_t Rank, class Backend>
+Tensor<U, Rank> zeros_like(const Backend& backend, const Tensor<T, Rank>& t) {
+  if (!t.present()) return {};
+  return constant_tensor<U>(backend, t.shape(), 0.0f, t.name());
+}
+
 /// Reads `prefix + name` of exactly `shape` from `src` (converted to T) into a tensor named `name`.
 /// A missing tensor or another shape is an `io_error` naming the file and the tensor.
 template <class T, std::size_t Rank, class Backend, WeightSource Source>
