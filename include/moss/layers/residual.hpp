@@ -17,6 +17,7 @@
 #include "moss/layers/params.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/ops/rms_norm.hpp"
+#include "moss/ops/rms_norm_backward.hpp"
 
 namespace moss {
 
@@ -25,6 +26,17 @@ template <StorageType T>
 struct ResidualStream {
   TensorView<float, 2> stream;  // (tokens, D)
   Buffer<T> pending;            // (tokens, D) or empty
+};
+
+/// The gradient of the residual stream in the backward pass, the mirror of `ResidualStream`:
+/// walking the blocks in reverse, `dstream` is the gradient of the stream as the last norm
+/// visited saw it (after its add), and `dpending` the gradient of the block output that norm
+/// added (the next block back's output, in T; empty when that norm had nothing pending).
+template <StorageType T>
+struct ResidualGrad {
+  TensorView<float, 2> dstream;  // (tokens, D)
+  Buffer<T> dpending;            // (tokens, D) or empty
+  bool started = false;          // dstream holds a gradient (false before the first norm's backward)
 };
 
 /// The model-level settings of a norm: its width and epsilon, and whether the residual stream is
@@ -73,6 +85,32 @@ struct RmsNorm {
     a.out = out;
     rms_norm(backend, a);
     rs.pending.reset();
+  }
+
+  /// Backward of `apply`: `stream` is the stream as `apply` left it (saved by the caller: later
+  /// blocks change it in place), `dout` the gradient of its output. Adds the norm's gradient to
+  /// `rg.dstream` (the stream's gradient from later blocks flows through the add unchanged),
+  /// leaves in `rg.dpending` the gradient of the output `apply` added (when `had_pending`), and
+  /// writes (or, with `accumulate`, adds) the weight's gradient to `g`.
+  template <class Backend, StorageType T>
+  void backward(const Backend& backend, const Params& p, ConstView<float, 2> stream, ConstView<T, 2> dout,
+                ResidualGrad<T>& rg, bool had_pending, Params& g, bool accumulate = false) const {
+    RmsNormBackwardArgs<T, T> a;
+    a.residual = stream;
+    a.weight = p.weight;
+    a.eps = eps;
+    a.dout = dout;
+    if (rg.started) a.dresidual_out = rg.dstream;
+    a.dresidual = rg.dstream;
+    rg.dpending.reset();
+    if (had_pending) {
+      rg.dpending = backend.template alloc<T>(stream.shape[0] * stream.shape[1]);
+      a.ddelta = rg.dpending.template view<2>(stream.shape, "d pending");
+    }
+    a.dweight = g.weight.view();
+    a.accumulate = accumulate;
+    rms_norm_backward(backend, a);
+    rg.started = true;
   }
 };
 
@@ -163,6 +201,77 @@ class Residual {
       mixer_.step(backend, p.mixer, in, o, cache);
     }
     rs.pending = std::move(out);
+  }
+
+  // ---- training (docs/training.md; the mixer must have forward_train and backward) ----
+
+  /// Parameter gradients: the norm's (float32 already) and the mixer's.
+  struct Grads {
+    typename Norm::Params norm;
+    typename Mixer::Grads mixer;
+  };
+  /// What `forward_train` keeps: the stream after the norm's add, the norm's output (the mixer's
+  /// input) and the mixer's own.
+  struct Saved {
+    Buffer<float> stream;  // (tokens, D)
+    Buffer<value_type> normed;
+    typename Mixer::Saved mixer;
+    bool had_pending = false;
+    index_t batch = 0, L = 0;
+  };
+
+  /// Zeroed gradients for `p`.
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    return {typename Norm::Params{zeros_like<float>(backend, p.norm.weight)}, mixer_.make_grads(backend, p.mixer)};
+  }
+
+  /// Calls f(name, tensor) for every trainable tensor of `p` (Params or Grads), names relative to
+  /// the block ("norm.weight", "mixer.in_proj.weight", ...).
+  template <class P, class F>
+  static void visit_params(P& p, F&& f) {
+    f(std::string("norm.weight"), p.norm.weight);
+    Mixer::visit_params(p.mixer, [&](const std::string& name, auto& t) { f("mixer." + name, t); });
+  }
+
+  /// `forward` without a cache that keeps what `backward` needs in `saved`.
+  template <class Backend>
+  void forward_train(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, index_t batch, index_t L,
+                     Saved& saved, ActivationPolicy policy = ActivationPolicy::keep) const {
+    using T = value_type;
+    const index_t D = rs.stream.shape[1], tokens = batch * L;
+    saved = Saved{};
+    saved.batch = batch;
+    saved.L = L;
+    saved.had_pending = rs.pending.data() != nullptr;
+    saved.normed = backend.template alloc<T>(tokens * D);
+    norm_.apply(backend, p.norm, rs, saved.normed.template view<2>({tokens, D}, "normed"));
+    saved.stream = backend.template alloc<float>(tokens * D);
+    copy(backend, saved.stream.template view<2>({tokens, D}, "saved stream"), ConstView<float, 2>(rs.stream));
+    Buffer<T> out = backend.template alloc<T>(tokens * D);
+    mixer_.forward_train(backend, p.mixer, ConstView<T, 3>(saved.normed.data(), {batch, L, D}, "normed"),
+                         out.template view<3>({batch, L, D}, "mixer_out"), saved.mixer, policy);
+    rs.pending = std::move(out);
+  }
+
+  /// Backward of `forward_train`: `rg.dpending` holds the gradient of this block's output; on
+  /// return `rg` holds the stream's gradient before the block and the gradient of the output the
+  /// block's norm added (the previous block's). Writes (or adds) the block's gradients to `g`.
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, const Saved& saved, ResidualGrad<value_type>& rg, Grads& g,
+                bool accumulate = false) const {
+    using T = value_type;
+    const index_t batch = saved.batch, L = saved.L, D = rg.dstream.shape[1], tokens = batch * L;
+    MOSS_EXPECTS(rg.dpending.size() == tokens * D && rg.dstream.shape[0] == tokens, shape_error,
+                 "Residual::backward: the block's output gradient holds ", rg.dpending.size(),
+                 " values and the stream ", shape_string(rg.dstream.shape), " but the saved forward was (", batch, ", ",
+                 L, ", ", D, ")");
+    Buffer<T> dnormed = backend.template alloc<T>(tokens * D);
+    mixer_.backward(backend, p.mixer, ConstView<T, 3>(saved.normed.data(), {batch, L, D}, "normed"), saved.mixer,
+                    ConstView<T, 3>(rg.dpending.data(), {batch, L, D}, "d mixer_out"),
+                    dnormed.template view<3>({batch, L, D}, "d normed"), g.mixer, accumulate);
+    norm_.backward(backend, p.norm, ConstView<float, 2>(saved.stream.data(), {tokens, D}, "saved stream"),
+                   ConstView<T, 2>(dnormed.data(), {tokens, D}, "d normed"), rg, saved.had_pending, g.norm, accumulate);
   }
 
  private:

@@ -23,7 +23,9 @@
 #include "moss/layers/residual.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/models/mamba_config.hpp"
+#include "moss/ops/cross_entropy.hpp"
 #include "moss/ops/embedding.hpp"
+#include "moss/ops/embedding_backward.hpp"
 #include "moss/ops/linear.hpp"
 
 namespace moss {
@@ -98,6 +100,15 @@ class LanguageModel {
     using configs = std::tuple<typename Block<I>::Config...>;
   };
   using Seq = std::make_index_sequence<kPattern>;
+  // The training types of each position, instantiated only when training is used (so that a
+  // model whose blocks cannot train yet still runs forward).
+  template <class S>
+  struct PerTrain;
+  template <std::size_t... I>
+  struct PerTrain<std::index_sequence<I...>> {
+    using grads = std::tuple<std::vector<typename Block<I>::Grads>...>;
+    using saved = std::tuple<std::vector<typename Block<I>::Saved>...>;
+  };
 
  public:
   using value_type = typename P::value_type;
@@ -291,6 +302,131 @@ class LanguageModel {
     cache.length += 1;
   }
 
+  // ---- training (docs/training.md; every block must have forward_train and backward) ----
+
+  /// Parameter gradients in float32, by the same names as the Params (a tied model has no
+  /// lm_head gradient: the head's gradient is added to the embeddings').
+  struct Grads {
+    Tensor<float, 2> embeddings;
+    Tensor<float, 2> lm_head;
+    RmsNorm::Params norm_f;
+    typename PerTrain<Seq>::grads layers;
+  };
+
+  /// Settings of one `loss_and_grads` call.
+  struct TrainOptions {
+    ActivationPolicy activations = ActivationPolicy::keep;  // what each block keeps for backward
+    bool accumulate = false;           // add into the gradients instead of overwriting them (micro-batches)
+    float dloss = 1.0f;                // gradient of the objective w.r.t. the mean loss (e.g. 1 / micro-batches)
+    index_t chunk_rows = 1024;         // rows of the LM head's logits formed at once (cross_entropy)
+    std::int64_t ignore_index = -100;  // targets with this id count nothing
+  };
+
+  /// Zeroed gradients for `p`.
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    check_params("LanguageModel::make_grads", p);
+    Grads g;
+    g.embeddings = zeros_like<float>(backend, p.embeddings);
+    g.lm_head = zeros_like<float>(backend, p.lm_head);
+    g.norm_f.weight = zeros_like<float>(backend, p.norm_f.weight);
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) {
+        std::get<I>(g.layers).push_back(std::get<I>(blocks_).make_grads(backend, layer_params<I>(p, i)));
+      });
+    return g;
+  }
+
+  /// Calls f(checkpoint name, tensor) for every trainable tensor of `p` (Params or Grads), in
+  /// checkpoint order: the embeddings, the untied head, the final norm, then each layer's.
+  template <class P, class F>
+  void visit_params(P& p, F&& f) const {
+    f(std::string("backbone.embeddings.weight"), p.embeddings);
+    if (p.lm_head.present()) f(std::string("lm_head.weight"), p.lm_head);
+    f(std::string("backbone.norm_f.weight"), p.norm_f.weight);
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) {
+        auto& layer = std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
+        Block<I>::visit_params(layer, [&](const std::string& name, auto& t) { f(layer_prefix(i) + name, t); });
+      });
+  }
+
+  /// One training forward and backward over `tokens` (host memory, (batch, L + 1)): the model
+  /// reads tokens[:, :L] and predicts tokens[:, 1:]. Returns the mean cross-entropy in nats per
+  /// counted target and the count, and writes (or, with `options.accumulate`, adds) the
+  /// gradient of dloss · loss to `g`. Every block keeps its activations as `options.activations`
+  /// says; nothing is kept after the call.
+  template <class Backend>
+  CrossEntropyResult<float> loss_and_grads(const Backend& backend, const Params& p, ConstView<std::int64_t, 2> tokens,
+                                           Grads& g, const TrainOptions& options = {}) const {
+    const char* where = "LanguageModel::loss_and_grads";
+    check_params(where, p);
+    MOSS_EXPECTS(g.embeddings.present() && static_cast<index_t>(grads_size(g)) == config_.n_layers &&
+                     g.lm_head.present() == !config_.tie_embeddings,
+                 config_error, where, ": the gradients were not made for this model (use make_grads)");
+    expect_valid(where, tokens);
+    const index_t batch = tokens.shape[0], L = tokens.shape[1] - 1, D = config_.d_model;
+    MOSS_EXPECTS(batch >= 1 && L >= 1, shape_error, where, ": ", tokens.name, " is ", shape_string(tokens.shape),
+                 " (batch, seqlen + 1) but needs batch ≥ 1 and seqlen + 1 ≥ 2 (inputs and their next tokens)");
+    const index_t n = batch * L;
+    std::vector<std::int64_t> inputs(static_cast<std::size_t>(n)), targets(static_cast<std::size_t>(n));
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t t = 0; t < L; ++t) {
+        inputs[static_cast<std::size_t>(b * L + t)] = tokens(b, t);
+        targets[static_cast<std::size_t>(b * L + t)] = tokens(b, t + 1);
+      }
+
+    // Forward, keeping each block's activations.
+    Buffer<float> stream = backend.template alloc<float>(n * D);
+    ResidualStream<T> rs{stream.template view<2>({n, D}, "residual"), {}};
+    const Buffer<std::int64_t> ids = embed(backend, p, inputs.data(), n, rs.stream);
+    typename PerTrain<Seq>::saved saved;
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) {
+        auto& s = std::get<I>(saved).emplace_back();
+        std::get<I>(blocks_).forward_train(backend, layer_params<I>(p, i), rs, batch, L, s, options.activations);
+      });
+    const bool had_pending = rs.pending.data() != nullptr;
+    Buffer<T> normed = backend.template alloc<T>(n * D);
+    norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({n, D}, "normed"));
+    Buffer<float> stream_f = backend.template alloc<float>(n * D);
+    copy(backend, stream_f.template view<2>({n, D}, "final stream"), ConstView<float, 2>(rs.stream));
+
+    // The loss with the LM head, and the head's input gradient.
+    const bool tied = config_.tie_embeddings;
+    Buffer<T> dnormed = backend.template alloc<T>(n * D);
+    CrossEntropyArgs<T> ce;
+    ce.hidden = ConstView<T, 2>(normed.data(), {n, D}, "normed");
+    ce.weight = tied ? p.embeddings : p.lm_head;
+    ce.targets = ConstView<std::int64_t, 1>(targets.data(), {n}, "targets");
+    ce.dhidden = dnormed.template view<2>({n, D}, "d normed");
+    ce.dweight = tied ? g.embeddings.view() : g.lm_head.view();
+    ce.ignore_index = options.ignore_index;
+    ce.chunk_rows = options.chunk_rows;
+    ce.dloss = options.dloss;
+    ce.accumulate = options.accumulate;
+    const CrossEntropyResult<float> result = cross_entropy(backend, ce);
+
+    // Backward through the final norm, the blocks in reverse, the embeddings.
+    ResidualGrad<T> rg{rs.stream, {}, false};  // the forward's stream buffer now holds its gradient
+    norm_f_.backward(backend, p.norm_f, ConstView<float, 2>(stream_f.data(), {n, D}, "final stream"),
+                     ConstView<T, 2>(dnormed.data(), {n, D}, "d normed"), rg, had_pending, g.norm_f,
+                     options.accumulate);
+    for (index_t i = config_.n_layers - 1; i >= 0; --i)
+      at(i, [&](auto I) {
+        const std::size_t k = static_cast<std::size_t>(i) / kPattern;
+        std::get<I>(blocks_).backward(backend, layer_params<I>(p, i), std::get<I>(saved)[k], rg,
+                                      std::get<I>(g.layers)[k], options.accumulate);
+        std::get<I>(saved)[k] = {};  // free the block's activations as soon as they are used
+      });
+    embedding_backward(backend,
+                       EmbeddingBackwardArgs<T>{.ids = ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"),
+                                                .dout = ConstView<float, 2>(rg.dstream),
+                                                .dtable = g.embeddings.view(),
+                                                .accumulate = tied || options.accumulate});
+    return result;
+  }
+
   /// Hugging Face prefix of layer i: "backbone.layers.{i}.".
   static std::string layer_prefix(index_t i) { return "backbone.layers." + std::to_string(i) + "."; }
 
@@ -403,9 +539,10 @@ class LanguageModel {
   static const typename Block<I>::Params& layer_params(const Params& p, index_t i) {
     return std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
   }
+  /// Looks up `n` ids (host memory) into `out`; returns the ids copied to the backend.
   template <class Backend>
-  void embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
-             TensorView<float, 2> out) const {
+  Buffer<std::int64_t> embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
+                             TensorView<float, 2> out) const {
     const index_t V = config_.vocab_size;
     for (index_t i = 0; i < n; ++i)
       MOSS_EXPECTS(host_ids[i] >= 0 && host_ids[i] < V, shape_error, "LanguageModel: token id ", host_ids[i],
@@ -413,11 +550,17 @@ class LanguageModel {
     Buffer<std::int64_t> ids = upload(backend, host_ids, n);
     embedding(backend, EmbeddingArgs<T>{ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"), p.embeddings, out,
                                         /*ids_checked=*/true});
+    return ids;
   }
   template <class Backend>
   void head(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<float, 2> logits) const {
     const Tensor<T, 2>& w = config_.tie_embeddings ? p.embeddings : p.lm_head;
     linear(backend, LinearArgs<T, float>{x, w, {}, logits});
+  }
+  static std::size_t grads_size(const Grads& g) {
+    std::size_t n = 0;
+    std::apply([&](const auto&... v) { ((n += v.size()), ...); }, g.layers);
+    return n;
   }
   void check_params(const char* where, const Params& p) const {
     MOSS_EXPECTS(static_cast<index_t>(p.size()) == config_.n_layers && p.embeddings.data(), config_error, where,
