@@ -238,6 +238,18 @@ class MambaCore {
                  shape_error, where, ": the cache was made for other layer sizes");
   }
 
+  /// Recomputes the derived A = −exp(A_log) in place from `p.A_log` (after an optimiser step
+  /// changed A_log; the tensors keep their memory).
+  template <class Backend>
+  void refresh_derived(const Backend& backend, Params& p) const {
+    const index_t n = p.A_log.numel();
+    std::vector<float> a(static_cast<std::size_t>(n));
+    download(backend, a.data(), p.A_log.data(), n);
+    for (auto& v : a) v = -std::exp(v);
+    const Buffer<float> fresh = upload(backend, a.data(), n);
+    copy(backend, p.A.template view_as<1>({n}), ConstView<float, 1>(fresh.flat()));
+  }
+
   /// Full sequence: y (batch·L, ED) from the in_proj output `xz` (batch·L, 2·ED), u = its first
   /// ED columns and z the rest. With a cache, the conv and SSM start from its states and the
   /// cache is left holding the final states. With `keep`, the activations between xz and y are
@@ -591,6 +603,12 @@ class Mamba {
     visit_mamba_core(p, f);
     visit(p.out_proj);
     visit(p.out_proj_bias);
+  }
+
+  /// Recomputes the weights derived from trained ones (A from A_log) after an optimiser step.
+  template <class Backend>
+  void refresh_derived(const Backend& backend, Params& p) const {
+    core_.refresh_derived(backend, p);
   }
 
   /// `forward` without a cache that keeps what `backward` needs in `saved`, as `policy` says.

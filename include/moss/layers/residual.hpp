@@ -234,6 +234,12 @@ class Residual {
     Mixer::visit_params(p.mixer, [&](const std::string& name, auto& t) { f("mixer." + name, t); });
   }
 
+  /// Recomputes the mixer's derived weights after an optimiser step (a mixer without any: nothing).
+  template <class Backend>
+  void refresh_derived(const Backend& backend, Params& p) const {
+    if constexpr (requires { mixer_.refresh_derived(backend, p.mixer); }) mixer_.refresh_derived(backend, p.mixer);
+  }
+
   /// `forward` without a cache that keeps what `backward` needs in `saved`.
   template <class Backend>
   void forward_train(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, index_t batch, index_t L,

@@ -351,6 +351,16 @@ class LanguageModel {
       });
   }
 
+  /// Recomputes every block's derived weights (e.g. a Mamba mixer's A from A_log) after an
+  /// optimiser step changed the trained ones in place.
+  template <class Backend>
+  void refresh_derived(const Backend& backend, Params& p) const {
+    for (index_t i = 0; i < config_.n_layers; ++i)
+      at(i, [&](auto I) {
+        std::get<I>(blocks_).refresh_derived(backend, std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern]);
+      });
+  }
+
   /// One training forward and backward over `tokens` (host memory, (batch, L + 1)): the model
   /// reads tokens[:, :L] and predicts tokens[:, 1:]. Returns the mean cross-entropy in nats per
   /// counted target and the count, and writes (or, with `options.accumulate`, adds) the
