@@ -95,6 +95,7 @@ def main():
     small = {"model_type": "mamba", "hidden_size": 16, "num_hidden_layers": 2, "vocab_size": 32, "state_size": 4,
              "expand": 2, "conv_kernel": 4, "time_step_rank": "auto", "hidden_act": "silu"}
     write("config", "small.json", json.dumps(small))
+    write("config", "bytes.json", json.dumps(dict(small, vocab_size=256, tokenizer="bytes")))
     write("config", "state_spaces.json", json.dumps({"d_model": 16, "n_layer": 2, "vocab_size": 32, "ssm_cfg": {}}))
 
     write("input_ids", "ok.safetensors", safetensors({"input_ids": ("I64", [2, 3], i64(1, 2, 3, 4, 5, 63))}))

@@ -4,12 +4,39 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "moss/io/bytes.hpp"
 
 using namespace moss;
+
+namespace {
+
+/// The bytes `printable_text` was given, read back from its output: "\\" is a backslash, "\xNN"
+/// the byte NN, anything else itself; `ok` is set false when a backslash starts neither.
+std::string unescape(const std::string& shown, bool& ok) {
+  ok = true;
+  std::string out;
+  for (std::size_t i = 0; i < shown.size(); ++i) {
+    if (shown[i] != '\\') {
+      out.push_back(shown[i]);
+    } else if (i + 1 < shown.size() && shown[i + 1] == '\\') {
+      out.push_back('\\');
+      i += 1;
+    } else if (i + 3 < shown.size() && shown[i + 1] == 'x') {
+      out.push_back(static_cast<char>(std::stoi(shown.substr(i + 2, 2), nullptr, 16)));
+      i += 3;
+    } else {
+      ok = false;
+      return out;
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 TEST_CASE("encode_bytes: one id per UTF-8 byte, its value", "[host][io]") {
   CHECK(encode_bytes("").empty());
@@ -92,6 +119,26 @@ TEST_CASE("printable_text of decode_bytes never prints a raw control or invalid 
         INFO("ids " << a << ", " << b);
         CHECK(printable_text(shown) == doubled);
       }
+    }
+  }
+}
+
+TEST_CASE("printable_text is unambiguous: its output reads back to the exact bytes", "[host][io]") {
+  // Random byte strings, biased towards the interesting bytes (backslash, x, hex digits, UTF-8
+  // lead and continuation bytes, controls), each shown and read back.
+  std::mt19937 rng(7);
+  const std::string interesting =
+      std::string("\\x0a9f\n\t\r\x7F\xC2\x85\xC3\xA9\xE2\x82\xAC\xED\xA0\xF0\x9F\xF4\x90\xFF");
+  for (int round = 0; round < 2000; ++round) {
+    std::string bytes(rng() % 24, '\0');
+    for (char& c : bytes) c = rng() % 2 ? interesting[rng() % interesting.size()] : static_cast<char>(rng() % 256);
+    const std::string shown = printable_text(bytes);
+    bool ok = false;
+    const std::string back = unescape(shown, ok);
+    if (!ok || back != bytes) {
+      INFO("round " << round << ": shown as " << shown);
+      CHECK(ok);
+      CHECK(back == bytes);
     }
   }
 }
