@@ -135,7 +135,7 @@ TEST_CASE("Trainer: two micro-batches step like one batch of both, to rounding",
   CHECK(std::abs(r2.loss - r1.loss) <= 1e-6 * r1.loss);
   CHECK(std::abs(r2.grad_norm - r1.grad_norm) <= 1e-5 * r1.grad_norm);
   double worst = 0;
-  for (std::size_t k = 0; k < p1.norm_f.weight.buffer().size(); ++k)
+  for (index_t k = 0; k < p1.norm_f.weight.numel(); ++k)
     worst = std::max(worst, std::abs(double(p1.norm_f.weight.data()[k]) - p2.norm_f.weight.data()[k]));
   CHECK(worst <= 1e-6);
 }
