@@ -7,7 +7,9 @@
 // when `accumulate` is set). Rows of ids that occur nowhere get zero (are left as they are when
 // accumulating). Every id is checked before anything is written: one outside [0, vocab) is a
 // `shape_error` naming the first bad position and its id, and dtable is left untouched
-// (docs/math.md §4, docs/training.md). Host only for now; T may be double (moss::HostReal).
+// (docs/math.md §4, docs/training.md). On the host T may be double (moss::HostReal); the CUDA
+// overload (moss/ops/embedding/backward_cuda.cuh, under nvcc) takes the ids in device memory and
+// cannot raise without a synchronisation: an id outside the table makes dtable NaN there.
 #pragma once
 
 #include <cstdint>
