@@ -1,10 +1,10 @@
-// moss-train: trains a byte-level dense Mamba language model on text files, on the CPU
+// moss-train: trains a byte-level Mamba (or MoE-Mamba) language model on text files, on the CPU
 // (float32), with AdamW, clipping, warmup + cosine decay and gradient accumulation; evaluates on
 // each file's held-out tail; saves a checkpoint moss-run loads (config.json says "tokenizer":
 // "bytes", so `moss-run --prompt TEXT` prints generated text) plus the optimiser and data state,
 // from which --resume continues exactly as if the run had never stopped.
 //
-//   moss-train --data PATH[,PATH...] [--out DIR] [--steps N] [--batch B] [--seq-len L] [...]
+//   moss-train --data PATH[,PATH...] [--model mamba|moe-mamba] [--out DIR] [--steps N] [...]
 //   moss-train --resume DIR [--stop-at N] [...]
 //
 // Same seed, data and settings give bitwise the same loss curve (docs/training.md).
@@ -20,6 +20,7 @@
 #include "cli.hpp"
 #include "moss/io/checkpoint.hpp"
 #include "moss/models/language_model.hpp"
+#include "moss/models/variants.hpp"
 #include "moss/train/data.hpp"
 #include "moss/train/trainer.hpp"
 
@@ -39,6 +40,9 @@ constexpr const char* kUsage =
     "  --batch B         sequences per micro-batch (default 8)\n"
     "  --micro-batches M micro-batches per step, gradients accumulated (default 1)\n"
     "  --seq-len L       bytes per sequence (default 128)\n"
+    "  --model M         mamba (default) or moe-mamba (Mamba and Switch-MoE layers alternating:\n"
+    "                    --layers even; ReLU MLP experts of width 3 x d_model, top-1)\n"
+    "  --experts X       experts per MoE layer (default 8)\n"
     "  --layers N --d-model D --d-state N --expand E   model size (default 2, 128, 16, 2)\n"
     "  --lr X --min-lr X --warmup N   peak rate, final rate, warmup steps (default 3e-3, 3e-4, 30)\n"
     "  --weight-decay X  AdamW decoupled decay (default 0.1; none on norms, biases, A_log, D)\n"
@@ -59,6 +63,8 @@ struct RunSettings {
   double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, clip = 1.0, val_fraction = 0.05;
   std::int64_t warmup = 30;
   std::string activations = "keep";
+  std::string model = "mamba";  ///< mamba or moe-mamba
+  std::int64_t experts = 8;     ///< moe-mamba: experts per MoE layer (Switch top-1, ReLU MLP, d_ff 3·d_model)
 
   moss::io::Json to_json() const {
     moss::io::Json j = moss::io::Json::object();
@@ -79,6 +85,8 @@ struct RunSettings {
     j["clip"] = clip;
     j["val_fraction"] = val_fraction;
     j["activations"] = activations;
+    j["model"] = model;
+    j["experts"] = experts;
     return j;
   }
   static RunSettings from_json(const moss::io::Json& doc, const std::string& where) {
@@ -101,6 +109,8 @@ struct RunSettings {
     s.clip = j.at("clip").json().get<double>();
     s.val_fraction = j.at("val_fraction").json().get<double>();
     s.activations = j.at("activations").as_string();
+    s.model = j.at("model").as_string();
+    s.experts = j.at("experts").as_int();
     return s;
   }
 };
@@ -140,16 +150,15 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-using Model = moss::MambaLM<float>;
-
 /// Mean validation loss over the first `batches` validation batches (all when 0).
-double evaluate(const Model& model, const Model::Params& p, const moss::ByteCorpus& corpus, std::int64_t batches,
-                std::int64_t seq_len) {
+template <class Model>
+double evaluate(const Model& model, const typename Model::Params& p, const moss::ByteCorpus& corpus,
+                std::int64_t batches, std::int64_t seq_len) {
   const std::int64_t n =
       batches > 0 ? std::min<std::int64_t>(batches, corpus.num_val_batches()) : corpus.num_val_batches();
   double sum = 0;
   std::int64_t count = 0;
-  Model::Grads g = model.make_grads(moss::Host{}, p);  // the loss comes with gradients (not used)
+  typename Model::Grads g = model.make_grads(moss::Host{}, p);  // the loss comes with gradients (not used)
   for (std::int64_t i = 0; i < n; ++i) {
     const std::vector<std::int64_t> ids = corpus.val_batch(i);
     const auto rows = static_cast<moss::index_t>(ids.size()) / (seq_len + 1);
@@ -161,7 +170,8 @@ double evaluate(const Model& model, const Model::Params& p, const moss::ByteCorp
   return count ? sum / static_cast<double>(count) : std::nan("");
 }
 
-void save(const Model& model, const Model::Params& p, const moss::Trainer<Model>& trainer,
+template <class Model>
+void save(const Model& model, const typename Model::Params& p, const moss::Trainer<Model>& trainer,
           const moss::ByteCorpus& corpus, const RunSettings& s, const fs::path& dir) {
   model.save(moss::Host{}, p, dir);
   moss::io::Json extra = moss::io::Json::object();
@@ -170,85 +180,30 @@ void save(const Model& model, const Model::Params& p, const moss::Trainer<Model>
   trainer.save(dir, extra);
 }
 
-int main_checked(int argc, char** argv) {
-  const moss::cli::Args args(
-      argc, argv,
-      {"--data",         "--out",        "--resume",       "--steps",      "--batch",       "--micro-batches",
-       "--seq-len",      "--layers",     "--d-model",      "--d-state",    "--expand",      "--lr",
-       "--min-lr",       "--warmup",     "--weight-decay", "--clip",       "--activations", "--seed",
-       "--val-fraction", "--eval-every", "--eval-batches", "--save-every", "--stop-at"},
-      {"--help", "-h", "--quiet"});
-  if (args.has("--help") || args.has("-h")) {
-    std::cout << kUsage;
-    return 0;
-  }
-  const bool resume = args.has("--resume");
-  RunSettings s;
+/// The run's cadence and where it goes (not part of the run: may change on --resume).
+struct Control {
+  fs::path out;
+  std::int64_t eval_every, eval_batches, save_every, stop_at;
+  bool quiet, resume;
+  fs::path resume_dir;
   moss::io::Json resumed;
-  if (resume) {
-    const fs::path dir = args.get("--resume");
-    const fs::path json = dir / "trainer.json";
-    MOSS_EXPECTS(fs::exists(json), moss::io_error, "--resume: ", dir.string(),
-                 " holds no trainer.json (is it a moss-train checkpoint?)");
-    resumed = moss::io::parse_json(moss::io::read_text_file(json), json.string());
-    s = RunSettings::from_json(resumed.at("settings"), json.string() + ": settings");
-    for (const char* fixed :
-         {"--data", "--batch", "--micro-batches", "--seq-len", "--layers", "--d-model", "--d-state", "--expand", "--lr",
-          "--min-lr", "--warmup", "--weight-decay", "--clip", "--activations", "--seed", "--val-fraction"})
-      MOSS_EXPECTS(!args.has(fixed), moss::config_error, "--resume continues a run with its own settings; ", fixed,
-                   " cannot change (only --stop-at, --out, --eval-every, --eval-batches, --save-every, --quiet)");
-  } else {
-    MOSS_EXPECTS(args.has("--data"), moss::config_error, "--data (or --resume) is required\n", kUsage);
-    s.data = split(args.get("--data"));
-    s.steps = args.get_int("--steps", s.steps);
-    s.batch = args.get_int("--batch", s.batch);
-    s.micro = args.get_int("--micro-batches", s.micro);
-    s.seq_len = args.get_int("--seq-len", s.seq_len);
-    s.layers = args.get_int("--layers", s.layers);
-    s.d_model = args.get_int("--d-model", s.d_model);
-    s.d_state = args.get_int("--d-state", s.d_state);
-    s.expand = args.get_int("--expand", s.expand);
-    s.lr = args.get_double("--lr", s.lr);
-    s.min_lr = args.get_double("--min-lr", s.min_lr);
-    s.warmup = args.get_int("--warmup", std::min(s.warmup, s.steps));
-    s.weight_decay = args.get_double("--weight-decay", s.weight_decay);
-    s.clip = args.get_double("--clip", s.clip);
-    s.activations = args.get("--activations", s.activations);
-    s.seed = args.get_int("--seed", s.seed);
-    s.val_fraction = args.get_double("--val-fraction", s.val_fraction);
-  }
-  MOSS_EXPECTS(s.micro >= 1, moss::config_error, "--micro-batches is ", s.micro, ", expected >= 1");
-  MOSS_EXPECTS(s.activations == "keep" || s.activations == "recompute", moss::config_error, "--activations is \"",
-               s.activations, "\", expected keep or recompute");
-  MOSS_EXPECTS(s.seed >= 0, moss::config_error, "--seed is ", s.seed, ", expected >= 0");
-  const fs::path out = args.get("--out", resume ? args.get("--resume") : "runs/moss-train");
-  const std::int64_t eval_every = args.get_int("--eval-every", 100);
-  const std::int64_t eval_batches = args.get_int("--eval-batches", 8);
-  const std::int64_t save_every = args.get_int("--save-every", 0);
-  const bool quiet = args.has("--quiet");
-  const std::int64_t stop_at = args.get_int("--stop-at", s.steps);
-  MOSS_EXPECTS(stop_at >= 1 && stop_at <= s.steps, moss::config_error, "--stop-at is ", stop_at, ", expected in [1, ",
-               s.steps, "] (the run's --steps)");
-  MOSS_EXPECTS(eval_every >= 0 && eval_batches >= 0 && save_every >= 0, moss::config_error,
-               "--eval-every, --eval-batches and --save-every must be >= 0");
+};
 
+/// Trains `model` as `s` says (a fresh run, or the one in c.resume_dir).
+template <class Model>
+int train(const Model& model, const RunSettings& s, const Control& c) {
+  const fs::path& out = c.out;
+  const std::int64_t eval_every = c.eval_every, eval_batches = c.eval_batches, save_every = c.save_every,
+                     stop_at = c.stop_at;
+  const bool quiet = c.quiet, resume = c.resume;
   const std::vector<fs::path> files = data_files(s.data);
   moss::ByteCorpus corpus({.files = files,
                            .val_fraction = s.val_fraction,
                            .batch = s.batch,
                            .seq_len = s.seq_len,
                            .seed = static_cast<std::uint64_t>(s.seed)});
-  moss::MambaConfig cfg;
-  cfg.d_model = s.d_model;
-  cfg.n_layers = s.layers;
-  cfg.vocab_size = 256;
-  cfg.d_state = s.d_state;
-  cfg.expand = s.expand;
-  cfg.tokenizer = "bytes";
-  if (resume) cfg = moss::load_mamba_config(args.get("--resume"));
-  const Model model(cfg);
-  Model::Params params = resume ? model.load(moss::Host{}, moss::Checkpoint(args.get("--resume")))
-                                : model.init(moss::Host{}, static_cast<std::uint64_t>(s.seed));
+  typename Model::Params params = resume ? model.load(moss::Host{}, moss::Checkpoint(c.resume_dir))
+                                         : model.init(moss::Host{}, static_cast<std::uint64_t>(s.seed));
   moss::TrainerSettings ts;
   ts.schedule = {.lr = s.lr, .min_lr = s.min_lr, .warmup_steps = s.warmup, .total_steps = s.steps};
   ts.weight_decay = s.weight_decay;
@@ -256,20 +211,21 @@ int main_checked(int argc, char** argv) {
   ts.activations = s.activations == "keep" ? moss::ActivationPolicy::keep : moss::ActivationPolicy::recompute;
   moss::Trainer<Model> trainer(model, params, ts);
   if (resume) {
-    trainer.load(args.get("--resume"));
-    corpus.restore(moss::ByteCorpusState::from_json(resumed.at("data_state")));
+    trainer.load(c.resume_dir);
+    corpus.restore(moss::ByteCorpusState::from_json(c.resumed.at("data_state")));
   }
 
   std::int64_t params_count = 0;
   model.visit_params(params, [&](const std::string&, auto& t) { params_count += t.numel(); });
   if (!quiet)
     std::printf(
-        "moss-train: %s %lld layers, d_model %lld, %.2f M parameters; %lld training bytes in %zu files; "
+        "moss-train: %s %s, %lld layers, d_model %lld, %.2f M parameters; %lld training bytes in %zu files; "
         "batch %lld x %lld micro x %lld bytes; steps %lld to %lld\n",
-        resume ? "resuming" : "training", static_cast<long long>(s.layers), static_cast<long long>(s.d_model),
-        static_cast<double>(params_count) / 1e6, static_cast<long long>(corpus.train_tokens()), s.data.size(),
-        static_cast<long long>(s.batch), static_cast<long long>(s.micro), static_cast<long long>(s.seq_len),
-        static_cast<long long>(trainer.steps()), static_cast<long long>(s.steps));
+        resume ? "resuming" : "training", s.model.c_str(), static_cast<long long>(s.layers),
+        static_cast<long long>(s.d_model), static_cast<double>(params_count) / 1e6,
+        static_cast<long long>(corpus.train_tokens()), files.size(), static_cast<long long>(s.batch),
+        static_cast<long long>(s.micro), static_cast<long long>(s.seq_len), static_cast<long long>(trainer.steps()),
+        static_cast<long long>(s.steps));
 
   const auto t0 = std::chrono::steady_clock::now();
   std::int64_t tokens = 0;
@@ -303,6 +259,95 @@ int main_checked(int argc, char** argv) {
       "checkpoint %s (try: moss-run --checkpoint %s --prompt \"And \")\n",
       static_cast<long long>(trainer.steps()), last_loss, val, secs, out.string().c_str(), out.string().c_str());
   return 0;
+}
+
+int main_checked(int argc, char** argv) {
+  const moss::cli::Args args(argc, argv,
+                             {"--data",          "--out",         "--resume",  "--steps",        "--batch",
+                              "--micro-batches", "--seq-len",     "--layers",  "--d-model",      "--d-state",
+                              "--expand",        "--lr",          "--min-lr",  "--warmup",       "--weight-decay",
+                              "--clip",          "--activations", "--seed",    "--val-fraction", "--eval-every",
+                              "--eval-batches",  "--save-every",  "--stop-at", "--model",        "--experts"},
+                             {"--help", "-h", "--quiet"});
+  if (args.has("--help") || args.has("-h")) {
+    std::cout << kUsage;
+    return 0;
+  }
+  const bool resume = args.has("--resume");
+  RunSettings s;
+  moss::io::Json resumed;
+  if (resume) {
+    const fs::path dir = args.get("--resume");
+    const fs::path json = dir / "trainer.json";
+    MOSS_EXPECTS(fs::exists(json), moss::io_error, "--resume: ", dir.string(),
+                 " holds no trainer.json (is it a moss-train checkpoint?)");
+    resumed = moss::io::parse_json(moss::io::read_text_file(json), json.string());
+    s = RunSettings::from_json(resumed.at("settings"), json.string() + ": settings");
+    for (const char* fixed : {"--data", "--steps", "--model", "--experts", "--batch", "--micro-batches", "--seq-len",
+                              "--layers", "--d-model", "--d-state", "--expand", "--lr", "--min-lr", "--warmup",
+                              "--weight-decay", "--clip", "--activations", "--seed", "--val-fraction"})
+      MOSS_EXPECTS(!args.has(fixed), moss::config_error, "--resume continues a run with its own settings; ", fixed,
+                   " cannot change (only --stop-at, --out, --eval-every, --eval-batches, --save-every, --quiet)");
+  } else {
+    MOSS_EXPECTS(args.has("--data"), moss::config_error, "--data (or --resume) is required\n", kUsage);
+    s.data = split(args.get("--data"));
+    s.steps = args.get_int("--steps", s.steps);
+    s.batch = args.get_int("--batch", s.batch);
+    s.micro = args.get_int("--micro-batches", s.micro);
+    s.seq_len = args.get_int("--seq-len", s.seq_len);
+    s.layers = args.get_int("--layers", s.layers);
+    s.d_model = args.get_int("--d-model", s.d_model);
+    s.d_state = args.get_int("--d-state", s.d_state);
+    s.expand = args.get_int("--expand", s.expand);
+    s.lr = args.get_double("--lr", s.lr);
+    s.min_lr = args.get_double("--min-lr", s.min_lr);
+    s.warmup = args.get_int("--warmup", std::min(s.warmup, s.steps));
+    s.weight_decay = args.get_double("--weight-decay", s.weight_decay);
+    s.clip = args.get_double("--clip", s.clip);
+    s.activations = args.get("--activations", s.activations);
+    s.seed = args.get_int("--seed", s.seed);
+    s.val_fraction = args.get_double("--val-fraction", s.val_fraction);
+    s.model = args.get("--model", s.model);
+    s.experts = args.get_int("--experts", s.experts);
+  }
+  MOSS_EXPECTS(s.micro >= 1, moss::config_error, "--micro-batches is ", s.micro, ", expected >= 1");
+  MOSS_EXPECTS(s.activations == "keep" || s.activations == "recompute", moss::config_error, "--activations is \"",
+               s.activations, "\", expected keep or recompute");
+  MOSS_EXPECTS(s.seed >= 0, moss::config_error, "--seed is ", s.seed, ", expected >= 0");
+  const fs::path out = args.get("--out", resume ? args.get("--resume") : "runs/moss-train");
+  const std::int64_t eval_every = args.get_int("--eval-every", 100);
+  const std::int64_t eval_batches = args.get_int("--eval-batches", 8);
+  const std::int64_t save_every = args.get_int("--save-every", 0);
+  const bool quiet = args.has("--quiet");
+  const std::int64_t stop_at = args.get_int("--stop-at", s.steps);
+  MOSS_EXPECTS(stop_at >= 1 && stop_at <= s.steps, moss::config_error, "--stop-at is ", stop_at, ", expected in [1, ",
+               s.steps, "] (the run's --steps)");
+  MOSS_EXPECTS(eval_every >= 0 && eval_batches >= 0 && save_every >= 0, moss::config_error,
+               "--eval-every, --eval-batches and --save-every must be >= 0");
+
+  MOSS_EXPECTS(s.model == "mamba" || s.model == "moe-mamba", moss::config_error, "--model is \"", s.model,
+               "\", expected mamba or moe-mamba");
+  MOSS_EXPECTS(s.model != "moe-mamba" || s.layers % 2 == 0, moss::config_error, "--layers is ", s.layers,
+               " but moe-mamba alternates Mamba and MoE layers: expected an even number");
+  MOSS_EXPECTS(s.experts >= 1, moss::config_error, "--experts is ", s.experts, ", expected >= 1");
+  Control c{out,     eval_every, eval_batches, save_every,
+            stop_at, quiet,      resume,       resume ? fs::path(args.get("--resume")) : fs::path(),
+            resumed};
+  moss::MambaConfig cfg;
+  cfg.d_model = s.d_model;
+  cfg.n_layers = s.layers;
+  cfg.vocab_size = 256;
+  cfg.d_state = s.d_state;
+  cfg.expand = s.expand;
+  cfg.tokenizer = "bytes";
+  if (resume) cfg = moss::load_mamba_config(args.get("--resume"));
+  if (s.model == "moe-mamba") {
+    using Model = moss::MoeMambaLM<float>;
+    auto blocks = Model::default_block_configs();
+    std::get<1>(blocks).routing.num_experts = s.experts;
+    return resume ? train<Model>(Model(cfg), s, c) : train<Model>(Model(cfg, blocks), s, c);
+  }
+  return train<moss::MambaLM<float>>(moss::MambaLM<float>(cfg), s, c);
 }
 
 }  // namespace

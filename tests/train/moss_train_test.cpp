@@ -1,7 +1,7 @@
 // End-to-end tests of the moss-train command: a run on a small text lowers the loss and saves a
-// checkpoint that moss-run loads and prompts as text; a run stopped with --stop-at and continued
-// with --resume ends with bitwise the training loss of a run that never stopped; bad arguments
-// give a message and a non-zero exit.
+// checkpoint that moss-run loads and prompts as text (a Mamba and a MoE-Mamba model); a run stopped with --stop-at and
+// continued with --resume ends with bitwise the training loss of a run that never stopped; bad arguments give a message
+// and a non-zero exit.
 #include <unistd.h>
 
 #include <catch2/catch_test_macros.hpp>
@@ -66,6 +66,19 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   CHECK(prompted.status == 0);
   CHECK(!prompted.out.empty());
 
+  // MoE-Mamba (Mamba and Switch-MoE layers alternating) trains and prompts too.
+  const auto moe =
+      run_program(MOSS_TRAIN_EXE, common + " --model moe-mamba --layers 2 --experts 4 --out " + (dir / "moe").string());
+  INFO(moe.output);
+  REQUIRE(moe.status == 0);
+  CHECK_THAT(moe.out, ContainsSubstring("moe-mamba"));
+  CHECK(std::stod(number_after(moe.out, "last training loss")) <
+        0.8 * std::stod(number_after(moe.out, "step +1  loss")));
+  const auto moe_prompt =
+      run_program(MOSS_RUN_EXE, "--checkpoint " + (dir / "moe").string() + " --prompt 'the dog' --generate 4 --quiet");
+  INFO(moe_prompt.output);
+  CHECK(moe_prompt.status == 0);
+
   // Errors.
   const auto settings_fixed = run_program(MOSS_TRAIN_EXE, "--resume " + (dir / "part").string() + " --batch 3");
   CHECK(settings_fixed.status != 0);
@@ -76,5 +89,8 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   const auto bad_stop = run_program(MOSS_TRAIN_EXE, common + " --stop-at 99");
   CHECK(bad_stop.status != 0);
   CHECK_THAT(bad_stop.err, ContainsSubstring("--stop-at is 99"));
+  const auto odd = run_program(MOSS_TRAIN_EXE, common + " --model moe-mamba --layers 3");
+  CHECK(odd.status != 0);
+  CHECK_THAT(odd.err, ContainsSubstring("expected an even number"));
   fs::remove_all(dir);
 }

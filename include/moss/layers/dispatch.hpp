@@ -12,6 +12,9 @@
 // the expert offsets on the device can fuse the gather into its loads and the combine into its
 // epilogue behind the same three calls.
 //
+// Training: `gather_backward`, `linear_backward` and `combine_backward` are the backward passes
+// of the three calls (over the same plan; an expert kind's `backward` is written once against them).
+//
 // The routed GEMMs need the per-expert row offsets on the host: the first `linear` of a plan
 // reads them (on CUDA: the decision's one host synchronisation, queued after the gather) and
 // the plan caches them for every later GEMM over it.
@@ -23,8 +26,11 @@
 #include "moss/core/tensor.hpp"
 #include "moss/layers/routing.hpp"
 #include "moss/ops/grouped_linear.hpp"
+#include "moss/ops/grouped_linear_backward.hpp"
 #include "moss/ops/linear.hpp"
+#include "moss/ops/linear_backward.hpp"
 #include "moss/ops/permute.hpp"
+#include "moss/ops/permute_backward.hpp"
 
 namespace moss {
 
@@ -147,6 +153,80 @@ class Dispatch {
     }
     c.out = out;
     combine_rows(backend, c);
+  }
+
+  // ---- backward (docs/training.md) ----
+
+  /// Backward of `gather`: dx (tokens, in) = Σ over each token's kept rows of drows (written).
+  /// Dense: `drows` is the gradient of x itself and is copied unless it already is `dx`.
+  template <class Backend>
+  void gather_backward(const Backend& backend, ConstView<T, 2> drows, TensorView<T, 2> dx) const {
+    if (is_dense()) {
+      if (drows.data != dx.data) copy(backend, dx, drows);
+      return;
+    }
+    gather_rows_backward(backend, GatherRowsBackwardArgs<T>{drows, decision_->plan.pair_row_view(), dx});
+  }
+  /// Backward of `linear`: from dy (rows, out) the gradients of the rows (optional), of the
+  /// (X, out, in) weight and of the (X, out) bias (optional), over the same segments.
+  template <class Backend>
+  void linear_backward(const Backend& backend, ConstView<T, 2> rows, ConstView<T, 3> weight, ConstView<T, 2> dy,
+                       TensorView<T, 2> drows, TensorView<float, 3> dweight, TensorView<float, 2> dbias,
+                       bool accumulate) const {
+    if (is_dense()) {
+      const ConstView<T, 2> w(weight.data, {weight.shape[1], weight.shape[2]}, weight.name);
+      moss::linear_backward(
+          backend,
+          LinearBackwardArgs<T>{
+              .dy = dy,
+              .x = rows,
+              .weight = w,
+              .dx = drows,
+              .dweight = present(dweight)
+                             ? TensorView<float, 2>(dweight.data, {dweight.shape[1], dweight.shape[2]}, dweight.name)
+                             : TensorView<float, 2>{},
+              .dbias = present(dbias) ? TensorView<float, 1>(dbias.data, {dbias.shape[1]}, dbias.name)
+                                      : TensorView<float, 1>{},
+              .accumulate = accumulate});
+      return;
+    }
+    PermutePlan& plan = decision_->plan;
+    const std::vector<std::int32_t>& offsets = read_offsets(backend, plan);
+    GroupedLinearBackwardArgs<T> g;
+    g.dy = dy;
+    g.x = rows;
+    g.weight = weight;
+    g.offsets = plan.offsets_view();
+    g.host_offsets = offsets.data();
+    g.dx = drows;
+    g.dweight = dweight;
+    g.dbias = dbias;
+    g.accumulate = accumulate;
+    grouped_linear_backward(backend, g);
+  }
+  /// Backward of `combine`: from dout (tokens, out) the gradient of the expert outputs dy (rows,
+  /// out; dense: dout itself, nothing to do) and of the combine weights dgate (tokens, K,
+  /// optional: needs the weighting). `y` is the forward's expert output.
+  template <class Backend>
+  void combine_backward(const Backend& backend, ConstView<T, 2> y, ConstView<T, 2> dout, TensorView<T, 2> dy,
+                        TensorView<float, 2> dgate, ColumnWeighting weighting) const {
+    if (is_dense()) {
+      MOSS_EXPECTS(!present(dgate), config_error, "Dispatch::combine_backward: a dense dispatch has no gate");
+      if (dy.data != dout.data) copy(backend, dy, dout);
+      return;
+    }
+    CombineRowsBackwardArgs<T> c;
+    c.dout = dout;
+    c.y = y;
+    c.pair_row = decision_->plan.pair_row_view();
+    if (weighting.any()) {
+      c.gate = decision_->gate_view();
+      c.weight_begin = weighting.begin;
+      c.weight_end = weighting.end;
+    }
+    c.dy = dy;
+    c.dgate = dgate;
+    combine_rows_backward(backend, c);
   }
 
  private:

@@ -21,6 +21,19 @@
 // and writes the combined output (tokens, out); it is written against moss/layers/dispatch.hpp
 // so a fused grouped kernel can replace the gather and combine behind it.
 //
+// A kind that trains also provides (docs/training.md):
+//     template <class P, class F> static void visit(P& p, F&& f);   // f(name, tensor), in save order
+//     template <class Backend, StorageType T>
+//     static Params<float> zero_grads(const Backend&, const Params<T>&);
+//     template <class Backend, StorageType T>
+//     static void backward(const Backend&, const Params<T>&, const Dispatch<T>&, ConstView<T, 2> x,
+//                          ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& grads,
+//                          TensorView<float, 2> dgate, ColumnWeighting, bool accumulate);
+// `backward` recomputes the forward's rows and hidden activations from x and the dispatch (an
+// expert stack keeps nothing between its forward and backward), then writes dx, the weights'
+// gradients (written, or added when `accumulate`) and, when `dgate` is given, the gradient of
+// the combine weights. Mlp and GatedMlp train; LinearExpert (RoM) does not yet.
+//
 // Checkpoint names, `base` being the stack's name inside its block ("experts." for MoE
 // feed-forward blocks, "" for a dense FeedForward, "in_proj." for a RoM projection):
 //   LinearExpert   {base}weight (X, out, in), {base}bias (X, out)
@@ -44,6 +57,8 @@
 #include "moss/layers/dispatch.hpp"
 #include "moss/layers/params.hpp"
 #include "moss/ops/activation.hpp"
+#include "moss/ops/activation_backward.hpp"
+#include "moss/ops/elementwise.hpp"
 #include "moss/policy/activation.hpp"
 
 namespace moss {
@@ -212,6 +227,69 @@ struct Mlp {
     d.linear(backend, h, p.wo, {}, y);
     d.combine(backend, y, out, weighting);
   }
+
+  /// Calls f(name, tensor) for wi and wo (Params or their float32 gradients).
+  template <class P, class F>
+  static void visit(P& p, F&& f) {
+    f(p.wi.name(), p.wi);
+    f(p.wo.name(), p.wo);
+  }
+  /// Zeroed float32 gradients shaped and named like `p`.
+  template <class Backend, StorageType T>
+  static Params<float> zero_grads(const Backend& backend, const Params<T>& p) {
+    return {zeros_like<float>(backend, p.wi), zeros_like<float>(backend, p.wo)};
+  }
+  /// Backward of `apply` (see the top of this file): wo, then act, then wi, then the gather.
+  template <class Backend, StorageType T>
+  requires DifferentiableActivation<Act>
+  static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& g, TensorView<float, 2> dgate,
+                       ColumnWeighting weighting, bool accumulate) {
+    if (x.shape[0] == 0) return;
+    // Recompute: rows, pre-activation, activation (and y, when dgate needs it).
+    Buffer<T> xs, pre_s, hs, ys, dys, dhs, dpre_s, drows_s;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const index_t R = d.rows(), F = p.wi.size(1), in = x.shape[1], out = dout.shape[1];
+    pre_s = backend.template alloc<T>(R * F);
+    hs = backend.template alloc<T>(R * F);
+    const TensorView<T, 2> pre = pre_s.template view<2>({R, F}, "pre_activation");
+    const TensorView<T, 2> h = hs.template view<2>({R, F}, "hidden");
+    d.linear(backend, rows, p.wi, {}, pre);
+    const index_t kept = d.kept_rows(backend);
+    moss::activation<Act>(backend, ActivationArgs<T>{ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
+                                                     {},
+                                                     TensorView<T, 2>(h.data, {kept, F}, "hidden")});
+    ConstView<T, 2> y;
+    if (present(dgate)) {
+      ys = backend.template alloc<T>(R * out);
+      d.linear(backend, h, p.wo, {}, ys.template view<2>({R, out}, "expert_out"));
+      y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
+    }
+    // Backward.
+    ConstView<T, 2> dy = dout;
+    if (!d.is_dense()) {
+      dys = backend.template alloc<T>(R * out);
+      d.combine_backward(backend, y, dout, dys.template view<2>({R, out}, "d expert_out"), dgate, weighting);
+      dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
+    }
+    dhs = backend.template alloc<T>(R * F);
+    d.linear_backward(backend, h, p.wo, dy, dhs.template view<2>({R, F}, "d hidden"), g.wo.view(), {}, accumulate);
+    dpre_s = backend.template alloc<T>(R * F);
+    activation_backward<Act>(backend,
+                             ActivationBackwardArgs<T>{.x = ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
+                                                       .up = {},
+                                                       .dout = ConstView<T, 2>(dhs.data(), {kept, F}, "d hidden"),
+                                                       .dx = TensorView<T, 2>(dpre_s.data(), {kept, F}, "d pre"),
+                                                       .dup = {}});
+    TensorView<T, 2> drows = dx;
+    if (!d.is_dense()) {
+      drows_s = backend.template alloc<T>(R * in);
+      drows = drows_s.template view<2>({R, in}, "d rows");
+    }
+    d.linear_backward(backend, rows, p.wi, ConstView<T, 2>(dpre_s.data(), {R, F}, "d pre"), drows, g.wi.view(), {},
+                      accumulate);
+    d.gather_backward(backend, ConstView<T, 2>(drows), dx);
+  }
 };
 
 /// A gated MLP expert down_i · (act(gate_i · x) ⊙ (up_i · x)); `GatedMlp<Silu>` is SwiGLU.
@@ -270,6 +348,75 @@ struct GatedMlp {
     const TensorView<T, 2> y = d.output_rows(backend, out, ys);
     d.linear(backend, h, p.down, {}, y);
     d.combine(backend, y, out, weighting);
+  }
+
+  /// Calls f(name, tensor) for gate, up and down (Params or their float32 gradients).
+  template <class P, class F>
+  static void visit(P& p, F&& f) {
+    f(p.gate.name(), p.gate);
+    f(p.up.name(), p.up);
+    f(p.down.name(), p.down);
+  }
+  /// Zeroed float32 gradients shaped and named like `p`.
+  template <class Backend, StorageType T>
+  static Params<float> zero_grads(const Backend& backend, const Params<T>& p) {
+    return {zeros_like<float>(backend, p.gate), zeros_like<float>(backend, p.up), zeros_like<float>(backend, p.down)};
+  }
+  /// Backward of `apply` (see the top of this file): down, then act ⊙ up, then gate and up
+  /// (their input gradients summed), then the gather.
+  template <class Backend, StorageType T>
+  requires DifferentiableActivation<Act>
+  static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& g, TensorView<float, 2> dgate,
+                       ColumnWeighting weighting, bool accumulate) {
+    if (x.shape[0] == 0) return;
+    Buffer<T> xs, pre_s, us, hs, ys, dys, dhs, dpre_s, dus, drows_s, drows2_s;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const index_t R = d.rows(), F = p.gate.size(1), in = x.shape[1], out = dout.shape[1];
+    pre_s = backend.template alloc<T>(R * F);
+    us = backend.template alloc<T>(R * F);
+    hs = backend.template alloc<T>(R * F);
+    const TensorView<T, 2> pre = pre_s.template view<2>({R, F}, "pre_activation");
+    const TensorView<T, 2> u = us.template view<2>({R, F}, "up");
+    const TensorView<T, 2> h = hs.template view<2>({R, F}, "hidden");
+    d.linear(backend, rows, p.gate, {}, pre);
+    d.linear(backend, rows, p.up, {}, u);
+    const index_t kept = d.kept_rows(backend);
+    const ConstView<T, 2> pre_k(pre.data, {kept, F}, "pre_activation"), u_k(u.data, {kept, F}, "up");
+    moss::activation<Act>(backend, ActivationArgs<T>{pre_k, u_k, TensorView<T, 2>(h.data, {kept, F}, "hidden")});
+    ConstView<T, 2> y;
+    if (present(dgate)) {
+      ys = backend.template alloc<T>(R * out);
+      d.linear(backend, h, p.down, {}, ys.template view<2>({R, out}, "expert_out"));
+      y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
+    }
+    ConstView<T, 2> dy = dout;
+    if (!d.is_dense()) {
+      dys = backend.template alloc<T>(R * out);
+      d.combine_backward(backend, y, dout, dys.template view<2>({R, out}, "d expert_out"), dgate, weighting);
+      dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
+    }
+    dhs = backend.template alloc<T>(R * F);
+    d.linear_backward(backend, h, p.down, dy, dhs.template view<2>({R, F}, "d hidden"), g.down.view(), {}, accumulate);
+    dpre_s = backend.template alloc<T>(R * F);
+    dus = backend.template alloc<T>(R * F);
+    activation_backward<Act>(backend,
+                             ActivationBackwardArgs<T>{.x = pre_k,
+                                                       .up = u_k,
+                                                       .dout = ConstView<T, 2>(dhs.data(), {kept, F}, "d hidden"),
+                                                       .dx = TensorView<T, 2>(dpre_s.data(), {kept, F}, "d pre"),
+                                                       .dup = TensorView<T, 2>(dus.data(), {kept, F}, "d up")});
+    drows_s = backend.template alloc<T>(R * in);
+    drows2_s = backend.template alloc<T>(R * in);
+    const TensorView<T, 2> drows = drows_s.template view<2>({R, in}, "d rows");
+    d.linear_backward(backend, rows, p.gate, ConstView<T, 2>(dpre_s.data(), {R, F}, "d pre"), drows, g.gate.view(), {},
+                      accumulate);
+    d.linear_backward(backend, rows, p.up, ConstView<T, 2>(dus.data(), {R, F}, "d up"),
+                      drows2_s.template view<2>({R, in}, "d rows (up)"), g.up.view(), {}, accumulate);
+    // The kept rows are the first `kept` (the gather reads only them).
+    add_into(backend, ConstView<T, 1>(drows2_s.data(), {kept * in}, "d rows (up)"),
+             TensorView<T, 1>(drows_s.data(), {kept * in}, "d rows"));
+    d.gather_backward(backend, ConstView<T, 2>(drows), dx);
   }
 };
 

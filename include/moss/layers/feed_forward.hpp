@@ -17,6 +17,13 @@
 // Config sections (config.json, `blocks[i]`): MoeFeedForward {"num_experts", "top_k", "router",
 // router settings, "capacity_factor", "aux_loss_coef", "z_loss_coef", "expert", "activation",
 // "d_ff"}; FeedForward {"expert", "activation", "d_ff"}. d_ff 0 or absent = 3 · d_model.
+//
+// Training (docs/training.md): both blocks keep nothing of their experts between forward_train
+// and backward (the expert kind's `backward` recomputes its rows and hidden activations); the
+// MoE block keeps its routing decision (logits, choices, gates, plan). MoeFeedForward's backward
+// adds the router's gradient: through the gates (the choice is a constant), plus the
+// load-balancing and z-losses with the block's aux_loss_coef and z_loss_coef (their values are
+// in the routing report, not in the returned loss).
 #pragma once
 
 #include <cmath>
@@ -32,6 +39,8 @@
 #include "moss/layers/mamba.hpp"
 #include "moss/layers/params.hpp"
 #include "moss/layers/routing.hpp"
+#include "moss/ops/elementwise.hpp"
+#include "moss/ops/router_backward.hpp"
 #include "moss/policy/experts.hpp"
 #include "moss/policy/router.hpp"
 
@@ -135,6 +144,38 @@ class FeedForward {
   void step(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<T, 2> out, Cache&) const {
     detail::expect_step_io("FeedForward::step", x, out, shape_.in);
     apply(backend, p, x, out);
+  }
+
+  // ---- training (docs/training.md) ----
+
+  /// Parameter gradients: the expert kind's Params in float32.
+  using Grads = typename Expert::template Params<float>;
+  /// Nothing is kept (the expert kind's backward recomputes its activations).
+  struct Saved {};
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    return Expert::zero_grads(backend, p);
+  }
+  template <class P, class F>
+  static void visit_params(P& p, F&& f) {
+    Expert::visit(p, f);
+  }
+  /// `forward` (the policy is irrelevant: the experts always recompute).
+  template <class Backend>
+  void forward_train(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out, Saved&,
+                     ActivationPolicy = ActivationPolicy::keep) const {
+    forward(backend, p, x, out);
+  }
+  /// Backward of `forward_train`: dx and the experts' gradients (written, or added).
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved&, ConstView<T, 3> dout,
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+    detail::expect_block_io("FeedForward::backward", x, dx, shape_.in);
+    expect_shape("FeedForward::backward", dout, x.shape, "(batch, seqlen, d_model), like x");
+    const index_t tokens = x.shape[0] * x.shape[1];
+    Expert::backward(backend, p, Dispatch<T>::dense(tokens), ConstView<T, 2>(x.data, {tokens, shape_.in}, "x"),
+                     ConstView<T, 2>(dout.data, {tokens, shape_.in}, "dout"),
+                     TensorView<T, 2>(dx.data, {tokens, shape_.in}, "dx"), g, {}, ColumnWeighting::none(), accumulate);
   }
 
  private:
@@ -258,6 +299,77 @@ class MoeFeedForward {
             RoutingReport* report = nullptr) const {
     detail::expect_step_io("MoeFeedForward::step", x, out, shape_.in);
     apply(backend, p, x, out, false, report);
+  }
+
+  // ---- training (docs/training.md) ----
+
+  /// Parameter gradients in float32: the router's and the experts'.
+  struct Grads {
+    Tensor<float, 2> router;
+    typename Expert::template Params<float> experts;
+  };
+  /// The routing decision of the training forward (its plan caches the host offsets the
+  /// backward's GEMMs read again, hence mutable).
+  struct Saved {
+    mutable RoutingDecision decision;
+  };
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    return {zeros_like<float>(backend, p.router), Expert::zero_grads(backend, p.experts)};
+  }
+  template <class P, class F>
+  static void visit_params(P& p, F&& f) {
+    f(p.router.name(), p.router);
+    Expert::visit(p.experts, f);
+  }
+  /// `forward` (full sequence, capacity as set) that keeps the routing decision.
+  template <class Backend>
+  void forward_train(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out, Saved& saved,
+                     ActivationPolicy = ActivationPolicy::keep, RoutingReport* report = nullptr) const {
+    detail::expect_block_io("MoeFeedForward::forward_train", x, out, shape_.in);
+    const index_t tokens = x.shape[0] * x.shape[1];
+    const ConstView<T, 2> x2(x.data, {tokens, shape_.in}, "x");
+    saved = Saved{};
+    if (tokens == 0) return;
+    saved.decision =
+        decide_routing(backend, config_.routing.router, config_.routing.settings, x2, p.router, true, report, "mixer");
+    Expert::apply(backend, p.experts, Dispatch<T>::routed(saved.decision), x2,
+                  TensorView<T, 2>(out.data, {tokens, shape_.in}, "out"), ColumnWeighting::all(shape_.out));
+  }
+  /// Backward of `forward_train`: the experts' backward (dx through them, the gates' gradient),
+  /// then the router's (through the gates, plus the aux and z-losses), its dx added.
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved& saved, ConstView<T, 3> dout,
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+    const char* where = "MoeFeedForward::backward";
+    detail::expect_block_io(where, x, dx, shape_.in);
+    expect_shape(where, dout, x.shape, "(batch, seqlen, d_model), like x");
+    const index_t tokens = x.shape[0] * x.shape[1], D = shape_.in, K = R::k, X = shape_.experts;
+    if (tokens == 0) return;
+    MOSS_EXPECTS(saved.decision.plan.tokens == tokens, shape_error, where, ": the saved routing decision is of ",
+                 saved.decision.plan.tokens, " tokens but x has ", tokens, " (run forward_train on this input first)");
+    const ConstView<T, 2> x2(x.data, {tokens, D}, "x");
+    const TensorView<T, 2> dx2(dx.data, {tokens, D}, "dx");
+    Buffer<float> dgate = backend.template alloc<float>(tokens * K);
+    Expert::backward(backend, p.experts, Dispatch<T>::routed(saved.decision), x2,
+                     ConstView<T, 2>(dout.data, {tokens, D}, "dout"), dx2, g.experts,
+                     dgate.template view<2>({tokens, K}, "dgate"), ColumnWeighting::all(shape_.out), accumulate);
+    Buffer<T> dx_router = backend.template alloc<T>(tokens * D);
+    RouteBackwardArgs<T, R> rb;
+    rb.router = config_.routing.router;
+    rb.x = x2;
+    rb.weight = p.router;
+    rb.logits = ConstView<float, 2>(saved.decision.logits.data(), {tokens, X}, "router_logits");
+    rb.expert = ConstView<std::int32_t, 2>(saved.decision.expert.data(), {tokens, K}, "expert");
+    rb.dgate = ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate");
+    rb.counts = saved.decision.plan.counts_view();
+    rb.aux_loss_coef = R::aux_loss ? config_.routing.settings.aux_loss_coef : 0.0f;
+    rb.z_loss_coef = config_.routing.settings.z_loss_coef;
+    rb.dx = dx_router.template view<2>({tokens, D}, "dx (router)");
+    rb.dweight = g.router.view();
+    rb.accumulate = accumulate;
+    route_backward(backend, rb);
+    add_into(backend, ConstView<T, 1>(dx_router.flat()), TensorView<T, 1>(dx.data, {tokens * D}, "dx"));
   }
 
  private:

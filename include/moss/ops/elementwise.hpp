@@ -3,6 +3,8 @@
 //
 //   add_into(backend, x, y)        y[i] = y[i] + x[i]      (two gradients of one tensor summed)
 //   multiply(backend, a, b, out)   out[i] = a[i] · b[i]    (e.g. dA_log = dA ⊙ A)
+//   convert(backend, x, out)       out[i] = x[i] in out's type, rounded once (float32 master
+//                                  weights to bf16 parameters, and back)
 //
 // Arithmetic in compute_t<T> (float32; double for the host's double instantiation), rounded
 // once to T. One element per index, no reduction: the result does not depend on the backend's
@@ -75,6 +77,24 @@ void multiply(const Host&, ConstView<T, 1> a, ConstView<T, 1> b, TensorView<T, 1
   validate_multiply(a, b, out, "multiply");
   using C = compute_t<T>;
   for (index_t i = 0; i < a.shape[0]; ++i) out.data[i] = narrow<T>(static_cast<C>(widen(a.data[i]) * widen(b.data[i])));
+}
+
+/// Checks `out = x` converted: both valid, contiguous, the same length, not overlapping.
+template <class A, class B>
+void validate_convert(ConstView<A, 1> x, TensorView<B, 1> out, const char* where) {
+  expect_valid(where, x);
+  expect_contiguous(where, x);
+  detail::elementwise_expect(where, out, x.shape[0]);
+  MOSS_EXPECTS(x.shape[0] == 0 || static_cast<const void*>(x.data) != static_cast<const void*>(out.data), shape_error,
+               where, ": ", out.name, " is ", x.name, " itself (a conversion needs distinct memory)");
+  detail::elementwise_expect_aliasing(where, out, TensorView<A, 1>(const_cast<A*>(x.data), x.shape, x.name));
+}
+
+/// out[i] = x[i] converted to out's element type on the host (through float, rounded once).
+template <HostReal A, HostReal B>
+void convert(const Host&, ConstView<A, 1> x, TensorView<B, 1> out) {
+  validate_convert(x, out, "convert");
+  for (index_t i = 0; i < x.shape[0]; ++i) out.data[i] = narrow<B>(widen(x.data[i]));
 }
 
 }  // namespace moss

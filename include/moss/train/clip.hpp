@@ -47,6 +47,12 @@ double global_norm(const Host&, const Views& grads) {
   return std::sqrt(sum);
 }
 
+/// g ← g · s on the host (in index order; the CUDA overload gives the same bits).
+inline void scale(const Host&, TensorView<float, 1> g, float s) {
+  expect_valid("scale", g);
+  for (index_t i = 0; i < g.shape[0]; ++i) g.data[i * g.stride[0]] *= s;
+}
+
 /// Scales every gradient by max_norm / norm when the global norm exceeds `max_norm` (this
 /// header's comment) and returns the norm before clipping. A non-finite norm is returned with the
 /// gradients untouched. `config_error` when max_norm is not finite and > 0.
@@ -69,3 +75,8 @@ double clip_by_global_norm(const Host& host, const Views& grads, double max_norm
 }
 
 }  // namespace moss
+
+// Under nvcc the CUDA overloads (AdamW, the global norm, scale) come with the header.
+#if defined(__CUDACC__)
+#include "moss/train/optimizer_cuda.cuh"
+#endif

@@ -151,3 +151,8 @@ inline ParamGroup default_param_group(const std::string& checkpoint_name) {
 }
 
 }  // namespace moss
+
+// Under nvcc the CUDA overloads (AdamW, the global norm, scale) come with the header.
+#if defined(__CUDACC__)
+#include "moss/train/optimizer_cuda.cuh"
+#endif

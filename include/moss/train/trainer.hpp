@@ -1,4 +1,4 @@
-// moss/train/trainer.hpp: the training step of a language model on the host: gradient
+// moss/train/trainer.hpp: the training step of a language model (host, or CUDA under nvcc): gradient
 // accumulation over micro-batches, global-norm clipping, AdamW with moss's weight-decay groups,
 // the warmup + cosine schedule, and the optimiser state a checkpoint needs to resume exactly
 // (docs/training.md).
@@ -6,9 +6,10 @@
 // One `step(micro_batches)`:
 //   1. for each of the M micro-batches: `loss_and_grads` with dloss = 1/M, accumulating after the
 //      first (the gradient of the mean of the micro-batches' mean losses);
-//   2. the global L2 norm of all gradients (float64, tensors in checkpoint order); with
-//      `clip_norm` > 0 the gradients are scaled by clip_norm / norm when norm > clip_norm;
-//      a non-finite norm skips the update (the step still counts, so the schedule moves on);
+//   2. the global L2 norm of all gradients (float64, tensors in checkpoint order; on CUDA a
+//      fixed-order parallel sum read back to the host); with `clip_norm` > 0 the gradients are
+//      scaled by clip_norm / norm when norm > clip_norm; a non-finite norm skips the update (the
+//      step still counts, so the schedule moves on);
 //   3. AdamW on every trainable tensor at lr = schedule.lr_at(step), decay per `decays(name)`,
 //      on float32 master weights (the parameters themselves when they are float32, else a
 //      float32 copy rounded to the storage type after each update);
@@ -31,6 +32,7 @@
 #include "moss/io/safetensors.hpp"
 #include "moss/io/writer.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/ops/elementwise.hpp"
 #include "moss/train/clip.hpp"
 #include "moss/train/optimizer.hpp"
 #include "moss/train/schedule.hpp"
@@ -72,20 +74,26 @@ struct TrainStepResult {
   std::int64_t step = 0;  ///< the optimiser step just taken (0 for the first)
 };
 
-/// Trains the parameters of a `LanguageModel` on the host (see the file comment).
+/// Trains the parameters of a `LanguageModel` on `Backend` (see the file comment): `Host`, or
+/// `Cuda` under nvcc (the optimiser state then lives on the GPU; the global norm is read back,
+/// one synchronisation per step).
 /// @tparam Model a `LanguageModel` whose blocks can train (forward_train / backward).
-template <class Model>
+/// @tparam Backend moss::Host or moss::Cuda.
+template <class Model, class Backend = Host>
 class Trainer {
  public:
   using Params = typename Model::Params;
   using Grads = typename Model::Grads;
   using T = typename Model::value_type;
 
-  /// Trains `params` (kept by reference; they must outlive the trainer) of `model`.
-  Trainer(const Model& model, Params& params, TrainerSettings settings)
-      : model_(model), params_(params), settings_(settings), grads_(model.make_grads(Host{}, params)) {
+  /// Trains `params` (kept by reference; they must outlive the trainer) of `model` on `backend`.
+  Trainer(const Model& model, Params& params, TrainerSettings settings, Backend backend = {})
+      : backend_(backend),
+        model_(model),
+        params_(params),
+        settings_(settings),
+        grads_(model.make_grads(backend, params)) {
     settings_.validate();
-    std::vector<Slot> slots;
     model_.visit_params(params_, [&](const std::string& name, auto& t) {
       using E = typename std::remove_cvref_t<decltype(t)>::element_type;
       Slot s;
@@ -96,21 +104,21 @@ class Trainer {
         s.param = t.data();
       } else {
         s.narrowed = t.data();
-        s.master.resize(static_cast<std::size_t>(s.n));
-        for (index_t i = 0; i < s.n; ++i) s.master[static_cast<std::size_t>(i)] = to_float(t.data()[i]);
-        s.param = nullptr;
+        s.master = backend_.template alloc<float>(s.n);
+        convert(backend_, ConstView<E, 1>(t.data(), {s.n}, "param"), s.master.flat("master"));
       }
-      s.m.assign(static_cast<std::size_t>(s.n), 0.0f);
-      s.v.assign(static_cast<std::size_t>(s.n), 0.0f);
-      slots.push_back(std::move(s));
+      s.m = backend_.template alloc<float>(s.n);
+      s.v = backend_.template alloc<float>(s.n);
+      fill_zero(backend_, s.m);
+      fill_zero(backend_, s.v);
+      slots_.push_back(std::move(s));
     });
     std::size_t k = 0;
     model_.visit_params(grads_, [&](const std::string& name, auto& g) {
-      MOSS_EXPECTS(k < slots.size() && slots[k].name == name, config_error, "Trainer: the gradient ", name,
+      MOSS_EXPECTS(k < slots_.size() && slots_[k].name == name, config_error, "Trainer: the gradient ", name,
                    " does not follow the parameters' order");
-      slots[k++].grad = g.data();
+      slots_[k++].grad = g.data();
     });
-    slots_ = std::move(slots);
   }
 
   /// The optimiser steps taken so far.
@@ -132,34 +140,37 @@ class Trainer {
       o.accumulate = k > 0;
       o.dloss = dloss;
       o.chunk_rows = settings_.chunk_rows;
-      const auto res = model_.loss_and_grads(Host{}, params_, micro_batches[k], grads_, o);
+      const auto res = model_.loss_and_grads(backend_, params_, micro_batches[k], grads_, o);
       r.loss += static_cast<double>(res.loss) / static_cast<double>(micro_batches.size());
       r.count += res.count;
     }
     std::vector<TensorView<float, 1>> views;
     for (const Slot& s : slots_) views.emplace_back(s.grad, Extents<1>{s.n}, "gradient");
-    r.grad_norm =
-        settings_.clip_norm > 0 ? clip_by_global_norm(Host{}, views, settings_.clip_norm) : global_norm(Host{}, views);
+    r.grad_norm = global_norm(backend_, views);
     r.lr = settings_.schedule.lr_at(step_);
     r.skipped = !std::isfinite(r.grad_norm);
     if (!r.skipped) {
+      if (settings_.clip_norm > 0 && r.grad_norm > settings_.clip_norm) {
+        const auto factor = static_cast<float>(settings_.clip_norm / r.grad_norm);
+        for (const auto& g : views) scale(backend_, g, factor);
+      }
       for (Slot& s : slots_) {
         float* master = s.param ? s.param : s.master.data();
-        adamw_step(Host{}, AdamWArgs<float>{.param = TensorView<float, 1>(master, {s.n}, "param"),
-                                            .grad = ConstView<float, 1>(s.grad, {s.n}, "grad"),
-                                            .m = TensorView<float, 1>(s.m.data(), {s.n}, "m"),
-                                            .v = TensorView<float, 1>(s.v.data(), {s.n}, "v"),
-                                            .lr = r.lr,
-                                            .beta1 = settings_.beta1,
-                                            .beta2 = settings_.beta2,
-                                            .eps = settings_.eps,
-                                            .weight_decay = settings_.weight_decay,
-                                            .decay = s.decay,
-                                            .step = ++s.updates});
+        adamw_step(backend_, AdamWArgs<float>{.param = TensorView<float, 1>(master, {s.n}, "param"),
+                                              .grad = ConstView<float, 1>(s.grad, {s.n}, "grad"),
+                                              .m = s.m.flat("m"),
+                                              .v = s.v.flat("v"),
+                                              .lr = r.lr,
+                                              .beta1 = settings_.beta1,
+                                              .beta2 = settings_.beta2,
+                                              .eps = settings_.eps,
+                                              .weight_decay = settings_.weight_decay,
+                                              .decay = s.decay,
+                                              .step = ++s.updates});
         if (!s.param)
-          for (index_t i = 0; i < s.n; ++i) s.narrowed[i] = from_float<T>(s.master[static_cast<std::size_t>(i)]);
+          convert(backend_, ConstView<float, 1>(s.master.flat("master")), TensorView<T, 1>(s.narrowed, {s.n}, "param"));
       }
-      model_.refresh_derived(Host{}, params_);
+      model_.refresh_derived(backend_, params_);
     }
     ++step_;
     return r;
@@ -172,10 +183,15 @@ class Trainer {
   void save(const std::filesystem::path& dir, const io::Json& extra = io::Json::object()) const {
     std::filesystem::create_directories(dir);
     SafetensorsWriter w;
+    const auto host = [&](const Buffer<float>& b) {
+      std::vector<float> v(static_cast<std::size_t>(b.size()));
+      download(backend_, v.data(), b.data(), b.size());
+      return v;
+    };
     for (const Slot& s : slots_) {
-      w.add("m." + s.name, {s.n}, s.m);
-      w.add("v." + s.name, {s.n}, s.v);
-      if (!s.param) w.add("master." + s.name, {s.n}, s.master);
+      w.add("m." + s.name, {s.n}, host(s.m));
+      w.add("v." + s.name, {s.n}, host(s.v));
+      if (!s.param) w.add("master." + s.name, {s.n}, host(s.master));
       w.add("updates." + s.name, {1}, std::vector<std::int64_t>{s.updates});
     }
     w.write(dir / "optimizer.safetensors");
@@ -190,12 +206,16 @@ class Trainer {
   /// trainer.json. `io_error` naming the file and tensor for a missing or misshapen entry.
   io::Json load(const std::filesystem::path& dir) {
     const SafetensorsFile f(dir / "optimizer.safetensors");
+    const auto into = [&](Buffer<float>& b, const std::string& name, index_t n) {
+      const std::vector<float> v = f.read_as<float>(name, {n});
+      b = upload(backend_, v.data(), n);
+    };
     for (Slot& s : slots_) {
-      s.m = f.read_as<float>("m." + s.name, {s.n});
-      s.v = f.read_as<float>("v." + s.name, {s.n});
+      into(s.m, "m." + s.name, s.n);
+      into(s.v, "v." + s.name, s.n);
       if (!s.param) {
-        s.master = f.read_as<float>("master." + s.name, {s.n});
-        for (index_t i = 0; i < s.n; ++i) s.narrowed[i] = from_float<T>(s.master[static_cast<std::size_t>(i)]);
+        into(s.master, "master." + s.name, s.n);
+        convert(backend_, ConstView<float, 1>(s.master.flat("master")), TensorView<T, 1>(s.narrowed, {s.n}, "param"));
       }
       s.updates = f.read_as<std::int64_t>("updates." + s.name, {1}).at(0);
     }
@@ -205,7 +225,7 @@ class Trainer {
     const std::int64_t step = r.at("step").as_int();
     MOSS_EXPECTS(step >= 0, io_error, json.string(), ": step is ", step, ", expected >= 0");
     step_ = step;
-    model_.refresh_derived(Host{}, params_);
+    model_.refresh_derived(backend_, params_);
     return j;
   }
 
@@ -216,11 +236,12 @@ class Trainer {
     bool decay = true;
     float* param = nullptr;  // the float32 parameter (its own master), or null
     T* narrowed = nullptr;   // the stored parameter when it is not float32
-    std::vector<float> master, m, v;
+    Buffer<float> master, m, v;
     float* grad = nullptr;
     std::int64_t updates = 0;  // AdamW steps applied (bias correction)
   };
 
+  Backend backend_;
   const Model& model_;
   Params& params_;
   TrainerSettings settings_;

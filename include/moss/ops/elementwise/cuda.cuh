@@ -24,6 +24,13 @@ __global__ void multiply_kernel(const T* a, const T* b, T* out, index_t n) {
     out[i] = from_float<T>(to_float(a[i]) * to_float(b[i]));
 }
 
+template <class A, class B>
+__global__ void convert_kernel(const A* x, B* out, index_t n) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    out[i] = from_float<B>(to_float(x[i]));
+}
+
 }  // namespace detail::elementwise
 
 /// y[i] += x[i] on the GPU.
@@ -48,6 +55,19 @@ void multiply(const Cuda& gpu, ConstView<T, 1> a, ConstView<T, 1> b, TensorView<
   constexpr int threads = cuda::kElementwiseThreads;
   cuda::launch("multiply_kernel", detail::elementwise::multiply_kernel<T>, cuda::grid_blocks(n, threads), threads, 0,
                gpu.stream, a.data, b.data, out.data, n);
+}
+
+/// out[i] = x[i] converted to out's type on the GPU (through float, rounded once).
+template <class A, class B>
+void convert(const Cuda& gpu, ConstView<A, 1> x, TensorView<B, 1> out) {
+  static_assert(StorageType<A> && StorageType<B>,
+                "moss::convert (cuda): A and B must be float, moss::f16 or moss::bf16; double is host-only");
+  validate_convert(x, out, "convert");
+  const index_t n = x.shape[0];
+  if (n == 0) return;
+  constexpr int threads = cuda::kElementwiseThreads;
+  cuda::launch("convert_kernel", detail::elementwise::convert_kernel<A, B>, cuda::grid_blocks(n, threads), threads, 0,
+               gpu.stream, x.data, out.data, n);
 }
 
 }  // namespace moss

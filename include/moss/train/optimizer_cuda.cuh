@@ -1,0 +1,143 @@
+// moss/train/optimizer_cuda.cuh: AdamW and the global gradient norm on CUDA (needs nvcc),
+// included by moss/train/optimizer.hpp and moss/train/clip.hpp under nvcc.
+//
+// `adamw_step(Cuda, AdamWArgs<float>)`: one thread per element, the host's formula and order
+// (moss/train/optimizer.hpp) with every product and sum rounded separately (__fmul_rn,
+// __fadd_rn, ...: no fused multiply-add), so the GPU's update is bitwise the host's.
+// `global_norm(Cuda, grads)`: √(Σ g²) in float64 over a list of contiguous float32 views:
+// per-block partial sums (a fixed grid for each tensor's length, each block's threads striding
+// in index order, cub's block reduction) into a device buffer, then one block sums the partials
+// in order (tensors in list order). Deterministic run to run; not bitwise the host's sequential
+// sum (another order). The norm is returned to the host: one synchronisation per call.
+// `scale(Cuda, g, s)`: g ← g · s (clipping).
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "moss/backend/cuda.cuh"
+#include "moss/cuda/launch.cuh"
+#include "moss/cuda/reduce.cuh"
+#include "moss/train/clip.hpp"
+#include "moss/train/optimizer.hpp"
+
+namespace moss {
+
+namespace detail::optim {
+
+struct AdamWScalars {
+  float keep, b1, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps;
+  bool decay;
+};
+
+template <class F>  // F = float (a template so that every translation unit may include this header)
+__global__ void adamw_kernel(F* p, const float* g, float* m, float* v, index_t n, AdamWScalars s) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    const float gi = g[i];
+    const float pi = s.decay ? __fmul_rn(p[i], s.keep) : p[i];
+    const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
+    const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(s.one_minus_b2, __fmul_rn(gi, gi)));
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+    p[i] = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
+  }
+}
+
+inline constexpr int kNormThreads = 256;
+/// Blocks per tensor of the norm's first pass: enough to fill a GPU, fixed by the length only.
+inline index_t norm_blocks(index_t n) { return std::min<index_t>(ceil_div<index_t>(n, 4 * kNormThreads), 256); }
+
+template <class F>
+__global__ void square_sum_kernel(const F* g, index_t n, double* partial) {
+  using Reduce = cuda::BlockReduce<double, kNormThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  double s = 0;
+  for (index_t i = blockIdx.x * static_cast<index_t>(kNormThreads) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * kNormThreads) {
+    const double x = g[i];
+    s += x * x;
+  }
+  s = Reduce::sum(s, storage);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+template <class F>
+__global__ void sum_partials_kernel(const F* partial, index_t n, F* out) {
+  using Reduce = cuda::BlockReduce<double, kNormThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  double s = 0;
+  for (index_t i = threadIdx.x; i < n; i += kNormThreads) s += partial[i];
+  s = Reduce::sum(s, storage);
+  if (threadIdx.x == 0) *out = s;
+}
+
+template <class F>
+__global__ void scale_kernel(F* g, index_t n, F s) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    g[i] = __fmul_rn(g[i], s);
+}
+
+}  // namespace detail::optim
+
+/// One AdamW update on the GPU (formula: moss/train/optimizer.hpp), bitwise the host's.
+inline void adamw_step(const Cuda& gpu, const AdamWArgs<float>& a) {
+  validate(a, "adamw_step");
+  const index_t n = a.param.shape[0];
+  if (n == 0) return;
+  const double t = static_cast<double>(a.step);
+  detail::optim::AdamWScalars s{};
+  s.keep = static_cast<float>(a.decay ? 1.0 - a.lr * a.weight_decay : 1.0);
+  s.b1 = static_cast<float>(a.beta1);
+  s.one_minus_b1 = static_cast<float>(1.0 - a.beta1);
+  s.b2 = static_cast<float>(a.beta2);
+  s.one_minus_b2 = static_cast<float>(1.0 - a.beta2);
+  s.step_size = static_cast<float>(a.lr / (1.0 - std::pow(a.beta1, t)));
+  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(a.beta2, t)));
+  s.eps = static_cast<float>(a.eps);
+  s.decay = a.decay;
+  constexpr int threads = cuda::kElementwiseThreads;
+  cuda::launch("adamw_kernel", detail::optim::adamw_kernel<float>, cuda::grid_blocks(n, threads), threads, 0,
+               gpu.stream, a.param.data, a.grad.data, a.m.data, a.v.data, n, s);
+}
+
+/// The global L2 norm of contiguous float32 gradients on the GPU (this header's comment);
+/// synchronises once to return it.
+inline double global_norm(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads) {
+  index_t blocks = 0;
+  for (const auto& g : grads) {
+    expect_valid("global_norm (cuda)", g);
+    expect_contiguous("global_norm (cuda)", g);
+    blocks += g.shape[0] > 0 ? detail::optim::norm_blocks(g.shape[0]) : 0;
+  }
+  if (blocks == 0) return 0.0;
+  Buffer<double> partial = gpu.alloc<double>(blocks + 1);
+  index_t at = 0;
+  for (const auto& g : grads) {
+    const index_t n = g.shape[0];
+    if (n == 0) continue;
+    const index_t b = detail::optim::norm_blocks(n);
+    cuda::launch("square_sum_kernel", detail::optim::square_sum_kernel<float>, static_cast<unsigned>(b),
+                 detail::optim::kNormThreads, 0, gpu.stream, g.data, n, partial.data() + at);
+    at += b;
+  }
+  cuda::launch("sum_partials_kernel", detail::optim::sum_partials_kernel<double>, 1u, detail::optim::kNormThreads, 0,
+               gpu.stream, partial.data(), blocks, partial.data() + blocks);
+  double sum = 0;
+  download(gpu, &sum, partial.data() + blocks, 1);
+  return std::sqrt(sum);
+}
+
+/// g ← g · s on the GPU (clipping).
+inline void scale(const Cuda& gpu, TensorView<float, 1> g, float s) {
+  expect_contiguous("scale (cuda)", g);
+  const index_t n = g.shape[0];
+  if (n == 0) return;
+  constexpr int threads = cuda::kElementwiseThreads;
+  cuda::launch("scale_kernel", detail::optim::scale_kernel<float>, cuda::grid_blocks(n, threads), threads, 0,
+               gpu.stream, g.data, n, s);
+}
+
+}  // namespace moss
