@@ -13,38 +13,15 @@
 
 #include "moss/moss.hpp"
 #include "moss_test.hpp"
+#include "run_program.hpp"
 
 using namespace moss;
 using Catch::Matchers::ContainsSubstring;
+using moss::test::Outcome;
+using moss::test::run_program;
+using moss::test::slurp;
 
 namespace {
-
-struct Outcome {
-  int status;
-  std::string output;  ///< stdout, then stderr
-  std::string out;     ///< stdout alone
-  std::string err;     ///< stderr alone
-};
-
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-/// Runs the program `exe` with `args` (shell words) and collects its output.
-Outcome run_program(const std::string& exe, const std::string& args) {
-  const auto base = std::filesystem::temp_directory_path() / ("moss_run_test_" + std::to_string(::getpid()));
-  const auto out_log = base.string() + ".out", err_log = base.string() + ".err";
-  const std::string cmd = exe + " " + args + " > " + out_log + " 2> " + err_log;
-  const int status = std::system(cmd.c_str());
-  Outcome r{status, "", slurp(out_log), slurp(err_log)};
-  r.output = r.out + r.err;
-  std::filesystem::remove(out_log);
-  std::filesystem::remove(err_log);
-  return r;
-}
 
 Outcome run_moss(const std::string& args) { return run_program(MOSS_RUN_EXE, args); }
 

@@ -37,6 +37,7 @@
 #include "moss/ops/causal_conv1d_backward.hpp"
 #include "moss/ops/embedding_backward.hpp"
 #include "moss/ops/rms_norm_backward.hpp"
+#include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 
 namespace {
@@ -46,6 +47,9 @@ using moss::ConstView;
 using moss::f16;
 using moss::index_t;
 using moss::TensorView;
+using moss::test::device_copy;
+using moss::test::host_copy;
+using moss::test::same_bits;
 
 constexpr double kFloatTol = 5e-5;
 
@@ -70,30 +74,6 @@ T poison() {
 template <class T>
 std::vector<T> as(const std::vector<float>& v) {
   return moss::test::to_storage<T>(v);
-}
-
-/// A new device buffer holding `v` (synchronous).
-template <class T>
-moss::Buffer<T> upload(const moss::Cuda& gpu, const std::vector<T>& v) {
-  moss::Buffer<T> d = gpu.alloc<T>(static_cast<index_t>(v.size()));
-  moss::copy(gpu, d.flat(), ConstView<T, 1>(v.data(), {static_cast<index_t>(v.size())}));
-  gpu.synchronize();
-  return d;
-}
-
-/// The device buffer `d` in host memory (synchronous).
-template <class T>
-std::vector<T> download(const moss::Cuda& gpu, const moss::Buffer<T>& d) {
-  std::vector<T> v(static_cast<std::size_t>(d.size()));
-  moss::copy(gpu, TensorView<T, 1>(v.data(), {d.size()}), ConstView<T, 1>(d.flat()));
-  gpu.synchronize();
-  return v;
-}
-
-/// Whether two vectors hold the same bytes.
-template <class T>
-bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 /// Checks `got` (CUDA) against `want` (host) element by element (see the file comment). `floor`
@@ -230,13 +210,13 @@ TEMPLATE_TEST_CASE("rms_norm_backward: CUDA matches the host", "[cuda][backward]
         auto ddelta_w = std::vector<Tdelta>(wide, poison<Tdelta>());
         auto dweight_h = poisoned_or(c.accumulate, dweight0, static_cast<std::size_t>(dim));
 
-        const auto d_residual = upload(gpu, residual_w);
-        const auto d_dout = upload(gpu, dout_w);
-        const auto d_weight = upload(gpu, weight);
-        auto d_dres_out = upload(gpu, dres_out_w);
-        auto d_dres = upload(gpu, dres_w);
-        auto d_ddelta = upload(gpu, ddelta_w);
-        auto d_dweight = upload(gpu, dweight_h);
+        const auto d_residual = device_copy(gpu, residual_w);
+        const auto d_dout = device_copy(gpu, dout_w);
+        const auto d_weight = device_copy(gpu, weight);
+        auto d_dres_out = device_copy(gpu, dres_out_w);
+        auto d_dres = device_copy(gpu, dres_w);
+        auto d_ddelta = device_copy(gpu, ddelta_w);
+        auto d_dweight = device_copy(gpu, dweight_h);
 
         const auto args = [&](const float* res, const Tout* g, const float* w, float* dro, float* dr, Tdelta* dd,
                               float* dw) {
@@ -258,24 +238,24 @@ TEMPLATE_TEST_CASE("rms_norm_backward: CUDA matches the host", "[cuda][backward]
                                    d_ddelta.data(), d_dweight.data());
         moss::rms_norm_backward(gpu, gpu_args);
 
-        close_to("dresidual_out (the in-place dresidual)", download(gpu, d_dres_out), dres_out_w, kFloatTol, floor);
-        close_to("dresidual", download(gpu, d_dres), dres_w, kFloatTol, floor);
-        close_to("ddelta", download(gpu, d_ddelta), ddelta_w, stored_tol<Tdelta>(), floor);
-        close_to("dweight", download(gpu, d_dweight), dweight_h, kFloatTol);
+        close_to("dresidual_out (the in-place dresidual)", host_copy(gpu, d_dres_out), dres_out_w, kFloatTol, floor);
+        close_to("dresidual", host_copy(gpu, d_dres), dres_w, kFloatTol, floor);
+        close_to("ddelta", host_copy(gpu, d_ddelta), ddelta_w, stored_tol<Tdelta>(), floor);
+        close_to("dweight", host_copy(gpu, d_dweight), dweight_h, kFloatTol);
 
         // Determinism: a second run from the same inputs gives the same bits.
         if (!c.in_place && &l == &kLayouts[0]) {
-          const auto first_dres = download(gpu, d_dres);
-          const auto first_ddelta = download(gpu, d_ddelta);
-          const auto first_dweight = download(gpu, d_dweight);
-          auto d_dres2 = upload(gpu, std::vector<float>(wide, nan));
-          auto d_ddelta2 = upload(gpu, std::vector<Tdelta>(wide, poison<Tdelta>()));
-          auto d_dweight2 = upload(gpu, poisoned_or(c.accumulate, dweight0, static_cast<std::size_t>(dim)));
+          const auto first_dres = host_copy(gpu, d_dres);
+          const auto first_ddelta = host_copy(gpu, d_ddelta);
+          const auto first_dweight = host_copy(gpu, d_dweight);
+          auto d_dres2 = device_copy(gpu, std::vector<float>(wide, nan));
+          auto d_ddelta2 = device_copy(gpu, std::vector<Tdelta>(wide, poison<Tdelta>()));
+          auto d_dweight2 = device_copy(gpu, poisoned_or(c.accumulate, dweight0, static_cast<std::size_t>(dim)));
           moss::rms_norm_backward(gpu, args(d_residual.data(), d_dout.data(), d_weight.data(), d_dres_out.data(),
                                             d_dres2.data(), d_ddelta2.data(), d_dweight2.data()));
-          CHECK(same_bits(download(gpu, d_dres2), first_dres));
-          CHECK(same_bits(download(gpu, d_ddelta2), first_ddelta));
-          CHECK(same_bits(download(gpu, d_dweight2), first_dweight));
+          CHECK(same_bits(host_copy(gpu, d_dres2), first_dres));
+          CHECK(same_bits(host_copy(gpu, d_ddelta2), first_ddelta));
+          CHECK(same_bits(host_copy(gpu, d_dweight2), first_dweight));
         }
       }
     }
@@ -287,9 +267,9 @@ TEST_CASE("rms_norm_backward: CUDA with no output asked for writes nothing", "[c
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const index_t rows = 3, dim = 8;
-  const auto d_residual = upload(gpu, moss::test::randn(rows * dim, 1));
-  const auto d_dout = upload(gpu, as<bf16>(moss::test::randn(rows * dim, 2)));
-  const auto d_weight = upload(gpu, std::vector<float>(dim, 1.0f));
+  const auto d_residual = device_copy(gpu, moss::test::randn(rows * dim, 1));
+  const auto d_dout = device_copy(gpu, as<bf16>(moss::test::randn(rows * dim, 2)));
+  const auto d_weight = device_copy(gpu, std::vector<float>(dim, 1.0f));
   moss::RmsNormBackwardArgs<bf16, bf16> a;
   a.residual = ConstView<float, 2>(d_residual.data(), {rows, dim}, "residual");
   a.weight = ConstView<float, 1>(d_weight.data(), {dim}, "weight");
@@ -345,8 +325,8 @@ void check_activation_backward(const moss::Cuda& gpu, std::uint64_t seed) {
         auto dout_w = place_rows(dout, rows, cols, l, poison<T>());
         auto dx_w = std::vector<T>(x_w.size(), poison<T>());
         auto dup_w = std::vector<T>(x_w.size(), poison<T>());
-        auto d_x = upload(gpu, x_w), d_up = upload(gpu, up_w), d_dout = upload(gpu, dout_w);
-        auto d_dx = upload(gpu, dx_w), d_dup = upload(gpu, dup_w);
+        auto d_x = device_copy(gpu, x_w), d_up = device_copy(gpu, up_w), d_dout = device_copy(gpu, dout_w);
+        auto d_dx = device_copy(gpu, dx_w), d_dup = device_copy(gpu, dup_w);
 
         const auto args = [&](T* px, T* pup, T* pdout, T* pdx, T* pdup) {
           moss::ActivationBackwardArgs<T> a;
@@ -363,19 +343,19 @@ void check_activation_backward(const moss::Cuda& gpu, std::uint64_t seed) {
                                        args(x_w.data(), up_w.data(), dout_w.data(), dx_w.data(), dup_w.data()));
         moss::activation_backward<Act>(gpu, args(d_x.data(), d_up.data(), d_dout.data(), d_dx.data(), d_dup.data()));
         const double tol = stored_tol<T>();
-        close_to("x (or dx in place)", download(gpu, d_x), x_w, tol);
-        close_to("up (or dup in place)", download(gpu, d_up), up_w, tol);
-        close_to("dout (or dx in place)", download(gpu, d_dout), dout_w, tol);
-        close_to("dx", download(gpu, d_dx), dx_w, tol);
-        close_to("dup", download(gpu, d_dup), dup_w, tol);
+        close_to("x (or dx in place)", host_copy(gpu, d_x), x_w, tol);
+        close_to("up (or dup in place)", host_copy(gpu, d_up), up_w, tol);
+        close_to("dout (or dx in place)", host_copy(gpu, d_dout), dout_w, tol);
+        close_to("dx", host_copy(gpu, d_dx), dx_w, tol);
+        close_to("dup", host_copy(gpu, d_dup), dup_w, tol);
 
         if (c.alias == ActCase::none && &l == &kLayouts[0]) {  // determinism
-          auto d_dx2 = upload(gpu, std::vector<T>(x_w.size(), poison<T>()));
-          auto d_dup2 = upload(gpu, std::vector<T>(x_w.size(), poison<T>()));
+          auto d_dx2 = device_copy(gpu, std::vector<T>(x_w.size(), poison<T>()));
+          auto d_dup2 = device_copy(gpu, std::vector<T>(x_w.size(), poison<T>()));
           moss::activation_backward<Act>(gpu,
                                          args(d_x.data(), d_up.data(), d_dout.data(), d_dx2.data(), d_dup2.data()));
-          CHECK(same_bits(download(gpu, d_dx2), download(gpu, d_dx)));
-          CHECK(same_bits(download(gpu, d_dup2), download(gpu, d_dup)));
+          CHECK(same_bits(host_copy(gpu, d_dx2), host_copy(gpu, d_dx)));
+          CHECK(same_bits(host_copy(gpu, d_dup2), host_copy(gpu, d_dup)));
         }
       }
     }
@@ -496,8 +476,8 @@ TEMPLATE_TEST_CASE("causal_conv1d_backward: CUDA matches the host", "[cuda][back
     const auto dfinal = as<T>(moss::test::randn(B * D * (W - 1), seed + 5));
     const auto dweight0 = moss::test::randn(D * W, seed + 6);
     const auto dbias0 = moss::test::randn(D, seed + 7);
-    const auto d_weight = upload(gpu, weight), d_bias = upload(gpu, bias), d_init = upload(gpu, init);
-    const auto d_dfinal = upload(gpu, dfinal);
+    const auto d_weight = device_copy(gpu, weight), d_bias = device_copy(gpu, bias), d_init = device_copy(gpu, init);
+    const auto d_dfinal = device_copy(gpu, dfinal);
     for (const ConvOutputs& o : kConvOutputs) {
       for (SeqLayout layout : {SeqLayout::channel_first, SeqLayout::channel_last, SeqLayout::padded}) {
         CAPTURE(B, D, L, W, cs.silu, cs.bias, cs.init, cs.dfinal, o.name, static_cast<int>(layout));
@@ -508,9 +488,9 @@ TEMPLATE_TEST_CASE("causal_conv1d_backward: CUDA matches the host", "[cuda][back
         auto dinit_h = std::vector<T>(static_cast<std::size_t>(B * D * (W - 1)), poison<T>());
         auto dweight_h = poisoned_or(o.accumulate, dweight0, static_cast<std::size_t>(D * W));
         auto dbias_h = poisoned_or(o.accumulate, dbias0, static_cast<std::size_t>(D));
-        const auto d_x = upload(gpu, x_w), d_dout = upload(gpu, dout_w);
-        auto d_dx = upload(gpu, dx_w), d_dinit = upload(gpu, dinit_h);
-        auto d_dweight = upload(gpu, dweight_h), d_dbias = upload(gpu, dbias_h);
+        const auto d_x = device_copy(gpu, x_w), d_dout = device_copy(gpu, dout_w);
+        auto d_dx = device_copy(gpu, dx_w), d_dinit = device_copy(gpu, dinit_h);
+        auto d_dweight = device_copy(gpu, dweight_h), d_dbias = device_copy(gpu, dbias_h);
 
         const auto args = [&](const T* px, const T* pw, const T* pb, const T* pinit, const T* pdout, const T* pdfinal,
                               T* pdx, R* pdw, R* pdb, T* pdinit) {
@@ -535,23 +515,23 @@ TEMPLATE_TEST_CASE("causal_conv1d_backward: CUDA matches the host", "[cuda][back
         moss::causal_conv1d_backward(
             gpu, args(d_x.data(), d_weight.data(), d_bias.data(), d_init.data(), d_dout.data(), d_dfinal.data(),
                       d_dx.data(), d_dweight.data(), d_dbias.data(), d_dinit.data()));
-        close_to("dx", download(gpu, d_dx), dx_w, stored_tol<T>());
-        close_to("dinitial_state", download(gpu, d_dinit), dinit_h, stored_tol<T>());
-        close_to("dweight", download(gpu, d_dweight), dweight_h, kFloatTol);
-        close_to("dbias", download(gpu, d_dbias), dbias_h, kFloatTol);
+        close_to("dx", host_copy(gpu, d_dx), dx_w, stored_tol<T>());
+        close_to("dinitial_state", host_copy(gpu, d_dinit), dinit_h, stored_tol<T>());
+        close_to("dweight", host_copy(gpu, d_dweight), dweight_h, kFloatTol);
+        close_to("dbias", host_copy(gpu, d_dbias), dbias_h, kFloatTol);
 
         if (layout == SeqLayout::channel_first) {  // determinism
-          auto d_dx2 = upload(gpu, std::vector<T>(static_cast<std::size_t>(place.size), poison<T>()));
-          auto d_dinit2 = upload(gpu, std::vector<T>(static_cast<std::size_t>(B * D * (W - 1)), poison<T>()));
-          auto d_dweight2 = upload(gpu, poisoned_or(o.accumulate, dweight0, static_cast<std::size_t>(D * W)));
-          auto d_dbias2 = upload(gpu, poisoned_or(o.accumulate, dbias0, static_cast<std::size_t>(D)));
+          auto d_dx2 = device_copy(gpu, std::vector<T>(static_cast<std::size_t>(place.size), poison<T>()));
+          auto d_dinit2 = device_copy(gpu, std::vector<T>(static_cast<std::size_t>(B * D * (W - 1)), poison<T>()));
+          auto d_dweight2 = device_copy(gpu, poisoned_or(o.accumulate, dweight0, static_cast<std::size_t>(D * W)));
+          auto d_dbias2 = device_copy(gpu, poisoned_or(o.accumulate, dbias0, static_cast<std::size_t>(D)));
           moss::causal_conv1d_backward(
               gpu, args(d_x.data(), d_weight.data(), d_bias.data(), d_init.data(), d_dout.data(), d_dfinal.data(),
                         d_dx2.data(), d_dweight2.data(), d_dbias2.data(), d_dinit2.data()));
-          CHECK(same_bits(download(gpu, d_dx2), download(gpu, d_dx)));
-          CHECK(same_bits(download(gpu, d_dinit2), download(gpu, d_dinit)));
-          CHECK(same_bits(download(gpu, d_dweight2), download(gpu, d_dweight)));
-          CHECK(same_bits(download(gpu, d_dbias2), download(gpu, d_dbias)));
+          CHECK(same_bits(host_copy(gpu, d_dx2), host_copy(gpu, d_dx)));
+          CHECK(same_bits(host_copy(gpu, d_dinit2), host_copy(gpu, d_dinit)));
+          CHECK(same_bits(host_copy(gpu, d_dweight2), host_copy(gpu, d_dweight)));
+          CHECK(same_bits(host_copy(gpu, d_dbias2), host_copy(gpu, d_dbias)));
         }
       }
     }
@@ -670,9 +650,9 @@ TEST_CASE("causal_conv1d_backward: CUDA refuses a width it has no kernel for", "
   MOSS_REQUIRE_CUDA_DEVICE();
   const moss::Cuda gpu{};
   const index_t B = 1, D = 2, L = 3, W = 5;
-  const auto d_x = upload(gpu, std::vector<float>(B * D * L, 1.0f));
-  const auto d_w = upload(gpu, std::vector<float>(D * W, 1.0f));
-  auto d_dx = upload(gpu, std::vector<float>(B * D * L, 0.0f));
+  const auto d_x = device_copy(gpu, std::vector<float>(B * D * L, 1.0f));
+  const auto d_w = device_copy(gpu, std::vector<float>(D * W, 1.0f));
+  auto d_dx = device_copy(gpu, std::vector<float>(B * D * L, 0.0f));
   moss::CausalConv1dBackwardArgs<float> a;
   a.x = ConstView<float, 3>(d_x.data(), {B, D, L}, "x");
   a.weight = ConstView<float, 2>(d_w.data(), {D, W}, "weight");
@@ -712,15 +692,15 @@ TEMPLATE_TEST_CASE("embedding_backward: CUDA matches the host bit for bit", "[cu
     }
     const auto dout = moss::test::randn(static_cast<std::size_t>(s.rows * s.dim), seed + 1);
     const auto dtable0 = moss::test::randn(static_cast<std::size_t>(s.vocab * s.dim), seed + 2);
-    const auto d_ids = upload(gpu, ids);
+    const auto d_ids = device_copy(gpu, ids);
     for (bool accumulate : {false, true}) {
       for (const Layout& l : kLayouts) {
         CAPTURE(s.rows, s.vocab, s.dim, accumulate, l.name);
         const auto dout_w = place_rows(dout, s.rows, s.dim, l, nan);
         auto dtable_w =
             place_rows(accumulate ? dtable0 : std::vector<float>(dtable0.size(), nan), s.vocab, s.dim, l, nan);
-        const auto d_dout = upload(gpu, dout_w);
-        auto d_dtable = upload(gpu, dtable_w);
+        const auto d_dout = device_copy(gpu, dout_w);
+        auto d_dtable = device_copy(gpu, dtable_w);
         const auto args = [&](const std::int64_t* pids, const float* pdout, float* pdtable) {
           moss::EmbeddingBackwardArgs<T> a;
           a.ids = ConstView<std::int64_t, 1>(pids, {s.rows}, {2}, "ids");
@@ -731,14 +711,14 @@ TEMPLATE_TEST_CASE("embedding_backward: CUDA matches the host bit for bit", "[cu
         };
         moss::embedding_backward(moss::Host{}, args(ids.data(), dout_w.data(), dtable_w.data()));
         moss::embedding_backward(gpu, args(d_ids.data(), d_dout.data(), d_dtable.data()));
-        const auto got = download(gpu, d_dtable);
+        const auto got = host_copy(gpu, d_dtable);
         CHECK(same_bits(got, dtable_w));
         if (!same_bits(got, dtable_w)) close_to("dtable", got, dtable_w, kFloatTol);  // how far off
 
-        auto d_dtable2 = upload(
+        auto d_dtable2 = device_copy(
             gpu, place_rows(accumulate ? dtable0 : std::vector<float>(dtable0.size(), nan), s.vocab, s.dim, l, nan));
         moss::embedding_backward(gpu, args(d_ids.data(), d_dout.data(), d_dtable2.data()));
-        CHECK(same_bits(download(gpu, d_dtable2), got));  // determinism
+        CHECK(same_bits(host_copy(gpu, d_dtable2), got));  // determinism
       }
     }
   }
@@ -753,16 +733,16 @@ TEST_CASE("embedding_backward: CUDA turns dtable to NaN for an id outside the ta
     for (bool accumulate : {false, true}) {
       CAPTURE(bad, accumulate);
       const std::vector<std::int64_t> ids{0, 1, bad, 3, 1, 2};
-      const auto d_ids = upload(gpu, ids);
-      const auto d_dout = upload(gpu, moss::test::randn(rows * dim, 5));
-      auto d_dtable = upload(gpu, moss::test::randn(vocab * dim, 6));
+      const auto d_ids = device_copy(gpu, ids);
+      const auto d_dout = device_copy(gpu, moss::test::randn(rows * dim, 5));
+      auto d_dtable = device_copy(gpu, moss::test::randn(vocab * dim, 6));
       moss::EmbeddingBackwardArgs<bf16> a;
       a.ids = ConstView<std::int64_t, 1>(d_ids.data(), {rows}, "ids");
       a.dout = ConstView<float, 2>(d_dout.data(), {rows, dim}, "dout");
       a.dtable = TensorView<float, 2>(d_dtable.data(), {vocab, dim}, "dtable");
       a.accumulate = accumulate;
       REQUIRE_NOTHROW(moss::embedding_backward(gpu, a));
-      const auto got = download(gpu, d_dtable);
+      const auto got = host_copy(gpu, d_dtable);
       bool all_nan = true;
       for (float v : got) all_nan = all_nan && std::isnan(v);
       CHECK(all_nan);

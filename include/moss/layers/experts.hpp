@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "moss/backend/host.hpp"
@@ -122,6 +123,34 @@ template <class T>
 void expect_expert_weight(const char* where, const Tensor<T, 3>& t, const Extents<3>& shape) {
   MOSS_EXPECTS(t.shape() == shape, shape_error, where, ": ", t.name(), " is ", shape_string(t.shape()),
                " (experts, out, in) but expected ", shape_string(shape));
+}
+
+/// The backward of an MLP kind's last GEMM and of the combine, shared by Mlp and GatedMlp: from
+/// the hidden activations h (rows, F), recomputes the expert outputs when `dgate` needs them,
+/// runs the combine's backward (routed) and the last GEMM's (its weight gradient into
+/// `g_out`), and returns the gradient of h (rows, F).
+template <class Backend, StorageType T>
+Buffer<T> hidden_gradient(const Backend& backend, const Dispatch<T>& d, ConstView<std::type_identity_t<T>, 2> h,
+                          const Tensor<T, 3>& w_out, ConstView<std::type_identity_t<T>, 2> dout,
+                          Tensor<float, 3>& g_out, TensorView<float, 2> dgate, ColumnWeighting weighting,
+                          bool accumulate) {
+  const index_t R = h.shape[0], F = h.shape[1], out = dout.shape[1];
+  Buffer<T> ys, dys;
+  ConstView<T, 2> y;
+  if (present(dgate)) {
+    ys = backend.template alloc<T>(R * out);
+    d.linear(backend, h, w_out, {}, ys.template view<2>({R, out}, "expert_out"));
+    y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
+  }
+  ConstView<T, 2> dy = dout;
+  if (!d.is_dense()) {
+    dys = backend.template alloc<T>(R * out);
+    d.combine_backward(backend, y, dout, dys.template view<2>({R, out}, "d expert_out"), dgate, weighting);
+    dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
+  }
+  Buffer<T> dh = backend.template alloc<T>(R * F);
+  d.linear_backward(backend, h, w_out, dy, dh.template view<2>({R, F}, "d hidden"), g_out.view(), {}, accumulate);
+  return dh;
 }
 
 }  // namespace detail
@@ -247,9 +276,9 @@ struct Mlp {
                        ColumnWeighting weighting, bool accumulate) {
     if (x.shape[0] == 0) return;
     // Recompute: rows, pre-activation, activation (and y, when dgate needs it).
-    Buffer<T> xs, pre_s, hs, ys, dys, dhs, dpre_s, drows_s;
+    Buffer<T> xs, pre_s, hs, dpre_s, drows_s;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
-    const index_t R = d.rows(), F = p.wi.size(1), in = x.shape[1], out = dout.shape[1];
+    const index_t R = d.rows(), F = p.wi.size(1), in = x.shape[1];
     pre_s = backend.template alloc<T>(R * F);
     hs = backend.template alloc<T>(R * F);
     const TensorView<T, 2> pre = pre_s.template view<2>({R, F}, "pre_activation");
@@ -259,21 +288,7 @@ struct Mlp {
     moss::activation<Act>(backend, ActivationArgs<T>{ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
                                                      {},
                                                      TensorView<T, 2>(h.data, {kept, F}, "hidden")});
-    ConstView<T, 2> y;
-    if (present(dgate)) {
-      ys = backend.template alloc<T>(R * out);
-      d.linear(backend, h, p.wo, {}, ys.template view<2>({R, out}, "expert_out"));
-      y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
-    }
-    // Backward.
-    ConstView<T, 2> dy = dout;
-    if (!d.is_dense()) {
-      dys = backend.template alloc<T>(R * out);
-      d.combine_backward(backend, y, dout, dys.template view<2>({R, out}, "d expert_out"), dgate, weighting);
-      dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
-    }
-    dhs = backend.template alloc<T>(R * F);
-    d.linear_backward(backend, h, p.wo, dy, dhs.template view<2>({R, F}, "d hidden"), g.wo.view(), {}, accumulate);
+    const Buffer<T> dhs = detail::hidden_gradient(backend, d, h, p.wo, dout, g.wo, dgate, weighting, accumulate);
     dpre_s = backend.template alloc<T>(R * F);
     activation_backward<Act>(backend,
                              ActivationBackwardArgs<T>{.x = ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
@@ -370,9 +385,9 @@ struct GatedMlp {
                        ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& g, TensorView<float, 2> dgate,
                        ColumnWeighting weighting, bool accumulate) {
     if (x.shape[0] == 0) return;
-    Buffer<T> xs, pre_s, us, hs, ys, dys, dhs, dpre_s, dus, drows_s, drows2_s;
+    Buffer<T> xs, pre_s, us, hs, dpre_s, dus, drows_s, drows2_s;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
-    const index_t R = d.rows(), F = p.gate.size(1), in = x.shape[1], out = dout.shape[1];
+    const index_t R = d.rows(), F = p.gate.size(1), in = x.shape[1];
     pre_s = backend.template alloc<T>(R * F);
     us = backend.template alloc<T>(R * F);
     hs = backend.template alloc<T>(R * F);
@@ -384,20 +399,7 @@ struct GatedMlp {
     const index_t kept = d.kept_rows(backend);
     const ConstView<T, 2> pre_k(pre.data, {kept, F}, "pre_activation"), u_k(u.data, {kept, F}, "up");
     moss::activation<Act>(backend, ActivationArgs<T>{pre_k, u_k, TensorView<T, 2>(h.data, {kept, F}, "hidden")});
-    ConstView<T, 2> y;
-    if (present(dgate)) {
-      ys = backend.template alloc<T>(R * out);
-      d.linear(backend, h, p.down, {}, ys.template view<2>({R, out}, "expert_out"));
-      y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
-    }
-    ConstView<T, 2> dy = dout;
-    if (!d.is_dense()) {
-      dys = backend.template alloc<T>(R * out);
-      d.combine_backward(backend, y, dout, dys.template view<2>({R, out}, "d expert_out"), dgate, weighting);
-      dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
-    }
-    dhs = backend.template alloc<T>(R * F);
-    d.linear_backward(backend, h, p.down, dy, dhs.template view<2>({R, F}, "d hidden"), g.down.view(), {}, accumulate);
+    const Buffer<T> dhs = detail::hidden_gradient(backend, d, h, p.down, dout, g.down, dgate, weighting, accumulate);
     dpre_s = backend.template alloc<T>(R * F);
     dus = backend.template alloc<T>(R * F);
     activation_backward<Act>(backend,
