@@ -24,6 +24,7 @@
 #include "moss/core/random.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/cuda.cuh"
+#include "moss/ops/router_backward.hpp"
 #include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
 #include "router_test_routers.hpp"
@@ -378,4 +379,110 @@ TEST_CASE("router_stats: CUDA matches the host within 1e-5", "[cuda][ops][router
       }
     }
   }
+}
+
+namespace {
+
+/// route_backward on the host and on the GPU from the same inputs; returns {host, gpu} of
+/// dlogits, dx (as float) and dweight, each flattened.
+template <class T, class R>
+std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>> route_backward_both(
+    const Cuda& gpu, const R& router, index_t tokens, index_t D, index_t X, bool accumulate, std::uint64_t seed) {
+  constexpr index_t K = R::k;
+  const auto x = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(tokens * D), seed));
+  const auto w = moss::test::randn(static_cast<std::size_t>(X * D), seed + 1, 0.5f);
+  // The forward's logits, selection and counts, from the host's route.
+  std::vector<float> logits(static_cast<std::size_t>(tokens * X)), gate(static_cast<std::size_t>(tokens * K));
+  std::vector<std::int32_t> expert(static_cast<std::size_t>(tokens * K));
+  moss::route(Host{}, moss::RouteArgs<T, R>{router, ConstView<T, 2>(x.data(), {tokens, D}, "x"),
+                                            ConstView<float, 2>(w.data(), {X, D}, "weight"),
+                                            TensorView<float, 2>(logits.data(), {tokens, X}, "logits"),
+                                            TensorView<std::int32_t, 2>(expert.data(), {tokens, K}, "expert"),
+                                            TensorView<float, 2>(gate.data(), {tokens, K}, "gate")});
+  std::vector<std::int32_t> counts(static_cast<std::size_t>(X), 0);
+  for (auto e : expert) ++counts[static_cast<std::size_t>(e)];
+  const auto dgate = moss::test::randn(static_cast<std::size_t>(tokens * K), seed + 2);
+  const auto dw0 = moss::test::randn(static_cast<std::size_t>(X * D), seed + 3);
+
+  std::vector<float> dl_h(static_cast<std::size_t>(tokens * X)), dw_h = dw0;
+  std::vector<T> dx_h(static_cast<std::size_t>(tokens * D));
+  moss::RouteBackwardArgs<T, R> a;
+  a.router = router;
+  a.x = ConstView<T, 2>(x.data(), {tokens, D}, "x");
+  a.weight = ConstView<float, 2>(w.data(), {X, D}, "weight");
+  a.logits = ConstView<float, 2>(logits.data(), {tokens, X}, "logits");
+  a.expert = ConstView<std::int32_t, 2>(expert.data(), {tokens, K}, "expert");
+  a.dgate = ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate");
+  a.counts = ConstView<std::int32_t, 1>(counts.data(), {X}, "counts");
+  a.aux_loss_coef = 0.01f;
+  a.z_loss_coef = 0.001f;
+  a.dlogits = TensorView<float, 2>(dl_h.data(), {tokens, X}, "dlogits");
+  a.dx = TensorView<T, 2>(dx_h.data(), {tokens, D}, "dx");
+  a.dweight = TensorView<float, 2>(dw_h.data(), {X, D}, "dweight");
+  a.accumulate = accumulate;
+  moss::route_backward(Host{}, a);
+
+  const auto d_x = device_copy(gpu, x);
+  const auto d_w = device_copy(gpu, w);
+  const auto d_logits = device_copy(gpu, logits);
+  const auto d_expert = device_copy(gpu, expert);
+  const auto d_dgate = device_copy(gpu, dgate);
+  const auto d_counts = device_copy(gpu, counts);
+  auto d_dl = device_copy(gpu, std::vector<float>(dl_h.size(), kPoison));
+  auto d_dx = device_copy(gpu, std::vector<T>(dx_h.size()));
+  auto d_dw = device_copy(gpu, dw0);
+  a.x = ConstView<T, 2>(d_x.data(), {tokens, D}, "x");
+  a.weight = ConstView<float, 2>(d_w.data(), {X, D}, "weight");
+  a.logits = ConstView<float, 2>(d_logits.data(), {tokens, X}, "logits");
+  a.expert = ConstView<std::int32_t, 2>(d_expert.data(), {tokens, K}, "expert");
+  a.dgate = ConstView<float, 2>(d_dgate.data(), {tokens, K}, "dgate");
+  a.counts = ConstView<std::int32_t, 1>(d_counts.data(), {X}, "counts");
+  a.dlogits = TensorView<float, 2>(d_dl.data(), {tokens, X}, "dlogits");
+  a.dx = TensorView<T, 2>(d_dx.data(), {tokens, D}, "dx");
+  a.dweight = TensorView<float, 2>(d_dw.data(), {X, D}, "dweight");
+  moss::route_backward(gpu, a);
+  const auto widen = [](const std::vector<T>& v) {
+    std::vector<float> f(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) f[i] = moss::to_float(v[i]);
+    return f;
+  };
+  return {{dl_h, widen(dx_h), dw_h}, {host_copy(gpu, d_dl), widen(host_copy(gpu, d_dx)), host_copy(gpu, d_dw)}};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("route_backward: CUDA matches the host for every built-in router, aux and z-losses on",
+                   "[cuda][ops][router][backward]", float, bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  using T = TestType;
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  moss::TopK<2> renorm;
+  renorm.renormalize = true;
+  std::uint64_t seed = 900;
+  // Float sums in the host's order on both sides; the GPU's expf and division may differ from
+  // the host's libm in the last bits, and some dlogits cancel to ~0: relative L2 error 1e-5 over
+  // each tensor (dx stored in bf16: 4e-3, about one rounding of bf16).
+  const double tol_dx = std::is_same_v<T, bf16> ? 4e-3 : 1e-5;
+  for (const auto& [tokens, D, X] :
+       {std::tuple<index_t, index_t, index_t>{0, 8, 4}, {1, 5, 3}, {37, 16, 8}, {300, 64, 17}}) {
+    for (const bool accumulate : {false, true}) {
+      CAPTURE(tokens, D, X, accumulate);
+      const auto check = [&](const auto& both) {
+        const auto& [want, got] = both;
+        CHECK(moss::test::rel_l2(got[0], want[0]) <= 1e-5);
+        CHECK(moss::test::rel_l2(got[1], want[1]) <= tol_dx);
+        CHECK(moss::test::rel_l2(got[2], want[2]) <= 1e-5);
+      };
+      check(route_backward_both<T>(gpu, moss::Top1Switch{}, tokens, D, X, accumulate, seed += 10));
+      if (X >= 2) check(route_backward_both<T>(gpu, moss::TopK<2>{}, tokens, D, X, accumulate, seed += 10));
+      if (X >= 2) check(route_backward_both<T>(gpu, renorm, tokens, D, X, accumulate, seed += 10));
+      check(route_backward_both<T>(gpu, moss::SinkhornTop1{}, tokens, D, X, accumulate, seed += 10));
+    }
+  }
+  // Bitwise repeatable.
+  const auto a = route_backward_both<T>(gpu, moss::Top1Switch{}, 300, 64, 8, false, 5);
+  const auto b = route_backward_both<T>(gpu, moss::Top1Switch{}, 300, 64, 8, false, 5);
+  CHECK(same_bits(a.second[0], b.second[0]));
+  CHECK(same_bits(a.second[2], b.second[2]));
 }

@@ -18,7 +18,8 @@
 //   z:                   β · mean_t lse_t²:  dlogits[t, j] += β · 2 · lse_t · p_tj / T
 // In compute_t<T> (float; double for T = double), each sum in the order given, so the same
 // inputs give bitwise the same gradients. Every output is optional; dweight is overwritten, or
-// added to when `accumulate` is set. Host only for now; T may be double (moss::HostReal).
+// added to when `accumulate` is set. On the host T may be double (moss::HostReal); the CUDA
+// overload (moss/ops/router/backward_cuda.cuh, under nvcc) trusts the selection's experts.
 #pragma once
 
 #include <cstdint>
@@ -102,3 +103,8 @@ void validate(const RouteBackwardArgs<T, R>& a, const char* where) {
 }  // namespace moss
 
 #include "moss/ops/router/backward_host.hpp"
+
+// Under nvcc the CUDA implementation comes with the op.
+#if defined(__CUDACC__)
+#include "moss/ops/router/backward_cuda.cuh"
+#endif
