@@ -1,8 +1,8 @@
 // moss-train: trains a byte-level Mamba (or MoE-Mamba) language model on text files, on the CPU
-// (float32), with AdamW, clipping, warmup + cosine decay and gradient accumulation; evaluates on
-// each file's held-out tail; saves a checkpoint moss-run loads (config.json says "tokenizer":
-// "bytes", so `moss-run --prompt TEXT` prints generated text) plus the optimiser and data state,
-// from which --resume continues exactly as if the run had never stopped.
+// or (built with nvcc) the GPU, float32 or bf16 with float32 master weights, with AdamW, clipping, warmup + cosine
+// decay and gradient accumulation; evaluates on each file's held-out tail; saves a checkpoint moss-run loads
+// (config.json says "tokenizer": "bytes", so `moss-run --prompt TEXT` prints generated text) plus the optimiser and
+// data state, from which --resume continues exactly as if the run had never stopped.
 //
 //   moss-train --data PATH[,PATH...] [--model mamba|moe-mamba] [--out DIR] [--steps N] [...]
 //   moss-train --resume DIR [--stop-at N] [...]
@@ -43,6 +43,9 @@ constexpr const char* kUsage =
     "  --model M         mamba (default) or moe-mamba (Mamba and Switch-MoE layers alternating:\n"
     "                    --layers even; ReLU MLP experts of width 3 x d_model, top-1)\n"
     "  --experts X       experts per MoE layer (default 8)\n"
+    "  --dtype f32|bf16  storage type of weights and activations (default f32; bf16 keeps float32\n"
+    "                    master weights for the optimiser)\n"
+    "  --device cpu|cuda where to train (default: cuda when built with nvcc and a GPU is visible)\n"
     "  --layers N --d-model D --d-state N --expand E   model size (default 2, 128, 16, 2)\n"
     "  --lr X --min-lr X --warmup N   peak rate, final rate, warmup steps (default 3e-3, 3e-4, 30)\n"
     "  --weight-decay X  AdamW decoupled decay (default 0.1; none on norms, biases, A_log, D)\n"
@@ -64,6 +67,7 @@ struct RunSettings {
   std::int64_t warmup = 30;
   std::string activations = "keep";
   std::string model = "mamba";  ///< mamba or moe-mamba
+  std::string dtype = "f32";    ///< storage type of weights and activations: f32 or bf16 (float32 masters)
   std::int64_t experts = 8;     ///< moe-mamba: experts per MoE layer (Switch top-1, ReLU MLP, d_ff 3·d_model)
 
   moss::io::Json to_json() const {
@@ -86,6 +90,7 @@ struct RunSettings {
     j["val_fraction"] = val_fraction;
     j["activations"] = activations;
     j["model"] = model;
+    j["dtype"] = dtype;
     j["experts"] = experts;
     return j;
   }
@@ -110,6 +115,7 @@ struct RunSettings {
     s.val_fraction = j.at("val_fraction").json().get<double>();
     s.activations = j.at("activations").as_string();
     s.model = j.at("model").as_string();
+    s.dtype = j.at("dtype").as_string();
     s.experts = j.at("experts").as_int();
     return s;
   }
@@ -151,29 +157,30 @@ std::vector<std::string> split(const std::string& s) {
 }
 
 /// Mean validation loss over the first `batches` validation batches (all when 0).
-template <class Model>
-double evaluate(const Model& model, const typename Model::Params& p, const moss::ByteCorpus& corpus,
-                std::int64_t batches, std::int64_t seq_len) {
+template <class Model, class Backend>
+double evaluate(const Backend& backend, const Model& model, const typename Model::Params& p,
+                const moss::ByteCorpus& corpus, std::int64_t batches, std::int64_t seq_len) {
   const std::int64_t n =
       batches > 0 ? std::min<std::int64_t>(batches, corpus.num_val_batches()) : corpus.num_val_batches();
   double sum = 0;
   std::int64_t count = 0;
-  typename Model::Grads g = model.make_grads(moss::Host{}, p);  // the loss comes with gradients (not used)
+  typename Model::Grads g = model.make_grads(backend, p);  // the loss comes with gradients (not used)
   for (std::int64_t i = 0; i < n; ++i) {
     const std::vector<std::int64_t> ids = corpus.val_batch(i);
     const auto rows = static_cast<moss::index_t>(ids.size()) / (seq_len + 1);
     const auto r = model.loss_and_grads(
-        moss::Host{}, p, moss::ConstView<std::int64_t, 2>(ids.data(), {rows, seq_len + 1}, "validation batch"), g);
+        backend, p, moss::ConstView<std::int64_t, 2>(ids.data(), {rows, seq_len + 1}, "validation batch"), g);
     sum += static_cast<double>(r.loss) * static_cast<double>(r.count);
     count += r.count;
   }
   return count ? sum / static_cast<double>(count) : std::nan("");
 }
 
-template <class Model>
-void save(const Model& model, const typename Model::Params& p, const moss::Trainer<Model>& trainer,
-          const moss::ByteCorpus& corpus, const RunSettings& s, const fs::path& dir) {
-  model.save(moss::Host{}, p, dir);
+template <class Model, class Backend>
+void save(const Backend& backend, const Model& model, const typename Model::Params& p,
+          const moss::Trainer<Model, Backend>& trainer, const moss::ByteCorpus& corpus, const RunSettings& s,
+          const fs::path& dir) {
+  model.save(backend, p, dir);
   moss::io::Json extra = moss::io::Json::object();
   extra["data_state"] = corpus.state().to_json();
   extra["settings"] = s.to_json();
@@ -190,8 +197,8 @@ struct Control {
 };
 
 /// Trains `model` as `s` says (a fresh run, or the one in c.resume_dir).
-template <class Model>
-int train(const Model& model, const RunSettings& s, const Control& c) {
+template <class Model, class Backend>
+int train(const Backend& backend, const Model& model, const RunSettings& s, const Control& c) {
   const fs::path& out = c.out;
   const std::int64_t eval_every = c.eval_every, eval_batches = c.eval_batches, save_every = c.save_every,
                      stop_at = c.stop_at;
@@ -202,14 +209,14 @@ int train(const Model& model, const RunSettings& s, const Control& c) {
                            .batch = s.batch,
                            .seq_len = s.seq_len,
                            .seed = static_cast<std::uint64_t>(s.seed)});
-  typename Model::Params params = resume ? model.load(moss::Host{}, moss::Checkpoint(c.resume_dir))
-                                         : model.init(moss::Host{}, static_cast<std::uint64_t>(s.seed));
+  typename Model::Params params = resume ? model.load(backend, moss::Checkpoint(c.resume_dir))
+                                         : model.init(backend, static_cast<std::uint64_t>(s.seed));
   moss::TrainerSettings ts;
   ts.schedule = {.lr = s.lr, .min_lr = s.min_lr, .warmup_steps = s.warmup, .total_steps = s.steps};
   ts.weight_decay = s.weight_decay;
   ts.clip_norm = s.clip;
   ts.activations = s.activations == "keep" ? moss::ActivationPolicy::keep : moss::ActivationPolicy::recompute;
-  moss::Trainer<Model> trainer(model, params, ts);
+  moss::Trainer<Model, Backend> trainer(model, params, ts, backend);
   if (resume) {
     trainer.load(c.resume_dir);
     corpus.restore(moss::ByteCorpusState::from_json(c.resumed.at("data_state")));
@@ -245,14 +252,15 @@ int train(const Model& model, const RunSettings& s, const Control& c) {
                   r.loss, r.grad_norm, r.skipped ? " (not finite: skipped)" : "", r.lr,
                   secs > 0 ? static_cast<double>(tokens) / secs : 0.0);
     if ((eval_every > 0 && done % eval_every == 0) || done == stop_at) {
-      val = evaluate(model, params, corpus, eval_batches, s.seq_len);
+      val = evaluate(backend, model, params, corpus, eval_batches, s.seq_len);
       if (!quiet)
         std::printf("step %5lld  validation loss %.4f nats/byte (%.3f bits/byte)\n", static_cast<long long>(done), val,
                     val / std::log(2.0));
     }
-    if ((save_every > 0 && done % save_every == 0) || done == stop_at) save(model, params, trainer, corpus, s, out);
+    if ((save_every > 0 && done % save_every == 0) || done == stop_at)
+      save(backend, model, params, trainer, corpus, s, out);
   }
-  if (std::isnan(val)) val = evaluate(model, params, corpus, eval_batches, s.seq_len);
+  if (std::isnan(val)) val = evaluate(backend, model, params, corpus, eval_batches, s.seq_len);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf(
       "moss-train: %lld steps, last training loss %.4f, validation loss %.4f nats/byte, %.1f s; "
@@ -262,13 +270,14 @@ int train(const Model& model, const RunSettings& s, const Control& c) {
 }
 
 int main_checked(int argc, char** argv) {
-  const moss::cli::Args args(argc, argv,
-                             {"--data",          "--out",         "--resume",  "--steps",        "--batch",
-                              "--micro-batches", "--seq-len",     "--layers",  "--d-model",      "--d-state",
-                              "--expand",        "--lr",          "--min-lr",  "--warmup",       "--weight-decay",
-                              "--clip",          "--activations", "--seed",    "--val-fraction", "--eval-every",
-                              "--eval-batches",  "--save-every",  "--stop-at", "--model",        "--experts"},
-                             {"--help", "-h", "--quiet"});
+  const moss::cli::Args args(
+      argc, argv,
+      {"--data",         "--out",        "--resume",       "--steps",      "--batch",       "--micro-batches",
+       "--seq-len",      "--layers",     "--d-model",      "--d-state",    "--expand",      "--lr",
+       "--min-lr",       "--warmup",     "--weight-decay", "--clip",       "--activations", "--seed",
+       "--val-fraction", "--eval-every", "--eval-batches", "--save-every", "--stop-at",     "--model",
+       "--experts",      "--dtype",      "--device"},
+      {"--help", "-h", "--quiet"});
   if (args.has("--help") || args.has("-h")) {
     std::cout << kUsage;
     return 0;
@@ -283,9 +292,10 @@ int main_checked(int argc, char** argv) {
                  " holds no trainer.json (is it a moss-train checkpoint?)");
     resumed = moss::io::parse_json(moss::io::read_text_file(json), json.string());
     s = RunSettings::from_json(resumed.at("settings"), json.string() + ": settings");
-    for (const char* fixed : {"--data", "--steps", "--model", "--experts", "--batch", "--micro-batches", "--seq-len",
-                              "--layers", "--d-model", "--d-state", "--expand", "--lr", "--min-lr", "--warmup",
-                              "--weight-decay", "--clip", "--activations", "--seed", "--val-fraction"})
+    for (const char* fixed :
+         {"--data",    "--steps",        "--model",   "--experts",     "--dtype",  "--batch",       "--micro-batches",
+          "--seq-len", "--layers",       "--d-model", "--d-state",     "--expand", "--lr",          "--min-lr",
+          "--warmup",  "--weight-decay", "--clip",    "--activations", "--seed",   "--val-fraction"})
       MOSS_EXPECTS(!args.has(fixed), moss::config_error, "--resume continues a run with its own settings; ", fixed,
                    " cannot change (only --stop-at, --out, --eval-every, --eval-batches, --save-every, --quiet)");
   } else {
@@ -308,6 +318,7 @@ int main_checked(int argc, char** argv) {
     s.seed = args.get_int("--seed", s.seed);
     s.val_fraction = args.get_double("--val-fraction", s.val_fraction);
     s.model = args.get("--model", s.model);
+    s.dtype = args.get("--dtype", s.dtype);
     s.experts = args.get_int("--experts", s.experts);
   }
   MOSS_EXPECTS(s.micro >= 1, moss::config_error, "--micro-batches is ", s.micro, ", expected >= 1");
@@ -341,13 +352,44 @@ int main_checked(int argc, char** argv) {
   cfg.expand = s.expand;
   cfg.tokenizer = "bytes";
   if (resume) cfg = moss::load_mamba_config(args.get("--resume"));
-  if (s.model == "moe-mamba") {
-    using Model = moss::MoeMambaLM<float>;
-    auto blocks = Model::default_block_configs();
-    std::get<1>(blocks).routing.num_experts = s.experts;
-    return resume ? train<Model>(Model(cfg), s, c) : train<Model>(Model(cfg, blocks), s, c);
-  }
-  return train<moss::MambaLM<float>>(moss::MambaLM<float>(cfg), s, c);
+  MOSS_EXPECTS(s.dtype == "f32" || s.dtype == "bf16", moss::config_error, "--dtype is \"", s.dtype,
+               "\", expected f32 or bf16");
+  std::string device = args.get("--device", "auto");
+#if defined(__CUDACC__)
+  if (device == "auto") device = moss::cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+  if (device == "auto") device = "cpu";
+  MOSS_EXPECTS(device == "cpu", moss::config_error, "--device ", device,
+               ": this moss-train was compiled without CUDA (build it with the cuda preset)");
+#endif
+  MOSS_EXPECTS(device == "cpu" || device == "cuda", moss::config_error, "--device is \"", device,
+               "\", expected cpu or cuda");
+  if (!c.quiet) std::printf("moss-train: device %s, dtype %s\n", device.c_str(), s.dtype.c_str());
+  // The model type by --model and --dtype, then the backend by --device.
+  const auto run = [&](auto model_tag) {
+    using Model = typename decltype(model_tag)::type;
+    auto make = [&] {
+      if constexpr (std::tuple_size_v<typename Model::BlockConfigs> == 2) {  // MoE-Mamba: [mamba, moe]
+        auto blocks = Model::default_block_configs();
+        std::get<1>(blocks).routing.num_experts = s.experts;
+        return resume ? Model(cfg) : Model(cfg, blocks);
+      } else {
+        return Model(cfg);
+      }
+    };
+    const Model model = make();
+#if defined(__CUDACC__)
+    if (device == "cuda") {
+      moss::CudaStream stream;
+      return train(moss::Cuda{stream.get()}, model, s, c);
+    }
+#endif
+    return train(moss::Host{}, model, s, c);
+  };
+  const bool bf = s.dtype == "bf16";
+  if (s.model == "moe-mamba")
+    return bf ? run(moss::type_tag<moss::MoeMambaLM<moss::bf16>>{}) : run(moss::type_tag<moss::MoeMambaLM<float>>{});
+  return bf ? run(moss::type_tag<moss::MambaLM<moss::bf16>>{}) : run(moss::type_tag<moss::MambaLM<float>>{});
 }
 
 }  // namespace
