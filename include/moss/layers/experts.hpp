@@ -24,10 +24,10 @@
 // A kind that trains also provides (docs/training.md):
 //     template <class P, class F> static void visit(P& p, F&& f);   // f(name, tensor), in save order
 //     template <class Backend, StorageType T>
-//     static Params<float> zero_grads(const Backend&, const Params<T>&);
+//     static Params<compute_t<T>> zero_grads(const Backend&, const Params<T>&);
 //     template <class Backend, StorageType T>
 //     static void backward(const Backend&, const Params<T>&, const Dispatch<T>&, ConstView<T, 2> x,
-//                          ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& grads,
+//                          ConstView<T, 2> dout, TensorView<T, 2> dx, Params<compute_t<T>>& grads,
 //                          TensorView<float, 2> dgate, ColumnWeighting, bool accumulate);
 // `backward` recomputes the forward's rows and hidden activations from x and the dispatch (an
 // expert stack keeps nothing between its forward and backward), then writes dx, the weights'
@@ -265,15 +265,18 @@ struct Mlp {
   }
   /// Zeroed float32 gradients shaped and named like `p`.
   template <class Backend, StorageType T>
-  static Params<float> zero_grads(const Backend& backend, const Params<T>& p) {
+  static Params<compute_t<T>> zero_grads(const Backend& backend, const Params<T>& p) {
     return {zeros_like<float>(backend, p.wi), zeros_like<float>(backend, p.wo)};
   }
   /// Backward of `apply` (see the top of this file): wo, then act, then wi, then the gather.
   template <class Backend, StorageType T>
-  requires DifferentiableActivation<Act>
   static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
-                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& g, TensorView<float, 2> dgate,
+                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<compute_t<T>>& g, TensorView<float, 2> dgate,
                        ColumnWeighting weighting, bool accumulate) {
+    // A static_assert rather than a requires-clause, and Params<compute_t<T>> rather than
+    // Params<float> in the signatures: clang 14 crashes on either in this class template.
+    static_assert(DifferentiableActivation<Act>,
+                  "moss expert backward: the activation has no derivative (specialise moss::ActivationGrad)");
     if (x.shape[0] == 0) return;
     // Recompute: rows, pre-activation, activation (and y, when dgate needs it).
     Buffer<T> xs, pre_s, hs, dpre_s, drows_s;
@@ -374,16 +377,19 @@ struct GatedMlp {
   }
   /// Zeroed float32 gradients shaped and named like `p`.
   template <class Backend, StorageType T>
-  static Params<float> zero_grads(const Backend& backend, const Params<T>& p) {
+  static Params<compute_t<T>> zero_grads(const Backend& backend, const Params<T>& p) {
     return {zeros_like<float>(backend, p.gate), zeros_like<float>(backend, p.up), zeros_like<float>(backend, p.down)};
   }
   /// Backward of `apply` (see the top of this file): down, then act ⊙ up, then gate and up
   /// (their input gradients summed), then the gather.
   template <class Backend, StorageType T>
-  requires DifferentiableActivation<Act>
   static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
-                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<float>& g, TensorView<float, 2> dgate,
+                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<compute_t<T>>& g, TensorView<float, 2> dgate,
                        ColumnWeighting weighting, bool accumulate) {
+    // A static_assert rather than a requires-clause, and Params<compute_t<T>> rather than
+    // Params<float> in the signatures: clang 14 crashes on either in this class template.
+    static_assert(DifferentiableActivation<Act>,
+                  "moss expert backward: the activation has no derivative (specialise moss::ActivationGrad)");
     if (x.shape[0] == 0) return;
     Buffer<T> xs, pre_s, us, hs, dpre_s, dus, drows_s, drows2_s;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
