@@ -59,7 +59,7 @@ std::vector<std::pair<std::string, std::vector<float>>> grads_of(const Backend& 
 
 }  // namespace
 
-TEST_CASE("add_into and multiply on CUDA equal the host's, in place too", "[cuda][ops][elementwise]") {
+TEST_CASE("add_into, multiply and negated_exp on CUDA equal the host's, in place too", "[cuda][ops][elementwise]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   CudaStream stream;
   const Cuda gpu{stream.get()};
@@ -81,6 +81,12 @@ TEST_CASE("add_into and multiply on CUDA equal the host's, in place too", "[cuda
     multiply(gpu, ConstView<float, 1>(da.data(), {n}, "a"), ConstView<float, 1>(db2.data(), {n}, "b"),
              TensorView<float, 1>(da.data(), {n}, "out"));
     CHECK(moss::test::same_bits(host_copy(gpu, da), prod_h));
+    // negated_exp (A from A_log), in place: expf against the host's std::exp, to 2 ulp.
+    std::vector<float> nexp_h(static_cast<std::size_t>(n));
+    negated_exp(Host{}, ConstView<float, 1>(b.data(), {n}, "x"), TensorView<float, 1>(nexp_h.data(), {n}, "out"));
+    auto dn = device_copy(gpu, b);
+    negated_exp(gpu, ConstView<float, 1>(dn.data(), {n}, "x"), TensorView<float, 1>(dn.data(), {n}, "out"));
+    CHECK(moss::test::max_rel_nan_aware(host_copy(gpu, dn), nexp_h) <= 2.5e-7);
   }
   // bf16: one rounding of the float result on both sides.
   const auto b = [](float f) { return from_float<bf16>(f); };

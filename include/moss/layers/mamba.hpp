@@ -239,15 +239,11 @@ class MambaCore {
   }
 
   /// Recomputes the derived A = −exp(A_log) in place from `p.A_log` (after an optimiser step
-  /// changed A_log; the tensors keep their memory).
+  /// changed A_log; the tensors keep their memory), on the backend: no copy to the host.
   template <class Backend>
   void refresh_derived(const Backend& backend, Params& p) const {
     const index_t n = p.A_log.numel();
-    std::vector<float> a(static_cast<std::size_t>(n));
-    download(backend, a.data(), p.A_log.data(), n);
-    for (auto& v : a) v = -std::exp(v);
-    const Buffer<float> fresh = upload(backend, a.data(), n);
-    copy(backend, p.A.template view_as<1>({n}), ConstView<float, 1>(fresh.flat()));
+    negated_exp(backend, p.A_log.template view_as<1>({n}), p.A.template view_as<1>({n}));
   }
 
   /// Full sequence: y (batch·L, ED) from the in_proj output `xz` (batch·L, 2·ED), u = its first

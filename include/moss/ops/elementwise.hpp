@@ -3,6 +3,7 @@
 //
 //   add_into(backend, x, y)        y[i] = y[i] + x[i]      (two gradients of one tensor summed)
 //   multiply(backend, a, b, out)   out[i] = a[i] · b[i]    (e.g. dA_log = dA ⊙ A)
+//   negated_exp(backend, x, out)   out[i] = −exp(x[i])     (Mamba's A from A_log, after a step)
 //   convert(backend, x, out)       out[i] = x[i] in out's type, rounded once (float32 master
 //                                  weights to bf16 parameters, and back)
 //
@@ -12,6 +13,7 @@
 // is a `shape_error`. The CUDA overloads (under nvcc) queue on the stream and never synchronise.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "moss/backend/host.hpp"
@@ -77,6 +79,12 @@ void multiply(const Host&, ConstView<T, 1> a, ConstView<T, 1> b, TensorView<T, 1
   validate_multiply(a, b, out, "multiply");
   using C = compute_t<T>;
   for (index_t i = 0; i < a.shape[0]; ++i) out.data[i] = narrow<T>(static_cast<C>(widen(a.data[i]) * widen(b.data[i])));
+}
+
+/// out[i] = −exp(x[i]) on the host (float32; the value Mamba derives A from A_log with).
+inline void negated_exp(const Host&, ConstView<float, 1> x, TensorView<float, 1> out) {
+  validate_add_into(x, out, "negated_exp");  // same length, contiguous, out is x or distinct
+  for (index_t i = 0; i < x.shape[0]; ++i) out.data[i] = -std::exp(x.data[i]);
 }
 
 /// Checks `out = x` converted: both valid, contiguous, the same length, not overlapping.

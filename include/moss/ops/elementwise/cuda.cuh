@@ -24,6 +24,13 @@ __global__ void multiply_kernel(const T* a, const T* b, T* out, index_t n) {
     out[i] = from_float<T>(to_float(a[i]) * to_float(b[i]));
 }
 
+template <class F>  // F = float (a template so that every translation unit may include this header)
+__global__ void negated_exp_kernel(const F* x, F* out, index_t n) {
+  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    out[i] = -expf(x[i]);
+}
+
 template <class A, class B>
 __global__ void convert_kernel(const A* x, B* out, index_t n) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
@@ -68,6 +75,16 @@ void convert(const Cuda& gpu, ConstView<A, 1> x, TensorView<B, 1> out) {
   constexpr int threads = cuda::kElementwiseThreads;
   cuda::launch("convert_kernel", detail::elementwise::convert_kernel<A, B>, cuda::grid_blocks(n, threads), threads, 0,
                gpu.stream, x.data, out.data, n);
+}
+
+/// out[i] = −exp(x[i]) on the GPU (expf: may differ from the host's std::exp in the last bit).
+inline void negated_exp(const Cuda& gpu, ConstView<float, 1> x, TensorView<float, 1> out) {
+  validate_add_into(x, out, "negated_exp");
+  const index_t n = x.shape[0];
+  if (n == 0) return;
+  constexpr int threads = cuda::kElementwiseThreads;
+  cuda::launch("negated_exp_kernel", detail::elementwise::negated_exp_kernel<float>, cuda::grid_blocks(n, threads),
+               threads, 0, gpu.stream, x.data, out.data, n);
 }
 
 }  // namespace moss
