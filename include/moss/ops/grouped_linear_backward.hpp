@@ -82,6 +82,34 @@ void validate(const GroupedLinearBackwardArgs<T>& a, const char* where) {
   }
 }
 
+namespace detail {
+
+/// The per-expert work of `grouped_linear_backward`, on either backend, once its offsets `off`
+/// (X + 1, host memory, checked) are known: `linear_backward` over each expert's segment of rows
+/// (an empty segment still writes zero weight and bias gradients, or leaves them when accumulating).
+template <class Backend, class T>
+void grouped_linear_backward_segments(const Backend& backend, const GroupedLinearBackwardArgs<T>& a,
+                                      const std::int32_t* off) {
+  using C = compute_t<T>;
+  const index_t in = a.x.shape[1], X = a.weight.shape[0], out = a.weight.shape[1];
+  for (index_t e = 0; e < X; ++e) {
+    const index_t r0 = off[e], n = off[e + 1] - off[e];
+    LinearBackwardArgs<T> l;
+    l.dy = ConstView<T, 2>(a.dy.data + r0 * a.dy.stride[0], {n, out}, {a.dy.stride[0], 1}, a.dy.name);
+    l.x = ConstView<T, 2>(a.x.data + r0 * a.x.stride[0], {n, in}, {a.x.stride[0], 1}, a.x.name);
+    l.weight = ConstView<T, 2>(a.weight.data + e * out * in, {out, in}, a.weight.name);
+    if (present(a.dx) && n > 0)
+      l.dx = TensorView<T, 2>(a.dx.data + r0 * a.dx.stride[0], {n, in}, {a.dx.stride[0], 1}, a.dx.name);
+    if (present(a.dweight)) l.dweight = TensorView<C, 2>(a.dweight.data + e * out * in, {out, in}, a.dweight.name);
+    if (present(a.dbias)) l.dbias = TensorView<C, 1>(a.dbias.data + e * out, {out}, a.dbias.name);
+    l.accumulate = a.accumulate;
+    if (!present(l.dx) && !present(l.dweight) && !present(l.dbias)) continue;
+    linear_backward(backend, l);
+  }
+}
+
+}  // namespace detail
+
 }  // namespace moss
 
 #include "moss/ops/grouped_linear/backward_host.hpp"
