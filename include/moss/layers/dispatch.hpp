@@ -99,15 +99,9 @@ class Dispatch {
   template <class Backend>
   void linear(const Backend& backend, ConstView<T, 2> rows, ConstView<T, 3> weight, ConstView<T, 2> bias,
               TensorView<T, 2> y) const {
-    const char* where = "Dispatch::linear";
-    MOSS_EXPECTS(weight.shape[0] == experts(), shape_error, where, ": ", weight.name, " is ",
-                 shape_string(weight.shape), " (experts, out, in) but the rows are dispatched to ", experts(),
-                 " expert(s)");
+    expect_experts("Dispatch::linear", weight);
     if (is_dense()) {
-      const ConstView<T, 2> w(weight.data, {weight.shape[1], weight.shape[2]}, weight.name);
-      const ConstView<T, 1> b =
-          present(bias) ? ConstView<T, 1>(bias.data, {bias.shape[1]}, bias.name) : ConstView<T, 1>{};
-      moss::linear(backend, LinearArgs<T>{rows, w, b, y});
+      moss::linear(backend, LinearArgs<T>{rows, only_expert(weight), only_expert(bias), y});
       return;
     }
     PermutePlan& plan = decision_->plan;
@@ -173,21 +167,15 @@ class Dispatch {
   void linear_backward(const Backend& backend, ConstView<T, 2> rows, ConstView<T, 3> weight, ConstView<T, 2> dy,
                        TensorView<T, 2> drows, TensorView<float, 3> dweight, TensorView<float, 2> dbias,
                        bool accumulate) const {
+    expect_experts("Dispatch::linear_backward", weight);
     if (is_dense()) {
-      const ConstView<T, 2> w(weight.data, {weight.shape[1], weight.shape[2]}, weight.name);
-      moss::linear_backward(
-          backend,
-          LinearBackwardArgs<T>{
-              .dy = dy,
-              .x = rows,
-              .weight = w,
-              .dx = drows,
-              .dweight = present(dweight)
-                             ? TensorView<float, 2>(dweight.data, {dweight.shape[1], dweight.shape[2]}, dweight.name)
-                             : TensorView<float, 2>{},
-              .dbias = present(dbias) ? TensorView<float, 1>(dbias.data, {dbias.shape[1]}, dbias.name)
-                                      : TensorView<float, 1>{},
-              .accumulate = accumulate});
+      moss::linear_backward(backend, LinearBackwardArgs<T>{.dy = dy,
+                                                           .x = rows,
+                                                           .weight = only_expert(weight),
+                                                           .dx = drows,
+                                                           .dweight = only_expert(dweight),
+                                                           .dbias = only_expert(dbias),
+                                                           .accumulate = accumulate});
       return;
     }
     PermutePlan& plan = decision_->plan;
@@ -230,6 +218,23 @@ class Dispatch {
   }
 
  private:
+  /// Checks that a stacked (experts, out, in) weight has the dispatch's expert count.
+  template <class V>
+  void expect_experts(const char* where, const V& weight) const {
+    MOSS_EXPECTS(weight.shape[0] == experts(), shape_error, where, ": ", weight.name, " is ",
+                 shape_string(weight.shape), " (experts, out, in) but the rows are dispatched to ", experts(),
+                 " expert(s)");
+  }
+  /// A dense dispatch's one expert: a contiguous stacked (1, ...) view without its expert axis
+  /// (an absent view stays absent).
+  template <class V, std::size_t R>
+  static TensorView<V, R - 1> only_expert(const TensorView<V, R>& v) {
+    if (!present(v)) return {};
+    Extents<R - 1> shape{};
+    for (std::size_t i = 0; i + 1 < R; ++i) shape[i] = v.shape[i + 1];
+    return TensorView<V, R - 1>(v.data, shape, v.name);
+  }
+
   RoutingDecision* decision_ = nullptr;
   index_t tokens_ = 0;
 };
