@@ -79,17 +79,17 @@ index_t argmax_row(const std::vector<V>& m, index_t t, index_t X) {
   return best;
 }
 
-/// Overwrites host buffer `b` with N(0, stddev²) values (seeded) rounded to T.
+/// Overwrites host buffer `b` with N(mean, stddev²) values (seeded: randn's) rounded to T.
 template <class T>
-void fill_normal(Buffer<T>& b, std::uint64_t seed, double stddev) {
-  const auto v = randn(static_cast<std::size_t>(b.size()), seed, static_cast<float>(stddev));
+void fill_normal(Buffer<T>& b, std::uint64_t seed, double stddev, double mean = 0.0) {
+  const auto v = randn(static_cast<std::size_t>(b.size()), seed, static_cast<float>(stddev), static_cast<float>(mean));
   for (index_t i = 0; i < b.size(); ++i) b.data()[i] = from_float<T>(v[static_cast<std::size_t>(i)]);
 }
 
-/// Overwrites host tensor `t` with N(0, stddev²) values (seeded) rounded to T; its shape stays.
+/// Overwrites host tensor `t` with N(mean, stddev²) values (seeded) rounded to T; its shape stays.
 template <class T, std::size_t Rank>
-void fill_normal(Tensor<T, Rank>& t, std::uint64_t seed, double stddev) {
-  fill_normal(t.buffer(), seed, stddev);
+void fill_normal(Tensor<T, Rank>& t, std::uint64_t seed, double stddev, double mean = 0.0) {
+  fill_normal(t.buffer(), seed, stddev, mean);
 }
 
 /// A host buffer's elements.

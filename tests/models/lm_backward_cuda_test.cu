@@ -27,6 +27,7 @@ namespace {
 
 using moss::test::device_copy;
 using moss::test::host_copy;
+using moss::test::rel_l2;
 
 moss::MambaConfig tiny(bool tied) {
   moss::MambaConfig c;
@@ -37,15 +38,6 @@ moss::MambaConfig tiny(bool tied) {
   c.dt_rank = 4;
   c.tie_embeddings = tied;
   return c;
-}
-
-double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 /// Every gradient tensor of `g` (on `backend`) in checkpoint order, copied to the host.

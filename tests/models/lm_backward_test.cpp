@@ -41,9 +41,7 @@ Model::Params params_for(const Model& model, std::uint64_t seed) {
     const bool a_log = name.ends_with("A_log"), d = name.ends_with(".D");
     const float mean = norm || d ? 1.0f : (a_log ? 0.3f : 0.0f);
     const float stddev = norm ? 0.2f : (name.ends_with("dt_proj.bias") ? 0.3f : 0.4f);
-    const auto v = moss::test::randn(static_cast<std::size_t>(t.numel()), seed++, stddev,
-                                     name.ends_with("dt_proj.bias") ? -1.0f : mean);
-    std::copy(v.begin(), v.end(), t.data());
+    moss::test::fill_normal(t, seed++, stddev, name.ends_with("dt_proj.bias") ? -1.0f : mean);
   });
   return p;
 }
