@@ -1,8 +1,10 @@
 // CUDA tests of training: `add_into` / `multiply` against the host, and a dense MambaLM's
 // `loss_and_grads` on the GPU against the host from the same seeded weights and tokens — the loss
 // and every parameter gradient (tied and untied head, keep and recompute, accumulate), float32
-// end to end — plus bitwise repeatability on the GPU. The host path is checked against central
-// differences in tests/models/lm_backward_test.cpp; this compares the CUDA composition with it.
+// end to end — plus bitwise repeatability on the GPU; then every sparse model (MoE-Mamba,
+// BlackMamba, RoM, RoM + MoE, per-projection RoM with top-2 and drops) the same way. The host
+// paths are checked against central differences in tests/models/lm_backward_test.cpp and
+// tests/layers/rom_backward_test.cpp; this compares the CUDA composition with them.
 //
 // Tolerances: the two backends run the same formulas in float32 with different summation orders
 // (cuBLAS's GEMMs, the CUDA scan backward's reductions), so gradients agree to float rounding
@@ -209,19 +211,21 @@ TEST_CASE("Trainer on CUDA follows the host's losses, and AdamW and the global n
   }
 }
 
-TEST_CASE("MoeMambaLM loss_and_grads on CUDA matches the host", "[cuda][models][backward]") {
-  MOSS_REQUIRE_CUDA_DEVICE();
+namespace {
+
+/// A sparse `Model`'s loss_and_grads on CUDA against the host (float32, same weights and
+/// tokens; aux and z-losses on, as trained); `configure` sets the routed blocks' configs.
+template <class Model, class Configure>
+void check_sparse_model(Configure&& configure, std::uint64_t seed) {
   CudaStream stream;
   const Cuda gpu{stream.get()};
-  using Model = MoeMambaLM<float>;
   auto blocks = Model::default_block_configs();
-  std::get<1>(blocks).routing.num_experts = 4;
-  std::get<1>(blocks).d_ff = 48;
+  configure(blocks);
   const Model model(tiny(true), blocks);
-  const auto hp = model.init(Host{}, 31);
-  const auto dp = model.init(gpu, 31);
+  const auto hp = model.init(Host{}, seed);
+  const auto dp = model.init(gpu, seed);
   const index_t batch = 2, L = 40;
-  moss::Rng rng(32);
+  moss::Rng rng(seed + 1);
   std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch * (L + 1)));
   for (auto& t : tokens) t = static_cast<std::int64_t>(rng.next() % 64);
   const ConstView<std::int64_t, 2> tv(tokens.data(), {batch, L + 1}, "tokens");
@@ -235,6 +239,53 @@ TEST_CASE("MoeMambaLM loss_and_grads on CUDA matches the host", "[cuda][models][
   REQUIRE(got.size() == want.size());
   for (std::size_t k = 0; k < got.size(); ++k) {
     CAPTURE(got[k].first);
+    CHECK(got[k].first == want[k].first);
     CHECK(rel_l2(got[k].second, want[k].second) <= 1e-3);
+  }
+}
+
+/// A RoM layer with per-projection routers (Out routed on its own input) and top-2, g everywhere.
+using PerProjectionRomLM =
+    LanguageModel<Residual<RmsNorm, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<>, float>>>;
+
+}  // namespace
+
+TEST_CASE("Sparse language models' loss_and_grads on CUDA match the host", "[cuda][models][backward]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  SECTION("MoeMambaLM") {
+    check_sparse_model<MoeMambaLM<float>>(
+        [](auto& b) {
+          std::get<1>(b).routing.num_experts = 4;
+          std::get<1>(b).d_ff = 48;
+        },
+        31);
+  }
+  SECTION("BlackMambaLM (Sinkhorn top-1, SwiGLU experts)") {
+    check_sparse_model<BlackMambaLM<float>>(
+        [](auto& b) {
+          std::get<1>(b).routing.num_experts = 4;
+          std::get<1>(b).d_ff = 48;
+        },
+        41);
+  }
+  SECTION("RomLM (shared top-1, g on Out)") {
+    check_sparse_model<RomLM<float>>([](auto& b) { std::get<0>(b).routing.num_experts = 4; }, 51);
+  }
+  SECTION("RomMoeLM") {
+    check_sparse_model<RomMoeLM<float>>(
+        [](auto& b) {
+          std::get<0>(b).routing.num_experts = 4;
+          std::get<1>(b).routing.num_experts = 4;
+          std::get<1>(b).d_ff = 48;
+        },
+        61);
+  }
+  SECTION("RoM with per-projection routers, top-2, a capacity that drops pairs") {
+    check_sparse_model<PerProjectionRomLM>(
+        [](auto& b) {
+          std::get<0>(b).routing.num_experts = 4;
+          std::get<0>(b).routing.settings.capacity_factor = 0.75;
+        },
+        71);
   }
 }

@@ -32,7 +32,7 @@
 // `backward` recomputes the forward's rows and hidden activations from x and the dispatch (an
 // expert stack keeps nothing between its forward and backward), then writes dx, the weights'
 // gradients (written, or added when `accumulate`) and, when `dgate` is given, the gradient of
-// the combine weights. Mlp and GatedMlp train; LinearExpert (RoM) does not yet.
+// the combine weights. LinearExpert, Mlp and GatedMlp train.
 //
 // Checkpoint names, `base` being the stack's name inside its block ("experts." for MoE
 // feed-forward blocks, "" for a dense FeedForward, "in_proj." for a RoM projection):
@@ -125,21 +125,22 @@ void expect_expert_weight(const char* where, const Tensor<T, 3>& t, const Extent
                " (experts, out, in) but expected ", shape_string(shape));
 }
 
-/// The backward of an MLP kind's last GEMM and of the combine, shared by Mlp and GatedMlp: from
-/// the hidden activations h (rows, F), recomputes the expert outputs when `dgate` needs them,
-/// runs the combine's backward (routed) and the last GEMM's (its weight gradient into
-/// `g_out`), and returns the gradient of h (rows, F).
+/// The backward of a stack's last GEMM and of the combine, shared by LinearExpert, Mlp and
+/// GatedMlp: from that GEMM's input rows h (rows, F), recomputes the expert outputs when `dgate`
+/// needs them, runs the combine's backward (routed) and the GEMM's (its weight gradient into
+/// `g_out`, its bias' into `g_bias` when the stack has one), and returns the gradient of h (rows, F).
 template <class Backend, StorageType T>
 Buffer<T> hidden_gradient(const Backend& backend, const Dispatch<T>& d, ConstView<std::type_identity_t<T>, 2> h,
-                          const Tensor<T, 3>& w_out, ConstView<std::type_identity_t<T>, 2> dout,
-                          Tensor<float, 3>& g_out, TensorView<float, 2> dgate, ColumnWeighting weighting,
+                          const Tensor<T, 3>& w_out, ConstView<std::type_identity_t<T>, 2> b_out,
+                          ConstView<std::type_identity_t<T>, 2> dout, Tensor<float, 3>& g_out,
+                          TensorView<float, 2> g_bias, TensorView<float, 2> dgate, ColumnWeighting weighting,
                           bool accumulate) {
   const index_t R = h.shape[0], F = h.shape[1], out = dout.shape[1];
   Buffer<T> ys, dys;
   ConstView<T, 2> y;
   if (present(dgate)) {
     ys = backend.template alloc<T>(R * out);
-    d.linear(backend, h, w_out, {}, ys.template view<2>({R, out}, "expert_out"));
+    d.linear(backend, h, w_out, b_out, ys.template view<2>({R, out}, "expert_out"));
     y = ConstView<T, 2>(ys.data(), {R, out}, "expert_out");
   }
   ConstView<T, 2> dy = dout;
@@ -149,7 +150,7 @@ Buffer<T> hidden_gradient(const Backend& backend, const Dispatch<T>& d, ConstVie
     dy = ConstView<T, 2>(dys.data(), {R, out}, "d expert_out");
   }
   Buffer<T> dh = backend.template alloc<T>(R * F);
-  d.linear_backward(backend, h, w_out, dy, dh.template view<2>({R, F}, "d hidden"), g_out.view(), {}, accumulate);
+  d.linear_backward(backend, h, w_out, dy, dh.template view<2>({R, F}, "d hidden"), g_out.view(), g_bias, accumulate);
   return dh;
 }
 
@@ -203,6 +204,30 @@ struct LinearExpert {
     const TensorView<T, 2> y = d.output_rows(backend, out, ys);
     d.linear(backend, rows, p.weight, p.bias, y);
     d.combine(backend, y, out, weighting);
+  }
+
+  /// Calls f(name, tensor) for the weight and the bias when present (Params or their gradients).
+  template <class P, class F>
+  static void visit(P& p, F&& f) {
+    if (p.weight.present()) f(p.weight.name(), p.weight);
+    if (p.bias.present()) f(p.bias.name(), p.bias);
+  }
+  /// Zeroed float32 gradients shaped and named like `p` (absent tensors stay absent).
+  template <class Backend, StorageType T>
+  static Params<compute_t<T>> zero_grads(const Backend& backend, const Params<T>& p) {
+    return {zeros_like<float>(backend, p.weight), zeros_like<float>(backend, p.bias)};
+  }
+  /// Backward of `apply` (see the top of this file): the combine, the grouped GEMM, the gather.
+  template <class Backend, StorageType T>
+  static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
+                       ConstView<T, 2> dout, TensorView<T, 2> dx, Params<compute_t<T>>& g, TensorView<float, 2> dgate,
+                       ColumnWeighting weighting, bool accumulate) {
+    if (x.shape[0] == 0) return;
+    Buffer<T> xs;
+    const ConstView<T, 2> rows = d.gather(backend, x, xs);
+    const Buffer<T> drows = detail::hidden_gradient(backend, d, rows, p.weight, ConstView<T, 2>(p.bias), dout, g.weight,
+                                                    g.bias.view(), dgate, weighting, accumulate);
+    d.gather_backward(backend, ConstView<T, 2>(drows.data(), {d.rows(), x.shape[1]}, "d rows"), dx);
   }
 };
 
@@ -291,7 +316,8 @@ struct Mlp {
     moss::activation<Act>(backend, ActivationArgs<T>{ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
                                                      {},
                                                      TensorView<T, 2>(h.data, {kept, F}, "hidden")});
-    const Buffer<T> dhs = detail::hidden_gradient(backend, d, h, p.wo, dout, g.wo, dgate, weighting, accumulate);
+    const Buffer<T> dhs =
+        detail::hidden_gradient(backend, d, h, p.wo, {}, dout, g.wo, {}, dgate, weighting, accumulate);
     dpre_s = backend.template alloc<T>(R * F);
     activation_backward<Act>(backend,
                              ActivationBackwardArgs<T>{.x = ConstView<T, 2>(pre.data, {kept, F}, "pre_activation"),
@@ -405,7 +431,8 @@ struct GatedMlp {
     const index_t kept = d.kept_rows(backend);
     const ConstView<T, 2> pre_k(pre.data, {kept, F}, "pre_activation"), u_k(u.data, {kept, F}, "up");
     moss::activation<Act>(backend, ActivationArgs<T>{pre_k, u_k, TensorView<T, 2>(h.data, {kept, F}, "hidden")});
-    const Buffer<T> dhs = detail::hidden_gradient(backend, d, h, p.down, dout, g.down, dgate, weighting, accumulate);
+    const Buffer<T> dhs =
+        detail::hidden_gradient(backend, d, h, p.down, {}, dout, g.down, {}, dgate, weighting, accumulate);
     dpre_s = backend.template alloc<T>(R * F);
     dus = backend.template alloc<T>(R * F);
     activation_backward<Act>(backend,

@@ -344,7 +344,7 @@ class MoeFeedForward {
     const char* where = "MoeFeedForward::backward";
     detail::expect_block_io(where, x, dx, shape_.in);
     expect_shape(where, dout, x.shape, "(batch, seqlen, d_model), like x");
-    const index_t tokens = x.shape[0] * x.shape[1], D = shape_.in, K = R::k, X = shape_.experts;
+    const index_t tokens = x.shape[0] * x.shape[1], D = shape_.in, K = R::k;
     if (tokens == 0) return;
     MOSS_EXPECTS(saved.decision.plan.tokens == tokens, shape_error, where, ": the saved routing decision is of ",
                  saved.decision.plan.tokens, " tokens but x has ", tokens, " (run forward_train on this input first)");
@@ -354,22 +354,8 @@ class MoeFeedForward {
     Expert::backward(backend, p.experts, Dispatch<T>::routed(saved.decision), x2,
                      ConstView<T, 2>(dout.data, {tokens, D}, "dout"), dx2, g.experts,
                      dgate.template view<2>({tokens, K}, "dgate"), ColumnWeighting::all(shape_.out), accumulate);
-    Buffer<T> dx_router = backend.template alloc<T>(tokens * D);
-    RouteBackwardArgs<T, R> rb;
-    rb.router = config_.routing.router;
-    rb.x = x2;
-    rb.weight = p.router;
-    rb.logits = ConstView<float, 2>(saved.decision.logits.data(), {tokens, X}, "router_logits");
-    rb.expert = ConstView<std::int32_t, 2>(saved.decision.expert.data(), {tokens, K}, "expert");
-    rb.dgate = ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate");
-    rb.counts = saved.decision.plan.counts_view();
-    rb.aux_loss_coef = R::aux_loss ? config_.routing.settings.aux_loss_coef : 0.0f;
-    rb.z_loss_coef = config_.routing.settings.z_loss_coef;
-    rb.dx = dx_router.template view<2>({tokens, D}, "dx (router)");
-    rb.dweight = g.router.view();
-    rb.accumulate = accumulate;
-    route_backward(backend, rb);
-    add_into(backend, ConstView<T, 1>(dx_router.flat()), TensorView<T, 1>(dx.data, {tokens * D}, "dx"));
+    routing_backward(backend, config_.routing.router, config_.routing.settings, saved.decision, x2, p.router,
+                     ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate"), dx2, g.router.view(), accumulate);
   }
 
  private:

@@ -283,9 +283,208 @@ class RoutedMamba {
     project_out(backend, p, ConstView<T, 2>(y.data(), {batch, ED}, "y"), d, false, report, out);
   }
 
+  // ---- training (docs/training.md) ----
+
  private:
   /// The decisions of one call, one per router of the scope, made when first needed.
   using Decisions = std::array<std::optional<RoutingDecision>, 3>;
+
+ public:
+  /// Parameter gradients in float32, named like the Params: the core's, the routers', the projections'.
+  struct Grads {
+    MambaCoreParams<float> core;
+    std::array<Tensor<float, 2>, 3> routers;
+    LinearExpert::Params<float> in, conv, gate, out;
+  };
+  /// What `forward_train` keeps: the routing decisions (their plans cache the host offsets the
+  /// backward's GEMMs read again, hence mutable), xz, y and the core's activations under `keep`.
+  struct Saved {
+    mutable Decisions decisions;
+    Buffer<T> xz;                  // (tokens, 2·ED): [u | z], the combined Conv and Gate outputs
+    Buffer<T> y;                   // (tokens, ED): the gated scan output, Out's input
+    MambaCoreActivations<T> core;  // v, x_dbl, delta under `keep`; empty under `recompute`
+    index_t batch = 0, L = 0;
+  };
+
+  /// Zeroed gradients for `p`.
+  template <class Backend>
+  Grads make_grads(const Backend& backend, const Params& p) const {
+    Grads g;
+    zero_core_grads(backend, p.core, g.core);
+    for (int i = 0; i < kRouters.count; ++i) g.routers[i] = zeros_like<float>(backend, p.routers[i]);
+    g.in = LinearExpert::zero_grads(backend, p.in);
+    g.conv = LinearExpert::zero_grads(backend, p.conv);
+    g.gate = LinearExpert::zero_grads(backend, p.gate);
+    g.out = LinearExpert::zero_grads(backend, p.out);
+    return g;
+  }
+
+  /// Calls f(name, tensor) for every trainable tensor of `p` (Params or Grads) in checkpoint
+  /// order: the routers, the Conv and Gate stacks, the core (without the derived A), Out.
+  template <class P, class F>
+  static void visit_params(P& p, F&& f) {
+    for (int i = 0; i < kRouters.count; ++i) f(p.routers[i].name(), p.routers[i]);
+    if constexpr (kFusedIn) {
+      LinearExpert::visit(p.in, f);
+    } else {
+      LinearExpert::visit(p.conv, f);
+      LinearExpert::visit(p.gate, f);
+    }
+    visit_mamba_core(p.core, f);
+    LinearExpert::visit(p.out, f);
+  }
+
+  /// Recomputes A = −exp(A_log) after an optimiser step.
+  template <class Backend>
+  void refresh_derived(const Backend& backend, Params& p) const {
+    core_.refresh_derived(backend, p.core);
+  }
+
+  /// `forward` without a cache (capacity applies when set) that keeps what `backward` needs.
+  template <class Backend>
+  void forward_train(const Backend& backend, const Params& p, ConstView<T, 3> x, TensorView<T, 3> out, Saved& saved,
+                     ActivationPolicy policy = ActivationPolicy::keep, RoutingReport* report = nullptr) const {
+    const char* where = "RoutedMamba::forward_train";
+    const index_t batch = x.shape[0], L = x.shape[1], D = dims_.d_model, ED = dims_.d_inner;
+    detail::expect_block_io(where, x, out, D);
+    saved = Saved{};
+    saved.batch = batch;
+    saved.L = L;
+    const index_t tokens = batch * L;
+    if (tokens == 0) return;
+    saved.xz = backend.template alloc<T>(tokens * 2 * ED);
+    project_in(backend, p, ConstView<T, 2>(x.data, {tokens, D}, "x"), saved.decisions, true, report, saved.xz.data());
+    saved.y = backend.template alloc<T>(tokens * ED);
+    core_.forward(backend, p.core, saved.xz.data(), batch, L, saved.y.data(), nullptr,
+                  policy == ActivationPolicy::keep ? &saved.core : nullptr);
+    project_out(backend, p, ConstView<T, 2>(saved.y.data(), {tokens, ED}, "y"), saved.decisions, true, report,
+                TensorView<T, 2>(out.data, {tokens, D}, "out"));
+  }
+
+  /// Backward of `forward_train`: Out (and its own router on y), the core, Conv and Gate, then
+  /// every router on the layer input (through the gates its projections weight, plus its aux
+  /// and z-losses). Writes dx (batch, L, D) and the gradients into `g` (written, or added when
+  /// `accumulate`).
+  template <class Backend>
+  void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved& saved, ConstView<T, 3> dout,
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+    const char* where = "RoutedMamba::backward";
+    const index_t batch = x.shape[0], L = x.shape[1], D = dims_.d_model, ED = dims_.d_inner;
+    detail::expect_block_io(where, x, dx, D);
+    expect_shape(where, dout, {batch, L, D}, "(batch, seqlen, d_model), like x");
+    expect_contiguous(where, dout);
+    const index_t tokens = batch * L;
+    MOSS_EXPECTS(saved.batch == batch && saved.L == L && saved.xz.size() == tokens * 2 * ED, shape_error, where,
+                 ": the saved activations are of batch ", saved.batch, " and seqlen ", saved.L, " but x is ",
+                 shape_string(x.shape), " (run forward_train on this input first)");
+    if (tokens == 0) return;
+    const ConstView<T, 2> x2(x.data, {tokens, D}, "x");
+    const TensorView<T, 2> dx2(dx.data, {tokens, D}, "dx");
+    const ConstView<T, 2> y(saved.y.data(), {tokens, ED}, "y");
+
+    // The gradient of each router's gates, summed over the projections it weights.
+    std::array<Buffer<float>, 3> dgate;
+    // Out, from dout to dy; a router on y itself adds its input gradient to dy.
+    Buffer<T> dy_b = backend.template alloc<T>(tokens * ED);
+    const TensorView<T, 2> dy = dy_b.template view<2>({tokens, ED}, "dy");
+    with_gate_grad(backend, dgate, kWeighted<Out>, gate_router<Out>(), tokens, [&](TensorView<float, 2> dg) {
+      LinearExpert::backward(backend, p.out, saved_dispatch<Out>(saved, tokens), y,
+                             ConstView<T, 2>(dout.data, {tokens, D}, "dout"), dy, g.out, dg,
+                             kWeighted<Out> ? ColumnWeighting::all(D) : ColumnWeighting::none(), accumulate);
+    });
+    if constexpr (kRouted<Out>) {
+      constexpr int i = router_index<Out>();
+      if (!kRouters.on_layer_input[i]) router_backward(backend, p, saved, g, i, y, dgate[i], dy, accumulate);
+    }
+
+    // The core, from dy to dxz.
+    Buffer<T> dxz = backend.template alloc<T>(tokens * 2 * ED);
+    if (saved.core.v.data()) {
+      core_.backward(backend, p.core, saved.xz.data(), batch, L, saved.core, dy_b.data(), dxz.data(), g.core,
+                     accumulate);
+    } else {
+      MambaCoreActivations<T> a;
+      core_.recompute(backend, p.core, saved.xz.data(), batch, L, a);
+      core_.backward(backend, p.core, saved.xz.data(), batch, L, a, dy_b.data(), dxz.data(), g.core, accumulate);
+    }
+
+    // Conv and Gate, from dxz to dx.
+    if constexpr (kFusedIn) {
+      const index_t w0 = kWeighted<Conv> ? 0 : ED, w1 = kWeighted<Gate> ? 2 * ED : ED;
+      constexpr bool weighted = kWeighted<Conv> || kWeighted<Gate>;
+      const auto run = [&](TensorView<float, 2> dg) {
+        LinearExpert::backward(backend, p.in, saved_dispatch<Conv>(saved, tokens), x2,
+                               ConstView<T, 2>(dxz.data(), {tokens, 2 * ED}, "dxz"), dx2, g.in, dg,
+                               ColumnWeighting{w0, std::max(w0, w1)}, accumulate);
+      };
+      with_gate_grad(backend, dgate, weighted, gate_router<Conv>(), tokens, run);  // Conv's router is Gate's
+    } else {
+      with_gate_grad(backend, dgate, kWeighted<Conv>, gate_router<Conv>(), tokens, [&](TensorView<float, 2> dg) {
+        LinearExpert::backward(backend, p.conv, saved_dispatch<Conv>(saved, tokens), x2,
+                               ConstView<T, 2>(dxz.data(), {tokens, ED}, {2 * ED, 1}, "du"), dx2, g.conv, dg,
+                               kWeighted<Conv> ? ColumnWeighting::all(ED) : ColumnWeighting::none(), accumulate);
+      });
+      Buffer<T> dx_gate = backend.template alloc<T>(tokens * D);
+      with_gate_grad(backend, dgate, kWeighted<Gate>, gate_router<Gate>(), tokens, [&](TensorView<float, 2> dg) {
+        LinearExpert::backward(backend, p.gate, saved_dispatch<Gate>(saved, tokens), x2,
+                               ConstView<T, 2>(dxz.data() + ED, {tokens, ED}, {2 * ED, 1}, "dz"),
+                               dx_gate.template view<2>({tokens, D}, "dx (gate)"), g.gate, dg,
+                               kWeighted<Gate> ? ColumnWeighting::all(ED) : ColumnWeighting::none(), accumulate);
+      });
+      add_into(backend, ConstView<T, 1>(dx_gate.flat()), TensorView<T, 1>(dx.data, {tokens * D}, "dx"));
+    }
+
+    // Every router on the layer input: its gradient into dx and its classifier's.
+    for (int i = 0; i < kRouters.count; ++i)
+      if (kRouters.on_layer_input[i]) router_backward(backend, p, saved, g, i, x2, dgate[i], dx2, accumulate);
+  }
+
+ private:
+  /// The index of projection P's router (0 for an unrouted projection, which has no gate).
+  template <class P>
+  static constexpr int gate_router() {
+    return kRouted<P> ? router_index<P>() : 0;
+  }
+  /// Runs `run(dg)` with dg the place for a projection's gate gradient (tokens, K): router i's
+  /// sum `dgate[i]` when it is the first projection weighted by it, else a buffer of its own
+  /// that is then added to the sum; an unweighted projection gets no dg.
+  template <class Backend, class Run>
+  void with_gate_grad(const Backend& backend, std::array<Buffer<float>, 3>& dgate, bool weighted, int i, index_t tokens,
+                      Run&& run) const {
+    if (!weighted) {
+      run(TensorView<float, 2>{});
+      return;
+    }
+    const index_t K = R::k;
+    if (!dgate[i].data()) {
+      dgate[i] = backend.template alloc<float>(tokens * K);
+      run(dgate[i].template view<2>({tokens, K}, "dgate"));
+      return;
+    }
+    Buffer<float> mine = backend.template alloc<float>(tokens * K);
+    run(mine.template view<2>({tokens, K}, "dgate"));
+    add_into(backend, ConstView<float, 1>(mine.flat()), dgate[i].flat("dgate"));
+  }
+  /// The dispatch of projection P in the backward pass: its saved decision, or dense.
+  template <class P>
+  Dispatch<T> saved_dispatch(const Saved& saved, index_t tokens) const {
+    if constexpr (kRouted<P>) {
+      return Dispatch<T>::routed(*saved.decisions[router_index<P>()]);
+    } else {
+      return Dispatch<T>::dense(tokens);
+    }
+  }
+  /// Router i's backward on its input `in` (the layer input, or y): through `dgate` (its gates'
+  /// summed gradient; none when no projection weights by it) and its losses, added to `din`.
+  template <class Backend>
+  void router_backward(const Backend& backend, const Params& p, const Saved& saved, Grads& g, int i, ConstView<T, 2> in,
+                       const Buffer<float>& dgate, TensorView<T, 2> din, bool accumulate) const {
+    const index_t tokens = in.shape[0];
+    routing_backward(backend, config_.routing.router, config_.routing.settings, *saved.decisions[i], in,
+                     ConstView<float, 2>(p.routers[i]),
+                     dgate.data() ? ConstView<float, 2>(dgate.data(), {tokens, R::k}, "dgate") : ConstView<float, 2>{},
+                     din, g.routers[i].view(), accumulate);
+  }
 
   static std::vector<std::string> routed_names() {
     std::vector<std::string> v;

@@ -18,9 +18,11 @@
 #include "moss/core/tensor.hpp"
 #include "moss/io/json.hpp"
 #include "moss/layers/params.hpp"
+#include "moss/ops/elementwise.hpp"
 #include "moss/ops/permute.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/math.hpp"
+#include "moss/ops/router_backward.hpp"
 #include "moss/policy/experts.hpp"
 #include "moss/policy/router.hpp"
 
@@ -247,6 +249,41 @@ RoutingDecision decide_routing(const Backend& backend, const R& router, const Ro
     report->add(backend, name, tokens, K, num_experts, values.data(), d.plan.counts.data(), d.plan.offsets.data());
   }
   return d;
+}
+
+/// Backward of `decide_routing` and of the gates' use: from `dgate` (tokens, K), the gradient of
+/// the decision's gates (absent when nothing multiplied by them), plus the router's auxiliary
+/// losses with the coefficients of `settings` (the aux loss only for a router that has one),
+/// adds the gradient of the router's input to `dx` (tokens, D) and writes (or, with
+/// `accumulate`, adds) the classifier's gradient `dweight` (X, D). `x` and `weight` are the
+/// forward's; the balanced assignment of a scoring router is a constant (its gradient flows
+/// through the gates only).
+template <class Backend, class T, Router R>
+void routing_backward(const Backend& backend, const R& router, const RouterSettings& settings, const RoutingDecision& d,
+                      ConstView<T, 2> x, ConstView<float, 2> weight, ConstView<float, 2> dgate, TensorView<T, 2> dx,
+                      TensorView<float, 2> dweight, bool accumulate) {
+  const index_t tokens = x.shape[0], D = x.shape[1], X = weight.shape[0];
+  if (tokens == 0) return;
+  MOSS_EXPECTS(d.plan.tokens == tokens, shape_error, "routing_backward: the routing decision is of ", d.plan.tokens,
+               " tokens but ", x.name, " is ", shape_string(x.shape), " (route this input first)");
+  Buffer<T> dx_router = backend.template alloc<T>(tokens * D);
+  RouteBackwardArgs<T, R> rb;
+  rb.router = router;
+  rb.x = x;
+  rb.weight = weight;
+  rb.logits = ConstView<float, 2>(d.logits.data(), {tokens, X}, "router_logits");
+  rb.expert = ConstView<std::int32_t, 2>(d.expert.data(), {tokens, R::k}, "expert");
+  rb.dgate = dgate;
+  rb.counts = d.plan.counts_view();
+  rb.aux_loss_coef = R::aux_loss ? static_cast<float>(settings.aux_loss_coef) : 0.0f;
+  rb.z_loss_coef = static_cast<float>(settings.z_loss_coef);
+  rb.dx = dx_router.template view<2>({tokens, D}, "dx (router)");
+  rb.dweight = dweight;
+  rb.accumulate = accumulate;
+  route_backward(backend, rb);
+  MOSS_EXPECTS(dx.stride[0] == D && dx.stride[1] == 1, shape_error, "routing_backward: ", dx.name,
+               " must be contiguous");
+  add_into(backend, ConstView<T, 1>(dx_router.flat()), TensorView<T, 1>(dx.data, {tokens * D}, dx.name));
 }
 
 }  // namespace moss
