@@ -1,7 +1,8 @@
-// End-to-end tests of the moss-train command: a run on a small text lowers the loss and saves a
-// checkpoint that moss-run loads and prompts as text (a Mamba and a MoE-Mamba model); a run stopped with --stop-at and
-// continued with --resume ends with bitwise the training loss of a run that never stopped; bad arguments give a message
-// and a non-zero exit.
+// End-to-end tests of the moss-train command: a run on a small text lowers the loss, writes
+// metrics.csv and saves a checkpoint that moss-run loads and prompts as text (Mamba, MoE-Mamba and
+// RoM models); a run stopped with --stop-at and continued with --resume ends with bitwise the
+// training losses of a run that never stopped (every metrics row but its timing); bad arguments
+// give a message naming the flag and a non-zero exit.
 #include <unistd.h>
 
 #include <catch2/catch_test_macros.hpp>
@@ -9,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "run_program.hpp"
 
@@ -24,6 +27,23 @@ std::string number_after(const std::string& text, const std::string& key) {
   std::smatch m;
   const std::regex re(key + " ([-0-9.naife]+)");
   return std::regex_search(text, m, re) ? m[1].str() : "";
+}
+
+/// The rows of `dir`/metrics.csv without their last column (tokens per second: timing); the
+/// header first.
+std::vector<std::string> metric_rows(const fs::path& dir) {
+  std::ifstream in(dir / "metrics.csv");
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(line.substr(0, line.rfind(',')));
+  return rows;
+}
+
+/// Column `col` (0-based) of a metrics row.
+std::string column(const std::string& row, int col) {
+  std::stringstream ss(row);
+  std::string cell;
+  for (int i = 0; i <= col; ++i) std::getline(ss, cell, ',');
+  return cell;
 }
 
 }  // namespace
@@ -49,6 +69,16 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   CHECK(std::stod(last) < 0.7 * std::stod(first));
   CHECK(fs::exists(dir / "whole" / "model.safetensors"));
   CHECK(fs::exists(dir / "whole" / "optimizer.safetensors"));
+  // metrics.csv: the header and one row per step; validation only where evaluated (the end here).
+  const std::vector<std::string> rows = metric_rows(dir / "whole");
+  REQUIRE(rows.size() == 25);
+  CHECK(rows[0] == "step,tokens,train_loss,val_loss,lr,grad_norm,aux_loss");
+  CHECK(column(rows[1], 0) == "1");
+  CHECK(column(rows[1], 1) == "128");
+  CHECK(column(rows[1], 3).empty());
+  CHECK(!column(rows[24], 3).empty());
+  CHECK(std::abs(std::stod(column(rows[24], 2)) - std::stod(last)) < 1e-4);
+  CHECK(std::stod(column(rows[24], 6)) == 0.0);  // a dense model has no auxiliary loss
 
   // Stopped at step 10 and resumed: the same last loss, printed to the digit.
   const auto part = run_program(MOSS_TRAIN_EXE, common + " --stop-at 10 --out " + (dir / "part").string());
@@ -58,6 +88,16 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   REQUIRE(resumed.status == 0);
   CHECK(number_after(resumed.out, "last training loss") == last);
   CHECK_THAT(resumed.out, ContainsSubstring("resuming"));
+  // The resumed run's metrics: the first 10 rows kept, the rest bitwise the uninterrupted run's
+  // (but for the validation loss at the stop, which only the stopped run evaluated).
+  std::vector<std::string> resumed_rows = metric_rows(dir / "part");
+  REQUIRE(resumed_rows.size() == rows.size());
+  CHECK(column(resumed_rows[10], 3) != "");
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    CAPTURE(i);
+    if (i == 10) continue;
+    CHECK(resumed_rows[i] == rows[i]);
+  }
 
   // The checkpoint is a byte-tokenizer model moss-run prompts.
   const auto prompted = run_program(
@@ -79,7 +119,37 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   INFO(moe_prompt.output);
   CHECK(moe_prompt.status == 0);
 
+  // RoM (Conv, Gate and Out routed by one decision) trains, reports its auxiliary loss and prompts.
+  const auto rom = run_program(MOSS_TRAIN_EXE, common + " --model rom --experts 4 --out " + (dir / "rom").string());
+  INFO(rom.output);
+  REQUIRE(rom.status == 0);
+  CHECK_THAT(rom.out, ContainsSubstring("training rom"));
+  CHECK(std::stod(number_after(rom.out, "last training loss")) <
+        0.8 * std::stod(number_after(rom.out, "step +1  loss")));
+  CHECK(std::stod(column(metric_rows(dir / "rom").back(), 6)) > 0.0);
+  const auto rom_prompt =
+      run_program(MOSS_RUN_EXE, "--checkpoint " + (dir / "rom").string() + " --prompt 'the dog' --generate 4 --quiet");
+  INFO(rom_prompt.output);
+  CHECK(rom_prompt.status == 0);
+
   // Errors.
+  const auto unknown = run_program(MOSS_TRAIN_EXE, common + " --model mamba2");
+  CHECK(unknown.status != 0);
+  CHECK_THAT(unknown.err, ContainsSubstring("--model is \"mamba2\""));
+  const auto top2 = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 2");
+  CHECK(top2.status != 0);
+  CHECK_THAT(top2.err, ContainsSubstring("--top-k is 2"));
+  { std::ofstream empty(dir / "empty.txt"); }
+  const auto empty = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "empty.txt").string());
+  CHECK(empty.status != 0);
+  CHECK_THAT(empty.err, ContainsSubstring("empty.txt: is empty"));
+  const auto long_seq = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "text.txt").string() + " --seq-len 100000");
+  CHECK(long_seq.status != 0);
+  CHECK_THAT(long_seq.err, ContainsSubstring("expected at least seq_len + 1 = 100001"));
+  fs::copy_file(dir / "whole" / "config.json", dir / "rom" / "config.json", fs::copy_options::overwrite_existing);
+  const auto other_type = run_program(MOSS_TRAIN_EXE, "--resume " + (dir / "rom").string());
+  CHECK(other_type.status != 0);
+  CHECK_THAT(other_type.err, ContainsSubstring("trains --model rom but its config.json holds a \"mamba\" model"));
   const auto settings_fixed = run_program(MOSS_TRAIN_EXE, "--resume " + (dir / "part").string() + " --batch 3");
   CHECK(settings_fixed.status != 0);
   CHECK_THAT(settings_fixed.err, ContainsSubstring("--batch cannot change"));

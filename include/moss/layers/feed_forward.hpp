@@ -337,10 +337,11 @@ class MoeFeedForward {
                   TensorView<T, 2>(out.data, {tokens, shape_.in}, "out"), ColumnWeighting::all(shape_.out));
   }
   /// Backward of `forward_train`: the experts' backward (dx through them, the gates' gradient),
-  /// then the router's (through the gates, plus the aux and z-losses), its dx added.
+  /// then the router's (through the gates, plus the aux and z-losses weighted by `loss_scale`),
+  /// its dx added.
   template <class Backend>
   void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved& saved, ConstView<T, 3> dout,
-                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false, float loss_scale = 1.0f) const {
     const char* where = "MoeFeedForward::backward";
     detail::expect_block_io(where, x, dx, shape_.in);
     expect_shape(where, dout, x.shape, "(batch, seqlen, d_model), like x");
@@ -355,7 +356,8 @@ class MoeFeedForward {
                      ConstView<T, 2>(dout.data, {tokens, D}, "dout"), dx2, g.experts,
                      dgate.template view<2>({tokens, K}, "dgate"), ColumnWeighting::all(shape_.out), accumulate);
     routing_backward(backend, config_.routing.router, config_.routing.settings, saved.decision, x2, p.router,
-                     ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate"), dx2, g.router.view(), accumulate);
+                     ConstView<float, 2>(dgate.data(), {tokens, K}, "dgate"), dx2, g.router.view(), accumulate,
+                     loss_scale);
   }
 
  private:

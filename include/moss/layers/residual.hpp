@@ -37,6 +37,8 @@ struct ResidualGrad {
   TensorView<float, 2> dstream;  // (tokens, D)
   Buffer<T> dpending;            // (tokens, D) or empty
   bool started = false;          // dstream holds a gradient (false before the first norm's backward)
+  float loss_scale = 1.0f;       // the objective's weight on the blocks' own losses (aux, z): the
+                                 // language model's dloss (1 / micro-batches), as on its cross-entropy
 };
 
 /// The model-level settings of a norm: its width and epsilon, and whether the residual stream is
@@ -240,10 +242,12 @@ class Residual {
     if constexpr (requires { mixer_.refresh_derived(backend, p.mixer); }) mixer_.refresh_derived(backend, p.mixer);
   }
 
-  /// `forward` without a cache that keeps what `backward` needs in `saved`.
+  /// `forward` without a cache that keeps what `backward` needs in `saved`; a routed mixer's
+  /// statistics (with its auxiliary losses' values) go to `report` when given.
   template <class Backend>
   void forward_train(const Backend& backend, const Params& p, ResidualStream<value_type>& rs, index_t batch, index_t L,
-                     Saved& saved, ActivationPolicy policy = ActivationPolicy::keep) const {
+                     Saved& saved, ActivationPolicy policy = ActivationPolicy::keep,
+                     RoutingReport* report = nullptr) const {
     using T = value_type;
     const index_t D = rs.stream.shape[1], tokens = batch * L;
     saved = Saved{};
@@ -255,8 +259,13 @@ class Residual {
     saved.stream = backend.template alloc<float>(tokens * D);
     copy(backend, saved.stream.template view<2>({tokens, D}, "saved stream"), ConstView<float, 2>(rs.stream));
     Buffer<T> out = backend.template alloc<T>(tokens * D);
-    mixer_.forward_train(backend, p.mixer, ConstView<T, 3>(saved.normed.data(), {batch, L, D}, "normed"),
-                         out.template view<3>({batch, L, D}, "mixer_out"), saved.mixer, policy);
+    const ConstView<T, 3> in(saved.normed.data(), {batch, L, D}, "normed");
+    const TensorView<T, 3> o = out.template view<3>({batch, L, D}, "mixer_out");
+    if constexpr (requires { mixer_.forward_train(backend, p.mixer, in, o, saved.mixer, policy, report); }) {
+      mixer_.forward_train(backend, p.mixer, in, o, saved.mixer, policy, report);
+    } else {
+      mixer_.forward_train(backend, p.mixer, in, o, saved.mixer, policy);
+    }
     rs.pending = std::move(out);
   }
 
@@ -273,9 +282,16 @@ class Residual {
                  " values and the stream ", shape_string(rg.dstream.shape), " but the saved forward was (", batch, ", ",
                  L, ", ", D, ")");
     Buffer<T> dnormed = backend.template alloc<T>(tokens * D);
-    mixer_.backward(backend, p.mixer, ConstView<T, 3>(saved.normed.data(), {batch, L, D}, "normed"), saved.mixer,
-                    ConstView<T, 3>(rg.dpending.data(), {batch, L, D}, "d mixer_out"),
-                    dnormed.template view<3>({batch, L, D}, "d normed"), g.mixer, accumulate);
+    const ConstView<T, 3> in(saved.normed.data(), {batch, L, D}, "normed");
+    const ConstView<T, 3> dout(rg.dpending.data(), {batch, L, D}, "d mixer_out");
+    const TensorView<T, 3> din = dnormed.template view<3>({batch, L, D}, "d normed");
+    if constexpr (requires {
+                    mixer_.backward(backend, p.mixer, in, saved.mixer, dout, din, g.mixer, accumulate, 1.0f);
+                  }) {
+      mixer_.backward(backend, p.mixer, in, saved.mixer, dout, din, g.mixer, accumulate, rg.loss_scale);  // routed
+    } else {
+      mixer_.backward(backend, p.mixer, in, saved.mixer, dout, din, g.mixer, accumulate);
+    }
     norm_.backward(backend, p.norm, ConstView<float, 2>(saved.stream.data(), {tokens, D}, "saved stream"),
                    ConstView<T, 2>(dnormed.data(), {tokens, D}, "d normed"), rg, saved.had_pending, g.norm, accumulate);
   }

@@ -363,11 +363,11 @@ class RoutedMamba {
 
   /// Backward of `forward_train`: Out (and its own router on y), the core, Conv and Gate, then
   /// every router on the layer input (through the gates its projections weight, plus its aux
-  /// and z-losses). Writes dx (batch, L, D) and the gradients into `g` (written, or added when
-  /// `accumulate`).
+  /// and z-losses, weighted by `loss_scale`). Writes dx (batch, L, D) and the gradients into `g`
+  /// (written, or added when `accumulate`).
   template <class Backend>
   void backward(const Backend& backend, const Params& p, ConstView<T, 3> x, const Saved& saved, ConstView<T, 3> dout,
-                TensorView<T, 3> dx, Grads& g, bool accumulate = false) const {
+                TensorView<T, 3> dx, Grads& g, bool accumulate = false, float loss_scale = 1.0f) const {
     const char* where = "RoutedMamba::backward";
     const index_t batch = x.shape[0], L = x.shape[1], D = dims_.d_model, ED = dims_.d_inner;
     detail::expect_block_io(where, x, dx, D);
@@ -394,7 +394,8 @@ class RoutedMamba {
     });
     if constexpr (kRouted<Out>) {
       constexpr int i = router_index<Out>();
-      if (!kRouters.on_layer_input[i]) router_backward(backend, p, saved, g, i, y, dgate[i], dy, accumulate);
+      if (!kRouters.on_layer_input[i])
+        router_backward(backend, p, saved, g, i, y, dgate[i], dy, accumulate, loss_scale);
     }
 
     // The core, from dy to dxz.
@@ -436,7 +437,8 @@ class RoutedMamba {
 
     // Every router on the layer input: its gradient into dx and its classifier's.
     for (int i = 0; i < kRouters.count; ++i)
-      if (kRouters.on_layer_input[i]) router_backward(backend, p, saved, g, i, x2, dgate[i], dx2, accumulate);
+      if (kRouters.on_layer_input[i])
+        router_backward(backend, p, saved, g, i, x2, dgate[i], dx2, accumulate, loss_scale);
   }
 
  private:
@@ -478,12 +480,12 @@ class RoutedMamba {
   /// summed gradient; none when no projection weights by it) and its losses, added to `din`.
   template <class Backend>
   void router_backward(const Backend& backend, const Params& p, const Saved& saved, Grads& g, int i, ConstView<T, 2> in,
-                       const Buffer<float>& dgate, TensorView<T, 2> din, bool accumulate) const {
+                       const Buffer<float>& dgate, TensorView<T, 2> din, bool accumulate, float loss_scale) const {
     const index_t tokens = in.shape[0];
     routing_backward(backend, config_.routing.router, config_.routing.settings, *saved.decisions[i], in,
                      ConstView<float, 2>(p.routers[i]),
                      dgate.data() ? ConstView<float, 2>(dgate.data(), {tokens, R::k}, "dgate") : ConstView<float, 2>{},
-                     din, g.routers[i].view(), accumulate);
+                     din, g.routers[i].view(), accumulate, loss_scale);
   }
 
   static std::vector<std::string> routed_names() {

@@ -257,11 +257,12 @@ RoutingDecision decide_routing(const Backend& backend, const R& router, const Ro
 /// adds the gradient of the router's input to `dx` (tokens, D) and writes (or, with
 /// `accumulate`, adds) the classifier's gradient `dweight` (X, D). `x` and `weight` are the
 /// forward's; the balanced assignment of a scoring router is a constant (its gradient flows
-/// through the gates only).
+/// through the gates only). `loss_scale` is the objective's weight on the auxiliary losses (the
+/// language model's dloss: 1 / micro-batches).
 template <class Backend, class T, Router R>
 void routing_backward(const Backend& backend, const R& router, const RouterSettings& settings, const RoutingDecision& d,
                       ConstView<T, 2> x, ConstView<float, 2> weight, ConstView<float, 2> dgate, TensorView<T, 2> dx,
-                      TensorView<float, 2> dweight, bool accumulate) {
+                      TensorView<float, 2> dweight, bool accumulate, float loss_scale = 1.0f) {
   const index_t tokens = x.shape[0], D = x.shape[1], X = weight.shape[0];
   if (tokens == 0) return;
   MOSS_EXPECTS(d.plan.tokens == tokens, shape_error, "routing_backward: the routing decision is of ", d.plan.tokens,
@@ -275,8 +276,8 @@ void routing_backward(const Backend& backend, const R& router, const RouterSetti
   rb.expert = ConstView<std::int32_t, 2>(d.expert.data(), {tokens, R::k}, "expert");
   rb.dgate = dgate;
   rb.counts = d.plan.counts_view();
-  rb.aux_loss_coef = R::aux_loss ? static_cast<float>(settings.aux_loss_coef) : 0.0f;
-  rb.z_loss_coef = static_cast<float>(settings.z_loss_coef);
+  rb.aux_loss_coef = R::aux_loss ? loss_scale * settings.aux_loss_coef : 0.0f;
+  rb.z_loss_coef = loss_scale * settings.z_loss_coef;
   rb.dx = dx_router.template view<2>({tokens, D}, "dx (router)");
   rb.dweight = dweight;
   rb.accumulate = accumulate;

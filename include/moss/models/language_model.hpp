@@ -320,6 +320,7 @@ class LanguageModel {
     float dloss = 1.0f;                // gradient of the objective w.r.t. the mean loss (e.g. 1 / micro-batches)
     index_t chunk_rows = 1024;         // rows of the LM head's logits formed at once (cross_entropy)
     std::int64_t ignore_index = -100;  // targets with this id count nothing
+    RoutingReport* report = nullptr;   // when given, every routed layer adds its statistics (aux losses' values)
   };
 
   /// Zeroed gradients for `p`.
@@ -391,11 +392,16 @@ class LanguageModel {
     ResidualStream<T> rs{stream.template view<2>({n, D}, "residual"), {}};
     const Buffer<std::int64_t> ids = embed(backend, p, inputs.data(), n, rs.stream);
     typename PerTrain<Seq>::saved saved;
-    for (index_t i = 0; i < config_.n_layers; ++i)
+    RoutingReport* report = options.report;
+    for (index_t i = 0; i < config_.n_layers; ++i) {
+      if (report) report->set_scope("layers." + std::to_string(i));
       at(i, [&](auto I) {
         auto& s = std::get<I>(saved).emplace_back();
-        std::get<I>(blocks_).forward_train(backend, layer_params<I>(p, i), rs, batch, L, s, options.activations);
+        std::get<I>(blocks_).forward_train(backend, layer_params<I>(p, i), rs, batch, L, s, options.activations,
+                                           report);
       });
+    }
+    if (report) report->set_scope("");
     const bool had_pending = rs.pending.data() != nullptr;
     Buffer<T> normed = backend.template alloc<T>(n * D);
     norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({n, D}, "normed"));
@@ -418,7 +424,7 @@ class LanguageModel {
     const CrossEntropyResult<float> result = cross_entropy(backend, ce);
 
     // Backward through the final norm, the blocks in reverse, the embeddings.
-    ResidualGrad<T> rg{rs.stream, {}, false};  // the forward's stream buffer now holds its gradient
+    ResidualGrad<T> rg{rs.stream, {}, false, options.dloss};  // the forward's stream buffer now holds its gradient
     norm_f_.backward(backend, p.norm_f, ConstView<float, 2>(stream_f.data(), {n, D}, "final stream"),
                      ConstView<T, 2>(dnormed.data(), {n, D}, "d normed"), rg, had_pending, g.norm_f,
                      options.accumulate);

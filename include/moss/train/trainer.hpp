@@ -70,6 +70,7 @@ struct TrainStepResult {
   index_t count = 0;      ///< targets counted over all micro-batches
   double grad_norm = 0;   ///< global gradient norm before clipping
   double lr = 0;          ///< the learning rate used
+  double aux_loss = 0;    ///< mean over micro-batches of Σ over routers of α·aux + β·z (0 without routers)
   bool skipped = false;   ///< the norm was not finite: no update
   std::int64_t step = 0;  ///< the optimiser step just taken (0 for the first)
 };
@@ -134,16 +135,20 @@ class Trainer {
     TrainStepResult r;
     r.step = step_;
     const float dloss = 1.0f / static_cast<float>(micro_batches.size());
+    RoutingReport report;  // the routed layers' auxiliary losses (their values; the gradients are in backward)
     for (std::size_t k = 0; k < micro_batches.size(); ++k) {
       typename Model::TrainOptions o;
       o.activations = settings_.activations;
       o.accumulate = k > 0;
       o.dloss = dloss;
       o.chunk_rows = settings_.chunk_rows;
+      o.report = &report;
       const auto res = model_.loss_and_grads(backend_, params_, micro_batches[k], grads_, o);
       r.loss += static_cast<double>(res.loss) / static_cast<double>(micro_batches.size());
       r.count += res.count;
     }
+    for (const RouterStats& st : report.read())
+      r.aux_loss += (static_cast<double>(st.aux_loss) + st.z_loss) / static_cast<double>(micro_batches.size());
     std::vector<TensorView<float, 1>> views;
     for (const Slot& s : slots_) views.emplace_back(s.grad, Extents<1>{s.n}, "gradient");
     r.grad_norm = global_norm(backend_, views);
