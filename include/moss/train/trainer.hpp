@@ -32,6 +32,7 @@
 #include "moss/io/safetensors.hpp"
 #include "moss/io/writer.hpp"
 #include "moss/layers/mamba.hpp"
+#include "moss/layers/routing.hpp"
 #include "moss/ops/elementwise.hpp"
 #include "moss/train/clip.hpp"
 #include "moss/train/optimizer.hpp"
