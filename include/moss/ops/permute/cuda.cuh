@@ -92,19 +92,19 @@ inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
   MOSS_CUDA_CHECK(cudaMemsetAsync(s.bounds, 0, sizeof(std::int32_t) * 2 * a.num_experts, gpu.stream));
   if (P > 0) {
     MOSS_CUDA_CHECK(cudaMemsetAsync(a.row_pair.data, 0xff, sizeof(std::int32_t) * P, gpu.stream));
-    keys_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(a.expert.data, T, K, X, s.keys, s.values);
+    keys_kernel<><<<blocks_for(P, threads), threads, 0, gpu.stream>>>(a.expert.data, T, K, X, s.keys, s.values);
     MOSS_CHECK_LAUNCH("permute keys_kernel", gpu.stream);
     std::size_t sort_bytes = temp_bytes;
     MOSS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.sort_temp, sort_bytes, s.keys, s.keys + P, s.values, s.values + P,
                                                     static_cast<int>(P), 0, key_bits(a.num_experts), gpu.stream));
-    bounds_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(s.keys + P, P, X, s.bounds, s.bounds + X);
+    bounds_kernel<><<<blocks_for(P, threads), threads, 0, gpu.stream>>>(s.keys + P, P, X, s.bounds, s.bounds + X);
     MOSS_CHECK_LAUNCH("permute bounds_kernel", gpu.stream);
   }
   offsets_kernel<cfg.scan_threads, cfg.scan_items>
       <<<1, cfg.scan_threads, 0, gpu.stream>>>(s.bounds, s.bounds + X, X, a.capacity, a.counts.data, a.offsets.data);
   MOSS_CHECK_LAUNCH("permute offsets_kernel", gpu.stream);
   if (P > 0) {
-    scatter_kernel<<<blocks_for(P, threads), threads, 0, gpu.stream>>>(
+    scatter_kernel<><<<blocks_for(P, threads), threads, 0, gpu.stream>>>(
         s.keys + P, s.values + P, T, K, X, a.capacity, s.bounds, a.offsets.data, a.pair_row.data, a.row_pair.data);
     MOSS_CHECK_LAUNCH("permute scatter_kernel", gpu.stream);
   }

@@ -20,8 +20,13 @@
 
 namespace moss::detail::permute {
 
+// keys_kernel, bounds_kernel and scatter_kernel are templates, as every kernel of a header must
+// be: a plain __global__ function is defined again by every translation unit that includes the
+// header, and the program does not link (tests/CMakeLists.txt: the link check).
+
 /// key[s·T + t] = expert[t·K + s] (X for an expert outside [0, X): sorted last and dropped),
 /// value = s·T + t.
+template <class = void>
 __global__ void keys_kernel(const std::int32_t* expert, index_t tokens, index_t k, int num_experts, std::int32_t* keys,
                             std::int32_t* values) {
   const index_t pairs = tokens * k;
@@ -36,6 +41,7 @@ __global__ void keys_kernel(const std::int32_t* expert, index_t tokens, index_t 
 
 /// start[e] / end[e] = the sorted positions where expert e's run begins / ends (both 0 when
 /// the expert has no pair: the caller zeroes them).
+template <class = void>
 __global__ void bounds_kernel(const std::int32_t* keys, index_t pairs, int num_experts, std::int32_t* start,
                               std::int32_t* end) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < pairs;
@@ -79,6 +85,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 /// Rows of the kept pairs: pair_row[t·K + s] and row_pair[row]; dropped pairs get −1.
+template <class = void>
 __global__ void scatter_kernel(const std::int32_t* keys, const std::int32_t* values, index_t tokens, index_t k,
                                int num_experts, index_t capacity, const std::int32_t* start,
                                const std::int32_t* offsets, std::int32_t* pair_row, std::int32_t* row_pair) {

@@ -98,9 +98,9 @@ inline void router_stats(const Cuda& gpu, const RouterStatsArgs& a) {
     router_stats_partial_kernel<threads><<<grid, threads, 0, gpu.stream>>>(a.logits.data, tokens, X, partial.data());
     MOSS_CHECK_LAUNCH("router_stats_partial_kernel", gpu.stream);
   }
-  router_stats_final_kernel<<<1, 256, 0, gpu.stream>>>(partial.data(), tokens > 0 ? static_cast<int>(tiles) : 0, tokens,
-                                                       X, a.k, a.counts.data, a.aux_loss, a.aux_loss_coef,
-                                                       a.z_loss_coef, a.out.data);
+  router_stats_final_kernel<><<<1, 256, 0, gpu.stream>>>(partial.data(), tokens > 0 ? static_cast<int>(tiles) : 0,
+                                                         tokens, X, a.k, a.counts.data, a.aux_loss, a.aux_loss_coef,
+                                                         a.z_loss_coef, a.out.data);
   MOSS_CHECK_LAUNCH("router_stats_final_kernel", gpu.stream);
 }
 

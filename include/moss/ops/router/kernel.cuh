@@ -148,7 +148,10 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[blockIdx.x * (X + 1) + X] = z;
 }
 
-/// Adds the tiles' partial sums in tile order and writes [aux, z, P_0..P_{X-1}].
+/// Adds the tiles' partial sums in tile order and writes [aux, z, P_0..P_{X-1}]. A template (as
+/// every kernel of a header must be: a plain __global__ function is defined again by every
+/// translation unit that includes the header; tests/CMakeLists.txt: link check).
+template <class = void>
 __global__ void router_stats_final_kernel(const float* partial, int tiles, index_t tokens, int X, index_t k,
                                           const std::int32_t* counts, bool aux_loss, float aux_coef, float z_coef,
                                           float* out) {
