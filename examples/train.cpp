@@ -49,8 +49,8 @@ constexpr const char* kUsage =
     "                    models only)\n"
     "  --capacity-factor F   expert capacity as a multiple of the fair share (default 0: dropless)\n"
     "  --aux-coef A --z-coef Z   load-balancing and router z-loss weights (default 0.01, 0.001)\n"
-    "  --dtype f32|bf16  storage type of weights and activations (default f32; bf16 keeps float32\n"
-    "                    master weights for the optimiser)\n"
+    "  --dtype f32|bf16  storage type of weights and activations (default f32; bf16, on the GPU only,\n"
+    "                    keeps float32 master weights for the optimiser)\n"
     "  --device cpu|cuda where to train (default: cuda when built with nvcc and a GPU is visible)\n"
     "  --layers N --d-model D --d-state N --expand E   model size (default 2, 128, 16, 2)\n"
     "  --lr X --min-lr X --warmup N   peak rate, final rate, warmup steps (default 3e-3, 3e-4, 30)\n"
@@ -195,6 +195,9 @@ int main_checked(int argc, char** argv) {
 #endif
   MOSS_EXPECTS(device == "cpu" || device == "cuda", moss::config_error, "--device is \"", device,
                "\", expected cpu or cuda");
+  MOSS_EXPECTS(s.dtype == "f32" || device == "cuda", moss::config_error, "--dtype ", s.dtype,
+               " trains on the GPU (--device cuda, moss-train built with the cuda preset); on the CPU moss trains "
+               "in float32 (--dtype f32)");
   job.device = device;
   if (!c.quiet) std::printf("moss-train: device %s, dtype %s\n", device.c_str(), s.dtype.c_str());
   if (s.model == "moe-mamba") return moss::train_cli::train_moe_mamba(job);

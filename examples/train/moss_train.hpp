@@ -362,8 +362,8 @@ int train(const Backend& backend, const Model& model, const RunSettings& s, cons
 
 /// Builds the model of type `Model` for `job` (routed blocks get --experts, --capacity-factor,
 /// --aux-coef and --z-coef; a resumed run reads its blocks from its config.json) and trains it
-/// on the job's device.
-template <class Model>
+/// on the job's device (`on_host`: whether this instance may train on the CPU).
+template <class Model, bool on_host>
 int run(const Job& job) {
   const auto make = [&] {
     if (job.c.resume) return Model(job.cfg);
@@ -390,13 +390,23 @@ int run(const Job& job) {
     return train(Cuda{stream.get()}, model, job.s, job.c);
   }
 #endif
-  return train(Host{}, model, job.s, job.c);
+  if constexpr (on_host) {
+    return train(Host{}, model, job.s, job.c);
+  } else {
+    MOSS_EXPECTS(false, config_error, "--dtype ", job.s.dtype, " trains on the GPU only (--device cuda)");
+    return 1;
+  }
 }
 
-/// `run` of the float32 or bf16 instance of a model family.
+/// `run` of the float32 or bf16 instance of a model family. bf16 storage is the GPU's training
+/// type; on the CPU moss trains in float32 (main() refuses bf16 there), so the bf16 instance is
+/// compiled for CUDA builds only.
 template <template <class> class Family>
 int run_family(const Job& job) {
-  return job.s.dtype == "bf16" ? run<Family<bf16>>(job) : run<Family<float>>(job);
+#if defined(__CUDACC__)
+  if (job.s.dtype == "bf16") return run<Family<bf16>, false>(job);
+#endif
+  return run<Family<float>, true>(job);
 }
 
 }  // namespace moss::train_cli

@@ -139,6 +139,9 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   const auto top2 = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 2");
   CHECK(top2.status != 0);
   CHECK_THAT(top2.err, ContainsSubstring("--top-k is 2"));
+  const auto bf16_cpu = run_program(MOSS_TRAIN_EXE, common + " --dtype bf16 --device cpu");
+  CHECK(bf16_cpu.status != 0);
+  CHECK_THAT(bf16_cpu.err, ContainsSubstring("on the CPU moss trains in float32"));
   { std::ofstream empty(dir / "empty.txt"); }
   const auto empty = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "empty.txt").string());
   CHECK(empty.status != 0);
