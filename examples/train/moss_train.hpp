@@ -231,6 +231,7 @@ class Progress {
       std::printf("step %5lld  loss %.4f  aux %.4f  grad norm %.3f%s  lr %.2e  %.0f tokens/s\n",
                   static_cast<long long>(done), r.loss, r.aux_loss, r.grad_norm,
                   r.skipped ? " (not finite: skipped)" : "", r.lr, tokens_per_second);
+    std::fflush(stdout);
   }
   /// A line of its own (ends a bar in progress).
   void line(const std::string& text) {
@@ -238,6 +239,7 @@ class Progress {
     if (open_) std::printf("\n");
     open_ = false;
     std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
   }
   void finish() {
     if (open_) std::printf("\n");
@@ -315,6 +317,7 @@ int train(const Backend& backend, const Model& model, const RunSettings& s, cons
         static_cast<double>(counts.active) / 1e6, static_cast<long long>(corpus.train_tokens()), files.size(),
         static_cast<long long>(s.batch), static_cast<long long>(s.micro), static_cast<long long>(s.seq_len),
         static_cast<long long>(trainer.steps()), static_cast<long long>(s.steps));
+  std::fflush(stdout);  // a log file sees each line as it is printed
 
   Metrics metrics(c.out, c.resume ? c.resume_dir : fs::path(), trainer.steps());
   Progress progress(c.quiet, s.steps);
