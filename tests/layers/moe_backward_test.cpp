@@ -114,6 +114,24 @@ TEST_CASE("MoeFeedForward backward: experts and router gradients match central d
   }
 }
 
+TEST_CASE("MoeFeedForward backward with no token writes zero gradients", "[host][layers][backward]") {
+  using Block = moss::MoeFeedForward<moss::Top1Switch, moss::Experts<4>, moss::Mlp<moss::Relu>, float>;
+  const Block block(6, 8, 4);
+  moss::Rng rng(3);
+  const auto p = block.init(Host{}, rng, 2);
+  auto g = block.make_grads(Host{}, p);
+  Block::visit_params(g, [&](const std::string&, auto& t) { moss::test::fill_normal(t, 5, 1.0f); });
+  std::vector<float> empty;
+  Block::Saved saved;
+  const ConstView<float, 3> x(empty.data(), {3, 0, 6}, "x");
+  block.forward_train(Host{}, p, x, TensorView<float, 3>(empty.data(), {3, 0, 6}, "out"), saved);
+  block.backward(Host{}, p, x, saved, x, TensorView<float, 3>(empty.data(), {3, 0, 6}, "dx"), g);
+  Block::visit_params(g, [&](const std::string& name, auto& t) {
+    CAPTURE(name);
+    for (index_t i = 0; i < t.numel(); ++i) REQUIRE(t.data()[i] == 0.0f);
+  });
+}
+
 TEST_CASE("MoeMambaLM loss_and_grads: every gradient matches central differences", "[host][models][backward]") {
   moss::MambaConfig c;
   c.d_model = 6;

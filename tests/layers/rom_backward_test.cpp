@@ -219,6 +219,22 @@ TEST_CASE("RoutedMamba backward: recompute gives the bits of keep, accumulate ad
     CHECK(nonzero);
   }
 
+  // No token: the gradients are written as zeros (stale values do not survive), dx has nothing.
+  {
+    Layer::Saved none;
+    std::vector<float> empty;
+    layer.forward_train(Host{}, p, ConstView<float, 3>(empty.data(), {2, 0, D}, "x"),
+                        TensorView<float, 3>(empty.data(), {2, 0, D}, "out"), none);
+    auto stale = run(moss::ActivationPolicy::keep, 1, dx_two);  // nonzero gradients
+    layer.backward(Host{}, p, ConstView<float, 3>(empty.data(), {2, 0, D}, "x"), none,
+                   ConstView<float, 3>(empty.data(), {2, 0, D}, "dout"),
+                   TensorView<float, 3>(empty.data(), {2, 0, D}, "dx"), stale);
+    Layer::visit_params(stale, [&](const std::string& name, auto& t) {
+      CAPTURE(name);
+      for (index_t i = 0; i < t.numel(); ++i) REQUIRE(t.data()[i] == 0.0f);
+    });
+  }
+
   // A saved state from another input shape is refused, naming what it holds.
   Layer::Saved other;
   const std::vector<float> x2(static_cast<std::size_t>(D * 3), 0.5f);
