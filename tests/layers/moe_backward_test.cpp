@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "grad_check.hpp"
+#include "model_grad_check.hpp"
 #include "moss/models/language_model.hpp"
 #include "moss/models/variants.hpp"
 #include "moss_test.hpp"
@@ -133,51 +134,12 @@ TEST_CASE("MoeFeedForward backward with no token writes zero gradients", "[host]
 }
 
 TEST_CASE("MoeMambaLM loss_and_grads: every gradient matches central differences", "[host][models][backward]") {
-  moss::MambaConfig c;
-  c.d_model = 6;
-  c.n_layers = 2;
-  c.vocab_size = 11;
-  c.d_state = 3;
-  c.dt_rank = 2;
-  using Model = moss::MoeMambaLM<float>;
-  auto blocks = Model::default_block_configs();
-  std::get<1>(blocks).routing.num_experts = 3;
-  std::get<1>(blocks).routing.settings = no_aux();
-  std::get<1>(blocks).d_ff = 8;
-  const Model model(c, blocks);
-  auto p = model.init(Host{}, 4);
-  std::uint64_t seed = 600;
-  model.visit_params(p, [&](const std::string& name, auto& t) {
-    const bool norm = name.find("norm") != std::string::npos, router = name.find("router") != std::string::npos;
-    const float mean = norm || name.ends_with(".D") ? 1.0f : (name.ends_with("A_log") ? 0.3f : 0.0f);
-    moss::test::fill_normal(t, seed++, norm ? 0.2f : (router ? 0.8f : 0.4f),
-                            name.ends_with("dt_proj.bias") ? -1.0f : mean);
-  });
-  model.refresh_derived(Host{}, p);
-  const index_t batch = 2, L = 7;
-  moss::Rng rng(5);
-  std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch * (L + 1)));
-  for (auto& t : tokens) t = static_cast<std::int64_t>(rng.next() % 11);
-  const ConstView<std::int64_t, 2> tv(tokens.data(), {batch, L + 1}, "tokens");
-  auto g = model.make_grads(Host{}, p);
-  model.loss_and_grads(Host{}, p, tv, g);
-  auto scratch = model.make_grads(Host{}, p);
-  auto loss = [&] {
-    model.refresh_derived(Host{}, p);
-    return static_cast<double>(model.loss_and_grads(Host{}, p, tv, scratch).loss);
-  };
-  std::vector<std::string> names;
-  std::vector<float*> pd, gd;
-  std::vector<index_t> sizes;
-  model.visit_params(p, [&](const std::string& name, auto& t) {
-    names.push_back(name);
-    pd.push_back(t.data());
-    sizes.push_back(t.numel());
-  });
-  model.visit_params(g, [&](const std::string&, auto& t) { gd.push_back(t.data()); });
-  CHECK(names.size() == 3 + 10 + 3);  // embeddings, norm_f; Mamba layer: norm + 9; MoE layer: norm, router, wi, wo
-  for (std::size_t k = 0; k < names.size(); ++k) {
-    CAPTURE(names[k]);
-    moss::test::check_directional(names[k], gd[k], pd[k], static_cast<std::size_t>(sizes[k]), loss, seed++, kStep);
-  }
+  const std::size_t n = moss::test::check_model_gradients<moss::MoeMambaLM<float>>(
+      [](auto& blocks) {
+        std::get<1>(blocks).routing.num_experts = 3;
+        std::get<1>(blocks).routing.settings = no_aux();
+        std::get<1>(blocks).d_ff = 8;
+      },
+      600, kStep);
+  CHECK(n == 2 + 10 + 4);  // embeddings, norm_f; Mamba layer: norm + 9; MoE layer: norm, router, wi, wo
 }

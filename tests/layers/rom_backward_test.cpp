@@ -14,6 +14,7 @@
 
 #include "custom_components.hpp"
 #include "grad_check.hpp"
+#include "model_grad_check.hpp"
 #include "moss/layers/routed_mamba.hpp"
 #include "moss/models/language_model.hpp"
 #include "moss/models/variants.hpp"
@@ -247,73 +248,20 @@ TEST_CASE("RoutedMamba backward: recompute gives the bits of keep, accumulate ad
                       Catch::Matchers::ContainsSubstring("the saved activations are of batch 1 and seqlen 3"));
 }
 
-namespace {
-
-/// Every gradient of a two-layer `Model`'s loss_and_grads against central differences of its
-/// loss; `configure` sets the routed blocks' configs (aux losses off). Returns the tensor count.
-template <class Model, class Configure>
-std::size_t check_model(Configure&& configure, std::uint64_t seed) {
-  moss::MambaConfig c;
-  c.d_model = 6;
-  c.n_layers = 2;
-  c.vocab_size = 11;
-  c.d_state = 3;
-  c.dt_rank = 2;
-  auto blocks = Model::default_block_configs();
-  configure(blocks);
-  const Model model(c, blocks);
-  auto p = model.init(Host{}, 4);
-  model.visit_params(p, [&](const std::string& name, auto& t) {
-    const bool norm = name.find("norm") != std::string::npos, router = name.find("router") != std::string::npos;
-    const float mean = norm || name.ends_with(".D") ? 1.0f : (name.ends_with("A_log") ? 0.3f : 0.0f);
-    moss::test::fill_normal(t, seed++, norm ? 0.2f : (router ? 0.8f : 0.4f),
-                            name.ends_with("dt_proj.bias") ? -1.0f : mean);
-  });
-  model.refresh_derived(Host{}, p);
-  const index_t batch = 2, L = 7;
-  moss::Rng rng(5);
-  std::vector<std::int64_t> tokens(static_cast<std::size_t>(batch * (L + 1)));
-  for (auto& t : tokens) t = static_cast<std::int64_t>(rng.next() % 11);
-  const ConstView<std::int64_t, 2> tv(tokens.data(), {batch, L + 1}, "tokens");
-  auto g = model.make_grads(Host{}, p);
-  model.loss_and_grads(Host{}, p, tv, g);
-  auto scratch = model.make_grads(Host{}, p);
-  auto loss = [&] {
-    model.refresh_derived(Host{}, p);
-    return static_cast<double>(model.loss_and_grads(Host{}, p, tv, scratch).loss);
-  };
-  std::vector<std::string> names;
-  std::vector<float*> pd, gd;
-  std::vector<index_t> sizes;
-  model.visit_params(p, [&](const std::string& name, auto& t) {
-    names.push_back(name);
-    pd.push_back(t.data());
-    sizes.push_back(t.numel());
-  });
-  model.visit_params(g, [&](const std::string&, auto& t) { gd.push_back(t.data()); });
-  for (std::size_t k = 0; k < names.size(); ++k) {
-    CAPTURE(names[k]);
-    moss::test::check_directional(names[k], gd[k], pd[k], static_cast<std::size_t>(sizes[k]), loss, seed++, kModelStep);
-  }
-  return names.size();
-}
-
-}  // namespace
-
 TEST_CASE("RomLM and RomMoeLM loss_and_grads: every gradient matches central differences", "[host][models][backward]") {
   SECTION("RomLM") {
     using Model = moss::RomLM<float>;
-    const std::size_t n = check_model<Model>(
+    const std::size_t n = moss::test::check_model_gradients<Model>(
         [](auto& blocks) {
           std::get<0>(blocks).routing.num_experts = 3;
           std::get<0>(blocks).routing.settings = no_aux();
         },
-        900);
+        900, kModelStep);
     CHECK(n == 2 + 2 * 11);  // embeddings, norm_f; per layer: norm, router, in, core (7), out
   }
   SECTION("RomMoeLM") {
     using Model = moss::RomMoeLM<float>;
-    const std::size_t n = check_model<Model>(
+    const std::size_t n = moss::test::check_model_gradients<Model>(
         [](auto& blocks) {
           std::get<0>(blocks).routing.num_experts = 3;
           std::get<0>(blocks).routing.settings = no_aux();
@@ -321,7 +269,7 @@ TEST_CASE("RomLM and RomMoeLM loss_and_grads: every gradient matches central dif
           std::get<1>(blocks).routing.settings = no_aux();
           std::get<1>(blocks).d_ff = 8;
         },
-        1000);
+        1000, kModelStep);
     CHECK(n == 2 + 11 + 4);  // RoM layer: 11; MoE layer: norm, router, wi, wo
   }
 }
