@@ -111,4 +111,31 @@ void check_directional(const std::string& name, const float* analytic, float* x,
   CHECK((err < tol || std::abs(a - fd) < abs_tol));
 }
 
+/// `check_directional` for every tensor of a parameter set: `visit(set, f)` calls f(name,
+/// tensor) over the parameters `p` and, with the same names in the same order, over their
+/// gradients `g` (a block's static visit_params, a model's visit_params). Tensor k's direction is
+/// seeded `first_seed + k`. Returns the number of tensors checked.
+template <class Visit, class P, class G, class Loss>
+std::size_t check_all_directional(Visit&& visit, P& p, G& g, Loss&& loss, std::uint64_t first_seed, double h,
+                                  double tol = 2e-2, double abs_tol = 0) {
+  std::vector<std::string> pn, gn;
+  std::vector<float*> pd, gd;
+  std::vector<std::size_t> sizes;
+  visit(p, [&](const std::string& name, auto& t) {
+    pn.push_back(name);
+    pd.push_back(t.data());
+    sizes.push_back(static_cast<std::size_t>(t.numel()));
+  });
+  visit(g, [&](const std::string& name, auto& t) {
+    gn.push_back(name);
+    gd.push_back(t.data());
+  });
+  REQUIRE(pn == gn);
+  for (std::size_t k = 0; k < pn.size(); ++k) {
+    CAPTURE(pn[k]);
+    check_directional(pn[k], gd[k], pd[k], sizes[k], loss, first_seed + k, h, tol, abs_tol);
+  }
+  return pn.size();
+}
+
 }  // namespace moss::test

@@ -50,20 +50,7 @@ std::size_t check_model_gradients(Configure&& configure, std::uint64_t seed, dou
     model.refresh_derived(Host{}, p);
     return static_cast<double>(model.loss_and_grads(Host{}, p, tv, scratch).loss);
   };
-  std::vector<std::string> names;
-  std::vector<float*> pd, gd;
-  std::vector<index_t> sizes;
-  model.visit_params(p, [&](const std::string& name, auto& t) {
-    names.push_back(name);
-    pd.push_back(t.data());
-    sizes.push_back(t.numel());
-  });
-  model.visit_params(g, [&](const std::string&, auto& t) { gd.push_back(t.data()); });
-  for (std::size_t k = 0; k < names.size(); ++k) {
-    CAPTURE(names[k]);
-    check_directional(names[k], gd[k], pd[k], static_cast<std::size_t>(sizes[k]), loss, seed++, step);
-  }
-  return names.size();
+  return check_all_directional([&](auto& set, auto&& f) { model.visit_params(set, f); }, p, g, loss, seed, step);
 }
 
 }  // namespace moss::test

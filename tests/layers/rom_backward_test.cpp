@@ -90,26 +90,10 @@ std::size_t check_layer(const Layer& layer, index_t batch, index_t L, std::uint6
   auto g = layer.make_grads(Host{}, p);
   layer.backward(Host{}, p, xv, saved, ConstView<float, 3>(w.data(), {batch, L, D}, "dout"),
                  TensorView<float, 3>(dx.data(), {batch, L, D}, "dx"), g);
-  std::vector<std::string> pn, gn;
-  std::vector<float*> pd, gd;
-  std::vector<index_t> sizes;
-  Layer::visit_params(p, [&](const std::string& name, auto& t) {
-    pn.push_back(name);
-    pd.push_back(t.data());
-    sizes.push_back(t.numel());
-  });
-  Layer::visit_params(g, [&](const std::string& name, auto& t) {
-    gn.push_back(name);
-    gd.push_back(t.data());
-  });
-  REQUIRE(pn == gn);
-  for (std::size_t k = 0; k < pn.size(); ++k) {
-    CAPTURE(pn[k]);
-    moss::test::check_directional(pn[k], gd[k], pd[k], static_cast<std::size_t>(sizes[k]), loss, seed + 100 + k, kStep,
-                                  2e-2, kAbsTol);
-  }
+  const std::size_t count = moss::test::check_all_directional([](auto& set, auto&& f) { Layer::visit_params(set, f); },
+                                                              p, g, loss, seed + 100, kStep, 2e-2, kAbsTol);
   moss::test::check_directional("x", dx.data(), x.data(), x.size(), loss, seed + 200, kStep, 2e-2, kAbsTol);
-  return pn.size();
+  return count;
 }
 
 using moss::Conv;

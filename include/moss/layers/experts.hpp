@@ -222,10 +222,9 @@ struct LinearExpert {
   static void backward(const Backend& backend, const Params<T>& p, const Dispatch<T>& d, ConstView<T, 2> x,
                        ConstView<T, 2> dout, TensorView<T, 2> dx, Params<compute_t<T>>& g, TensorView<float, 2> dgate,
                        ColumnWeighting weighting, bool accumulate) {
-    if (x.shape[0] == 0) {  // no row: zero gradients (written), or nothing to add
-      if (!accumulate) visit(g, [&](const auto&, auto& t) { fill_zero(backend, t.buffer()); });
-      return;
-    }
+    if (x.shape[0] == 0)
+      return no_token_gradients(
+          backend, g, [](auto& set, auto&& f) { visit(set, f); }, accumulate);
     Buffer<T> xs;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
     const Buffer<T> drows = detail::hidden_gradient(backend, d, rows, p.weight, ConstView<T, 2>(p.bias), dout, g.weight,
@@ -305,10 +304,9 @@ struct Mlp {
     // Params<float> in the signatures: clang 14 crashes on either in this class template.
     static_assert(DifferentiableActivation<Act>,
                   "moss expert backward: the activation has no derivative (specialise moss::ActivationGrad)");
-    if (x.shape[0] == 0) {  // no row: zero gradients (written), or nothing to add
-      if (!accumulate) visit(g, [&](const auto&, auto& t) { fill_zero(backend, t.buffer()); });
-      return;
-    }
+    if (x.shape[0] == 0)
+      return no_token_gradients(
+          backend, g, [](auto& set, auto&& f) { visit(set, f); }, accumulate);
     // Recompute: rows, pre-activation, activation (and y, when dgate needs it).
     Buffer<T> xs, pre_s, hs, dpre_s, drows_s;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
@@ -422,10 +420,9 @@ struct GatedMlp {
     // Params<float> in the signatures: clang 14 crashes on either in this class template.
     static_assert(DifferentiableActivation<Act>,
                   "moss expert backward: the activation has no derivative (specialise moss::ActivationGrad)");
-    if (x.shape[0] == 0) {  // no row: zero gradients (written), or nothing to add
-      if (!accumulate) visit(g, [&](const auto&, auto& t) { fill_zero(backend, t.buffer()); });
-      return;
-    }
+    if (x.shape[0] == 0)
+      return no_token_gradients(
+          backend, g, [](auto& set, auto&& f) { visit(set, f); }, accumulate);
     Buffer<T> xs, pre_s, us, hs, dpre_s, dus, drows_s, drows2_s;
     const ConstView<T, 2> rows = d.gather(backend, x, xs);
     const index_t R = d.rows(), F = p.gate.size(1), in = x.shape[1];

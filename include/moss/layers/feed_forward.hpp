@@ -346,10 +346,9 @@ class MoeFeedForward {
     detail::expect_block_io(where, x, dx, shape_.in);
     expect_shape(where, dout, x.shape, "(batch, seqlen, d_model), like x");
     const index_t tokens = x.shape[0] * x.shape[1], D = shape_.in, K = R::k;
-    if (tokens == 0) {  // no token: zero gradients (written), or nothing to add
-      if (!accumulate) visit_params(g, [&](const std::string&, auto& t) { fill_zero(backend, t.buffer()); });
-      return;
-    }
+    if (tokens == 0)
+      return no_token_gradients(
+          backend, g, [](auto& set, auto&& f) { visit_params(set, f); }, accumulate);
     MOSS_EXPECTS(saved.decision.plan.tokens == tokens, shape_error, where, ": the saved routing decision is of ",
                  saved.decision.plan.tokens, " tokens but x has ", tokens, " (run forward_train on this input first)");
     const ConstView<T, 2> x2(x.data, {tokens, D}, "x");

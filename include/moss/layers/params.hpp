@@ -110,6 +110,14 @@ Tensor<U, Rank> zeros_like(const Backend& backend, const Tensor<T, Rank>& t) {
   return constant_tensor<U>(backend, t.shape(), 0.0f, t.name());
 }
 
+/// The gradients of a backward pass over no token: written as zeros, or, when the pass
+/// accumulates, left as they are (there is nothing to add). `visit(g, f)` calls f(name, tensor)
+/// for every gradient tensor of `g` (a block's visit_params, an expert kind's visit).
+template <class Backend, class G, class Visit>
+void no_token_gradients(const Backend& backend, G& g, Visit&& visit, bool accumulate) {
+  if (!accumulate) visit(g, [&](const auto&, auto& t) { fill_zero(backend, t.buffer()); });
+}
+
 /// Reads `prefix + name` of exactly `shape` from `src` (converted to T) into a tensor named `name`.
 /// A missing tensor or another shape is an `io_error` naming the file and the tensor.
 template <class T, std::size_t Rank, class Backend, WeightSource Source>

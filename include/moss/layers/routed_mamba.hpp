@@ -377,10 +377,9 @@ class RoutedMamba {
     MOSS_EXPECTS(saved.batch == batch && saved.L == L && saved.xz.size() == tokens * 2 * ED, shape_error, where,
                  ": the saved activations are of batch ", saved.batch, " and seqlen ", saved.L, " but x is ",
                  shape_string(x.shape), " (run forward_train on this input first)");
-    if (tokens == 0) {  // no token: zero gradients (written), or nothing to add
-      if (!accumulate) visit_params(g, [&](const std::string&, auto& t) { fill_zero(backend, t.buffer()); });
-      return;
-    }
+    if (tokens == 0)
+      return no_token_gradients(
+          backend, g, [](auto& set, auto&& f) { visit_params(set, f); }, accumulate);
     const ConstView<T, 2> x2(x.data, {tokens, D}, "x");
     const TensorView<T, 2> dx2(dx.data, {tokens, D}, "dx");
     const ConstView<T, 2> y(saved.y.data(), {tokens, ED}, "y");
