@@ -2,7 +2,9 @@
 // d_inner 4096, d_state 16, d_conv 4, batch 8 x seqlen 2048, bf16; anchor: mamba_ssm's fused
 // Mamba module, 2.52 ms on the H100), the same layer at batch 1 x 2048 with each scan strategy
 // (SequentialScan, ChunkedScan and the default AutoScan, which picks by shape), plus the
-// language-model decode step at Mamba-130M's shape.
+// language-model decode step at Mamba-130M's shape, eager and as generate's CUDA graph.
+#include <chrono>
+
 #include "moss/moss.hpp"
 #include "moss_bench.cuh"
 
@@ -76,6 +78,32 @@ void BM_lm_decode_step(benchmark::State& state) {
   state.counters["anchor_ms"] = 2.03;
 }
 BENCHMARK(BM_lm_decode_step)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// The same decode step as `generate` runs it on CUDA: one CUDA graph replay per token (ids up,
+// the whole step, the greedy pick on the device, the picks down) and the host waiting for the
+// picks, as a decode loop must before its next token. Wall time per token.
+void BM_lm_decode_graph(benchmark::State& state) {
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  MambaConfig cfg;  // Mamba-130M
+  const MambaLM<bf16> model(cfg);
+  const auto p = model.init(gpu, 1);
+  const index_t batch = state.range(0), V = cfg.vocab_size;
+  auto cache = model.make_cache(gpu, batch);
+  Buffer<float> logits = gpu.alloc<float>(batch * V);
+  StepRunner<MambaLM<bf16>, Cuda> runner(gpu, model, p, cache, logits.view<2>({batch, V}, "logits"), {});
+  std::vector<std::int64_t> ids(batch, 7);
+  runner.run(ids);  // captures the graph
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    runner.run(ids);
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    ids.assign(runner.picks(), runner.picks() + batch);
+  }
+  state.counters["anchor_ms"] = 2.03;
+  state.counters["graphed"] = runner.graphed() ? 1 : 0;
+}
+BENCHMARK(BM_lm_decode_graph)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -1,9 +1,8 @@
 // CUDA tests of checkpoint validation and generation on the GPU: a checkpoint the model cannot
 // run as meant is refused on moss::Cuda exactly as on the host (the checks run on the host copy
-// of each tensor before it is uploaded), and generation on the GPU raises the non-finite logits
-// error instead of emitting token 0. Token picking runs on the host for every backend: the
-// logits of each step are copied back once (the copy the pick reads anyway, no extra
-// synchronisation) and checked there.
+// of each tensor before it is uploaded), generation on the GPU raises the non-finite logits
+// error instead of emitting token 0, and the decode step replayed as a CUDA graph (greedy pick
+// on the device) gives the tokens and logits of eager steps.
 #include <unistd.h>
 
 #include <catch2/catch_test_macros.hpp>
@@ -134,4 +133,84 @@ TEST_CASE("CUDA: generation with a NaN weight raises the non-finite logits error
   const MambaLM<float> model(tiny_config());
   const auto bad = model.load(gpu, nan, LoadOptions{.check_finite = false});
   REQUIRE_THROWS_WITH(generate(gpu, model, bad, v, opt), ContainsSubstring("are not finite"));
+}
+
+TEST_CASE("CUDA: generate replays the decode step as a CUDA graph with the tokens and logits of eager steps",
+          "[cuda][models][generation]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  STATIC_CHECK(MambaLM<float>::capturable_step);
+  STATIC_CHECK(MambaLM<bf16>::capturable_step);
+  STATIC_CHECK_FALSE(MoeMambaLM<float>::capturable_step);  // routed blocks read their plan on the host
+  STATIC_CHECK_FALSE(RomLM<bf16>::capturable_step);
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  MambaConfig cfg = tiny_config(3);
+  cfg.eos_token_id = 7;
+  std::vector<std::int64_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8};
+
+  auto check = [&](auto tag, index_t batch) {
+    using Model = typename decltype(tag)::type;
+    const Model model(cfg);
+    const auto p = model.init(gpu, 21);
+    const ConstView<std::int64_t, 2> v(prompt.data(), {batch, 12 / batch}, "prompt");
+    for (int mode = 0; mode < 4; ++mode) {
+      GenerateOptions opt;
+      opt.max_new_tokens = 24;
+      opt.record_logits = mode == 1;
+      opt.sampling.greedy = mode != 2;
+      opt.sampling.temperature = 1.5f;
+      opt.sampling.seed = 9;
+      opt.stop_at_eos = mode == 3;
+      INFO("batch " << batch << " mode " << mode << " dtype " << dtype_name(dtype_of<typename Model::T>));
+      const GenerateResult graphed = generate(gpu, model, p, v, opt);
+      opt.cuda_graph = false;
+      const GenerateResult eager = generate(gpu, model, p, v, opt);
+      CHECK(graphed.steps == eager.steps);
+      CHECK(graphed.tokens == eager.tokens);
+      CHECK(graphed.logits == eager.logits);  // bitwise: the same kernels on the same inputs
+      if (mode == 1) CHECK(graphed.logits.size() == static_cast<std::size_t>(batch * 24 * cfg.vocab_size));
+    }
+  };
+  for (index_t batch : {1, 2, 3}) {
+    check(type_tag<MambaLM<float>>{}, batch);
+    check(type_tag<MambaLM<bf16>>{}, batch);
+  }
+}
+
+TEST_CASE("CUDA: the graphed decode step counts non-finite logits on the device and picks as argmax does",
+          "[cuda][models][generation][errors]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const MambaLM<float> model(tiny_config());
+  const auto p = model.init(gpu, 5);
+  const index_t batch = 2, V = model.config().vocab_size;
+  auto cache = model.make_cache(gpu, batch);
+  Buffer<float> logits = gpu.alloc<float>(batch * V);
+  GenerateOptions opt;
+  StepRunner<MambaLM<float>, Cuda> runner(gpu, model, p, cache, logits.view<2>({batch, V}, "logits"), opt);
+  REQUIRE(runner.graphed());
+  std::vector<std::int64_t> next = {4, 40};
+  for (int t = 0; t < 3; ++t) {
+    runner.run(next);
+    REQUIRE(runner.picks() != nullptr);
+    const std::vector<float> host = moss::test::host_copy(gpu, logits);
+    for (index_t b = 0; b < batch; ++b) {
+      CHECK(runner.picks()[b] == argmax(host.data() + b * V, V));
+      CHECK(runner.nonfinite()[b] == 0);
+      next[static_cast<std::size_t>(b)] = runner.picks()[b];
+    }
+  }
+  CHECK(cache.length == 3);
+  // A NaN weight from now on: every logit of every row is NaN; the pick is 0, as argmax's.
+  const auto& in_proj = std::get<0>(p.layers)[1].mixer.in_proj;
+  REQUIRE(cudaMemset(const_cast<float*>(in_proj.data()), 0xff, sizeof(float) * 4) == cudaSuccess);
+  runner.run(next);
+  for (index_t b = 0; b < batch; ++b) {
+    CHECK(runner.nonfinite()[b] == V);
+    CHECK(runner.picks()[b] == 0);
+  }
+  // A token id outside the vocabulary is refused before the replay.
+  next[0] = V;
+  CHECK_THROWS_WITH(runner.run(next), ContainsSubstring("token id 48 at flat position 0 is outside the vocabulary"));
 }

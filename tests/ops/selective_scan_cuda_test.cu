@@ -572,9 +572,9 @@ namespace {
 /// Runs one decode step on the host and on the GPU from the same state and inputs.
 template <class T>
 void check_step(index_t batch, index_t dim, index_t N, index_t groups, bool constant_bc, bool optional_inputs,
-                std::uint64_t seed) {
+                std::uint64_t seed, bool padded_state = false) {
   INFO("step batch " << batch << " dim " << dim << " N " << N << " groups " << groups << " constant " << constant_bc
-                     << " optional " << optional_inputs);
+                     << " optional " << optional_inputs << " padded state " << padded_state);
   // u, delta, z side by side in one (batch, 3·dim) buffer, as slices of a projection's output.
   std::vector<T> act = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(batch * 3 * dim), seed));
   for (index_t i = 0; i < batch; ++i)
@@ -585,11 +585,14 @@ void check_step(index_t batch, index_t dim, index_t N, index_t groups, bool cons
   std::vector<float> A = moss::test::uniform(static_cast<std::size_t>(dim * N), seed + 2, -2.0f, -0.2f);
   std::vector<float> D = moss::test::randn(static_cast<std::size_t>(dim), seed + 3);
   std::vector<float> bias = moss::test::uniform(static_cast<std::size_t>(dim), seed + 4, -1.0f, 0.5f);
-  std::vector<float> state = moss::test::randn(static_cast<std::size_t>(batch * dim * N), seed + 5);
+  // A padded state ((batch, dim, N + 1) rows, the last value of each never touched) takes the
+  // general kernel; a contiguous one with N a multiple of 4 the float4 kernel.
+  const index_t row = padded_state ? N + 1 : N;
+  std::vector<float> state = moss::test::randn(static_cast<std::size_t>(batch * dim * row), seed + 5);
   std::vector<T> out(static_cast<std::size_t>(batch * dim), moss::from_float<T>(NAN));
 
   moss::SelectiveScanStepArgs<T> h;
-  h.state = TensorView<float, 3>(state.data(), {batch, dim, N});
+  h.state = TensorView<float, 3>(state.data(), {batch, dim, N}, {dim * row, row, 1});
   h.u = ConstView<T, 2>(act.data(), {batch, dim}, {3 * dim, 1});
   h.delta = ConstView<T, 2>(act.data() + dim, {batch, dim}, {3 * dim, 1});
   if (optional_inputs) {
@@ -642,8 +645,10 @@ void check_step(index_t batch, index_t dim, index_t N, index_t groups, bool cons
 TEMPLATE_TEST_CASE("selective_scan_step (cuda) equals the host step", "[cuda]", float, moss::f16, moss::bf16) {
   MOSS_REQUIRE_CUDA_DEVICE();
   std::uint64_t seed = 500;
-  for (index_t N : {1, 4, 16, 64, 256})
+  for (index_t N : {1, 4, 12, 16, 64, 128, 256})
     for (index_t dim : {1, 37, 4096}) check_step<TestType>(1 + N % 3, dim, N, 1, false, true, seed += 3);
+  check_step<TestType>(3, 37, 16, 1, false, true, seed += 3, /*padded_state=*/true);
+  check_step<TestType>(2, 64, 8, 2, false, true, seed += 3, /*padded_state=*/true);
   check_step<TestType>(3, 64, 16, 4, false, true, seed += 3);
   check_step<TestType>(2, 37, 16, 37, false, false, seed += 3);
   check_step<TestType>(2, 37, 16, 1, true, true, seed += 3);

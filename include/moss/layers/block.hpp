@@ -15,6 +15,7 @@
 //   Cache make_cache(backend, index_t batch) const;
 //   void forward(backend, const Params&, ConstView<T, 3> x, TensorView<T, 3> out, Cache*[, RoutingReport*]) const;
 //   void step(backend, const Params&, ConstView<T, 2> x, TensorView<T, 2> out, Cache&[, RoutingReport*]) const;
+//   static constexpr bool capturable_step = true;           // optional: see CapturableStep
 // `moss::BlockConfig` checks the config part. The helpers below check a block's input and output
 // the same way in every block.
 #pragma once
@@ -31,6 +32,16 @@ template <class C>
 concept BlockConfig = std::default_initializable<C> && requires(const C& c, const io::JsonRef& in, io::Json& out) {
   { C::from_json(in) } -> std::same_as<C>;
   c.to_json(out);
+};
+
+/// A block whose `step` only queues work on the backend's stream: no host synchronisation, no
+/// host-side decision on device values, scratch only from the backend's stream-ordered `alloc`.
+/// Such a step can be captured in a CUDA graph, and `generate` replays the whole model's decode
+/// step as one graph when every block of the model says so (`static constexpr bool
+/// capturable_step = true;`). Blocks that do not say so are run eagerly.
+template <class B>
+concept CapturableStep = requires {
+  requires B::capturable_step;
 };
 
 namespace detail {

@@ -471,6 +471,8 @@ class Mamba {
   using Config = NoBlockConfig;
   /// The block's name in a moss config's `block_pattern`.
   static constexpr std::string_view block_name = "mamba";
+  /// The step queues its kernels and GEMMs only (CapturableStep).
+  static constexpr bool capturable_step = true;
 
   explicit Mamba(const MambaDims& dims, const Config& = {}) : dims_(dims), core_(dims) {}
   const MambaDims& dims() const { return dims_; }

@@ -140,6 +140,8 @@ class Residual {
   Residual(const NormSettings& norm, const MambaDims& dims, const Config& config) : norm_(norm), mixer_(dims, config) {}
   /// The block's name in a config's `block_pattern` (the mixer's).
   static constexpr std::string_view block_name = Mixer::block_name;
+  /// The norm and add queue kernels only, so the block's step is capturable when the mixer's is.
+  static constexpr bool capturable_step = CapturableStep<Mixer>;
   /// The mixer's config (with what its types imply filled in).
   decltype(auto) config() const { return mixer_.config(); }
 

@@ -115,6 +115,40 @@ struct GenerateOptions {
   SamplingOptions sampling;
   bool stop_at_eos = false;    ///< a sequence stops after it emits the config's eos_token_id
   bool record_logits = false;  ///< keep the logits of every generated position
+  /// On CUDA, replay the one-token step as a CUDA graph when the model's step is capturable
+  /// (`Model::capturable_step`); false runs every step eagerly (the same tokens, slower).
+  bool cuda_graph = true;
+};
+
+/// How `generate` runs its one-token steps on a backend. This one, for every backend: the
+/// model's eager `step` from host ids, then the logits are copied to the host, where the token
+/// is picked. moss::Cuda has its own (moss/models/generation_cuda.cuh): the step captured once
+/// as a CUDA graph and replayed, with the greedy pick on the device.
+template <class Model, class Backend>
+class StepRunner {
+ public:
+  /// Steps of `model` with `params` from `cache` (batch sequences), writing `logits` (batch, V).
+  StepRunner(const Backend& backend, const Model& model, const typename Model::Params& params,
+             typename Model::Cache& cache, TensorView<float, 2> logits, const GenerateOptions&)
+      : backend_(backend), model_(model), params_(params), cache_(cache), logits_(logits) {}
+  /// One step for `next` (host, batch ids).
+  void run(const std::vector<std::int64_t>& next) {
+    model_.step(backend_, params_, ConstView<std::int64_t, 1>(next.data(), {logits_.shape[0]}, "next_ids"), logits_,
+                cache_);
+  }
+  /// The greedy picks of the last `run` when the device made them (then `nonfinite()` holds
+  /// each row's count of non-finite logits), else nullptr: the caller reads the logits.
+  const std::int64_t* picks() const { return nullptr; }
+  const std::int32_t* nonfinite() const { return nullptr; }
+  /// The last step's logits in host memory when the runner copied them there, else nullptr.
+  const float* host_logits() const { return nullptr; }
+
+ private:
+  const Backend& backend_;
+  const Model& model_;
+  const typename Model::Params& params_;
+  typename Model::Cache& cache_;
+  TensorView<float, 2> logits_;
 };
 
 /// Tokens and timings of one `generate` call.
@@ -157,13 +191,22 @@ GenerateResult generate(const Backend& backend, const Model& model, const typena
     std::vector<std::int64_t> next(static_cast<std::size_t>(batch));
     std::vector<bool> done(static_cast<std::size_t>(batch), false);
 
-    auto pick = [&] {
-      download(backend, host_logits.data(), logits.data(), batch * V);
-      if (opt.record_logits) r.logits.insert(r.logits.end(), host_logits.begin(), host_logits.end());
+    // Picks every running row's next token: from the device's greedy picks when the step
+    // runner made them (the logits come to the host only to report non-finite ones), else from
+    // the logits on the host (copied here unless the runner already did).
+    auto pick = [&](const float* ready_logits, const std::int64_t* picks, const std::int32_t* nonfinite) {
+      const float* lg = ready_logits;
+      auto fetch = [&] {
+        download(backend, host_logits.data(), logits.data(), batch * V);
+        return host_logits.data();
+      };
+      if (!lg && (!picks || opt.record_logits)) lg = fetch();
+      if (opt.record_logits) r.logits.insert(r.logits.end(), lg, lg + batch * V);
       bool all_done = true;
       for (index_t b = 0; b < batch; ++b) {
-        if (!done[b]) detail::expect_finite_logits(host_logits.data() + b * V, V, b, r.steps, L);
-        next[b] = done[b] ? eos : sample_token(host_logits.data() + b * V, V, opt.sampling, rng);
+        if (!done[b] && picks && nonfinite[b] > 0) lg = lg ? lg : fetch();
+        if (!done[b] && (!picks || nonfinite[b] > 0)) detail::expect_finite_logits(lg + b * V, V, b, r.steps, L);
+        next[b] = done[b] ? eos : picks ? picks[b] : sample_token(lg + b * V, V, opt.sampling, rng);
         rows[b].push_back(next[b]);
         if (stop && next[b] == eos) done[b] = true;
         all_done = all_done && done[b];
@@ -174,13 +217,14 @@ GenerateResult generate(const Backend& backend, const Model& model, const typena
 
     auto t0 = clock::now();
     model.forward(backend, params, prompt, logits.template view<3>({batch, 1, V}, "logits"), &cache);
-    bool finished = pick();
+    bool finished = pick(nullptr, nullptr, nullptr);
     r.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
     t0 = clock::now();
+    StepRunner<Model, Backend> runner(backend, model, params, cache, logits.template view<2>({batch, V}, "logits"),
+                                      opt);
     while (!finished && r.steps < opt.max_new_tokens) {
-      model.step(backend, params, ConstView<std::int64_t, 1>(next.data(), {batch}, "next_ids"),
-                 logits.template view<2>({batch, V}, "logits"), cache);
-      finished = pick();
+      runner.run(next);
+      finished = pick(runner.host_logits(), runner.picks(), runner.nonfinite());
     }
     r.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   }
@@ -194,3 +238,7 @@ GenerateResult generate(const Backend& backend, const Model& model, const typena
 }
 
 }  // namespace moss
+
+#if defined(__CUDACC__)
+#include "moss/models/generation_cuda.cuh"
+#endif

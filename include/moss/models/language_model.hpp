@@ -116,6 +116,12 @@ class LanguageModel {
 
   /// The config of each pattern position (`Block<I>::Config`), e.g. the expert count of an MoE block.
   using BlockConfigs = typename Per<Seq>::configs;
+  /// Every block's step is capturable (moss::CapturableStep), so `step_resident` only queues work
+  /// on the stream and `generate` on CUDA replays it as one CUDA graph per token.
+  static constexpr bool capturable_step = []<std::size_t... I>(std::index_sequence<I...>) {
+    return (CapturableStep<Block<I>> && ...);
+  }
+  (Seq{});
 
   /// Owned weights on one backend.
   struct Params {
@@ -278,6 +284,19 @@ class LanguageModel {
   template <class Backend>
   void step(const Backend& backend, const Params& p, ConstView<std::int64_t, 1> ids, TensorView<float, 2> logits,
             Cache& cache, RoutingReport* report = nullptr) const {
+    expect_contiguous("LanguageModel::step", ids);
+    const Buffer<std::int64_t> resident = upload_ids(backend, ids.data, ids.shape[0]);
+    step_resident(backend, p, ConstView<std::int64_t, 1>(resident.data(), {ids.shape[0]}, ids.name), logits, cache,
+                  report);
+  }
+
+  /// `step` with the ids already in backend memory, which the caller guarantees lie in
+  /// [0, vocab) (as a token picked from the logits does): host checks of shapes only, then work
+  /// queued on the backend's stream. When `capturable_step`, nothing in it waits for the device,
+  /// so it can be captured in a CUDA graph (see `generate`). Advances `cache.length` by one.
+  template <class Backend>
+  void step_resident(const Backend& backend, const Params& p, ConstView<std::int64_t, 1> ids,
+                     TensorView<float, 2> logits, Cache& cache, RoutingReport* report = nullptr) const {
     const char* where = "LanguageModel::step";
     const index_t batch = ids.shape[0], D = config_.d_model, V = config_.vocab_size;
     expect_shape(where, logits, {batch, V}, "(batch, vocab)");
@@ -287,7 +306,7 @@ class LanguageModel {
     check_cache(where, cache, batch);
     Buffer<float> stream = backend.template alloc<float>(batch * D);
     ResidualStream<T> rs{stream.template view<2>({batch, D}, "residual"), {}};
-    embed(backend, p, ids.data, batch, rs.stream);
+    embedding(backend, EmbeddingArgs<T>{ids, p.embeddings, rs.stream, /*ids_checked=*/true});
     for (index_t i = 0; i < config_.n_layers; ++i) {
       if (report) report->set_scope("layers." + std::to_string(i));
       at(i, [&](auto I) {
@@ -555,15 +574,20 @@ class LanguageModel {
   static const typename Block<I>::Params& layer_params(const Params& p, index_t i) {
     return std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
   }
-  /// Looks up `n` ids (host memory) into `out`; returns the ids copied to the backend.
+  /// Checks `n` ids (host memory) against the vocabulary and copies them to the backend.
   template <class Backend>
-  Buffer<std::int64_t> embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
-                             TensorView<float, 2> out) const {
+  Buffer<std::int64_t> upload_ids(const Backend& backend, const std::int64_t* host_ids, index_t n) const {
     const index_t V = config_.vocab_size;
     for (index_t i = 0; i < n; ++i)
       MOSS_EXPECTS(host_ids[i] >= 0 && host_ids[i] < V, shape_error, "LanguageModel: token id ", host_ids[i],
                    " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
-    Buffer<std::int64_t> ids = upload(backend, host_ids, n);
+    return upload(backend, host_ids, n);
+  }
+  /// Looks up `n` ids (host memory) into `out`; returns the ids copied to the backend.
+  template <class Backend>
+  Buffer<std::int64_t> embed(const Backend& backend, const Params& p, const std::int64_t* host_ids, index_t n,
+                             TensorView<float, 2> out) const {
+    Buffer<std::int64_t> ids = upload_ids(backend, host_ids, n);
     embedding(backend, EmbeddingArgs<T>{ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"), p.embeddings, out,
                                         /*ids_checked=*/true});
     return ids;

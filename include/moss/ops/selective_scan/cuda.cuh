@@ -323,14 +323,25 @@ void launch_step(const Cuda& gpu, const SelectiveScanStepArgs<T>& a) {
   }
   p.dim = dim;
   p.N = static_cast<int>(a.A.shape[1]);
-  p.threads_per_channel = next_pow2(ceil_div<index_t>(p.N, kSpt));
-  p.channels = kThreads / p.threads_per_channel;
   p.delta_softplus = a.delta_softplus;
+  // The float4 kernel when the state and A rows are contiguous and 16-byte aligned along N (and
+  // N ≤ 128, so a channel's N / 4 threads stay within one warp's shuffles).
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; };
+  const bool vec4 = p.N % 4 == 0 && p.N <= 128 && a.state.stride[2] == 1 && a.state.stride[1] % 4 == 0 &&
+                    a.state.stride[0] % 4 == 0 && aligned(a.state.data) && a.A.stride[1] == 1 &&
+                    a.A.stride[0] % 4 == 0 && aligned(a.A.data);
+  p.threads_per_channel = next_pow2(ceil_div<index_t>(p.N, vec4 ? 4 : kSpt));
+  p.channels = kThreads / p.threads_per_channel;
   const index_t tiles = ceil_div<index_t>(dim, p.channels);
   const index_t blocks = tiles * batch;
   MOSS_EXPECTS(blocks <= INT_MAX, unsupported_error, "selective_scan_step (cuda): batch ", batch, " × ", tiles,
                " channel tiles exceed the grid limit of ", INT_MAX, " blocks");
   p.tiles = static_cast<int>(tiles);
+  if (vec4) {
+    selective_scan_step_vec4_kernel<T, kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, gpu.stream>>>(p);
+    MOSS_CHECK_LAUNCH("selective_scan_step_vec4_kernel", gpu.stream);
+    return;
+  }
   selective_scan_step_kernel<T, kSpt, kThreads><<<static_cast<unsigned>(blocks), kThreads, 0, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("selective_scan_step_kernel", gpu.stream);
 }

@@ -589,4 +589,48 @@ __global__ void __launch_bounds__(kThreads) selective_scan_step_kernel(const Ste
   }
 }
 
+/// The step kernel when the state and A are contiguous along N, 16-byte aligned, with N a
+/// multiple of 4 (every model's cache): each thread owns 4 states of one channel and moves them
+/// and their A with one float4 load and store each, so a warp touches whole 512-byte runs of
+/// the state (the general kernel's kSpt strided scalar loads fetch every sector kSpt times).
+/// B and C stay scalar loads: one row of N per sequence, shared by every channel, cached.
+template <class T, int kThreads>
+__global__ void __launch_bounds__(kThreads) selective_scan_step_vec4_kernel(const StepParams<T> p) {
+  const int tpc = p.threads_per_channel;  // N / 4 rounded up to a power of two
+  const int tile = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.tiles));
+  const index_t b = blockIdx.x / static_cast<unsigned>(p.tiles);
+  const int c = static_cast<int>(threadIdx.x) / tpc;
+  const int slice = static_cast<int>(threadIdx.x) - c * tpc;
+  const index_t d = static_cast<index_t>(tile) * p.channels + c;
+  const int n0 = slice * 4;
+  const bool active = d < p.dim && n0 < p.N;  // inactive threads still take part in the shuffles
+
+  float u = 0.0f, y = 0.0f;
+  if (active) {
+    u = to_float(p.u[b * p.u_strides[0] + d * p.u_strides[1]]);
+    const float bias = p.delta_bias ? p.delta_bias[d * p.delta_bias_stride] : 0.0f;
+    const float dt =
+        delta_value(to_float(p.delta[b * p.delta_strides[0] + d * p.delta_strides[1]]), bias, p.delta_softplus);
+    const float dt_u = dt * u;
+    const T* bp = p.B + b * p.B_strides[0] + (d / p.b_channels_per_group) * p.B_strides[1] + n0 * p.B_strides[2];
+    const T* cp = p.C + b * p.C_strides[0] + (d / p.c_channels_per_group) * p.C_strides[1] + n0 * p.C_strides[2];
+    auto* hp = reinterpret_cast<float4*>(p.state + b * p.state_strides[0] + d * p.state_strides[1] + n0);
+    const float4 a4 = *reinterpret_cast<const float4*>(p.A + d * p.A_strides[0] + n0);
+    float4 h = *hp;
+    h.x = update_state(h.x, dt, a_log2e(a4.x), dt_u, to_float(bp[0]));
+    h.y = update_state(h.y, dt, a_log2e(a4.y), dt_u, to_float(bp[p.B_strides[2]]));
+    h.z = update_state(h.z, dt, a_log2e(a4.z), dt_u, to_float(bp[2 * p.B_strides[2]]));
+    h.w = update_state(h.w, dt, a_log2e(a4.w), dt_u, to_float(bp[3 * p.B_strides[2]]));
+    *hp = h;
+    y = to_float(cp[0]) * h.x + to_float(cp[p.C_strides[2]]) * h.y + to_float(cp[2 * p.C_strides[2]]) * h.z +
+        to_float(cp[3 * p.C_strides[2]]) * h.w;
+  }
+  y = sum_over_channel(y, tpc);
+  if (active && slice == 0) {
+    if (p.D) y = add_skip(y, p.D[d * p.D_stride], u);
+    if (p.z) y = gate(y, to_float(p.z[b * p.z_strides[0] + d * p.z_strides[1]]));
+    p.out[b * p.out_strides[0] + d * p.out_strides[1]] = from_float<T>(y);
+  }
+}
+
 }  // namespace moss::detail::scan
