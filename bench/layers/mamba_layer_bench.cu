@@ -4,6 +4,8 @@
 // (SequentialScan, ChunkedScan and the default AutoScan, which picks by shape), plus the
 // language-model decode step at Mamba-130M's shape, eager and as generate's CUDA graph.
 #include <chrono>
+#include <tuple>
+#include <type_traits>
 
 #include "moss/moss.hpp"
 #include "moss_bench.cuh"
@@ -59,15 +61,26 @@ BENCHMARK_TEMPLATE(BM_mamba_layer_forward_scan, AutoScan)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-// Whole-model decode step (batch 1 / 16), Mamba-130M shape, bf16; anchor 2.03 ms/token (mamba_ssm
-// with CUDA graphs), floor 0.09 ms (0.26 GB of weights at 3 TB/s).
+/// The decode benchmarks' model at Mamba-130M's shape (d 768, 24 layers, vocab 50280), bf16:
+/// MambaLM, or RomLM with 8 experts per mixer (top-1, shared routing).
+template <class Model>
+Model decode_model() {
+  MambaConfig cfg;  // Mamba-130M
+  auto blocks = Model::default_block_configs();
+  if constexpr (std::is_same_v<Model, RomLM<bf16>>) std::get<0>(blocks).routing.num_experts = 8;
+  return Model(cfg, blocks);
+}
+
+// Whole-model decode step (batch 1 / 8 / 16), eager: every launch from the host, the logits left
+// on the device. Anchor 2.03 ms/token (mamba_ssm with CUDA graphs), floor 0.09 ms (0.26 GB of
+// weights at 3 TB/s).
+template <class Model>
 void BM_lm_decode_step(benchmark::State& state) {
   CudaStream stream;
   const Cuda gpu{stream.get()};
-  MambaConfig cfg;  // Mamba-130M
-  const MambaLM<bf16> model(cfg);
+  const Model model = decode_model<Model>();
   const auto p = model.init(gpu, 1);
-  const index_t batch = state.range(0), V = cfg.vocab_size;
+  const index_t batch = state.range(0), V = model.config().vocab_size;
   auto cache = model.make_cache(gpu, batch);
   std::vector<std::int64_t> ids(batch, 7);
   Buffer<float> logits = gpu.alloc<float>(batch * V);
@@ -77,21 +90,28 @@ void BM_lm_decode_step(benchmark::State& state) {
   });
   state.counters["anchor_ms"] = 2.03;
 }
-BENCHMARK(BM_lm_decode_step)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_lm_decode_step, MambaLM<bf16>)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(16)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_lm_decode_step, RomLM<bf16>)->Arg(1)->Arg(8)->UseManualTime()->Unit(benchmark::kMillisecond);
 
+#if __has_include("moss/models/generation_cuda.cuh")  // (this file also builds against older trees)
 // The same decode step as `generate` runs it on CUDA: one CUDA graph replay per token (ids up,
 // the whole step, the greedy pick on the device, the picks down) and the host waiting for the
 // picks, as a decode loop must before its next token. Wall time per token.
+template <class Model>
 void BM_lm_decode_graph(benchmark::State& state) {
   CudaStream stream;
   const Cuda gpu{stream.get()};
-  MambaConfig cfg;  // Mamba-130M
-  const MambaLM<bf16> model(cfg);
+  const Model model = decode_model<Model>();
   const auto p = model.init(gpu, 1);
-  const index_t batch = state.range(0), V = cfg.vocab_size;
+  const index_t batch = state.range(0), V = model.config().vocab_size;
   auto cache = model.make_cache(gpu, batch);
   Buffer<float> logits = gpu.alloc<float>(batch * V);
-  StepRunner<MambaLM<bf16>, Cuda> runner(gpu, model, p, cache, logits.view<2>({batch, V}, "logits"), {});
+  StepRunner<Model, Cuda> runner(gpu, model, p, cache, logits.view<2>({batch, V}, "logits"), {});
   std::vector<std::int64_t> ids(batch, 7);
   runner.run(ids);  // captures the graph
   for (auto _ : state) {
@@ -103,7 +123,14 @@ void BM_lm_decode_graph(benchmark::State& state) {
   state.counters["anchor_ms"] = 2.03;
   state.counters["graphed"] = runner.graphed() ? 1 : 0;
 }
-BENCHMARK(BM_lm_decode_graph)->Arg(1)->Arg(16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_lm_decode_graph, MambaLM<bf16>)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(16)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_lm_decode_graph, RomLM<bf16>)->Arg(1)->Arg(8)->UseManualTime()->Unit(benchmark::kMillisecond);
+#endif
 
 }  // namespace
 

@@ -138,10 +138,13 @@ TEST_CASE("CUDA: generation with a NaN weight raises the non-finite logits error
 TEST_CASE("CUDA: generate replays the decode step as a CUDA graph with the tokens and logits of eager steps",
           "[cuda][models][generation]") {
   MOSS_REQUIRE_CUDA_DEVICE();
+  // Every named variant: a decode step's routing decision is resident (no host read).
   STATIC_CHECK(MambaLM<float>::capturable_step);
   STATIC_CHECK(MambaLM<bf16>::capturable_step);
-  STATIC_CHECK_FALSE(MoeMambaLM<float>::capturable_step);  // routed blocks read their plan on the host
-  STATIC_CHECK_FALSE(RomLM<bf16>::capturable_step);
+  STATIC_CHECK(MoeMambaLM<float>::capturable_step);
+  STATIC_CHECK(BlackMambaLM<bf16>::capturable_step);
+  STATIC_CHECK(RomLM<bf16>::capturable_step);
+  STATIC_CHECK(RomMoeLM<float>::capturable_step);
   CudaStream stream;
   const Cuda gpu{stream.get()};
   MambaConfig cfg = tiny_config(3);
@@ -150,7 +153,17 @@ TEST_CASE("CUDA: generate replays the decode step as a CUDA graph with the token
 
   auto check = [&](auto tag, index_t batch) {
     using Model = typename decltype(tag)::type;
-    const Model model(cfg);
+    auto blocks = Model::default_block_configs();  // routed blocks: 4 experts, top-1 as the types say
+    std::apply(
+        [](auto&... b) {
+          (
+              [&] {
+                if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = 4;
+              }(),
+              ...);
+        },
+        blocks);
+    const Model model(cfg, blocks);
     const auto p = model.init(gpu, 21);
     const ConstView<std::int64_t, 2> v(prompt.data(), {batch, 12 / batch}, "prompt");
     for (int mode = 0; mode < 4; ++mode) {
@@ -174,6 +187,13 @@ TEST_CASE("CUDA: generate replays the decode step as a CUDA graph with the token
   for (index_t batch : {1, 2, 3}) {
     check(type_tag<MambaLM<float>>{}, batch);
     check(type_tag<MambaLM<bf16>>{}, batch);
+  }
+  // The sparse variants: their steps route through the grouped matrix-vector kernel.
+  for (index_t batch : {1, 3}) {
+    check(type_tag<MoeMambaLM<bf16>>{}, batch);
+    check(type_tag<BlackMambaLM<float>>{}, batch);
+    check(type_tag<RomLM<bf16>>{}, batch);
+    check(type_tag<RomMoeLM<float>>{}, batch);
   }
 }
 

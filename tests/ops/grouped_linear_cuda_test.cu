@@ -49,14 +49,20 @@ struct Case {
   index_t pad_x = 0, pad_y = 0;  // extra elements per row of x / y
 };
 
+/// How the call gets its offsets: read from the device by the op (one synchronisation), given
+/// on the host, or resident (the grouped matrix-vector kernel reads them on the device and
+/// writes the rows past offsets[X] as zeros).
+enum class Offsets { device_read, host, resident };
+
 template <class T>
-void check_case(const Cuda& gpu, const Case& c, bool with_bias, bool host_offsets, std::uint64_t seed) {
+void check_case(const Cuda& gpu, const Case& c, bool with_bias, Offsets mode, std::uint64_t seed) {
+  const bool host_offsets = mode == Offsets::host, resident = mode == Offsets::resident;
   const index_t X = static_cast<index_t>(c.segments.size()), in = c.in, out = c.out;
   std::vector<std::int32_t> offsets(static_cast<std::size_t>(X + 1), 0);
   std::partial_sum(c.segments.begin(), c.segments.end(), offsets.begin() + 1);
   const index_t kept = offsets[X], rows = kept + c.tail;
   const index_t ldx = in + c.pad_x, ldy = out + c.pad_y;
-  CAPTURE(c.name, X, rows, kept, in, out, ldx, ldy, with_bias, host_offsets);
+  CAPTURE(c.name, X, rows, kept, in, out, ldx, ldy, with_bias, host_offsets, resident);
 
   const auto xs = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(rows * ldx), seed));
   const auto w = moss::test::to_storage<T>(moss::test::randn(static_cast<std::size_t>(X * out * in), seed + 1,
@@ -72,6 +78,7 @@ void check_case(const Cuda& gpu, const Case& c, bool with_bias, bool host_offset
   if (with_bias) h.bias = ConstView<T, 2>(b.data(), {X, out}, "bias");
   h.offsets = ConstView<std::int32_t, 1>(offsets.data(), {X + 1}, "offsets");
   h.y = TensorView<T, 2>(want.data(), {rows, out}, {ldy, 1}, "y");
+  h.resident_offsets = resident;
   moss::grouped_linear(Host{}, h);
 
   const Buffer<T> dx = device_copy(gpu, xs), dw = device_copy(gpu, w), db = device_copy(gpu, b);
@@ -84,22 +91,26 @@ void check_case(const Cuda& gpu, const Case& c, bool with_bias, bool host_offset
   g.offsets = ConstView<std::int32_t, 1>(doff.data(), {X + 1}, "offsets");
   if (host_offsets) g.host_offsets = offsets.data();
   g.y = TensorView<T, 2>(dy.data(), {rows, out}, {ldy, 1}, "y");
+  g.resident_offsets = resident;
   moss::grouped_linear(gpu, g);
   gpu.synchronize();
   const auto got_all = host_copy(gpu, dy);
 
   std::vector<T> got, expect;
-  bool untouched = true;
+  bool untouched = true, zeroed = true;
   for (index_t i = 0; i < static_cast<index_t>(got_all.size()); ++i) {
     const index_t r = i / ldy, col = i % ldy;
     if (r < kept && col < out) {
       got.push_back(got_all[i]);
       expect.push_back(want[i]);
+    } else if (resident && r < rows && col < out) {
+      zeroed = zeroed && same_bits(got_all[i], moss::from_float<T>(0.0f)) && same_bits(want[i], got_all[i]);
     } else {
       untouched = untouched && same_bits(got_all[i], poison);
     }
   }
   CHECK(untouched);
+  CHECK(zeroed);
   if (kept > 0) CHECK(moss::test::rel_l2(got, expect) <= moss::test::op_tolerance<T>());
 }
 
@@ -137,9 +148,9 @@ TEMPLATE_TEST_CASE("grouped_linear: CUDA matches the host over segments, bias, l
   std::uint64_t seed = 40;
   for (const Case& c : cases()) {
     for (bool with_bias : {false, true}) {
-      for (bool host_offsets : {true, false}) {
+      for (Offsets mode : {Offsets::host, Offsets::device_read, Offsets::resident}) {
         seed += 5;
-        check_case<TestType>(gpu, c, with_bias, host_offsets, seed);
+        check_case<TestType>(gpu, c, with_bias, mode, seed);
       }
     }
   }
@@ -152,7 +163,8 @@ TEMPLATE_TEST_CASE("grouped_linear: CUDA at a realistic MoE shape (2048 rows, 8 
   const Cuda gpu{stream.get()};
   Case c{"realistic", ragged(8, 256, 0.0, 9), 64, 768, 1536};
   // float reads the offsets from the device, bf16 is given them (both paths are covered above).
-  check_case<TestType>(gpu, c, true, std::is_same_v<TestType, bf16>, 11);
+  check_case<TestType>(gpu, c, true, std::is_same_v<TestType, bf16> ? Offsets::host : Offsets::device_read, 11);
+  check_case<TestType>(gpu, c, true, Offsets::resident, 12);
 }
 
 TEST_CASE("grouped_linear: CUDA refuses bad offsets as the host does", "[cuda][ops][grouped_linear]") {

@@ -219,6 +219,41 @@ TEMPLATE_TEST_CASE("grouped_linear: strided x and y, gaps untouched", "[host][op
   CHECK(moss::test::rel_l2(got, want) <= (std::is_same_v<T, float> ? 1e-6 : moss::test::op_tolerance<T>()));
 }
 
+TEST_CASE("grouped_linear: each row's expert by the offsets; resident offsets zero the rows past them",
+          "[host][ops][grouped_linear]") {
+  // Offsets {0, 2, 2, 5, 6}: rows 0-1 expert 0, expert 1 empty, rows 2-4 expert 2, row 5 expert 3.
+  const I32 off{0, 2, 2, 5, 6};
+  const std::vector<int> want{0, 0, 2, 2, 2, 3, -1, -1};
+  for (std::int64_t r = 0; r < 8; ++r) {
+    CAPTURE(r);
+    CHECK(moss::detail::expert_of_row(off.data(), 4, r) == want[static_cast<std::size_t>(r)]);
+  }
+  const I32 all_empty{0, 0, 0};
+  CHECK(moss::detail::expert_of_row(all_empty.data(), 2, 0) == -1);
+  const I32 last_only{0, 0, 0, 3};
+  CHECK(moss::detail::expert_of_row(last_only.data(), 3, 2) == 2);
+
+  // Resident offsets: the kept rows as always, the 2 rows past offsets[X] zero, the gaps untouched.
+  const index_t rows = 8, in = 5, out = 3, ys = out + 2;
+  const Problem<float> pb(rows, in, out, 4, 2411);
+  std::vector<float> y(static_cast<std::size_t>(rows * ys), kNaN), plain = y;
+  auto a = pb.args(off, y.data(), ys, true);
+  a.resident_offsets = true;
+  moss::grouped_linear(moss::Host{}, a);
+  moss::grouped_linear(moss::Host{}, pb.args(off, plain.data(), ys, true));
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < ys; ++c) {
+      CAPTURE(r, c);
+      const float v = y[static_cast<std::size_t>(r * ys + c)];
+      if (c >= out)
+        CHECK(std::isnan(v));
+      else if (r >= off[4])
+        CHECK(v == 0.0f);
+      else
+        CHECK(v == plain[static_cast<std::size_t>(r * ys + c)]);
+    }
+}
+
 TEST_CASE("grouped_linear: zero rows, all experts empty", "[host][ops][grouped_linear]") {
   const Problem<float> pb(4, 3, 2, 3, 2401);
   std::vector<float> y(8, 42.0f);

@@ -17,7 +17,9 @@
 //
 // The routed GEMMs need the per-expert row offsets on the host: the first `linear` of a plan
 // reads them (on CUDA: the decision's one host synchronisation, queued after the gather) and
-// the plan caches them for every later GEMM over it.
+// the plan caches them for every later GEMM over it. A decode step's decision (`resident`)
+// never reads them there: its few rows go through the grouped matrix-vector kernel, which reads
+// the offsets on the device, so a routed block's step waits for nothing (CapturableStep).
 #pragma once
 
 #include <cstdint>
@@ -78,6 +80,7 @@ class Dispatch {
   template <class Backend>
   index_t kept_rows(const Backend& backend) const {
     if (is_dense()) return tokens_;
+    if (decision_->resident) return rows();  // dropless: every row is kept (the GEMM zeroes any other)
     return read_offsets(backend, decision_->plan).back();
   }
 
@@ -105,14 +108,16 @@ class Dispatch {
       return;
     }
     PermutePlan& plan = decision_->plan;
-    const std::vector<std::int32_t>& offsets = read_offsets(backend, plan);
     GroupedLinearArgs<T> g;
     g.x = rows;
     g.weight = weight;
     g.bias = bias;
     g.offsets = plan.offsets_view();
-    g.host_offsets = offsets.data();
     g.y = y;
+    if (decision_->resident)
+      g.resident_offsets = true;
+    else
+      g.host_offsets = read_offsets(backend, plan).data();
     grouped_linear(backend, g);
   }
 

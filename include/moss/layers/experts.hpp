@@ -156,9 +156,18 @@ Buffer<T> hidden_gradient(const Backend& backend, const Dispatch<T>& d, ConstVie
 
 }  // namespace detail
 
+/// An expert kind whose `apply` only queues work on the stream (`static constexpr bool
+/// capturable = true;`): a routed block over it can be captured in a CUDA graph.
+template <class Expert>
+concept CapturableExpert = requires {
+  requires Expert::capturable;
+};
+
 /// A linear expert W_i x (+ b_i): RoM's projections. Weight (X, out, in), bias (X, out).
 struct LinearExpert {
   static constexpr std::string_view name = "linear";
+  /// `apply` only queues work (through Dispatch), so routed blocks over it are capturable.
+  static constexpr bool capturable = true;
 
   template <StorageType T>
   struct Params {
@@ -238,6 +247,8 @@ template <Activation Act>
 struct Mlp {
   using activation = Act;
   static constexpr std::string_view name = "mlp";
+  /// `apply` only queues work (through Dispatch), so routed blocks over it are capturable.
+  static constexpr bool capturable = true;
 
   template <StorageType T>
   struct Params {
@@ -345,6 +356,8 @@ template <Activation Act>
 struct GatedMlp {
   using activation = Act;
   static constexpr std::string_view name = "gated_mlp";
+  /// `apply` only queues work (through Dispatch), so routed blocks over it are capturable.
+  static constexpr bool capturable = true;
 
   template <StorageType T>
   struct Params {

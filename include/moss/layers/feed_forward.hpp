@@ -215,6 +215,9 @@ class MoeFeedForward {
   };
   struct Cache {};
   static constexpr std::string_view block_name = "moe";
+  /// A decode step's routing decision is resident (its GEMMs read the offsets on the device), so
+  /// the step waits for nothing when the router and the expert kind queue work only.
+  static constexpr bool capturable_step = CapturableRouter<R> && CapturableExpert<Expert>;
 
   /// The block's config section: routing, and the expert kind's width.
   struct Config {

@@ -125,6 +125,9 @@ class RoutedMamba {
   static constexpr bool kFusedIn =
       kRouted<Conv> && kRouted<Gate> && S::template router<Conv> == S::template router<Gate>;
   static constexpr std::string_view block_name = "rom";
+  /// A decode step's decisions are resident (the expert GEMMs read the offsets on the device), so
+  /// the step waits for nothing when the router queues work only (CapturableStep).
+  static constexpr bool capturable_step = CapturableRouter<R>;
 
   /// Owned weights: the shared core, the routers and the projections (see the file comment).
   struct Params {

@@ -200,13 +200,17 @@ struct RoutingDecision {
   Buffer<std::int32_t> expert;  // (tokens, K)
   Buffer<float> gate;           // (tokens, K)
   PermutePlan plan;
+  /// A decode step's decision (dropless): the experts' GEMMs read the plan's offsets on the
+  /// device (`GroupedLinearArgs::resident_offsets`), so nothing waits for the host.
+  bool resident = false;
 
   ConstView<float, 2> gate_view() const { return {gate.data(), {plan.tokens, plan.k}, "gate"}; }
 };
 
 /// Routes `x` (tokens, D) with `router` and the float32 classifier `weight` (X, D), builds the
 /// plan (with capacity when `full_sequence` and a capacity factor is set: the decode path is
-/// dropless) and, when `report` is given, adds the statistics under `name`.
+/// dropless, and its decision `resident`) and, when `report` is given, adds the statistics
+/// under `name`.
 template <class Backend, class T, Router R>
 RoutingDecision decide_routing(const Backend& backend, const R& router, const RouterSettings& settings,
                                ConstView<T, 2> x, ConstView<float, 2> weight, bool full_sequence, RoutingReport* report,
@@ -235,6 +239,7 @@ RoutingDecision decide_routing(const Backend& backend, const R& router, const Ro
           : 0;
   d.plan = make_permute_plan(backend, ConstView<std::int32_t, 2>(d.expert.data(), {tokens, K}, "expert"), num_experts,
                              capacity);
+  d.resident = !full_sequence;
   if (report) {
     Buffer<float> values = backend.template alloc<float>(router_stats_size(num_experts));
     RouterStatsArgs s;

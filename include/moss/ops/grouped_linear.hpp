@@ -9,8 +9,10 @@
 // It needs the row offsets on the host: pass `host_offsets` when the caller has them; otherwise
 // the op copies `offsets` to the host and synchronises the stream once. A layer reads them once
 // per permutation plan (`read_offsets`) and reuses them for every projection, so an MoE layer
-// synchronises once per forward and cannot yet be captured in a CUDA graph. The interface
-// already carries the device offsets, for a grouped kernel that reads them on the device.
+// synchronises once per forward. With `resident_offsets` the op never reads the offsets on the
+// host: on CUDA a grouped matrix-vector kernel finds each row's expert in the device offsets
+// (one warp per output value), for the few rows of a decode step, which can then be captured in
+// a CUDA graph; rows at or past offsets[X] are then written as zeros.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +36,9 @@ struct GroupedLinearArgs {
   ConstView<std::int32_t, 1> offsets;  // (X + 1), backend memory: non-decreasing, offsets[0] = 0, offsets[X] ≤ rows
   const std::int32_t* host_offsets = nullptr;  // (X + 1) the same offsets in host memory, if the caller has them
   TensorView<T, 2> y;                          // (rows, out), unit inner stride
+  /// Read the offsets on the device only (no host synchronisation; meant for few rows: every
+  /// row reads its expert's whole matrix); rows at or past offsets[X] are written as zeros.
+  bool resident_offsets = false;
 };
 
 /// Checks `a` once at op entry (both backends); the offsets' values are checked where they are
@@ -76,6 +81,21 @@ inline void check_offsets(const char* where, const std::int32_t* offsets, index_
                  " is below offsets[", e, "] = ", offsets[e], " (segments must be non-decreasing)");
   MOSS_EXPECTS(offsets[num_experts] <= rows, shape_error, where, ": offsets[", num_experts,
                "] = ", offsets[num_experts], " exceeds the ", rows, " rows of x");
+}
+
+/// The row → expert map of `resident_offsets`: the expert e with offsets[e] ≤ r < offsets[e+1]
+/// (the last such e when segments are empty), or −1 when r ≥ offsets[X].
+MOSS_HD int expert_of_row(const std::int32_t* offsets, int num_experts, std::int64_t r) {
+  if (r >= offsets[num_experts]) return -1;
+  int lo = 0, hi = num_experts - 1;  // the largest e with offsets[e] ≤ r
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
 }
 
 /// Calls `run(LinearArgs<T>)` for each non-empty expert segment of `a`, in expert order, with

@@ -155,7 +155,8 @@ struct SinkhornTop1 {
   static constexpr int k = 1;
   static constexpr bool aux_loss = false;
   static constexpr std::string_view name = "sinkhorn_top1";
-  bool training = false;  ///< runtime mode flag; config key "sinkhorn_training"
+  static constexpr bool capturable_score = true;  ///< the sinkhorn op only queues kernels
+  bool training = false;                          ///< runtime mode flag; config key "sinkhorn_training"
 
   /// The balanced scores in training mode; nothing (rank by the logits) in inference mode.
   template <class Backend>
@@ -190,6 +191,13 @@ template <class R>
 concept ScoringRouter = Router<R> && requires(const R& r, ConstView<float, 2> logits, TensorView<float, 2> scores) {
   { r.score(Host{}, logits, scores) } -> std::convertible_to<bool>;
 };
+
+/// A router whose work in a decode step only queues on the stream: every router without a
+/// scoring hook (its selection runs in the route kernel), and a scoring router that says its
+/// `score` waits for nothing (`static constexpr bool capturable_score = true;`). Routed blocks
+/// over it can be captured in a CUDA graph (moss::CapturableStep).
+template <class R>
+concept CapturableRouter = Router<R> &&(!ScoringRouter<R> || requires { requires R::capturable_score; });
 
 /// A router with runtime settings that round-trip through config.json.
 template <class R>

@@ -13,6 +13,9 @@ void grouped_linear(const Host& host, const GroupedLinearArgs<T>& a) {
   const std::int32_t* off = a.host_offsets ? a.host_offsets : a.offsets.data;
   detail::check_offsets("grouped_linear", off, a.weight.shape[0], a.x.shape[0]);
   detail::for_each_segment(a, off, [&](const LinearArgs<T>& l) { linear(host, l); });
+  if (a.resident_offsets)  // the rows past the kept ones, as the CUDA kernel writes them
+    for (index_t r = off[a.weight.shape[0]]; r < a.x.shape[0]; ++r)
+      for (index_t o = 0; o < a.y.shape[1]; ++o) a.y.data[r * a.y.stride[0] + o] = T(0);
 }
 
 }  // namespace moss
