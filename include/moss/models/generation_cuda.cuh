@@ -166,6 +166,10 @@ class StepRunner<Model, Cuda> {
   void capture() {
     const index_t n = batch_;
     const std::int64_t length = cache_.length;
+    // What the step creates on first use must exist before the capture, which may not allocate
+    // outside the stream: this thread's cuBLAS handles (with their workspace) and moss's pool.
+    (void)detail::blas_handles();
+    (void)detail::memory_pool(cuda::current_device());
     {
       detail::decode::CaptureGuard guard(gpu_.stream);
       MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu_.stream, cudaStreamCaptureModeThreadLocal));
