@@ -219,7 +219,7 @@ TEMPLATE_TEST_CASE("grouped_linear: strided x and y, gaps untouched", "[host][op
   CHECK(moss::test::rel_l2(got, want) <= (std::is_same_v<T, float> ? 1e-6 : moss::test::op_tolerance<T>()));
 }
 
-TEST_CASE("grouped_linear: each row's expert by the offsets; resident offsets zero the rows past them",
+TEST_CASE("grouped_linear: each row's expert by the offsets, and resident offsets zero the rows past them",
           "[host][ops][grouped_linear]") {
   // Offsets {0, 2, 2, 5, 6}: rows 0-1 expert 0, expert 1 empty, rows 2-4 expert 2, row 5 expert 3.
   const I32 off{0, 2, 2, 5, 6};
