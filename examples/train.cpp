@@ -45,8 +45,8 @@ constexpr const char* kUsage =
     "                    projections routed by one shared top-1 decision) or rom-moe (RoM and\n"
     "                    Switch-MoE layers alternating); the alternating ones need --layers even\n"
     "  --experts X       experts per routed layer (default 8; moe-mamba with 1 is its dense twin)\n"
-    "  --top-k K         experts per token (default 1, the papers' routing; moss-train builds top-1\n"
-    "                    models only)\n"
+    "  --top-k K         experts per token, 1 (default: the papers' routing) or 2 (moe-mamba, rom and\n"
+    "                    rom-moe: the top-2 by router softmax, weighted by their probabilities)\n"
     "  --capacity-factor F   expert capacity as a multiple of the fair share (default 0: dropless)\n"
     "  --aux-coef A --z-coef Z   load-balancing and router z-loss weights (default 0.01, 0.001)\n"
     "  --dtype f32|bf16  storage type of weights and activations (default f32; bf16, on the GPU only,\n"
@@ -162,9 +162,13 @@ int main_checked(int argc, char** argv) {
   MOSS_EXPECTS(!alternating || s.layers % 2 == 0, moss::config_error, "--layers is ", s.layers, " but ", s.model,
                " alternates two kinds of layers: expected an even number");
   MOSS_EXPECTS(s.experts >= 1, moss::config_error, "--experts is ", s.experts, ", expected >= 1");
-  MOSS_EXPECTS(s.top_k == 1, moss::config_error, "--top-k is ", s.top_k,
-               ": moss-train builds the papers' top-1 models (Switch, Sinkhorn, RoM's shared top-1); top-K layers "
-               "(moss::TopK<K>) are library types to instantiate in C++");
+  MOSS_EXPECTS(s.top_k == 1 || s.top_k == 2, moss::config_error, "--top-k is ", s.top_k,
+               ": moss-train builds K = 1 (the papers' models) and 2; other K are library types to instantiate in "
+               "C++ (moss::RomLM<T, K>, moss::MoeMambaLM<T, K>, moss::RomMoeLM<T, K>)");
+  MOSS_EXPECTS(s.top_k == 1 || s.model != "blackmamba", moss::config_error, "--top-k is ", s.top_k,
+               " but blackmamba's Sinkhorn routing picks one expert per token");
+  MOSS_EXPECTS(s.top_k <= s.experts || s.model == "mamba", moss::config_error, "--top-k is ", s.top_k,
+               " but --experts is ", s.experts, ": a token cannot use more experts than there are");
   MOSS_EXPECTS(s.capacity_factor >= 0 && s.capacity_factor <= 1e6, moss::config_error, "--capacity-factor is ",
                s.capacity_factor, ", expected 0 (dropless) or a positive factor <= 1e6");
   MOSS_EXPECTS(s.aux_coef >= 0 && s.z_coef >= 0, moss::config_error, "--aux-coef is ", s.aux_coef, " and --z-coef is ",

@@ -4,6 +4,6 @@
 
 namespace moss::train_cli {
 
-int train_blackmamba(const Job& job) { return run_family<BlackMambaLM>(job); }
+int train_blackmamba(const Job& job) { return run_family<BlackMambaLM<float>, BlackMambaLM<bf16>>(job); }
 
 }  // namespace moss::train_cli

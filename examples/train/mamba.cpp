@@ -3,6 +3,6 @@
 
 namespace moss::train_cli {
 
-int train_mamba(const Job& job) { return run_family<MambaLM>(job); }
+int train_mamba(const Job& job) { return run_family<MambaLM<float>, MambaLM<bf16>>(job); }
 
 }  // namespace moss::train_cli

@@ -401,15 +401,22 @@ int run(const Job& job) {
   }
 }
 
-/// `run` of the float32 or bf16 instance of a model family. bf16 storage is the GPU's training
-/// type; on the CPU moss trains in float32 (main() refuses bf16 there), so the bf16 instance is
-/// compiled for CUDA builds only.
-template <template <class> class Family>
+/// `run` of the float32 (F32) or bf16 (BF16) instance of a model family. bf16 storage is the
+/// GPU's training type; on the CPU moss trains in float32 (main() refuses bf16 there), so the
+/// bf16 instance is compiled for CUDA builds only.
+template <class F32, class BF16>
 int run_family(const Job& job) {
 #if defined(__CUDACC__)
-  if (job.s.dtype == "bf16") return run<Family<bf16>, false>(job);
+  if (job.s.dtype == "bf16") return run<BF16, false>(job);
 #endif
-  return run<Family<float>, true>(job);
+  return run<F32, true>(job);
+}
+
+/// `run_family` of a family routed with --top-k experts per token (main() allows 1 and 2).
+template <template <StorageType, int> class Family>
+int run_top_k_family(const Job& job) {
+  if (job.s.top_k == 2) return run_family<Family<float, 2>, Family<bf16, 2>>(job);
+  return run_family<Family<float, 1>, Family<bf16, 1>>(job);
 }
 
 }  // namespace moss::train_cli

@@ -448,6 +448,51 @@ TwoMoe two_moe_model(index_t n_layers, double capacity_factor = 1.25) {
 
 }  // namespace
 
+TEST_CASE("dispatch_variant builds the named variants with the top_k of their config (1 or 2)", "[host][models][moe]") {
+  // A top-2 model saves top_k 2 in each routed section; its loaded config dispatches to the K = 2
+  // type, which loads the checkpoint; K = 1 types refuse it.
+  auto round_trip = [&](auto tag, const char* name) {
+    using Model = typename decltype(tag)::type;
+    INFO(name);
+    const Model model(tiny_config(4), tiny_blocks<Model>());
+    const auto p = model.init(Host{}, 3);
+    const auto dir = temp_dir(std::string("dispatch_") + name);
+    model.save(Host{}, p, dir);
+    const MambaConfig cfg = load_mamba_config(dir);
+    CHECK(variant_top_k(cfg) == 2);
+    const int k = dispatch_variant<float>(cfg, [&](auto t) {
+      using Loaded = typename decltype(t)::type;
+      CHECK(std::is_same_v<Loaded, Model>);
+      const Loaded loaded(cfg);
+      (void)loaded.load(Host{}, Checkpoint(dir));
+      return 2;
+    });
+    CHECK(k == 2);
+    std::filesystem::remove_all(dir);
+  };
+  round_trip(type_tag<MoeMambaLM<float, 2>>{}, "moe-mamba");
+  round_trip(type_tag<RomLM<float, 2>>{}, "rom");
+  round_trip(type_tag<RomMoeLM<float, 2>>{}, "rom-moe");
+
+  // A K = 1 type refuses a top-2 section; K outside {1, 2} and sections that disagree are errors.
+  const RomLM<float, 2> top2(tiny_config(4), tiny_blocks<RomLM<float, 2>>());
+  const auto dir = temp_dir("dispatch_k");
+  top2.save(Host{}, top2.init(Host{}, 4), dir);
+  MambaConfig cfg = load_mamba_config(dir);
+  CHECK_THROWS_WITH(RomLM<float>(cfg), ContainsSubstring("top_k is 2 but the layer type's router picks 1"));
+  cfg.blocks[0]["top_k"] = 3;
+  CHECK_THROWS_AS(dispatch_variant<float>(cfg, [](auto) { return 0; }), unsupported_error);
+  CHECK_THROWS_WITH(dispatch_variant<float>(cfg, [](auto) { return 0; }),
+                    ContainsSubstring("top_k is 3 but the built-in rom types route 1 or 2 experts per token"));
+  MambaConfig hybrid = load_mamba_config(dir);
+  hybrid.moss_variant = "rom-moe";
+  hybrid.block_pattern = {"rom", "moe"};
+  hybrid.blocks.push_back(io::Json::object());
+  hybrid.blocks[1]["top_k"] = 1;
+  CHECK_THROWS_WITH(variant_top_k(hybrid), ContainsSubstring("blocks[1].top_k is 1 but blocks[0].top_k is 2"));
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("Two MoE blocks with different routers save and load back with their own sections", "[host][models][moe]") {
   const TwoMoe model = two_moe_model(6);
   CHECK(model.config().block_pattern == std::vector<std::string>{"mamba", "moe", "moe"});

@@ -9,6 +9,7 @@
 #include <catch2/matchers/catch_matchers_string.hpp>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -132,13 +133,38 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
   INFO(rom_prompt.output);
   CHECK(rom_prompt.status == 0);
 
+  // Top-2 RoM and MoE-Mamba: they train, save a config that says top_k 2, and moss-run loads and
+  // prompts them.
+  for (const std::string model : {"rom", "moe-mamba"}) {
+    const fs::path out = dir / (model + "2");
+    const auto run = run_program(
+        MOSS_TRAIN_EXE, common + " --model " + model + " --layers 2 --experts 4 --top-k 2 --out " + out.string());
+    INFO(run.output);
+    REQUIRE(run.status == 0);
+    CHECK(std::stod(number_after(run.out, "last training loss")) <
+          0.8 * std::stod(number_after(run.out, "step +1  loss")));
+    std::ifstream cfg(out / "config.json");
+    const std::string config((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+    CHECK_THAT(config, ContainsSubstring("\"top_k\": 2"));
+    const auto prompt =
+        run_program(MOSS_RUN_EXE, "--checkpoint " + out.string() + " --prompt 'the cat' --generate 4 --quiet");
+    INFO(prompt.output);
+    CHECK(prompt.status == 0);
+  }
+
   // Errors.
   const auto unknown = run_program(MOSS_TRAIN_EXE, common + " --model mamba2");
   CHECK(unknown.status != 0);
   CHECK_THAT(unknown.err, ContainsSubstring("--model is \"mamba2\""));
-  const auto top2 = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 2");
-  CHECK(top2.status != 0);
-  CHECK_THAT(top2.err, ContainsSubstring("--top-k is 2"));
+  const auto top3 = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 3");
+  CHECK(top3.status != 0);
+  CHECK_THAT(top3.err, ContainsSubstring("--top-k is 3: moss-train builds K = 1 (the papers' models) and 2"));
+  const auto sinkhorn2 = run_program(MOSS_TRAIN_EXE, common + " --model blackmamba --layers 2 --top-k 2");
+  CHECK(sinkhorn2.status != 0);
+  CHECK_THAT(sinkhorn2.err, ContainsSubstring("Sinkhorn routing picks one expert per token"));
+  const auto too_few = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 2 --experts 1");
+  CHECK(too_few.status != 0);
+  CHECK_THAT(too_few.err, ContainsSubstring("--top-k is 2 but --experts is 1"));
   const auto bf16_cpu = run_program(MOSS_TRAIN_EXE, common + " --dtype bf16 --device cpu");
   CHECK(bf16_cpu.status != 0);
   CHECK_THAT(bf16_cpu.err, ContainsSubstring("on the CPU moss trains in float32"));
