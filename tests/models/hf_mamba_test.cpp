@@ -146,6 +146,16 @@ TEST_CASE("Token ids outside the vocabulary are refused, never read", "[host][mo
   REQUIRE_THROWS_AS(model.forward(Host{}, p, ConstView<std::int64_t, 2>(ids.data(), {1, 2}, "ids"),
                                   TensorView<float, 3>(logits.data(), {1, 2, 40}, "logits")),
                     shape_error);
+  // The decode steps too: `step` and, on the CPU, `step_resident` (ids in backend memory).
+  auto cache = model.make_cache(Host{}, 2);
+  const TensorView<float, 2> step_logits(logits.data(), {2, 40}, "logits");
+  REQUIRE_THROWS_WITH(model.step(Host{}, p, ConstView<std::int64_t, 1>(ids.data(), {2}, "ids"), step_logits, cache),
+                      ContainsSubstring("token id -1 at flat position 1"));
+  ids[1] = 40;
+  REQUIRE_THROWS_WITH(
+      model.step_resident(Host{}, p, ConstView<std::int64_t, 1>(ids.data(), {2}, "ids"), step_logits, cache),
+      ContainsSubstring("token id 40 at flat position 1 is outside the vocabulary [0, 40)"));
+  CHECK(cache.length == 0);
 }
 
 TEST_CASE("Last-position logits equal the last row of the full logits", "[host][models]") {

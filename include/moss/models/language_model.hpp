@@ -290,10 +290,11 @@ class LanguageModel {
                   report);
   }
 
-  /// `step` with the ids already in backend memory, which the caller guarantees lie in
-  /// [0, vocab) (as a token picked from the logits does): host checks of shapes only, then work
+  /// `step` with the ids already in backend memory: host checks of shapes only, then work
   /// queued on the backend's stream. When `capturable_step`, nothing in it waits for the device,
-  /// so it can be captured in a CUDA graph (see `generate`). Advances `cache.length` by one.
+  /// so it can be captured in a CUDA graph (see `generate`). On the CPU the ids are checked
+  /// against the vocabulary; on the GPU the caller guarantees 0 ≤ id < vocab (as a token picked
+  /// from the logits does: reading them back would wait). Advances `cache.length` by one.
   template <class Backend>
   void step_resident(const Backend& backend, const Params& p, ConstView<std::int64_t, 1> ids,
                      TensorView<float, 2> logits, Cache& cache, RoutingReport* report = nullptr) const {
@@ -304,6 +305,10 @@ class LanguageModel {
     expect_contiguous(where, ids);
     check_params(where, p);
     check_cache(where, cache, batch);
+    if constexpr (std::is_same_v<Backend, Host>)
+      for (index_t i = 0; i < batch; ++i)
+        MOSS_EXPECTS(ids.data[i] >= 0 && ids.data[i] < V, shape_error, "LanguageModel: token id ", ids.data[i],
+                     " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
     Buffer<float> stream = backend.template alloc<float>(batch * D);
     ResidualStream<T> rs{stream.template view<2>({batch, D}, "residual"), {}};
     embedding(backend, EmbeddingArgs<T>{ids, p.embeddings, rs.stream, /*ids_checked=*/true});
