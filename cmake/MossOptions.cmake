@@ -27,7 +27,11 @@ if(MOSS_USE_CCACHE)
   if(MOSS_CCACHE_PROGRAM)
     foreach(_moss_lang IN ITEMS CXX CUDA)
       if(NOT DEFINED CMAKE_${_moss_lang}_COMPILER_LAUNCHER AND NOT DEFINED ENV{CMAKE_${_moss_lang}_COMPILER_LAUNCHER})
-        set(CMAKE_${_moss_lang}_COMPILER_LAUNCHER ${MOSS_CCACHE_PROGRAM})
+        # The host tests share a precompiled header (tests/CMakeLists.txt): ccache caches its
+        # users only with this sloppiness (the header's macros and __TIME__ are not in the key).
+        set(CMAKE_${_moss_lang}_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env
+                                                  CCACHE_SLOPPINESS=pch_defines,time_macros
+                                                  ${MOSS_CCACHE_PROGRAM})
       endif()
     endforeach()
     message(STATUS "moss: compiling through ${MOSS_CCACHE_PROGRAM}")
