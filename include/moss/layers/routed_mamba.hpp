@@ -13,8 +13,10 @@
 // multiplies are the policies of moss/policy/rom.hpp; this file reads them only through
 // `kRouted<P>`, `kWeighted<P>` and the router table below, so a new scope or placement is one
 // struct there. The decode state is dense Mamba's (the conv and scan run once per token on one
-// ED-wide stream); the one-token step routes the batch's tokens the same way (dropless). One host
-// synchronisation per routing decision reads the plan's offsets for the grouped GEMMs.
+// ED-wide stream); the one-token step routes the batch's tokens the same way (dropless). A
+// full-sequence call synchronises once per routing decision (the grouped GEMMs read the plan's
+// offsets on the host); a step's decisions are resident (the grouped matrix-vector kernel reads
+// them on the device), so the step waits for nothing and can be captured (`capturable_step`).
 //
 // Checkpoint names under the mixer's prefix:
 //   {router}.weight (X, D) float32, or (X, ED) for a router on Out's input; {router} is the
