@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "moss/backend/host.hpp"
@@ -168,6 +169,22 @@ constexpr double op_tolerance() {
 inline bool gpu_required() {
   const char* v = std::getenv("MOSS_REQUIRE_GPU");
   return v && std::string(v) == "1";
+}
+
+/// `Model`'s default block configs with every routed block (MoE or RoM) given `experts` experts.
+template <class Model>
+typename Model::BlockConfigs blocks_with_experts(index_t experts) {
+  auto blocks = Model::default_block_configs();
+  std::apply(
+      [&](auto&... b) {
+        (
+            [&] {
+              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = experts;
+            }(),
+            ...);
+      },
+      blocks);
+  return blocks;
 }
 
 }  // namespace moss::test

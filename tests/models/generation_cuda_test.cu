@@ -154,17 +154,7 @@ TEST_CASE("CUDA: generate replays the decode step as a CUDA graph with the token
 
   auto check = [&](auto tag, index_t batch) {
     using Model = typename decltype(tag)::type;
-    auto blocks = Model::default_block_configs();  // routed blocks: 4 experts, top-1 as the types say
-    std::apply(
-        [](auto&... b) {
-          (
-              [&] {
-                if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = 4;
-              }(),
-              ...);
-        },
-        blocks);
-    const Model model(cfg, blocks);
+    const Model model(cfg, moss::test::blocks_with_experts<Model>(4));  // routed blocks: top-1 as the types say
     const auto p = model.init(gpu, 21);
     const ConstView<std::int64_t, 2> v(prompt.data(), {batch, 12 / batch}, "prompt");
     for (int mode = 0; mode < 4; ++mode) {

@@ -131,18 +131,7 @@ void check_saved_variant(const char* variant) {
   INFO("variant " << variant);
   MambaConfig cfg;
   cfg.d_model = 32, cfg.n_layers = 4, cfg.vocab_size = 64;
-  // every routed block (MoE or RoM) of the variant with 4 experts
-  auto blocks = Model::default_block_configs();
-  std::apply(
-      [](auto&... b) {
-        (
-            [&] {
-              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = 4;
-            }(),
-            ...);
-      },
-      blocks);
-  const Model model(cfg, blocks);
+  const Model model(cfg, moss::test::blocks_with_experts<Model>(4));  // every routed block with 4 experts
   const Host host;
   const auto params = model.init(host, 5);
   const auto tmp =

@@ -152,44 +152,26 @@ TEST_CASE("moss-train: trains, saves a prompted checkpoint, and resumes bitwise"
     CHECK(prompt.status == 0);
   }
 
-  // Errors.
-  const auto unknown = run_program(MOSS_TRAIN_EXE, common + " --model mamba2");
-  CHECK(unknown.status != 0);
-  CHECK_THAT(unknown.err, ContainsSubstring("--model is \"mamba2\""));
-  const auto top3 = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 3");
-  CHECK(top3.status != 0);
-  CHECK_THAT(top3.err, ContainsSubstring("--top-k is 3: moss-train builds K = 1 (the papers' models) and 2"));
-  const auto sinkhorn2 = run_program(MOSS_TRAIN_EXE, common + " --model blackmamba --layers 2 --top-k 2");
-  CHECK(sinkhorn2.status != 0);
-  CHECK_THAT(sinkhorn2.err, ContainsSubstring("Sinkhorn routing picks one expert per token"));
-  const auto too_few = run_program(MOSS_TRAIN_EXE, common + " --model rom --top-k 2 --experts 1");
-  CHECK(too_few.status != 0);
-  CHECK_THAT(too_few.err, ContainsSubstring("--top-k is 2 but --experts is 1"));
-  const auto bf16_cpu = run_program(MOSS_TRAIN_EXE, common + " --dtype bf16 --device cpu");
-  CHECK(bf16_cpu.status != 0);
-  CHECK_THAT(bf16_cpu.err, ContainsSubstring("on the CPU moss trains in float32"));
+  // Errors: a non-zero exit and a message naming the flag.
+  const auto refused = [](const std::string& args, const std::string& message) {
+    const auto r = run_program(MOSS_TRAIN_EXE, args);
+    INFO(args);
+    CHECK(r.status != 0);
+    CHECK_THAT(r.err, ContainsSubstring(message));
+  };
+  refused(common + " --model mamba2", "--model is \"mamba2\"");
+  refused(common + " --model rom --top-k 3", "--top-k is 3: moss-train builds K = 1 (the papers' models) and 2");
+  refused(common + " --model blackmamba --layers 2 --top-k 2", "Sinkhorn routing picks one expert per token");
+  refused(common + " --model rom --top-k 2 --experts 1", "--top-k is 2 but --experts is 1");
+  refused(common + " --dtype bf16 --device cpu", "on the CPU moss trains in float32");
   { std::ofstream empty(dir / "empty.txt"); }
-  const auto empty = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "empty.txt").string());
-  CHECK(empty.status != 0);
-  CHECK_THAT(empty.err, ContainsSubstring("empty.txt: is empty"));
-  const auto long_seq = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "text.txt").string() + " --seq-len 100000");
-  CHECK(long_seq.status != 0);
-  CHECK_THAT(long_seq.err, ContainsSubstring("expected at least seq_len + 1 = 100001"));
+  refused("--data " + (dir / "empty.txt").string(), "empty.txt: is empty");
+  refused("--data " + (dir / "text.txt").string() + " --seq-len 100000", "expected at least seq_len + 1 = 100001");
   fs::copy_file(dir / "whole" / "config.json", dir / "rom" / "config.json", fs::copy_options::overwrite_existing);
-  const auto other_type = run_program(MOSS_TRAIN_EXE, "--resume " + (dir / "rom").string());
-  CHECK(other_type.status != 0);
-  CHECK_THAT(other_type.err, ContainsSubstring("trains --model rom but its config.json holds a \"mamba\" model"));
-  const auto settings_fixed = run_program(MOSS_TRAIN_EXE, "--resume " + (dir / "part").string() + " --batch 3");
-  CHECK(settings_fixed.status != 0);
-  CHECK_THAT(settings_fixed.err, ContainsSubstring("--batch cannot change"));
-  const auto no_data = run_program(MOSS_TRAIN_EXE, "--data " + (dir / "missing.txt").string());
-  CHECK(no_data.status != 0);
-  CHECK_THAT(no_data.err, ContainsSubstring("does not exist"));
-  const auto bad_stop = run_program(MOSS_TRAIN_EXE, common + " --stop-at 99");
-  CHECK(bad_stop.status != 0);
-  CHECK_THAT(bad_stop.err, ContainsSubstring("--stop-at is 99"));
-  const auto odd = run_program(MOSS_TRAIN_EXE, common + " --model moe-mamba --layers 3");
-  CHECK(odd.status != 0);
-  CHECK_THAT(odd.err, ContainsSubstring("expected an even number"));
+  refused("--resume " + (dir / "rom").string(), "trains --model rom but its config.json holds a \"mamba\" model");
+  refused("--resume " + (dir / "part").string() + " --batch 3", "--batch cannot change");
+  refused("--data " + (dir / "missing.txt").string(), "does not exist");
+  refused(common + " --stop-at 99", "--stop-at is 99");
+  refused(common + " --model moe-mamba --layers 3", "expected an even number");
   fs::remove_all(dir);
 }
