@@ -116,15 +116,7 @@ struct Plan {
 template <class Model>
 typename Model::BlockConfigs seeded_blocks(moss::index_t experts) {
   auto blocks = Model::default_block_configs();
-  std::apply(
-      [&](auto&... b) {
-        (
-            [&] {
-              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = experts;
-            }(),
-            ...);
-      },
-      blocks);
+  Model::for_each_routing(blocks, [&](auto& routing) { routing.num_experts = experts; });
   return blocks;
 }
 

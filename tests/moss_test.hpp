@@ -10,7 +10,6 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "moss/backend/host.hpp"
@@ -175,15 +174,7 @@ inline bool gpu_required() {
 template <class Model>
 typename Model::BlockConfigs blocks_with_experts(index_t experts) {
   auto blocks = Model::default_block_configs();
-  std::apply(
-      [&](auto&... b) {
-        (
-            [&] {
-              if constexpr (requires { b.routing.num_experts; }) b.routing.num_experts = experts;
-            }(),
-            ...);
-      },
-      blocks);
+  Model::for_each_routing(blocks, [&](auto& routing) { routing.num_experts = experts; });
   return blocks;
 }
 

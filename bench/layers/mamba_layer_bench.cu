@@ -61,32 +61,40 @@ BENCHMARK_TEMPLATE(BM_mamba_layer_forward_scan, AutoScan)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 
-/// The decode benchmarks' model at Mamba-130M's shape (d 768, 24 layers, vocab 50280), bf16:
-/// MambaLM, or RomLM with 8 experts per mixer (top-1, shared routing).
+/// One decode benchmark's set-up at Mamba-130M's shape (d 768, 24 layers, vocab 50280), bf16:
+/// MambaLM, or RomLM with 8 experts per mixer (top-1, shared routing); seeded weights, an empty
+/// cache and (batch, V) logits for `batch` = the benchmark's argument.
 template <class Model>
-Model decode_model() {
-  MambaConfig cfg;  // Mamba-130M
-  auto blocks = Model::default_block_configs();
-  if constexpr (std::is_same_v<Model, RomLM<bf16>>) std::get<0>(blocks).routing.num_experts = 8;
-  return Model(cfg, blocks);
-}
+struct DecodeSetup {
+  CudaStream stream;
+  Cuda gpu{stream.get()};
+  Model model{MambaConfig{}, experts(8)};
+  typename Model::Params p = model.init(gpu, 1);
+  index_t batch, V = model.config().vocab_size;
+  typename Model::Cache cache;
+  Buffer<float> logits;
+  std::vector<std::int64_t> ids;
+
+  explicit DecodeSetup(index_t b)
+      : batch(b), cache(model.make_cache(gpu, b)), logits(gpu.alloc<float>(b * V)), ids(b, 7) {}
+  TensorView<float, 2> logits_view() { return logits.view<2>({batch, V}, "logits"); }
+
+ private:
+  static typename Model::BlockConfigs experts(index_t n) {
+    auto blocks = Model::default_block_configs();
+    Model::for_each_routing(blocks, [&](auto& routing) { routing.num_experts = n; });
+    return blocks;
+  }
+};
 
 // Whole-model decode step (batch 1 / 8 / 16), eager: every launch from the host, the logits left
 // on the device. Anchor 2.03 ms/token (mamba_ssm with CUDA graphs), floor 0.09 ms (0.26 GB of
 // weights at 3 TB/s).
 template <class Model>
 void BM_lm_decode_step(benchmark::State& state) {
-  CudaStream stream;
-  const Cuda gpu{stream.get()};
-  const Model model = decode_model<Model>();
-  const auto p = model.init(gpu, 1);
-  const index_t batch = state.range(0), V = model.config().vocab_size;
-  auto cache = model.make_cache(gpu, batch);
-  std::vector<std::int64_t> ids(batch, 7);
-  Buffer<float> logits = gpu.alloc<float>(batch * V);
-  bench::time_cuda(state, gpu.stream, [&] {
-    model.step(gpu, p, ConstView<std::int64_t, 1>(ids.data(), {batch}, "ids"), logits.view<2>({batch, V}, "logits"),
-               cache);
+  DecodeSetup<Model> d(state.range(0));
+  bench::time_cuda(state, d.gpu.stream, [&] {
+    d.model.step(d.gpu, d.p, ConstView<std::int64_t, 1>(d.ids.data(), {d.batch}, "ids"), d.logits_view(), d.cache);
   });
   state.counters["anchor_ms"] = 2.03;
 }
@@ -104,21 +112,14 @@ BENCHMARK_TEMPLATE(BM_lm_decode_step, RomLM<bf16>)->Arg(1)->Arg(8)->UseManualTim
 // picks, as a decode loop must before its next token. Wall time per token.
 template <class Model>
 void BM_lm_decode_graph(benchmark::State& state) {
-  CudaStream stream;
-  const Cuda gpu{stream.get()};
-  const Model model = decode_model<Model>();
-  const auto p = model.init(gpu, 1);
-  const index_t batch = state.range(0), V = model.config().vocab_size;
-  auto cache = model.make_cache(gpu, batch);
-  Buffer<float> logits = gpu.alloc<float>(batch * V);
-  StepRunner<Model, Cuda> runner(gpu, model, p, cache, logits.view<2>({batch, V}, "logits"), {});
-  std::vector<std::int64_t> ids(batch, 7);
-  runner.run(ids);  // captures the graph
+  DecodeSetup<Model> d(state.range(0));
+  StepRunner<Model, Cuda> runner(d.gpu, d.model, d.p, d.cache, d.logits_view(), {});
+  runner.run(d.ids);  // captures the graph
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
-    runner.run(ids);
+    runner.run(d.ids);
     state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    ids.assign(runner.picks(), runner.picks() + batch);
+    d.ids.assign(runner.picks(), runner.picks() + d.batch);
   }
   state.counters["anchor_ms"] = 2.03;
   state.counters["graphed"] = runner.graphed() ? 1 : 0;

@@ -371,19 +371,12 @@ int run(const Job& job) {
   const auto make = [&] {
     if (job.c.resume) return Model(job.cfg);
     auto blocks = Model::default_block_configs();
-    std::apply(
-        [&](auto&... b) {
-          const auto set = [&](auto& block) {
-            if constexpr (requires { block.routing; }) {
-              block.routing.num_experts = job.s.experts;
-              block.routing.settings.capacity_factor = job.s.capacity_factor;
-              block.routing.settings.aux_loss_coef = static_cast<float>(job.s.aux_coef);
-              block.routing.settings.z_loss_coef = static_cast<float>(job.s.z_coef);
-            }
-          };
-          (set(b), ...);
-        },
-        blocks);
+    Model::for_each_routing(blocks, [&](auto& routing) {
+      routing.num_experts = job.s.experts;
+      routing.settings.capacity_factor = job.s.capacity_factor;
+      routing.settings.aux_loss_coef = static_cast<float>(job.s.aux_coef);
+      routing.settings.z_loss_coef = static_cast<float>(job.s.z_coef);
+    });
     return Model(job.cfg, blocks);
   };
   const Model model = make();

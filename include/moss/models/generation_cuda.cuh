@@ -145,10 +145,7 @@ class StepRunner<Model, Cuda> {
       model_.step(gpu_, params_, ConstView<std::int64_t, 1>(next.data(), {batch_}, "next_ids"), logits_, cache_);
       return;
     }
-    const index_t V = logits_.shape[1];
-    for (index_t b = 0; b < batch_; ++b)
-      MOSS_EXPECTS(next[b] >= 0 && next[b] < V, shape_error, "LanguageModel: token id ", next[b], " at flat position ",
-                   b, " is outside the vocabulary [0, ", V, ")");
+    model_.check_ids(next.data(), batch_);
     std::copy(next.begin(), next.begin() + batch_, ids_host_.data());
     if (!exec_) capture();
     MOSS_CUDA_CHECK(cudaGraphLaunch(exec_, gpu_.stream));

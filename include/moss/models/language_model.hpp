@@ -158,6 +158,26 @@ class LanguageModel {
   const MambaConfig& config() const { return config_; }
   /// Every block's config at its defaults (to change some and pass them to the constructor).
   static BlockConfigs default_block_configs() { return BlockConfigs{}; }
+  /// Calls f(config.routing) for every routed position of `blocks` (MoE, RoM or one's own block
+  /// with a `routing` member), e.g. to give them all one expert count.
+  template <class F>
+  static void for_each_routing(BlockConfigs& blocks, F&& f) {
+    std::apply(
+        [&](auto&... b) {
+          const auto one = [&](auto& block) {
+            if constexpr (requires { block.routing; }) f(block.routing);
+          };
+          (one(b), ...);
+        },
+        blocks);
+  }
+  /// Throws `shape_error` naming the first of `n` ids (host memory) outside [0, vocab).
+  void check_ids(const std::int64_t* ids, index_t n) const {
+    const index_t V = config_.vocab_size;
+    for (index_t i = 0; i < n; ++i)
+      MOSS_EXPECTS(ids[i] >= 0 && ids[i] < V, shape_error, "LanguageModel: token id ", ids[i], " at flat position ", i,
+                   " is outside the vocabulary [0, ", V, ")");
+  }
   /// The block at pattern position I (e.g. to change a router's mode).
   template <std::size_t I = 0>
   const Block<I>& block() const {
@@ -305,10 +325,7 @@ class LanguageModel {
     expect_contiguous(where, ids);
     check_params(where, p);
     check_cache(where, cache, batch);
-    if constexpr (std::is_same_v<Backend, Host>)
-      for (index_t i = 0; i < batch; ++i)
-        MOSS_EXPECTS(ids.data[i] >= 0 && ids.data[i] < V, shape_error, "LanguageModel: token id ", ids.data[i],
-                     " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
+    if constexpr (std::is_same_v<Backend, Host>) check_ids(ids.data, batch);
     Buffer<float> stream = backend.template alloc<float>(batch * D);
     ResidualStream<T> rs{stream.template view<2>({batch, D}, "residual"), {}};
     embedding(backend, EmbeddingArgs<T>{ids, p.embeddings, rs.stream, /*ids_checked=*/true});
@@ -582,10 +599,7 @@ class LanguageModel {
   /// Checks `n` ids (host memory) against the vocabulary and copies them to the backend.
   template <class Backend>
   Buffer<std::int64_t> upload_ids(const Backend& backend, const std::int64_t* host_ids, index_t n) const {
-    const index_t V = config_.vocab_size;
-    for (index_t i = 0; i < n; ++i)
-      MOSS_EXPECTS(host_ids[i] >= 0 && host_ids[i] < V, shape_error, "LanguageModel: token id ", host_ids[i],
-                   " at flat position ", i, " is outside the vocabulary [0, ", V, ")");
+    check_ids(host_ids, n);
     return upload(backend, host_ids, n);
   }
   /// Looks up `n` ids (host memory) into `out`; returns the ids copied to the backend.

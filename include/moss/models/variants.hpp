@@ -127,11 +127,9 @@ decltype(auto) dispatch_variant(const MambaConfig& config, F&& f) {
   if (v == "moe-mamba" || v == "rom" || v == "rom-moe") {
     const index_t k = variant_top_k(config);
     MOSS_EXPECTS(k == 1 || k == 2, unsupported_error, config.source, ": top_k is ", k, " but the built-in ", v,
-                 " types route 1 or 2 experts per token (a program that names moss::",
-                 v == "rom"       ? "RomLM"
-                 : v == "rom-moe" ? "RomMoeLM"
-                                  : "MoeMambaLM",
-                 "<T, ", k, "> runs it)");
+                 " types route 1 or 2 experts per token (moss::MoeMambaLM, RomLM and RomMoeLM take K as their second "
+                 "template argument: a program that names the type with K = ",
+                 k, " runs it)");
     if (v == "moe-mamba")
       return k == 2 ? std::forward<F>(f)(type_tag<MoeMambaLM<T, 2>>{}) : std::forward<F>(f)(type_tag<MoeMambaLM<T>>{});
     if (v == "rom")
