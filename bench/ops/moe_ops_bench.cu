@@ -6,7 +6,10 @@
 // the tokens on expert 0, the rest spread over the others). Counters: fraction_of_dense (dense
 // time / grouped time; docs/performance.md's bar is ≥ 0.80 now, ≥ 0.95 later), dense_ms, TFLOP/s.
 // `_with_offset_read` includes the device → host copy of the offsets and its synchronisation
-// (what a layer pays once per routing decision).
+// (what a layer pays once per routing decision); `_sync_free` is moss's own grouped GEMM reading
+// the offsets on the device (`resident_offsets`, the tiled kernel), which needs no synchronisation.
+// grouped_resident_small: the two resident kernels (matrix-vector, tiled) at decode-sized row
+// counts, 8 experts, 768 → 1536 (the Mamba-130M shape's in_proj): where `automatic` switches.
 //
 // router_permute_gather: route (Top1Switch, float32 logits) + permute_plan + gather_rows, no host
 // synchronisation; anchor PyTorch 0.25 ms, goal ≤ 0.08 ms (the floor: x read twice and written
@@ -60,7 +63,10 @@ double dense_gemm_ms(const moss::Cuda& gpu, const moss::Buffer<bf16>& x, const m
   return moss::bench::median_ms(gpu.stream, 20, [&] { moss::detail::linear_gemm_ex(gpu, l); });
 }
 
-void run_grouped(benchmark::State& state, bool skewed, bool read_offsets) {
+/// How the timed call gets its offsets.
+enum class OffsetMode { host, read, sync_free };
+
+void run_grouped(benchmark::State& state, bool skewed, OffsetMode mode) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const auto x = moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f);
@@ -74,7 +80,9 @@ void run_grouped(benchmark::State& state, bool skewed, bool read_offsets) {
   g.x = ConstView<bf16, 2>(x.data(), {kTokens, kIn});
   g.weight = ConstView<bf16, 3>(w.data(), {kExperts, kOut, kIn});
   g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {kExperts + 1});
-  g.host_offsets = read_offsets ? nullptr : host_off.data();
+  g.host_offsets = mode == OffsetMode::host ? host_off.data() : nullptr;
+  g.resident_offsets = mode == OffsetMode::sync_free;
+  g.resident_kernel = moss::ResidentKernel::tiled;
   g.y = TensorView<bf16, 2>(y.data(), {kTokens, kOut});
   moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear(gpu, g); });
 
@@ -87,14 +95,48 @@ void run_grouped(benchmark::State& state, bool skewed, bool read_offsets) {
   state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
 }
 
-void BM_grouped_linear_bf16_balanced(benchmark::State& s) { run_grouped(s, false, false); }
-void BM_grouped_linear_bf16_skewed(benchmark::State& s) { run_grouped(s, true, false); }
-void BM_grouped_linear_bf16_balanced_with_offset_read(benchmark::State& s) { run_grouped(s, false, true); }
-void BM_grouped_linear_bf16_skewed_with_offset_read(benchmark::State& s) { run_grouped(s, true, true); }
+void BM_grouped_linear_bf16_balanced(benchmark::State& s) { run_grouped(s, false, OffsetMode::host); }
+void BM_grouped_linear_bf16_skewed(benchmark::State& s) { run_grouped(s, true, OffsetMode::host); }
+void BM_grouped_linear_bf16_balanced_with_offset_read(benchmark::State& s) { run_grouped(s, false, OffsetMode::read); }
+void BM_grouped_linear_bf16_skewed_with_offset_read(benchmark::State& s) { run_grouped(s, true, OffsetMode::read); }
+void BM_grouped_linear_bf16_balanced_sync_free(benchmark::State& s) { run_grouped(s, false, OffsetMode::sync_free); }
+void BM_grouped_linear_bf16_skewed_sync_free(benchmark::State& s) { run_grouped(s, true, OffsetMode::sync_free); }
 BENCHMARK(BM_grouped_linear_bf16_balanced)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_skewed)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_balanced_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_skewed_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_bf16_balanced_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_bf16_skewed_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// The resident kernels at decode-sized row counts: rows spread evenly over 8 experts,
+/// 768 → 1536; state.range(0) rows, state.range(1) 0 = matrix-vector, 1 = tiled.
+void BM_grouped_resident_small(benchmark::State& state) {
+  constexpr index_t X = 8, in = 768, out = 1536;
+  const index_t rows = state.range(0);
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto x = moss::bench::device_randn<bf16>(gpu, rows * in, 1, 0.5f);
+  const auto w = moss::bench::device_randn<bf16>(gpu, X * out * in, 2, 0.02f);
+  auto y = gpu.alloc<bf16>(rows * out);
+  std::vector<std::int32_t> off(X + 1);
+  for (index_t e = 0; e <= X; ++e) off[e] = static_cast<std::int32_t>(e * rows / X);
+  moss::Buffer<std::int32_t> dev_off = moss::upload(gpu, off.data(), X + 1);
+  moss::GroupedLinearArgs<bf16> g;
+  g.x = ConstView<bf16, 2>(x.data(), {rows, in});
+  g.weight = ConstView<bf16, 3>(w.data(), {X, out, in});
+  g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {X + 1});
+  g.y = TensorView<bf16, 2>(y.data(), {rows, out});
+  g.resident_offsets = true;
+  g.resident_kernel = state.range(1) ? moss::ResidentKernel::tiled : moss::ResidentKernel::matrix_vector;
+  moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear(gpu, g); });
+  // The floor: every expert's weights read once.
+  state.counters["weight_GB_per_s"] = benchmark::Counter(
+      static_cast<double>(X * out * in * 2) * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_grouped_resident_small)
+    ->ArgsProduct({{1, 8, 16, 32, 64, 256}, {0, 1}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 /// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync); with
 /// `planned`, permute_plan's workspace is allocated once outside the timed loop.

@@ -10,9 +10,11 @@
 // the op copies `offsets` to the host and synchronises the stream once. A layer reads them once
 // per permutation plan (`read_offsets`) and reuses them for every projection, so an MoE layer
 // synchronises once per forward. With `resident_offsets` the op never reads the offsets on the
-// host: on CUDA a grouped matrix-vector kernel finds each row's expert in the device offsets
-// (one warp per output value), for the few rows of a decode step, which can then be captured in
-// a CUDA graph; rows at or past offsets[X] are then written as zeros.
+// host, so it can be captured in a CUDA graph; rows at or past offsets[X] are then written as
+// zeros. On CUDA the few rows of a decode step go through a grouped matrix-vector kernel (one
+// warp per output value, each row's expert found in the device offsets), more rows through
+// moss's sync-free grouped GEMM (a persistent tile scheduler over the segments, tensor cores
+// for f16 / bf16: moss/ops/grouped_linear/device_gemm.cuh).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,13 @@
 #include "moss/ops/permute.hpp"
 
 namespace moss {
+
+/// The CUDA kernel that reads resident offsets (`GroupedLinearArgs::resident_offsets`).
+enum class ResidentKernel {
+  automatic,      ///< the matrix-vector kernel for a few rows (a decode step), else the tiled GEMM
+  matrix_vector,  ///< one warp per output value; every row reads its expert's whole matrix
+  tiled,          ///< the sync-free grouped GEMM (moss/ops/grouped_linear/device_gemm.cuh)
+};
 
 /// Arguments of `grouped_linear`.
 /// @tparam T storage type of x, weight, bias and y (float, f16 or bf16; on the host also double,
@@ -39,6 +48,8 @@ struct GroupedLinearArgs {
   /// Read the offsets on the device only (no host synchronisation; meant for few rows: every
   /// row reads its expert's whole matrix); rows at or past offsets[X] are written as zeros.
   bool resident_offsets = false;
+  /// With `resident_offsets` on CUDA: which kernel (tests and benchmarks force one; the host ignores it).
+  ResidentKernel resident_kernel = ResidentKernel::automatic;
 };
 
 /// Checks `a` once at op entry (both backends); the offsets' values are checked where they are

@@ -1,7 +1,8 @@
 // moss/ops/grouped_linear/cuda.cuh: `grouped_linear` on CUDA (needs nvcc): one cublasGemmEx per
 // non-empty expert segment (see moss/ops/grouped_linear.hpp for why, and the host
 // synchronisation it needs when no host offsets are given); with `resident_offsets`, a grouped
-// matrix-vector kernel that reads the offsets on the device.
+// matrix-vector kernel (few rows) or the sync-free grouped GEMM (device_gemm.cuh), both reading
+// the offsets on the device.
 #pragma once
 
 #include <cstdint>
@@ -12,11 +13,17 @@
 #include "moss/backend/cuda.cuh"
 #include "moss/cuda/vector.cuh"
 #include "moss/ops/grouped_linear.hpp"
+#include "moss/ops/grouped_linear/device_gemm.cuh"
 #include "moss/ops/linear/cuda.cuh"
 
 namespace moss {
 
 namespace detail {
+
+/// Most rows `ResidentKernel::automatic` sends to the matrix-vector kernel; more go to the tiled
+/// GEMM. (A decode step of batch ≤ 16 with top-1 routing; the crossover is measured in
+/// bench/ops/moe_ops_bench.cu.)
+inline constexpr index_t kGroupedGemvMaxRows = 16;
 
 /// Threads of the grouped matrix-vector kernel: 8 warps, each one output value at a time.
 inline constexpr int kGroupedGemvThreads = 256;
@@ -84,7 +91,12 @@ void grouped_linear(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
                 "moss::grouped_linear: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "grouped_linear");
   if (a.resident_offsets) {
-    detail::grouped_gemv(gpu, a);
+    const bool gemv = a.resident_kernel == ResidentKernel::matrix_vector ||
+                      (a.resident_kernel == ResidentKernel::automatic && a.x.shape[0] <= detail::kGroupedGemvMaxRows);
+    if (gemv)
+      detail::grouped_gemv(gpu, a);
+    else
+      detail::grouped_gemm_device(gpu, a);
     return;
   }
   const index_t X = a.weight.shape[0];
