@@ -477,6 +477,24 @@ std::vector<Config> backward_configs() {
     c.groups_b = 2;
     v.push_back(c);
   }
+  {  // the time-parallel kernel over several 512-step chunks: 150 channels in slices of 16 (the
+     // last ragged) that groups of 50 (B) and 75 (C) channels cross; d_state 10 (a partial group
+     // of four states), channel-last, over a chunk and a bit
+    Config c;
+    c.batch = 2;
+    c.dim = 150;
+    c.L = 1100;
+    c.groups_b = 3;
+    c.groups_c = 2;
+    v.push_back(c);
+    c.batch = 3;
+    c.dim = 20;
+    c.L = 600;
+    c.N = 10;
+    c.groups_b = c.groups_c = 1;
+    c.channel_last = !c.channel_last;
+    v.push_back(c);
+  }
   {  // everything optional absent at once
     Config c;
     c.batch = 1;

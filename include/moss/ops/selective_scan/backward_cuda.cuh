@@ -61,6 +61,7 @@
 #include "moss/core/workspace.hpp"
 #include "moss/cuda/launch.cuh"
 #include "moss/ops/selective_scan/backward_kernel.cuh"
+#include "moss/ops/selective_scan/backward_tp_kernel.cuh"
 #include "moss/ops/selective_scan_backward.hpp"
 
 namespace moss {
@@ -93,6 +94,8 @@ constexpr std::size_t backward_shared_bytes(int chunk, int states_per_lane, int 
 
 /// How the main kernel splits the work.
 struct BackwardPlan {
+  bool time_parallel = false;  // backward_tp_kernel.cuh (d_state ≤ 16) instead of the sequential kernel
+  int slice_channels = 0;      // time-parallel: channels per block (supertiles = slices per batch row)
   int lanes = 16, states_per_lane = 1;
   int chunk = 1;                     // steps per recomputed chunk
   index_t chunks = 0;                // ⌈L / chunk⌉
@@ -109,11 +112,35 @@ bool wants_bc(const TensorView<T, 4>& g) {
   return present(g) && !g.empty();
 }
 
-/// The plan for `a` (validated, dim ≥ 1); `subtiles` > 0 forces the sub-tiles per block (tests).
+/// Whether the time-parallel kernel takes `a`: d_state ≤ 16 and no dB / dC summed over L (a
+/// zero stride along time); `subtiles` > 0 (tests) forces the sequential kernel.
+template <class T>
+bool backward_time_parallel(const SelectiveScanBackwardArgs<T>& a, index_t subtiles) {
+  const auto sums_time = [](const auto& g) { return wants_bc(g) && g.stride[3] == 0; };
+  return subtiles <= 0 && a.A.shape[1] <= kTpMaxN && !sums_time(a.dB) && !sums_time(a.dC);
+}
+
+/// The plan for `a` (validated, dim ≥ 1); `subtiles` > 0 forces the sequential kernel with that
+/// many sub-tiles per block (tests).
 template <class T>
 BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
   BackwardPlan p;
+  if (backward_time_parallel(a, subtiles)) {
+    // Slices of 64 channels, halved (down to 16) while the grid has fewer than the target
+    // blocks: fewer slices write fewer dB / dC partials. A rule of the shapes alone.
+    p.time_parallel = true;
+    p.slice_channels = 64;
+    while (p.slice_channels > 16 && batch * ceil_div<index_t>(dim, p.slice_channels) < kBackwardTargetBlocks)
+      p.slice_channels /= 2;
+    p.chunk = kTpChunk;
+    p.chunks = ceil_div<index_t>(L, kTpChunk);
+    p.supertiles = ceil_div<index_t>(dim, p.slice_channels);
+    p.slots_b = p.supertiles + a.B.shape[1] - 1;
+    p.slots_c = p.supertiles + a.C.shape[1] - 1;
+    p.shared = tp_shared_bytes(p.slice_channels);
+    return p;
+  }
   p.lanes = backward_lanes(N);
   p.states_per_lane = backward_states_per_lane(N);
   const bool want_db = wants_bc(a.dB);
@@ -215,6 +242,14 @@ void launch_backward_main(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a
   p.subtiles = plan.subtiles;
   p.supertiles = plan.supertiles;
   const unsigned grid = cuda::checked_grid(p.batch * plan.supertiles, "selective_scan_backward (cuda)");
+  if (plan.time_parallel) {
+    p.slice_channels = plan.slice_channels;
+    auto kernel = selective_scan_backward_tp_kernel<T>;
+    MOSS_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared)));
+    cuda::launch("selective_scan_backward_tp_kernel", kernel, dim3(grid), dim3(kTpThreads), plan.shared, gpu.stream, p);
+    return;
+  }
   auto kernel = selective_scan_backward_kernel<T, kLanes, kSpt, kBackwardThreads>;
   MOSS_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared)));
@@ -246,9 +281,12 @@ void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_
   const OpWorkspace<Cuda> ws(gpu, Workspace{}, measure.bytes(), "selective_scan_backward (cuda)");
   WorkspaceLayout layout = ws.layout();
   const BackwardScratch s = backward_scratch(layout, a, plan);
-  if (batch > 0)
+  if (batch > 0 && plan.time_parallel)
+    launch_backward_main<T, 16, 1>(gpu, a, plan, s);
+  else if (batch > 0)
     with_backward_shape(N, [&]<int kLanes, int kSpt>() { launch_backward_main<T, kLanes, kSpt>(gpu, a, plan, s); });
-  const index_t supertile_channels = static_cast<index_t>(plan.subtiles) * plan.channels;
+  const index_t supertile_channels =
+      plan.time_parallel ? plan.slice_channels : static_cast<index_t>(plan.subtiles) * plan.channels;
   if (wants_bc(a.dB))
     launch_bc_reduce(gpu, s.dB_part, a.dB, batch, plan.slots_b, supertile_channels, dim,
                      "backward_bc_reduce_kernel (dB)");
