@@ -20,6 +20,10 @@ namespace moss {
 
 namespace detail {
 
+// Defined in device_gemm.cuh (which includes this file's op header, so this file may be reached first).
+template <class T>
+void grouped_gemm_device(const Cuda& gpu, const GroupedLinearArgs<T>& a);
+
 /// Most rows `ResidentKernel::automatic` sends to the matrix-vector kernel; more go to the tiled
 /// GEMM. (A decode step of batch ≤ 16 with top-1 routing; the crossover is measured in
 /// bench/ops/moe_ops_bench.cu.)

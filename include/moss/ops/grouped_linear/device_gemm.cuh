@@ -12,9 +12,9 @@
 // zeros; offsets outside [0, rows] are clamped, so bad offsets never address memory outside x and y.
 //
 // Two tile engines:
-//  - f16 / bf16 with 16-byte aligned rows (`in` a multiple of 8): 128 × 128 × 64 tiles, 8 warps of
-//    64 × 32, `mma.sync.m16n8k16` with float32 accumulators (sm_80 and later), operands through a
-//    3-stage cp.async pipeline into XOR-swizzled shared memory read by `ldmatrix` (no bank
+//  - f16 / bf16 with 16-byte aligned rows (`in` a multiple of 8): 128 × 256 × 64 tiles (128 × 128
+//    when out < 256), 8 warps of 64 × 64 (64 × 32), `mma.sync.m16n8k16` with float32 accumulators (sm_80 and later),
+//    operands through a 3-stage cp.async pipeline into XOR-swizzled shared memory read by `ldmatrix` (no bank
 //    conflicts); rows and columns past the segment are zero-filled by the copy itself.
 //  - everything else (float32, unaligned rows, sm < 80): 64 × 64 × 16 tiles of float FMAs, 4 × 4
 //    outputs per thread; exact float32 accumulation like the host.
@@ -110,9 +110,9 @@ MOSS_DEVICE void zero_tail_rows(const std::int32_t* offsets, int num_experts, in
 
 // ---- the tensor-core engine (f16 / bf16) ----
 
-inline constexpr int kMmaTileM = 128, kMmaTileN = 128, kMmaTileK = 64, kMmaStages = 3;
-/// Dynamic shared memory of the tensor-core engine without the tile prefix: A and B tiles per stage.
-inline constexpr std::size_t kMmaStageBytes = std::size_t(kMmaTileM + kMmaTileN) * kMmaTileK * 2;
+inline constexpr int kMmaTileM = 128, kMmaTileK = 64, kMmaStages = 3;
+/// Dynamic shared memory of one stage of the tensor-core engine with `tile_n` columns: A and B tiles.
+constexpr std::size_t mma_stage_bytes(int tile_n) { return std::size_t(kMmaTileM + tile_n) * kMmaTileK * 2; }
 
 /// Byte offset of the 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-row tile, XOR
 /// swizzled so that the 8 rows one `ldmatrix` phase reads lie in 8 distinct bank groups.
@@ -153,43 +153,48 @@ MOSS_DEVICE void mma_16816(float (&d)[4], const std::uint32_t (&a)[4], std::uint
 }
 
 /// Queues the cp.async copies of k-tile `kt` of one output tile into stage buffers `sa`, `sb`:
-/// rows [r0, r_end) of x and output columns [c0, out) of W_e, zero-filled past them and past `in`.
-template <class T>
+/// rows [r0, r_end) of x and output columns [c0, out) of W_e (kTileN of them), zero-filled past
+/// them and past `in`.
+template <int kTileN, class T>
 MOSS_DEVICE void mma_load_stage(unsigned sa, unsigned sb, const T* x, index_t ldx, const T* w_e, index_t r0,
                                 index_t r_end, index_t c0, index_t out, index_t in, index_t kt) {
-  constexpr int kChunks = kMmaTileM * (kMmaTileK / 8);  // 16-byte chunks per operand tile
   const index_t k0 = kt * kMmaTileK;
 #pragma unroll
-  for (int it = 0; it < kChunks / kGroupedGemmThreads; ++it) {
+  for (int it = 0; it < kMmaTileM * 8 / kGroupedGemmThreads; ++it) {  // 8 chunks of 16 bytes per row
     const int i = it * kGroupedGemmThreads + static_cast<int>(threadIdx.x);
     const int row = i / 8, chunk = i % 8;
-    const index_t k = k0 + chunk * 8;
-    const bool k_ok = k < in;
-    const index_t ra = r0 + row;
-    const bool a_ok = k_ok && ra < r_end;
-    cp_async16_zfill(sa + swizzle(row, chunk), a_ok ? x + ra * ldx + k : x, a_ok ? 16 : 0);
-    const index_t cb = c0 + row;
-    const bool b_ok = k_ok && cb < out;
-    cp_async16_zfill(sb + swizzle(row, chunk), b_ok ? w_e + cb * in + k : w_e, b_ok ? 16 : 0);
+    const index_t k = k0 + chunk * 8, ra = r0 + row;
+    const bool ok = k < in && ra < r_end;
+    cp_async16_zfill(sa + swizzle(row, chunk), ok ? x + ra * ldx + k : x, ok ? 16 : 0);
+  }
+#pragma unroll
+  for (int it = 0; it < kTileN * 8 / kGroupedGemmThreads; ++it) {
+    const int i = it * kGroupedGemmThreads + static_cast<int>(threadIdx.x);
+    const int row = i / 8, chunk = i % 8;
+    const index_t k = k0 + chunk * 8, cb = c0 + row;
+    const bool ok = k < in && cb < out;
+    cp_async16_zfill(sb + swizzle(row, chunk), ok ? w_e + cb * in + k : w_e, ok ? 16 : 0);
   }
 }
 
-/// The tensor-core engine; see the file comment. Dynamic shared memory: kMmaStages stages, then
-/// the tile prefix (X + 1 ints).
-template <class T>
+/// The tensor-core engine with 128 × kTileN output tiles; see the file comment. Dynamic shared
+/// memory: kMmaStages stages, then the tile prefix (X + 1 ints).
+template <class T, int kTileN>
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     grouped_gemm_mma_kernel(const T* x, index_t ldx, const T* w, const T* bias, const std::int32_t* offsets,
                             int num_experts, index_t rows, index_t out, index_t in, T* y, index_t ldy) {
+  constexpr std::size_t kStageBytes = mma_stage_bytes(kTileN);
+  constexpr int kWarpN = kTileN / 4, kN8 = kWarpN / 8;  // columns and n8 tiles per warp
   extern __shared__ __align__(128) unsigned char smem[];
-  int* tiles_before = reinterpret_cast<int*>(smem + kMmaStages * kMmaStageBytes);
+  int* tiles_before = reinterpret_cast<int*>(smem + kMmaStages * kStageBytes);
   build_tile_prefix<kMmaTileM>(tiles_before, offsets, num_experts, rows);
-  const GroupedTileSchedule sched{tiles_before, num_experts, static_cast<int>(ceil_div<index_t>(out, kMmaTileN))};
+  const GroupedTileSchedule sched{tiles_before, num_experts, static_cast<int>(ceil_div<index_t>(out, kTileN))};
   const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const auto stage_a = [&](int s) { return base + unsigned(s * kMmaStageBytes); };
-  const auto stage_b = [&](int s) { return base + unsigned(s * kMmaStageBytes + kMmaTileM * kMmaTileK * 2); };
+  const auto stage_a = [&](int s) { return base + unsigned(s * kStageBytes); };
+  const auto stage_b = [&](int s) { return base + unsigned(s * kStageBytes + kMmaTileM * kMmaTileK * 2); };
 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp_m = warp / 4, warp_n = warp % 4;  // 2 × 4 warps, 64 × 32 outputs each
+  const int warp_m = warp / 4, warp_n = warp % 4;  // 2 × 4 warps, 64 × kWarpN outputs each
   const index_t k_tiles = ceil_div<index_t>(in, kMmaTileK);
 
   for (index_t t = blockIdx.x; t < sched.tiles(); t += gridDim.x) {
@@ -198,12 +203,12 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
     index_t seg_begin, seg_end;
     segment_of(offsets, e, rows, seg_begin, seg_end);
     const index_t r0 = seg_begin + index_t(m - tiles_before[e]) * kMmaTileM;
-    const index_t c0 = (t % sched.col_tiles) * kMmaTileN;
+    const index_t c0 = (t % sched.col_tiles) * kTileN;
     const T* w_e = w + static_cast<index_t>(e) * out * in;
 
-    float acc[4][4][4] = {};  // [m16 tile][n8 tile][fragment]
+    float acc[4][kN8][4] = {};  // [m16 tile][n8 tile][fragment]
     for (int s = 0; s < kMmaStages - 1; ++s) {
-      if (s < k_tiles) mma_load_stage(stage_a(s), stage_b(s), x, ldx, w_e, r0, seg_end, c0, out, in, s);
+      if (s < k_tiles) mma_load_stage<kTileN>(stage_a(s), stage_b(s), x, ldx, w_e, r0, seg_end, c0, out, in, s);
       asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
     for (index_t kt = 0; kt < k_tiles; ++kt) {
@@ -212,13 +217,13 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
       const index_t next = kt + kMmaStages - 1;
       if (next < k_tiles) {
         const int s = static_cast<int>(next % kMmaStages);
-        mma_load_stage(stage_a(s), stage_b(s), x, ldx, w_e, r0, seg_end, c0, out, in, next);
+        mma_load_stage<kTileN>(stage_a(s), stage_b(s), x, ldx, w_e, r0, seg_end, c0, out, in, next);
       }
       asm volatile("cp.async.commit_group;\n" ::: "memory");
       const int s = static_cast<int>(kt % kMmaStages);
 #pragma unroll
       for (int kk = 0; kk < kMmaTileK / 16; ++kk) {
-        std::uint32_t a[4][4], b[2][4];
+        std::uint32_t a[4][4], b[kN8 / 2][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           // x4: rows 0-7 / 8-15 of the m16 tile × k chunks 2kk / 2kk+1 = a0..a3 of the mma
@@ -226,16 +231,16 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
           ldmatrix_x4(stage_a(s) + swizzle(row, kk * 2 + lane / 16), a[i]);
         }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < kN8 / 2; ++j) {
           // x4: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, k lo), (n 8-15, k hi) = b0, b1 of two n8 tiles
           const int mi = lane / 8;
-          const int row = warp_n * 32 + j * 16 + (mi / 2) * 8 + (lane % 8);
+          const int row = warp_n * kWarpN + j * 16 + (mi / 2) * 8 + (lane % 8);
           ldmatrix_x4(stage_b(s) + swizzle(row, kk * 2 + (mi % 2)), b[j]);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-          for (int j = 0; j < 4; ++j) mma_16816<T>(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
+          for (int j = 0; j < kN8; ++j) mma_16816<T>(acc[i][j], a[i], b[j / 2][(j % 2) * 2], b[j / 2][(j % 2) * 2 + 1]);
       }
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
@@ -250,8 +255,8 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
         if (r >= seg_end) continue;
         T* yr = y + r * ldy;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const index_t c = c0 + warp_n * 32 + j * 8 + (lane % 4) * 2;
+        for (int j = 0; j < kN8; ++j) {
+          const index_t c = c0 + warp_n * kWarpN + j * 8 + (lane % 4) * 2;
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
             if (c + q >= out) continue;
@@ -350,7 +355,8 @@ void grouped_gemm_device(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
   MOSS_EXPECTS(X <= kGroupedGemmMaxExperts, unsupported_error, "grouped_linear (cuda, resident offsets): ", X,
                " experts exceed the ", kGroupedGemmMaxExperts, " the sync-free grouped GEMM schedules");
   const bool mma = grouped_gemm_mma_applies(a);
-  const index_t tile_m = mma ? kMmaTileM : kFmaTileM, tile_n = mma ? kMmaTileN : kFmaTileN;
+  const bool wide = out >= 256;  // 128 × 256 tiles (a quarter less operand traffic per FLOP) when out allows
+  const index_t tile_m = mma ? kMmaTileM : kFmaTileM, tile_n = mma ? (wide ? 256 : 128) : kFmaTileN;
   // Row tiles: at most ⌈rows / BM⌉ plus one partial tile per expert; the int tile prefix must hold them.
   const index_t row_tiles = ceil_div(rows, tile_m) + X, col_tiles = ceil_div(out, tile_n);
   MOSS_EXPECTS(row_tiles <= INT_MAX && col_tiles <= INT_MAX, unsupported_error,
@@ -362,8 +368,8 @@ void grouped_gemm_device(const Cuda& gpu, const GroupedLinearArgs<T>& a) {
   // rows past offsets[X] still gets at least one block to zero it).
   const index_t max_tiles = row_tiles * col_tiles;
   if (mma) {
-    const std::size_t shared = kMmaStages * kMmaStageBytes + prefix_bytes;
-    const auto kernel = grouped_gemm_mma_kernel<T>;
+    const std::size_t shared = kMmaStages * mma_stage_bytes(static_cast<int>(tile_n)) + prefix_bytes;
+    const auto kernel = wide ? grouped_gemm_mma_kernel<T, 256> : grouped_gemm_mma_kernel<T, 128>;
     MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
     const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads, shared) / kGroupedGemmThreads;
     const auto grid = static_cast<unsigned>(max_tiles < wave ? max_tiles : wave);
