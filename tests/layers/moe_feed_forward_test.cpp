@@ -337,6 +337,45 @@ TEST_CASE("Capacity drops pairs over C = max(1, ceil(cf·T·K/X)) and reports th
   }
 }
 
+/// A user's grouped-GEMM strategy for the Experts<N, Gemm> slot: counts its calls, then runs
+/// moss's segment GEMMs.
+struct CountingGemm {
+  static constexpr bool sync_free = false;
+  static inline int calls = 0;
+  template <class Backend, class Args>
+  static void run(const Backend& backend, Args a) {
+    ++calls;
+    SegmentGemms::run(backend, a);
+  }
+};
+
+TEST_CASE("The grouped-GEMM strategy slot: SyncFreeGemm and a user's own give the segment GEMMs' output",
+          "[host][layers][moe]") {
+  // With capacity drops (rows past the kept ones, which the sync-free GEMM writes as zeros) and
+  // top-2, the three strategies give the same bits on the host.
+  const index_t D = 16, F = 24, X = 4;
+  RouterSettings s;
+  s.capacity_factor = 0.6;
+  using Segments = MoeFeedForward<TopK<2>, Experts<4>, GatedMlp<Silu>, float>;
+  using SyncFree = MoeFeedForward<TopK<2>, Experts<4, SyncFreeGemm>, GatedMlp<Silu>, float>;
+  using Own = MoeFeedForward<TopK<2>, Experts<4, CountingGemm>, GatedMlp<Silu>, float>;
+  STATIC_REQUIRE(std::is_same_v<decltype(Segments::Config::routing)::Gemm, SegmentGemms>);
+  STATIC_REQUIRE(std::is_same_v<decltype(SyncFree::Config::routing)::Gemm, SyncFreeGemm>);
+  const Segments a(D, F, X, {}, s);
+  const SyncFree b(D, F, X, {}, s);
+  const Own c(D, F, X, {}, s);
+  const auto x = test::randn(D * 2 * 9, 32);
+  RoutingReport ra, rb;
+  const auto want = run_forward(a, random_params(a, D, F, 31), x, 2, 9, D, &ra);  // same seed: same weights
+  const auto got_b = run_forward(b, random_params(b, D, F, 31), x, 2, 9, D, &rb);
+  CountingGemm::calls = 0;
+  const auto got_c = run_forward(c, random_params(c, D, F, 31), x, 2, 9, D, nullptr);
+  CHECK(ra.read().at(0).dropped > 0);
+  CHECK(want == got_b);  // exact: no NaN in these outputs
+  CHECK(want == got_c);
+  CHECK(CountingGemm::calls == 3);  // gate, up, down
+}
+
 TEST_CASE("The routing report's losses match docs/math.md's worked example", "[host][layers][moe]") {
   // X = 2, K = 1, p = (0.9, 0.1) and (0.4, 0.6): f = (0.5, 0.5), P = (0.65, 0.35),
   // aux = α · 2 · (0.325 + 0.175) = α. Logits shifted by +1 and −2 (softmax unchanged), so

@@ -381,6 +381,76 @@ test::BiasBalancedTopK<2> steering_router() {
 
 }  // namespace
 
+/// A layer with `Experts<N, SyncFreeGemm>`: its CUDA forward (no cache, no report) is captured
+/// once in a CUDA graph (which fails if anything in it waits for the host) and replayed for
+/// three inputs written into the captured input buffer; every replay equals the host forward.
+template <class Layer>
+void check_graph_forward(const Cuda& gpu, const Layer& layer, index_t D, index_t batch, index_t L, double tol,
+                         std::uint64_t seed) {
+  using T = typename Layer::value_type;
+  Rng r1(seed), r2(seed);
+  const auto hp = layer.init(Host{}, r1, 4);
+  const auto gp = layer.init(gpu, r2, 4);
+  const index_t n = batch * L * D;
+  Buffer<T> dx = gpu.alloc<T>(n);
+  Buffer<T> dy = gpu.alloc<T>(n);
+  const ConstView<T, 3> xv(dx.data(), {batch, L, D}, "x");
+  const TensorView<T, 3> yv = dy.template view<3>({batch, L, D}, "out");
+  const auto set_x = [&](const std::vector<T>& x) {
+    REQUIRE(cudaMemcpyAsync(dx.data(), x.data(), x.size() * sizeof(T), cudaMemcpyHostToDevice, gpu.stream) ==
+            cudaSuccess);
+    gpu.synchronize();
+  };
+  set_x(test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 1)));
+  layer.forward(gpu, gp, xv, yv, nullptr, nullptr);  // eager once: handles, pools, occupancy queries
+  gpu.synchronize();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  layer.forward(gpu, gp, xv, yv, nullptr, nullptr);
+  REQUIRE(cudaStreamEndCapture(gpu.stream, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+  for (std::uint64_t k = 0; k < 3; ++k) {
+    const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 10 + k));
+    set_x(x);
+    REQUIRE(cudaGraphLaunch(exec, gpu.stream) == cudaSuccess);
+    gpu.synchronize();
+    std::vector<T> want(static_cast<std::size_t>(n));
+    layer.forward(Host{}, hp, ConstView<T, 3>(x.data(), {batch, L, D}, "x"),
+                  TensorView<T, 3>(want.data(), {batch, L, D}, "out"), nullptr, nullptr);
+    CAPTURE(k, batch, L, D, layer.settings().capacity_factor);
+    CHECK(test::rel_l2(host_copy(gpu, dy), want) <= tol);
+  }
+  (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
+}
+
+TEST_CASE("MoE and RoM layers with the sync-free grouped GEMM: captured in a CUDA graph, equal to the host",
+          "[cuda][layers][moe][rom]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  const index_t D = 64;
+  for (double cf : {0.0, 1.0}) {
+    RouterSettings s;
+    s.capacity_factor = cf;
+    check_graph_forward(gpu, MoeFeedForward<TopK<2>, Experts<8, SyncFreeGemm>, GatedMlp<Silu>, bf16>(D, 96, 8, {}, s),
+                        D, 2, 300, 3e-2, 61);
+    check_graph_forward(gpu, MoeFeedForward<Top1Switch, Experts<8, SyncFreeGemm>, Mlp<Relu>, float>(D, 192, 8, {}, s),
+                        D, 2, 40, 1e-4, 62);
+    check_graph_forward(gpu, RoutedMamba<TopK<1>, SharedRouting, Experts<8, SyncFreeGemm>, bf16>(rom_dims(D), 8, {}, s),
+                        D, 2, 300, 3e-2, 63);
+    check_graph_forward(
+        gpu, RoutedMamba<TopK<2>, PerProjectionRouting, Experts<8, SyncFreeGemm>, float>(rom_dims(D), 8, {}, s), D, 2,
+        40, 1e-4, 64);
+  }
+  // The strategy through the existing comparisons (forward with reports, prefill, decode steps).
+  compare_ffn(gpu, MoeFeedForward<TopK<2>, Experts<8, SyncFreeGemm>, GatedMlp<Silu>, float>(D, 96, 8), D, 2, 40, 1e-4,
+              65);
+  compare_rom(gpu, RoutedMamba<TopK<2>, SharedRouting, Experts<8, SyncFreeGemm>, float>(rom_dims(D), 8), 2, 40, 3, 1e-4,
+              66);
+}
+
 TEST_CASE("MoeFeedForward with a bias-balancing router of one's own: CUDA equals the host",
           "[cuda][layers][moe][components]") {
   MOSS_REQUIRE_CUDA_DEVICE();

@@ -15,11 +15,13 @@
 // Training: `gather_backward`, `linear_backward` and `combine_backward` are the backward passes
 // of the three calls (over the same plan; an expert kind's `backward` is written once against them).
 //
-// The routed GEMMs need the per-expert row offsets on the host: the first `linear` of a plan
-// reads them (on CUDA: the decision's one host synchronisation, queued after the gather) and
-// the plan caches them for every later GEMM over it. A decode step's decision (`resident`)
-// never reads them there: its few rows go through the grouped matrix-vector kernel, which reads
-// the offsets on the device, so a routed block's step waits for nothing (CapturableStep).
+// With the default strategy (SegmentGemms) the routed GEMMs need the per-expert row offsets on
+// the host: the first `linear` of a plan reads them (on CUDA: the decision's one host
+// synchronisation, queued after the gather) and the plan caches them for every later GEMM over
+// it. A resident decision never reads them there: a decode step's (its few rows go through the
+// grouped matrix-vector kernel), and every decision of a block with `Experts<N, SyncFreeGemm>`
+// (moss's sync-free grouped GEMM), so such a block waits for nothing and can be captured in a
+// CUDA graph. A user's own strategy (`RoutingDecision::grouped_gemm`) runs the GEMMs itself.
 #pragma once
 
 #include <cstdint>
@@ -114,6 +116,10 @@ class Dispatch {
     g.bias = bias;
     g.offsets = plan.offsets_view();
     g.y = y;
+    if (decision_->grouped_gemm) {  // a user's own strategy, bound to this backend and T when routing
+      decision_->grouped_gemm(&backend, &g);
+      return;
+    }
     if (decision_->resident)
       g.resident_offsets = true;
     else

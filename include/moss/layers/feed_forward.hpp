@@ -334,8 +334,7 @@ class MoeFeedForward {
     const ConstView<T, 2> x2(x.data, {tokens, shape_.in}, "x");
     saved = Saved{};
     if (tokens == 0) return;
-    saved.decision =
-        decide_routing(backend, config_.routing.router, config_.routing.settings, x2, p.router, true, report, "mixer");
+    saved.decision = config_.routing.decide(backend, x2, p.router, true, report, "mixer");
     Expert::apply(backend, p.experts, Dispatch<T>::routed(saved.decision), x2,
                   TensorView<T, 2>(out.data, {tokens, shape_.in}, "out"), ColumnWeighting::all(shape_.out));
   }
@@ -375,8 +374,7 @@ class MoeFeedForward {
   void apply(const Backend& backend, const Params& p, ConstView<T, 2> x, TensorView<T, 2> out, bool full_sequence,
              RoutingReport* report) const {
     if (x.shape[0] == 0) return;
-    RoutingDecision d = decide_routing(backend, config_.routing.router, config_.routing.settings, x, p.router,
-                                       full_sequence, report, "mixer");
+    RoutingDecision d = config_.routing.decide(backend, x, p.router, full_sequence, report, "mixer");
     Expert::apply(backend, p.experts, Dispatch<T>::routed(d), x, out, ColumnWeighting::all(shape_.out));
   }
 

@@ -531,8 +531,7 @@ class RoutedMamba {
     constexpr int i = router_index<P>();
     static_assert(i >= 0);
     if (!d[i])
-      d[i] = decide_routing(backend, config_.routing.router, config_.routing.settings, input,
-                            ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
+      d[i] = config_.routing.decide(backend, input, ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
     return *d[i];
   }
 
@@ -555,8 +554,7 @@ class RoutedMamba {
     const index_t tokens = x.shape[0], ED = dims_.d_inner;
     for (int i = 0; i < kRouters.count; ++i)
       if (kRouters.on_layer_input[i])
-        d[i] = decide_routing(backend, config_.routing.router, config_.routing.settings, x,
-                              ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
+        d[i] = config_.routing.decide(backend, x, ConstView<float, 2>(p.routers[i]), full, report, report_name(i));
     if constexpr (kFusedIn) {
       const index_t w0 = kWeighted<Conv> ? 0 : ED, w1 = kWeighted<Gate> ? 2 * ED : ED;
       LinearExpert::apply(backend, p.in, dispatch<Conv>(backend, p, d, x, full, report), x,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "moss/io/json.hpp"
 #include "moss/layers/params.hpp"
 #include "moss/ops/elementwise.hpp"
+#include "moss/ops/grouped_linear.hpp"
 #include "moss/ops/permute.hpp"
 #include "moss/ops/router.hpp"
 #include "moss/ops/router/math.hpp"
@@ -138,6 +140,23 @@ class RoutingReport {
   std::vector<Entry> entries_;
 };
 
+/// One routing decision: logits, selection and the permutation plan of the call's tokens.
+struct RoutingDecision {
+  Buffer<float> logits;         // (tokens, X)
+  Buffer<std::int32_t> expert;  // (tokens, K)
+  Buffer<float> gate;           // (tokens, K)
+  PermutePlan plan;
+  /// The experts' GEMMs read the plan's offsets on the device only
+  /// (`GroupedLinearArgs::resident_offsets`), so nothing waits for the host: a decode step's
+  /// decision (dropless), and every decision of a block whose strategy is sync-free.
+  bool resident = false;
+  /// A user's own grouped-GEMM strategy, bound to the backend and T of the call that decided (a
+  /// type-erased `Strategy::run`); null for moss's own (SegmentGemms, SyncFreeGemm).
+  void (*grouped_gemm)(const void* backend, const void* args) = nullptr;
+
+  ConstView<float, 2> gate_view() const { return {gate.data(), {plan.tokens, plan.k}, "gate"}; }
+};
+
 /// The routing settings of one routed block: its expert count, its router (with the router's
 /// own runtime settings) and the settings every router shares (capacity, loss coefficients).
 /// Part of the MoE and RoM blocks' `Config`; in config.json these keys sit in the block's section:
@@ -152,6 +171,8 @@ struct RouterConfig {
   static_assert(E::fixed == 0 || R::k <= E::fixed,
                 "moss::RouterConfig<R, E>: the router picks more experts per token (R::k) than the fixed "
                 "expert count Experts<N> has (K must be <= N)");
+  /// The grouped-GEMM strategy of the block's expert stacks (moss::Experts' `Gemm` slot).
+  using Gemm = expert_gemm_t<E>;
   index_t num_experts = E::fixed;  ///< X; with Experts<> it must be set (config "num_experts")
   R router{};                      ///< the router and its runtime settings
   RouterSettings settings{};       ///< capacity factor and loss coefficients
@@ -182,6 +203,21 @@ struct RouterConfig {
     settings.validate(section.where().c_str());
     if constexpr (ConfigurableRouter<R>) router.read_settings(section);
   }
+  /// Routes `x` with the block's router (`decide_routing`) and marks the decision with the
+  /// block's grouped-GEMM strategy: a sync-free one makes every decision resident, a user's own
+  /// is bound for the experts' GEMMs to call.
+  template <class Backend, class T>
+  RoutingDecision decide(const Backend& backend, ConstView<T, 2> x, ConstView<float, 2> weight, bool full_sequence,
+                         RoutingReport* report, const std::string& name) const {
+    RoutingDecision d = decide_routing(backend, router, settings, x, weight, full_sequence, report, name);
+    if constexpr (Gemm::sync_free) d.resident = true;
+    if constexpr (!std::is_same_v<Gemm, SegmentGemms> && !std::is_same_v<Gemm, SyncFreeGemm>) {
+      d.grouped_gemm = [](const void* b, const void* a) {
+        Gemm::run(*static_cast<const Backend*>(b), *static_cast<const GroupedLinearArgs<T>*>(a));
+      };
+    }
+    return d;
+  }
   /// Writes the keys above into a block's section.
   void write(io::Json& section) const {
     section["num_experts"] = num_experts;
@@ -192,19 +228,6 @@ struct RouterConfig {
     section["aux_loss_coef"] = io::json_number(settings.aux_loss_coef);
     section["z_loss_coef"] = io::json_number(settings.z_loss_coef);
   }
-};
-
-/// One routing decision: logits, selection and the permutation plan of the call's tokens.
-struct RoutingDecision {
-  Buffer<float> logits;         // (tokens, X)
-  Buffer<std::int32_t> expert;  // (tokens, K)
-  Buffer<float> gate;           // (tokens, K)
-  PermutePlan plan;
-  /// A decode step's decision (dropless): the experts' GEMMs read the plan's offsets on the
-  /// device (`GroupedLinearArgs::resident_offsets`), so nothing waits for the host.
-  bool resident = false;
-
-  ConstView<float, 2> gate_view() const { return {gate.data(), {plan.tokens, plan.k}, "gate"}; }
 };
 
 /// Routes `x` (tokens, D) with `router` and the float32 classifier `weight` (X, D), builds the

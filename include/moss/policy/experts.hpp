@@ -2,6 +2,7 @@
 //
 //   moss::Experts<8>   eight experts, fixed in the type (a config that says otherwise is refused)
 //   moss::Experts<>    the count comes from the config (`num_experts`)
+//   moss::Experts<8, moss::SyncFreeGemm>   the same with the sync-free grouped GEMM (capturable)
 // The expert kinds themselves (LinearExpert, Mlp<Act>, GatedMlp<Act>, or one's own) are
 // components with parameters and an `apply`: see moss/layers/experts.hpp.
 #pragma once
@@ -19,10 +20,43 @@ namespace moss {
 /// "from the config".
 inline constexpr index_t kExpertsFromConfig = -1;
 
-/// The expert count: fixed in the type (`Experts<8>`) or read from the config (`Experts<>`).
+/// Grouped-GEMM strategy (the `Gemm` slot of `Experts<N, Gemm>`): how a routed block's expert
+/// stacks run their full-sequence GEMMs. moss's two, or one's own with the same members:
+///   static constexpr bool sync_free;   // true: the GEMMs read the segment offsets on the device only
+///   template <class Backend, class Args> static void run(const Backend&, Args grouped_linear_args);
+/// One cuBLAS GEMM per expert segment (the fastest for long prefill): the segment offsets are read
+/// on the host once per routing decision (on CUDA one synchronisation).
+struct SegmentGemms {
+  static constexpr bool sync_free = false;
+  template <class Backend, class Args>
+  static void run(const Backend& backend, Args a) {
+    grouped_linear(backend, a);
+  }
+};
+/// moss's sync-free grouped GEMM (moss/ops/grouped_linear/device_gemm.cuh): nothing waits for
+/// the host, so a routed layer can be captured in a CUDA graph. Rows dropped by a capacity limit
+/// are written as zeros.
+struct SyncFreeGemm {
+  static constexpr bool sync_free = true;
+  template <class Backend, class Args>
+  static void run(const Backend& backend, Args a) {
+    a.resident_offsets = true;
+    grouped_linear(backend, a);
+  }
+};
+
+/// The expert count: fixed in the type (`Experts<8>`) or read from the config (`Experts<>`), and
+/// the grouped-GEMM strategy of the block's expert stacks.
 /// @tparam N the fixed count (≥ 1), or kExpertsFromConfig (the default) for a runtime count.
-template <index_t N = kExpertsFromConfig>
+/// @tparam Gemm SegmentGemms (default), SyncFreeGemm, or one's own strategy.
+template <index_t N = kExpertsFromConfig, class Gemm = SegmentGemms>
 struct Experts {
+  static_assert(
+      requires { Gemm::sync_free; },
+      "moss::Experts<N, Gemm>: Gemm must be a grouped-GEMM strategy (moss::SegmentGemms, moss::SyncFreeGemm "
+      "or a type with `static constexpr bool sync_free` and a static `run(backend, args)`)");
+  /// The grouped-GEMM strategy.
+  using gemm = Gemm;
   static_assert(N != 0,
                 "moss::Experts<0>: a sparse block needs at least one expert; write moss::Experts<> to read the "
                 "count from the config");
@@ -44,6 +78,19 @@ struct Experts {
     }
   }
 };
+
+/// The grouped-GEMM strategy of expert policy E: E::gemm, or SegmentGemms when E has none.
+template <class E>
+struct expert_gemm {
+  using type = SegmentGemms;
+};
+template <class E>
+requires requires { typename E::gemm; }
+struct expert_gemm<E> {
+  using type = typename E::gemm;
+};
+template <class E>
+using expert_gemm_t = typename expert_gemm<E>::type;
 
 /// An expert-count policy: `Experts<N>`.
 template <class E>
