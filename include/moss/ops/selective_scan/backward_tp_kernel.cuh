@@ -178,6 +178,8 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
     return s;
   };
 
+  // The per-warp sums start at zero (with L = 0 they stay so).
+  for (int i = tid; i < Cb * kTpMaxN * kTpWarps + 2 * Cb * kTpWarps; i += kTpThreads) dA_w[i] = 0.0f;
   // 1. Checkpoints: the state entering every chunk, chunks in order.
   for (int c = tid; c < nc * kTpMaxN; c += kTpThreads) {
     const int ch = c / kTpMaxN, n = c % kTpMaxN;
@@ -229,7 +231,6 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
   // 2. The chunks from the last to the first.
   for (index_t k = p.chunks - 1; k >= 0; --k) {
     const index_t t0 = k * kTpChunk;
-    const bool first_pass = k == p.chunks - 1;
 #pragma unroll
     for (int i = 0; i < kTpItems; ++i)
       for (int n = 0; n < N; ++n) dB_acc[acc_at(n, i)] = dC_acc[acc_at(n, i)] = 0.0f;
@@ -316,8 +317,7 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
           }
           dA_t = tp_warp_sum(dA_t);
           if (lane == 0 && n < N) {
-            float& slot = dA_w[(ch * kTpMaxN + n) * kTpWarps + warp];
-            slot = first_pass ? dA_t : slot + dA_t;
+            dA_w[(ch * kTpMaxN + n) * kTpWarps + warp] += dA_t;
           }
           if (tid == 0) carry[ch * kTpMaxN + n] = v_out[j];  // read again only after later barriers
         }
@@ -343,10 +343,8 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
       dD_t = tp_warp_sum(dD_t);
       dbias_t = tp_warp_sum(dbias_t);
       if (lane == 0) {
-        float& sd = dD_w[ch * kTpWarps + warp];
-        float& sb = dbias_w[ch * kTpWarps + warp];
-        sd = first_pass ? dD_t : sd + dD_t;
-        sb = first_pass ? dbias_t : sb + dbias_t;
+        dD_w[ch * kTpWarps + warp] += dD_t;
+        dbias_w[ch * kTpWarps + warp] += dbias_t;
       }
     }
     if (p.want_db) flush(dB_acc, p.dB_part, p.slots_b, cur_gb);
