@@ -547,10 +547,19 @@ TEST_CASE("selective_scan_backward (cuda): super-tiles from the plan's rule at d
   c.dim = 8192;
   c.L = 20;
   c.groups_c = 2;
+  {  // d_state 16: the time-parallel kernel, slices halved from 64 channels while under 1024 blocks
+    Problem<moss::bf16> p(c, 8190);
+    const auto plan = moss::detail::scan::backward_plan(p.h);
+    CHECK(plan.time_parallel);
+    CHECK(plan.slice_channels == 16);  // 2 × 8192 / 16 = 1024 blocks
+    CHECK(plan.supertiles == 512);
+  }
+  c.N = 32;  // the sequential kernel
   Problem<moss::bf16> p(c, 8192);
   const auto plan = moss::detail::scan::backward_plan(p.h);
   INFO("sub-tiles per block " << plan.subtiles << ", super-tiles " << plan.supertiles);
-  CHECK(plan.subtiles >= 2);  // 2 × 1024 sub-tiles: the rule merges them
+  CHECK(!plan.time_parallel);
+  CHECK(plan.subtiles >= 2);  // 2 × 2048 sub-tiles of 4 channels: the rule merges them
   check_backward<moss::bf16>(c, 8192);
   c.zero_b = Zero::both;
   c.groups_b = c.dim;
