@@ -1,6 +1,6 @@
 // moss/ops/selective_scan/backward_cuda.cuh: the CUDA backward of the selective scan (needs nvcc;
 // contract in moss/ops/selective_scan_backward.hpp, math in docs/math.md §4.1, the host oracle in
-// backward_host.hpp, the kernels in backward_kernel.cuh).
+// backward_host.hpp, the kernels in backward_kernel.cuh and backward_tp_kernel.cuh).
 //
 //   moss::selective_scan_backward(moss::Cuda{stream}, args);   // queued on stream, no host sync
 //
@@ -44,15 +44,20 @@
 // The orders differ from the host's (a warp tree over the states, the channel sums split by
 // super-tile), so CUDA and host agree to float rounding, not bitwise.
 //
-// Expected performance (not measured: written without a GPU): about an order of magnitude slower
-// than the forward (estimate 5 to 15× at the canonical batch 8 × L 2048 × dim 4096, N 16). The
-// backward walks L three times (forward to the checkpoints, chunk recomputation, reverse) with
-// plain per-lane loads of every input at every step (not staged in shared memory nor vectorised
-// like the forward's), three warp reductions per step instead of one (y, du, dΔ), two barriers per
-// chunk, ~66 KiB of shared memory per 128-thread block (3 blocks per SM), and writes and re-reads
-// the dB / dC partials. It has one block per (batch row, super-tile), like the sequential forward,
-// so a short batch · dim leaves the GPU underused (no time-parallel split yet). Staging each chunk's
-// inputs in shared memory with coalesced loads is the first thing to do once it is measured.
+// Two kernels. d_state ≤ 16 with dB / dC not summed over L (every Mamba layer) takes the
+// time-parallel kernel of backward_tp_kernel.cuh: threads along time, both recurrences as block
+// scans, 512-step chunks, slices of 16 to 64 channels per block (its own header says how it sums;
+// checkpoints 4 · dim · N / 512 bytes per token, dB / dC partials 4 · N · (slices + groups − 1)
+// each). The rest (larger d_state, a dB or dC summed over L, forced sub-tiles in tests) takes the
+// sequential kernel described above (backward_kernel.cuh).
+//
+// Measured (H100 80GB, bf16, batch 8 × L 2048 × dim 4096, N 16; bench/results/2026-12-07-h100.md):
+// the sequential kernel 92.6 ms per call, the time-parallel one 33.6 ms (anchor `mamba_ssm` 4.79
+// ms, goal 1.9 ms). ncu on the time-parallel kernel: 16 warps per SM (128 registers, 87 KiB of
+// shared memory per block), 16 cycles between issues per warp, 60 % of them waiting for global
+// loads (B and C are re-read from L2 for every channel of the slice; L1 holds little beside the
+// shared memory). Next: keep B and C of the chunk in registers or shared memory across channels
+// (states outer, channels inner) and prefetch the next channel's inputs during the scans.
 #pragma once
 
 #include <cstddef>
