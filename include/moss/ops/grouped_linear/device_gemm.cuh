@@ -39,6 +39,14 @@ inline constexpr int kGroupedGemmThreads = 256;
 /// Most experts the sync-free grouped GEMM takes (its shared-memory tile prefix holds X + 1 ints).
 inline constexpr index_t kGroupedGemmMaxExperts = 8192;
 
+/// The segment [begin, end) of expert e, clamped into [0, rows] (bad offsets address nothing).
+MOSS_DEVICE void segment_of(const std::int32_t* offsets, int e, index_t rows, index_t& begin, index_t& end) {
+  const auto clamp = [rows](index_t v) { return v < 0 ? index_t(0) : (v > rows ? rows : v); };
+  begin = clamp(offsets[e]);
+  end = clamp(offsets[e + 1]);
+  if (end < begin) end = begin;
+}
+
 /// The tile schedule of one block: the prefix of row-tile counts per expert, in shared memory.
 struct GroupedTileSchedule {
   const int* tiles_before;  // (X + 1) shared: row tiles of experts before e; [X] = all row tiles
@@ -58,15 +66,24 @@ struct GroupedTileSchedule {
     return lo;
   }
   MOSS_DEVICE index_t tiles() const { return index_t(tiles_before[num_experts]) * col_tiles; }
-};
 
-/// The segment [begin, end) of expert e, clamped into [0, rows] (bad offsets address nothing).
-MOSS_DEVICE void segment_of(const std::int32_t* offsets, int e, index_t rows, index_t& begin, index_t& end) {
-  const auto clamp = [rows](index_t v) { return v < 0 ? index_t(0) : (v > rows ? rows : v); };
-  begin = clamp(offsets[e]);
-  end = clamp(offsets[e + 1]);
-  if (end < begin) end = begin;
-}
+  /// One output tile: expert e's rows [r0, r_end) (at most tile_m of them) × columns from c0.
+  struct Tile {
+    int e;
+    index_t r0, r_end, c0;
+  };
+  /// Tile t of the schedule (t < tiles()): row tile t / col_tiles, column tile t % col_tiles.
+  MOSS_DEVICE Tile tile(index_t t, const std::int32_t* offsets, index_t rows, int tile_m, int tile_n) const {
+    const int m = static_cast<int>(t / col_tiles);
+    Tile r;
+    r.e = expert_of_tile(m);
+    index_t seg_begin;
+    segment_of(offsets, r.e, rows, seg_begin, r.r_end);
+    r.r0 = seg_begin + index_t(m - tiles_before[r.e]) * tile_m;
+    r.c0 = (t % col_tiles) * tile_n;
+    return r;
+  }
+};
 
 /// Fills `tiles_before` (X + 1 ints of shared memory) from the device offsets; ends with a barrier.
 template <int kRowTile>
@@ -185,11 +202,11 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
                             int num_experts, index_t rows, index_t out, index_t in, T* y, index_t ldy) {
   constexpr std::size_t kStageBytes = mma_stage_bytes(kTileN);
   constexpr int kWarpN = kTileN / 4, kN8 = kWarpN / 8;  // columns and n8 tiles per warp
-  extern __shared__ __align__(128) unsigned char smem[];
-  int* tiles_before = reinterpret_cast<int*>(smem + kMmaStages * kStageBytes);
+  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  int* tiles_before = reinterpret_cast<int*>(gemm_smem + kMmaStages * kStageBytes);
   build_tile_prefix<kMmaTileM>(tiles_before, offsets, num_experts, rows);
   const GroupedTileSchedule sched{tiles_before, num_experts, static_cast<int>(ceil_div<index_t>(out, kTileN))};
-  const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(gemm_smem));
   const auto stage_a = [&](int s) { return base + unsigned(s * kStageBytes); };
   const auto stage_b = [&](int s) { return base + unsigned(s * kStageBytes + kMmaTileM * kMmaTileK * 2); };
 
@@ -198,12 +215,7 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
   const index_t k_tiles = ceil_div<index_t>(in, kMmaTileK);
 
   for (index_t t = blockIdx.x; t < sched.tiles(); t += gridDim.x) {
-    const int m = static_cast<int>(t / sched.col_tiles);
-    const int e = sched.expert_of_tile(m);
-    index_t seg_begin, seg_end;
-    segment_of(offsets, e, rows, seg_begin, seg_end);
-    const index_t r0 = seg_begin + index_t(m - tiles_before[e]) * kMmaTileM;
-    const index_t c0 = (t % sched.col_tiles) * kTileN;
+    const auto [e, r0, seg_end, c0] = sched.tile(t, offsets, rows, kMmaTileM, kTileN);
     const T* w_e = w + static_cast<index_t>(e) * out * in;
 
     float acc[4][kN8][4] = {};  // [m16 tile][n8 tile][fragment]
@@ -281,20 +293,15 @@ template <class T>
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     grouped_gemm_fma_kernel(const T* x, index_t ldx, const T* w, const T* bias, const std::int32_t* offsets,
                             int num_experts, index_t rows, index_t out, index_t in, T* y, index_t ldy) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  int* tiles_before = reinterpret_cast<int*>(smem);
+  extern __shared__ __align__(16) unsigned char gemm_smem[];
+  int* tiles_before = reinterpret_cast<int*>(gemm_smem);
   __shared__ float xs[kFmaTileK][kFmaTileM + 4], ws[kFmaTileK][kFmaTileN + 4];
   build_tile_prefix<kFmaTileM>(tiles_before, offsets, num_experts, rows);
   const GroupedTileSchedule sched{tiles_before, num_experts, static_cast<int>(ceil_div<index_t>(out, kFmaTileN))};
   const int tx = static_cast<int>(threadIdx.x) % 16, ty = static_cast<int>(threadIdx.x) / 16;
 
   for (index_t t = blockIdx.x; t < sched.tiles(); t += gridDim.x) {
-    const int m = static_cast<int>(t / sched.col_tiles);
-    const int e = sched.expert_of_tile(m);
-    index_t seg_begin, seg_end;
-    segment_of(offsets, e, rows, seg_begin, seg_end);
-    const index_t r0 = seg_begin + index_t(m - tiles_before[e]) * kFmaTileM;
-    const index_t c0 = (t % sched.col_tiles) * kFmaTileN;
+    const auto [e, r0, seg_end, c0] = sched.tile(t, offsets, rows, kFmaTileM, kFmaTileN);
     const T* w_e = w + static_cast<index_t>(e) * out * in;
     float acc[4][4] = {};
     for (index_t k0 = 0; k0 < in; k0 += kFmaTileK) {
