@@ -374,6 +374,16 @@ TEST_CASE("The grouped-GEMM strategy slot: SyncFreeGemm and a user's own give th
   CHECK(want == got_b);  // exact: no NaN in these outputs
   CHECK(want == got_c);
   CHECK(CountingGemm::calls == 3);  // gate, up, down
+
+  // The bound strategy refuses a backend or dtype other than the deciding call's.
+  RouterConfig<Top1Switch, Experts<2, CountingGemm>> rc;
+  const std::vector<float> xs(4 * 3, 0.5f), w(2 * 3, 0.1f);
+  const RoutingDecision d = rc.decide(Host{}, ConstView<float, 2>(xs.data(), {4, 3}, "x"),
+                                      ConstView<float, 2>(w.data(), {2, 3}, "router"), true, nullptr, "mixer");
+  REQUIRE(d.grouped_gemm != nullptr);
+  GroupedLinearArgs<double> other;
+  other.x = ConstView<double, 2>(nullptr, {0, 3}, "rows");
+  CHECK_THROWS_WITH(d.run_grouped_gemm(Host{}, other), ContainsSubstring("another backend or dtype"));
 }
 
 TEST_CASE("The routing report's losses match docs/math.md's worked example", "[host][layers][moe]") {

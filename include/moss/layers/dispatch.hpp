@@ -117,7 +117,7 @@ class Dispatch {
     g.offsets = plan.offsets_view();
     g.y = y;
     if (decision_->grouped_gemm) {  // a user's own strategy, bound to this backend and T when routing
-      decision_->grouped_gemm(&backend, &g);
+      decision_->run_grouped_gemm(backend, g);
       return;
     }
     if (decision_->resident)

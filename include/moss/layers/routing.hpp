@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -151,8 +152,21 @@ struct RoutingDecision {
   /// decision (dropless), and every decision of a block whose strategy is sync-free.
   bool resident = false;
   /// A user's own grouped-GEMM strategy, bound to the backend and T of the call that decided (a
-  /// type-erased `Strategy::run`); null for moss's own (SegmentGemms, SyncFreeGemm).
+  /// type-erased `Strategy::run`, called through `run_grouped_gemm`); null for moss's own
+  /// (SegmentGemms, SyncFreeGemm).
   void (*grouped_gemm)(const void* backend, const void* args) = nullptr;
+  /// The (backend, GroupedLinearArgs<T>) types `grouped_gemm` was bound to.
+  const std::type_info* grouped_gemm_types = nullptr;
+
+  /// Runs the bound strategy on `a` (config_error when the backend or T differ from the ones
+  /// that decided: a decision belongs to one call).
+  template <class Backend, class T>
+  void run_grouped_gemm(const Backend& backend, const GroupedLinearArgs<T>& a) const {
+    MOSS_EXPECTS(grouped_gemm_types && *grouped_gemm_types == typeid(std::pair<Backend, GroupedLinearArgs<T>>),
+                 config_error, "RoutingDecision: its grouped-GEMM strategy was bound to another backend or dtype than ",
+                 a.x.name, "'s");
+    grouped_gemm(&backend, &a);
+  }
 
   ConstView<float, 2> gate_view() const { return {gate.data(), {plan.tokens, plan.k}, "gate"}; }
 };
@@ -215,6 +229,7 @@ struct RouterConfig {
       d.grouped_gemm = [](const void* b, const void* a) {
         Gemm::run(*static_cast<const Backend*>(b), *static_cast<const GroupedLinearArgs<T>*>(a));
       };
+      d.grouped_gemm_types = &typeid(std::pair<Backend, GroupedLinearArgs<T>>);
     }
     return d;
   }
