@@ -14,12 +14,17 @@
 //     checkpoint (forward scan), the adjoint (reverse scan, carried between chunks in shared
 //     memory), then per step du, ddelta, dz (sums over the states in registers) and per state the
 //     contributions to dA (a warp sum per chunk into per-warp shared slots), dB and dC.
-// dB / dC: each thread keeps its steps' sums over the slice's channels in its own column of shared
-// memory (no barriers), channels in increasing order, and writes them to the slot (slice + group) of the partial
-// workspace when the group changes and at the end of the slice; `backward_bc_reduce_kernel` then adds the slices of
-// each group in increasing order, as for the sequential kernel. dA, dD, d delta_bias: per-warp
-// shared slots added over the chunks (last to first), then over the warps in order, into the
-// per-(b, d) partials. Every sum has one order fixed by the shapes: bitwise repeatable.
+// dB / dC: each thread keeps its steps' sums over the slice's channels in its own column of
+// shared memory (no barriers), channels in increasing order, and writes them to the slot (slice +
+// group) of the partial workspace when the group changes and at the end of the slice;
+// `backward_bc_reduce_kernel` then adds the slices of each group in increasing order, as for the
+// sequential kernel. dA, dD, d delta_bias: per-warp shared slots added over the chunks (last to
+// first), then over the warps in order, into the per-(b, d) partials. Every sum has one order
+// fixed by the shapes: bitwise repeatable.
+//
+// Measured (H100, bf16, canonical shape): 33.6 ms, 2.8× faster than the sequential kernel and 7×
+// slower than mamba_ssm; ncu: 2 blocks (16 warps) per SM, 60 % of the cycles waiting on global
+// loads (B and C re-read from L2 for every channel of the slice; see backward_cuda.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
