@@ -61,7 +61,7 @@ TEST_CASE("CUDA Mamba layer equals the host layer", "[cuda][layers]") {
   compare_layer<f16>(96, 8, 3, L, 1e-2);
 }
 
-TEST_CASE("CUDA Mamba layer at a wide shape", "[cuda][layers]") {
+TEST_CASE("CUDA Mamba layer at a wide shape", "[cuda][layers][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   compare_layer<bf16>(512, 16, 2, 513, 3e-2);
 }

@@ -341,10 +341,11 @@ TEST_CASE("Capacity drops pairs over C = max(1, ceil(cf·T·K/X)) and reports th
 /// moss's segment GEMMs.
 struct CountingGemm {
   static constexpr bool sync_free = false;
-  static inline int calls = 0;
+  static inline int calls = 0, with_host_offsets = 0;
   template <class Backend, class Args>
   static void run(const Backend& backend, Args a) {
     ++calls;
+    with_host_offsets += a.host_offsets != nullptr && !a.resident_offsets;
     SegmentGemms::run(backend, a);
   }
 };
@@ -368,12 +369,13 @@ TEST_CASE("The grouped-GEMM strategy slot: SyncFreeGemm and a user's own give th
   RoutingReport ra, rb;
   const auto want = run_forward(a, random_params(a, D, F, 31), x, 2, 9, D, &ra);  // same seed: same weights
   const auto got_b = run_forward(b, random_params(b, D, F, 31), x, 2, 9, D, &rb);
-  CountingGemm::calls = 0;
+  CountingGemm::calls = CountingGemm::with_host_offsets = 0;
   const auto got_c = run_forward(c, random_params(c, D, F, 31), x, 2, 9, D, nullptr);
   CHECK(ra.read().at(0).dropped > 0);
   CHECK(want == got_b);  // exact: no NaN in these outputs
   CHECK(want == got_c);
-  CHECK(CountingGemm::calls == 3);  // gate, up, down
+  CHECK(CountingGemm::calls == 3);              // gate, up, down
+  CHECK(CountingGemm::with_host_offsets == 3);  // not sync-free: given the offsets read once
 
   // The bound strategy refuses a backend or dtype other than the deciding call's.
   RouterConfig<Top1Switch, Experts<2, CountingGemm>> rc;

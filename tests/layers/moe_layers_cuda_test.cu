@@ -289,7 +289,7 @@ TEST_CASE("MoeFeedForward: CUDA when one expert takes every token (the others em
   }
 }
 
-TEST_CASE("MoeFeedForward: CUDA at a wider shape (d_model 256, 8 experts, 512 tokens)", "[cuda][layers][moe]") {
+TEST_CASE("MoeFeedForward: CUDA at a wider shape (d_model 256, 8 experts, 512 tokens)", "[cuda][layers][moe][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   CudaStream stream;
   const Cuda gpu{stream.get()};
@@ -355,7 +355,7 @@ TEST_CASE("RoutedMamba: CUDA when one expert takes every token (the others empty
   }
 }
 
-TEST_CASE("RoutedMamba: CUDA at a wider shape (d_model 256, 8 experts, 2 × 200 tokens)", "[cuda][layers][rom]") {
+TEST_CASE("RoutedMamba: CUDA at a wider shape (d_model 256, 8 experts, 2 × 200 tokens)", "[cuda][layers][rom][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   CudaStream stream;
   const Cuda gpu{stream.get()};

@@ -314,7 +314,7 @@ TEMPLATE_TEST_CASE("causal_conv1d CUDA: any run length per thread", "[cuda]", fl
   }
 }
 
-TEST_CASE("causal_conv1d CUDA: the canonical layer shape", "[cuda]") {
+TEST_CASE("causal_conv1d CUDA: the canonical layer shape", "[cuda][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};

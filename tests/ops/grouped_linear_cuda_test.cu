@@ -169,7 +169,7 @@ TEMPLATE_TEST_CASE("grouped_linear: CUDA matches the host over segments, bias, l
 }
 
 TEMPLATE_TEST_CASE("grouped_linear: CUDA at a realistic MoE shape (2048 rows, 8 experts, 768 → 1536)",
-                   "[cuda][ops][grouped_linear]", float, f16, bf16) {
+                   "[cuda][ops][grouped_linear][large]", float, f16, bf16) {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

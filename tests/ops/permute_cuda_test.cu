@@ -252,7 +252,7 @@ TEST_CASE("permute_plan: the CUDA plan equals the host plan entry for entry", "[
               {Spread::uniform, Spread::one_expert, Spread::sparse, Spread::skewed}, 10);
 }
 
-TEST_CASE("permute_plan: CUDA at a realistic shape (65536 tokens, K = 2, 64 experts)", "[cuda][ops][permute]") {
+TEST_CASE("permute_plan: CUDA at a realistic shape (65536 tokens, K = 2, 64 experts)", "[cuda][ops][permute][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

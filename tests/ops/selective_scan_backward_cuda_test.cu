@@ -540,7 +540,7 @@ TEST_CASE("selective_scan_backward (cuda): the configurations cover the kernel s
   CHECK((off_d && off_z && off_bias && off_softplus && off_init && off_dfinal));
 }
 
-TEST_CASE("selective_scan_backward (cuda): super-tiles from the plan's rule at dim 8192", "[cuda]") {
+TEST_CASE("selective_scan_backward (cuda): super-tiles from the plan's rule at dim 8192", "[cuda][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   Config c;
   c.batch = 2;

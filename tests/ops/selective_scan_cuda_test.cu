@@ -457,7 +457,7 @@ TEMPLATE_TEST_CASE("selective_scan (cuda): every strategy equals the host oracle
   for (const Config& c : scan_configs()) check_every_strategy<TestType>(c, seed += 17);
 }
 
-TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", "[cuda]") {
+TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", "[cuda][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   Config c;
   c.batch = 2;
@@ -468,7 +468,7 @@ TEST_CASE("selective_scan (cuda): dim 4096 at the layer's channel-last layout", 
   check_every_strategy<moss::bf16>(c, 4097);
 }
 
-TEST_CASE("selective_scan (cuda): batch 1 × dim 4096 × long L, where AutoScan chunks", "[cuda]") {
+TEST_CASE("selective_scan (cuda): batch 1 × dim 4096 × long L, where AutoScan chunks", "[cuda][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   Config c;
   c.batch = 1;

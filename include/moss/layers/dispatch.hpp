@@ -116,15 +116,14 @@ class Dispatch {
     g.bias = bias;
     g.offsets = plan.offsets_view();
     g.y = y;
-    if (decision_->grouped_gemm) {  // a user's own strategy, bound to this backend and T when routing
-      decision_->run_grouped_gemm(backend, g);
-      return;
-    }
     if (decision_->resident)
       g.resident_offsets = true;
     else
       g.host_offsets = read_offsets(backend, plan).data();
-    grouped_linear(backend, g);
+    if (decision_->grouped_gemm)  // a user's own strategy, bound to this backend and T when routing
+      decision_->run_grouped_gemm(backend, g);
+    else
+      grouped_linear(backend, g);
   }
 
   /// Where an expert's last GEMM writes its (rows, width) output: `out` itself when dense (the

@@ -24,6 +24,9 @@ inline constexpr index_t kExpertsFromConfig = -1;
 /// stacks run their full-sequence GEMMs. moss's two, or one's own with the same members:
 ///   static constexpr bool sync_free;   // true: the GEMMs read the segment offsets on the device only
 ///   template <class Backend, class Args> static void run(const Backend&, Args grouped_linear_args);
+/// `run` gets `GroupedLinearArgs` with `host_offsets` set (read once per routing decision) when
+/// `sync_free` is false, and `resident_offsets` set when it is true; a sync-free strategy must
+/// write the rows at or past offsets[X] as zeros (the experts' activations run over every row).
 /// One cuBLAS GEMM per expert segment (the fastest for long prefill): the segment offsets are read
 /// on the host once per routing decision (on CUDA one synchronisation).
 struct SegmentGemms {
