@@ -154,8 +154,8 @@ TEMPLATE_TEST_CASE("activation: CUDA matches the host for every activation, gate
   }
 }
 
-TEMPLATE_TEST_CASE("activation: CUDA at a realistic MoE hidden shape (1024 rows, d_ff 3072)", "[cuda][ops][activation][large]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("activation: CUDA at a realistic MoE hidden shape (1024 rows, d_ff 3072)",
+                   "[cuda][ops][activation][large]", float, bf16) {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

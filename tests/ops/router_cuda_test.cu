@@ -216,7 +216,8 @@ TEMPLATE_TEST_CASE("route: CUDA logits are bit-identical to the host's and selec
   }
 }
 
-TEST_CASE("route: CUDA at a realistic shape (16384 tokens, d_model 2048, 8 experts, bf16)", "[cuda][ops][router][large]") {
+TEST_CASE("route: CUDA at a realistic shape (16384 tokens, d_model 2048, 8 experts, bf16)",
+          "[cuda][ops][router][large]") {
   MOSS_REQUIRE_CUDA_DEVICE();
   moss::CudaStream stream;
   const Cuda gpu{stream.get()};

@@ -94,19 +94,25 @@ inline void check_offsets(const char* where, const std::int32_t* offsets, index_
                "] = ", offsets[num_experts], " exceeds the ", rows, " rows of x");
 }
 
-/// The row → expert map of `resident_offsets`: the expert e with offsets[e] ≤ r < offsets[e+1]
-/// (the last such e when segments are empty), or −1 when r ≥ offsets[X].
-MOSS_HD int expert_of_row(const std::int32_t* offsets, int num_experts, std::int64_t r) {
-  if (r >= offsets[num_experts]) return -1;
-  int lo = 0, hi = num_experts - 1;  // the largest e with offsets[e] ≤ r
+/// The segment of `v` in a non-decreasing prefix (prefix[0] ≤ v): the largest e < n with
+/// prefix[e] ≤ v, so empty segments (equal neighbours) are skipped. Binary search.
+template <class P, class V>
+MOSS_HD int last_segment_at_most(const P* prefix, int n, V v) {
+  int lo = 0, hi = n - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (offsets[mid] <= r)
+    if (prefix[mid] <= v)
       lo = mid;
     else
       hi = mid - 1;
   }
   return lo;
+}
+
+/// The row → expert map of `resident_offsets`: the expert e with offsets[e] ≤ r < offsets[e+1]
+/// (the last such e when segments are empty), or −1 when r ≥ offsets[X].
+MOSS_HD int expert_of_row(const std::int32_t* offsets, int num_experts, std::int64_t r) {
+  return r >= offsets[num_experts] ? -1 : last_segment_at_most(offsets, num_experts, r);
 }
 
 /// Calls `run(LinearArgs<T>)` for each non-empty expert segment of `a`, in expert order, with

@@ -62,17 +62,7 @@ struct GroupedTileSchedule {
   int col_tiles;
 
   /// The expert of row tile m (the last e with tiles_before[e] ≤ m: empty experts are skipped).
-  MOSS_DEVICE int expert_of_tile(int m) const {
-    int lo = 0, hi = num_experts - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (tiles_before[mid] <= m)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    return lo;
-  }
+  MOSS_DEVICE int expert_of_tile(int m) const { return last_segment_at_most(tiles_before, num_experts, m); }
   MOSS_DEVICE index_t tiles() const { return index_t(tiles_before[num_experts]) * col_tiles; }
 
   /// One output tile: expert e's rows [r0, r_end) (at most tile_m of them) × columns from c0.
