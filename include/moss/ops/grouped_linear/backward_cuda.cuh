@@ -45,7 +45,7 @@ void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackward
       if (mma) {
         const std::size_t shared = kMmaStages * mma_stage_bytes(128);
         const auto kernel = grouped_wgrad_mma_kernel<T>;
-        MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+        cuda::allow_dynamic_shared(kernel, shared);
         const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads, shared) / kGroupedGemmThreads;
         cuda::launch("grouped_wgrad_mma_kernel", kernel, static_cast<unsigned>(tiles < wave ? tiles : wave),
                      kGroupedGemmThreads, shared, gpu.stream, a.dy.data, ldy, a.x.data, ldx, a.offsets.data, experts,

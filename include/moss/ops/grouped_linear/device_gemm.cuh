@@ -560,7 +560,7 @@ void launch_grouped_gemm(const Cuda& gpu, const T* x, index_t ldx, const T* w, c
     if (mma) {
       const std::size_t shared = kMmaStages * mma_stage_bytes(static_cast<int>(tile_n)) + prefix_bytes;
       const auto kernel = wide ? grouped_gemm_mma_kernel<T, 256, kBTrans> : grouped_gemm_mma_kernel<T, 128, kBTrans>;
-      MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+      cuda::allow_dynamic_shared(kernel, shared);
       const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads, shared) / kGroupedGemmThreads;
       const auto grid = static_cast<unsigned>(max_tiles < wave ? max_tiles : wave);
       cuda::launch("grouped_gemm_mma_kernel", kernel, grid, kGroupedGemmThreads, shared, gpu.stream, x, ldx, w, bias,
