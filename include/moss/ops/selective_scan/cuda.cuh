@@ -17,6 +17,7 @@
 #include "moss/backend/cuda.cuh"
 #include "moss/core/workspace.hpp"
 #include "moss/cuda/device.cuh"
+#include "moss/cuda/launch.cuh"
 #include "moss/ops/selective_scan.hpp"
 #include "moss/ops/selective_scan/kernel.cuh"
 #include "moss/ops/selective_scan/tuning.cuh"
