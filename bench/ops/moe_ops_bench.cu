@@ -8,6 +8,9 @@
 // `_with_offset_read` includes the device → host copy of the offsets and its synchronisation
 // (what a layer pays once per routing decision); `_sync_free` is moss's own grouped GEMM reading
 // the offsets on the device (`resident_offsets`, the tiled kernel), which needs no synchronisation.
+// grouped_linear_backward: dX and dW (`dw` 1) at the same shape and segments, by the segment GEMMs
+// (cuBLAS) and by moss's sync-free kernels; fraction_of_dense against the same dense forward GEMM
+// (equal FLOPs).
 // grouped_resident_small: the two resident kernels (matrix-vector, tiled) at decode-sized row
 // counts, 8 experts, 768 → 1536 (the Mamba-130M shape's in_proj): where `automatic` switches.
 //
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "moss/ops/grouped_linear/cuda.cuh"
+#include "moss/ops/grouped_linear_backward.hpp"
 #include "moss/ops/permute/cuda.cuh"
 #include "moss/ops/router/cuda.cuh"
 #include "moss/ops/sinkhorn/cuda.cuh"
@@ -107,6 +111,73 @@ BENCHMARK(BM_grouped_linear_bf16_balanced_with_offset_read)->UseManualTime()->Un
 BENCHMARK(BM_grouped_linear_bf16_skewed_with_offset_read)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_balanced_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_skewed_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// grouped_linear_backward at the same shape: the input gradient (dX = dY · W_e, `which` 0) or
+/// the weight gradient (dW_e = dY_eᵀ · X_e in float, `which` 1), each the forward's FLOPs, by
+/// the segment GEMMs (cuBLAS, host offsets) or moss's sync-free kernels (resident offsets).
+void run_grouped_backward(benchmark::State& state, bool skewed, bool sync_free) {
+  const bool dw = state.range(0) == 1;
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  const auto x = moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f);
+  const auto w = moss::bench::device_randn<bf16>(gpu, kExperts * kOut * kIn, 2, 0.02f);
+  const auto dy = moss::bench::device_randn<bf16>(gpu, kTokens * kOut, 3, 0.5f);
+  auto y = gpu.alloc<bf16>(kTokens * kOut);
+  auto dx = gpu.alloc<bf16>(kTokens * kIn);
+  auto dweight = gpu.alloc<float>(kExperts * kOut * kIn);
+  const std::vector<std::int32_t> host_off = segment_offsets(skewed);
+  moss::Buffer<std::int32_t> dev_off = moss::upload(gpu, host_off.data(), kExperts + 1);
+  const double dense_ms = dense_gemm_ms(gpu, x, w, y);
+
+  moss::GroupedLinearBackwardArgs<bf16> g;
+  g.dy = ConstView<bf16, 2>(dy.data(), {kTokens, kOut});
+  g.x = ConstView<bf16, 2>(x.data(), {kTokens, kIn});
+  g.weight = ConstView<bf16, 3>(w.data(), {kExperts, kOut, kIn});
+  g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {kExperts + 1});
+  g.host_offsets = sync_free ? nullptr : host_off.data();
+  g.resident_offsets = sync_free;
+  if (dw)
+    g.dweight = TensorView<float, 3>(dweight.data(), {kExperts, kOut, kIn});
+  else
+    g.dx = TensorView<bf16, 2>(dx.data(), {kTokens, kIn});
+  moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear_backward(gpu, g); });
+
+  const double flops = 2.0 * kTokens * kIn * kOut;
+  using benchmark::Counter;
+  const double it = static_cast<double>(state.iterations());
+  state.counters["flops"] = Counter(flops * it, Counter::kIsRate);
+  state.counters["dense_ms"] = dense_ms;
+  state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
+}
+
+void BM_grouped_linear_backward_bf16_balanced(benchmark::State& s) { run_grouped_backward(s, false, false); }
+void BM_grouped_linear_backward_bf16_skewed(benchmark::State& s) { run_grouped_backward(s, true, false); }
+void BM_grouped_linear_backward_bf16_balanced_sync_free(benchmark::State& s) { run_grouped_backward(s, false, true); }
+void BM_grouped_linear_backward_bf16_skewed_sync_free(benchmark::State& s) { run_grouped_backward(s, true, true); }
+BENCHMARK(BM_grouped_linear_backward_bf16_balanced)
+    ->ArgName("dw")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_backward_bf16_skewed)
+    ->ArgName("dw")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_backward_bf16_balanced_sync_free)
+    ->ArgName("dw")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_grouped_linear_backward_bf16_skewed_sync_free)
+    ->ArgName("dw")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 /// The resident kernels at decode-sized row counts: rows spread evenly over 8 experts,
 /// 768 → 1536; state.range(0) rows, state.range(1) 0 = matrix-vector, 1 = tiled.

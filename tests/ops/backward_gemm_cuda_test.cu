@@ -304,6 +304,10 @@ struct GroupedCase {
   index_t in, out;
 };
 
+/// How the CUDA op gets the offsets: given on the host, read from the device by the op (one
+/// synchronisation), or resident (moss's sync-free kernels read them on the device only).
+enum class OffsetsMode { host, read, resident };
+
 template <class T>
 struct GroupedGrads {
   std::vector<T> dx;
@@ -311,7 +315,7 @@ struct GroupedGrads {
 };
 
 template <class T>
-GroupedGrads<T> grouped_cuda(const Cuda& gpu, const GroupedCase& c, bool host_offsets, bool accumulate, bool with_db,
+GroupedGrads<T> grouped_cuda(const Cuda& gpu, const GroupedCase& c, OffsetsMode mode, bool accumulate, bool with_db,
                              const std::vector<T>& dy, const std::vector<T>& x, const std::vector<T>& w,
                              const std::vector<float>& dw0, const std::vector<float>& db0) {
   const index_t X = static_cast<index_t>(c.offsets.size()) - 1;
@@ -327,7 +331,8 @@ GroupedGrads<T> grouped_cuda(const Cuda& gpu, const GroupedCase& c, bool host_of
   a.x = ConstView<T, 2>(d_x.data(), {c.rows, c.in}, "x");
   a.weight = ConstView<T, 3>(d_w.data(), {X, c.out, c.in}, "weight");
   a.offsets = ConstView<std::int32_t, 1>(d_off.data(), {X + 1}, "offsets");
-  if (host_offsets) a.host_offsets = c.offsets.data();
+  if (mode == OffsetsMode::host) a.host_offsets = c.offsets.data();
+  a.resident_offsets = mode == OffsetsMode::resident;
   a.dx = TensorView<T, 2>(d_dx.data(), {c.rows, c.in}, "dx");
   a.dweight = TensorView<float, 3>(d_dw.data(), {X, c.out, c.in}, "dweight");
   if (with_db) a.dbias = TensorView<float, 2>(d_db.data(), {X, c.out}, "dbias");
@@ -351,6 +356,10 @@ const std::vector<GroupedCase>& grouped_cases() {
       {"one expert, no rows", {0, 0}, 0, 8, 8},
       {"one expert, 1 row", {0, 1}, 1, 1, 1},
       {"many rows, 8 experts", {0, 100, 100, 350, 351, 600, 700, 1000, 1025}, 1030, 96, 80},
+      // Sizes for the sync-free tensor-core kernels: dX in 256-wide tiles with a partial one (in =
+      // 264), k blocks of 64 with a partial one (out = 136), dW tiles partial in both directions and
+      // segments of several k blocks, one not a multiple of 64 long.
+      {"tensor-core tiles, partial everywhere", {0, 300, 300, 700, 1037}, 1040, 264, 136},
   };
   return cases;
 }
@@ -381,10 +390,10 @@ void check_grouped_against_host() {
       h.dbias = TensorView<float, 2>(db_h.data(), {X, out}, "dbias");
       h.accumulate = accumulate;
       moss::grouped_linear_backward(Host{}, h);
-      for (bool host_offsets : {true, false}) {
+      for (OffsetsMode mode : {OffsetsMode::host, OffsetsMode::read, OffsetsMode::resident}) {
         for (bool with_db : {true, false}) {
-          CAPTURE(c.name, accumulate, host_offsets, with_db);
-          const auto g = grouped_cuda(gpu, c, host_offsets, accumulate, with_db, dy, x, w, dw0, db0);
+          CAPTURE(c.name, accumulate, static_cast<int>(mode), with_db);
+          const auto g = grouped_cuda(gpu, c, mode, accumulate, with_db, dy, x, w, dw0, db0);
           const index_t kept = c.offsets[static_cast<std::size_t>(X)];
           if (kept > 0)
             CHECK(rel_l2(slice(g.dx, 0, kept * in), slice(dx_h, 0, kept * in)) <= moss::test::op_tolerance<T>());
@@ -432,11 +441,15 @@ TEMPLATE_TEST_CASE("grouped_linear_backward: CUDA gives bitwise the same gradien
   const auto db0 = moss::test::randn(static_cast<std::size_t>(X * c.out), 25);
   for (bool accumulate : {false, true}) {
     CAPTURE(accumulate);
-    const auto a = grouped_cuda(gpu, c, false, accumulate, true, dy, x, w, dw0, db0);
-    const auto b = grouped_cuda(gpu, c, true, accumulate, true, dy, x, w, dw0, db0);
-    CHECK(same_bits(a.dx, b.dx));
-    CHECK(same_bits(a.dw, b.dw));
-    CHECK(same_bits(a.db, b.db));
+    for (OffsetsMode mode : {OffsetsMode::read, OffsetsMode::resident}) {
+      CAPTURE(static_cast<int>(mode));
+      const auto a = grouped_cuda(gpu, c, mode, accumulate, true, dy, x, w, dw0, db0);
+      const auto b = grouped_cuda(gpu, c, mode == OffsetsMode::read ? OffsetsMode::host : mode, accumulate, true, dy, x,
+                                  w, dw0, db0);
+      CHECK(same_bits(a.dx, b.dx));
+      CHECK(same_bits(a.dw, b.dw));
+      CHECK(same_bits(a.db, b.db));
+    }
   }
 }
 
@@ -448,8 +461,8 @@ TEST_CASE("grouped_linear_backward: CUDA refuses bad offsets as the host does", 
   const auto x = random_t<float>(8, 2);
   const auto w = random_t<float>(8, 3);
   const std::vector<float> dw0(8, 0.0f), db0(4, 0.0f);
-  REQUIRE_THROWS_AS(grouped_cuda(gpu, c, true, false, true, dy, x, w, dw0, db0), moss::shape_error);
-  REQUIRE_THROWS_AS(grouped_cuda(gpu, c, false, false, true, dy, x, w, dw0, db0), moss::shape_error);
+  REQUIRE_THROWS_AS(grouped_cuda(gpu, c, OffsetsMode::host, false, true, dy, x, w, dw0, db0), moss::shape_error);
+  REQUIRE_THROWS_AS(grouped_cuda(gpu, c, OffsetsMode::read, false, true, dy, x, w, dw0, db0), moss::shape_error);
 }
 
 // ------------------------------------------------------------------------------------------------

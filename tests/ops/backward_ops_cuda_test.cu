@@ -543,7 +543,7 @@ namespace {
 /// The CUDA op's per-thread routines run on the host over every thread of both kernels, with
 /// runs of `steps` timesteps (any steps ≥ 1, shorter than the device's 32 to cross many run
 /// boundaries): what the kernels compute, without a GPU.
-template <class T, int W>
+template <class T, int W, int C = 1>
 void emulate_conv1d_backward(const moss::CausalConv1dBackwardArgs<T>& a, index_t steps) {
   const index_t batch = a.x.shape[0], dim = a.x.shape[1], seqlen = a.x.shape[2];
   const index_t runs = seqlen > 0 ? moss::ceil_div<index_t>(seqlen, steps) : 1;
@@ -563,11 +563,22 @@ void emulate_conv1d_backward(const moss::CausalConv1dBackwardArgs<T>& a, index_t
                                                 .partial = want_params ? partial.data() : nullptr};
   for (index_t b = 0; b < batch; ++b)
     for (index_t r = 0; r < runs; ++r)
-      for (index_t d = 0; d < dim; ++d) moss::detail::conv1d_backward_thread<T, W>(p, b, r, d);
+      for (index_t d = 0; d < dim; d += C) moss::detail::conv1d_backward_thread<T, W, C>(p, b, r, d);
   if (!want_params) return;
   for (index_t j = 0; j < dim * (W + 1); ++j)
     moss::detail::conv1d_backward_param_thread<float>(partial.data(), batch * runs, dim, W, a.dweight, a.dbias,
                                                       a.accumulate, j);
+}
+
+/// emulate_conv1d_backward for the runtime width W with C channels per thread.
+template <int C, class T>
+void emulate_widths(const moss::CausalConv1dBackwardArgs<T>& a, index_t W, index_t steps) {
+  if (W == 2)
+    emulate_conv1d_backward<T, 2, C>(a, steps);
+  else if (W == 3)
+    emulate_conv1d_backward<T, 3, C>(a, steps);
+  else
+    emulate_conv1d_backward<T, 4, C>(a, steps);
 }
 
 template <class T>
@@ -597,9 +608,10 @@ void check_conv1d_emulation() {
         const SeqPlace place = seq_place(B, D, L, SeqLayout::padded);
         const auto x_w = place_seq(x, B, D, L, place, poison<T>());
         const auto dout_w = place_seq(dout, B, D, L, place, poison<T>());
-        std::vector<T> dx[2], dinit[2];
-        std::vector<R> dweight[2], dbias[2];
-        for (int side = 0; side < 2; ++side) {  // 0: the host op, 1: the emulated kernels
+        std::vector<T> dx[3], dinit[3];
+        std::vector<R> dweight[3], dbias[3];
+        for (int side = 0; side < 3; ++side) {  // 0: the host op, 1: the emulated kernels, 2: with 2 channels a thread
+          if (side == 2 && D % 2 != 0) continue;
           dx[side] = std::vector<T>(static_cast<std::size_t>(place.size), poison<T>());
           dinit[side] = std::vector<T>(static_cast<std::size_t>(B * D * (W - 1)), poison<T>());
           dweight[side] = poisoned_or(o.accumulate, dweight0, static_cast<std::size_t>(D * W));
@@ -619,13 +631,17 @@ void check_conv1d_emulation() {
           a.accumulate = o.accumulate;
           if (side == 0) {
             moss::causal_conv1d_backward(moss::Host{}, a);
-          } else if (W == 2) {
-            emulate_conv1d_backward<T, 2>(a, steps);
-          } else if (W == 3) {
-            emulate_conv1d_backward<T, 3>(a, steps);
+          } else if (side == 1) {
+            emulate_widths<1>(a, W, steps);
           } else {
-            emulate_conv1d_backward<T, 4>(a, steps);
+            emulate_widths<2>(a, W, steps);
           }
+        }
+        if (D % 2 == 0) {  // C channels per thread: the same arithmetic per channel, so the same bits
+          CHECK(same_bits(dx[2], dx[1]));
+          CHECK(same_bits(dinit[2], dinit[1]));
+          CHECK(same_bits(dweight[2], dweight[1]));
+          CHECK(same_bits(dbias[2], dbias[1]));
         }
         // The input gradients sum the same terms in the same order with the host's float
         // arithmetic here: the same bits. The parameter sums are ordered by runs.

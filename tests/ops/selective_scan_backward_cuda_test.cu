@@ -547,7 +547,7 @@ TEST_CASE("selective_scan_backward (cuda): super-tiles from the plan's rule at d
   c.dim = 8192;
   c.L = 20;
   c.groups_c = 2;
-  {  // d_state 16: the time-parallel kernel, slices halved from 64 channels while under 1024 blocks
+  {  // d_state 16: the time-parallel kernel, slices of 16 channels
     Problem<moss::bf16> p(c, 8190);
     const auto plan = moss::detail::scan::backward_plan(p.h);
     CHECK(plan.time_parallel);

@@ -112,6 +112,24 @@ index_t resident_threads(Kernel kernel, int block_threads, std::size_t shared_by
   return threads;
 }
 
+/// Lets `kernel` take `shared_bytes` of dynamic shared memory on the current device
+/// (cudaFuncAttributeMaxDynamicSharedMemorySize), setting the attribute only when it grows: the
+/// largest size set so far is kept per (kernel, device) (thread-safe), so a launch in a decode
+/// loop does not pay the driver call each time.
+template <class Kernel>
+void allow_dynamic_shared(Kernel kernel, std::size_t shared_bytes) {
+  using Key = std::pair<const void*, int>;
+  static std::mutex mutex;
+  static std::map<Key, std::size_t> allowed;
+  const Key key(reinterpret_cast<const void*>(kernel), device_properties().device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::size_t& have = allowed[key];
+  if (shared_bytes <= have) return;
+  MOSS_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+  have = shared_bytes;
+}
+
 /// Queues `kernel<<<grid, block, shared_bytes, stream>>>(args...)` and checks the launch
 /// (MOSS_CHECK_LAUNCH: with MOSS_SYNC_LAUNCHES also its completion), naming `kernel_name` in
 /// the error.

@@ -14,6 +14,9 @@
 //
 // Training: `gather_backward`, `linear_backward` and `combine_backward` are the backward passes
 // of the three calls (over the same plan; an expert kind's `backward` is written once against them).
+// A resident decision's backward GEMMs read the offsets on the device too (moss's sync-free dX,
+// dW and db kernels, whatever the forward's strategy), so the whole backward of such a block
+// waits for nothing either.
 //
 // With the default strategy (SegmentGemms) the routed GEMMs need the per-expert row offsets on
 // the host: the first `linear` of a plan reads them (on CUDA: the decision's one host
@@ -189,13 +192,15 @@ class Dispatch {
       return;
     }
     PermutePlan& plan = decision_->plan;
-    const std::vector<std::int32_t>& offsets = read_offsets(backend, plan);
     GroupedLinearBackwardArgs<T> g;
     g.dy = dy;
     g.x = rows;
     g.weight = weight;
     g.offsets = plan.offsets_view();
-    g.host_offsets = offsets.data();
+    if (decision_->resident)
+      g.resident_offsets = true;  // moss's sync-free backward kernels, whatever the forward's strategy
+    else
+      g.host_offsets = read_offsets(backend, plan).data();
     g.dx = drows;
     g.dweight = dweight;
     g.dbias = dbias;

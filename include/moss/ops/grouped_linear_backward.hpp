@@ -10,7 +10,10 @@
 // dweight and dbias are overwritten, or added to when `accumulate` is set. On the host T may be
 // double (moss::HostReal); on CUDA (under nvcc, moss/ops/grouped_linear/backward_cuda.cuh) T is a
 // storage type, each segment's GEMMs are cuBLAS's (its own fixed order: bitwise repeatable, equal
-// to the host's to rounding), and the offsets are read to the host as in the forward.
+// to the host's to rounding), and the offsets are read to the host as in the forward; with
+// `resident_offsets` they are read on the device only, by moss's sync-free kernels (dX the
+// forward's grouped GEMM against W_eᵀ, dW_e one block per output tile reducing its segment's rows
+// in order, no split-K atomics: bitwise repeatable too).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +40,10 @@ struct GroupedLinearBackwardArgs {
   TensorView<compute_t<T>, 3> dweight;         // (X, out, in), optional, contiguous: gradient of weight
   TensorView<compute_t<T>, 2> dbias;           // (X, out), optional, contiguous: gradient of bias
   bool accumulate = false;                     // add into dweight and dbias instead of overwriting them
+  /// Read the offsets on the device only (no host synchronisation: capturable in a CUDA graph).
+  /// On CUDA: moss's sync-free kernels (moss/ops/grouped_linear/device_gemm.cuh), with offsets
+  /// outside [0, rows] clamped; the host reads `offsets` either way.
+  bool resident_offsets = false;
 };
 
 /// Checks `a` once at op entry: X, in, out ≥ 1 (`config_error`, as the forward); x (rows, in),

@@ -6,7 +6,8 @@
 // order: bitwise repeatable, but not the host's single running sum, so the two agree to
 // rounding. The input gradients (dx, dinitial_state) sum the same W terms in the same order as
 // the host. Threads run along channels, so x, dout and dx with unit stride along dim (the
-// channel-last layout) are read and written coalesced; other strides work, more slowly.
+// channel-last layout) are read and written coalesced, 4 channels per thread and access when
+// aligned; other strides work, more slowly, one channel per thread.
 #pragma once
 
 #include "moss/backend/cuda.cuh"
@@ -19,17 +20,27 @@ namespace moss {
 
 namespace detail {
 
-/// The sequence kernel for width W ∈ {2, 3, 4} (checked by the caller).
-template <class T>
+/// The sequence kernel for width W ∈ {2, 3, 4} (checked by the caller) and C channels per thread.
+template <class T, int C>
 auto conv1d_backward_kernel(index_t width) {
   switch (width) {
     case 2:
-      return causal_conv1d_backward_kernel<T, 2>;
+      return causal_conv1d_backward_kernel<T, 2, C>;
     case 3:
-      return causal_conv1d_backward_kernel<T, 3>;
+      return causal_conv1d_backward_kernel<T, 3, C>;
     default:
-      return causal_conv1d_backward_kernel<T, 4>;
+      return causal_conv1d_backward_kernel<T, 4, C>;
   }
+}
+
+/// Whether the sequence kernel may take C channels per thread in vector accesses: x, dout and
+/// (when written) dx with unit channel stride, aligned to C elements at every row start, and C
+/// dividing dim.
+template <class T>
+bool conv1d_backward_vector(const CausalConv1dBackwardArgs<T>& a, index_t C) {
+  const bool dx = present(a.dx) && !a.dx.empty();
+  return a.x.shape[1] % C == 0 && cuda::vector_aligned(a.x, C, 1) && cuda::vector_aligned(a.dout, C, 1) &&
+         (!dx || cuda::vector_aligned(a.dx, C, 1));
 }
 
 }  // namespace detail
@@ -51,7 +62,8 @@ void causal_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& 
   const bool want_params = present(args.dweight) || present(args.dbias);
   if (!want_dx && !want_dstate && !want_params) return;
 
-  const index_t steps = detail::conv1d_backward_steps(batch * dim, seqlen);
+  constexpr index_t kVec = detail::kConv1dBackwardVec<T>;
+  const index_t steps = detail::conv1d_backward_steps(batch * ceil_div(dim, kVec), seqlen);
   const index_t runs = seqlen > 0 ? ceil_div<index_t>(seqlen, steps) : 1;  // run 0 owns the state's columns
   const index_t slots = batch * runs;
   Buffer<float> partial;
@@ -71,10 +83,13 @@ void causal_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& 
                                       .steps = steps,
                                       .runs = runs,
                                       .partial = want_params ? partial.data() : nullptr};
-    const unsigned blocks =
-        cuda::checked_grid(ceil_div<index_t>(slots * dim, threads), "causal_conv1d_backward (cuda)");
-    cuda::launch("causal_conv1d_backward_kernel", detail::conv1d_backward_kernel<T>(width), blocks, threads, 0,
-                 gpu.stream, p);
+    const bool vec = detail::conv1d_backward_vector(args, kVec);
+    const unsigned blocks = cuda::checked_grid(ceil_div<index_t>(slots * (vec ? dim / kVec : dim), threads),
+                                               "causal_conv1d_backward (cuda)");
+    cuda::launch("causal_conv1d_backward_kernel",
+                 vec ? detail::conv1d_backward_kernel<T, static_cast<int>(kVec)>(width)
+                     : detail::conv1d_backward_kernel<T, 1>(width),
+                 blocks, threads, 0, gpu.stream, p);
   }
   if (!want_params) return;
   const unsigned blocks =

@@ -2,7 +2,8 @@
 // (needs nvcc).
 //
 // Two kernels, no atomics:
-//  - sequence: one thread per (sequence b, run of timesteps, channel d), channels fastest. It
+//  - sequence: one thread per (sequence b, run of timesteps, channel d, or 4 channels in vector
+//    accesses when the layout allows: unit channel stride, aligned), channels fastest. It
 //    recomputes the pre-activation over its run (and over the W−1 steps after it, whose g its
 //    last inputs feed), forms g = dout · silu'(pre) (or dout), writes the input gradients of its
 //    run (dx; the first run of a sequence also dinitial_state) and the run's partial sums
@@ -20,6 +21,7 @@
 #include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
+#include "moss/cuda/vector.cuh"
 #include "moss/ops/causal_conv1d/math.hpp"
 
 // Full unrolling of the W-wide loops (the arrays then stay in registers) in the device pass of
@@ -41,7 +43,14 @@ inline constexpr index_t kConv1dBackwardMinSteps = 32;
 /// (a fixed number, not the device's, so the summation order does not depend on the device).
 inline constexpr index_t kConv1dBackwardTargetThreads = index_t(1) << 18;
 
-/// Timesteps per run for `lanes` = batch · dim threads per run and sequences of `seqlen`.
+/// Channels per thread of the vector path: 4, as the forward's channel-last kernel (8 bytes of
+/// f16 / bf16, 16 of float; 8 channels would need about twice the registers at W = 4).
+template <class T>
+inline constexpr int kConv1dBackwardVec = 4;
+
+/// Timesteps per run for `lanes` threads per run (batch · ⌈dim / kConv1dBackwardVec⌉, whichever
+/// path runs: the runs, and so the order of the parameter sums, depend on the shapes and T
+/// alone) and sequences of `seqlen`.
 constexpr index_t conv1d_backward_steps(index_t lanes, index_t seqlen) {
   const index_t runs = lanes > 0 && kConv1dBackwardTargetThreads / lanes > 1 ? kConv1dBackwardTargetThreads / lanes : 1;
   const index_t steps = ceil_div<index_t>(seqlen, runs);
@@ -79,85 +88,142 @@ struct Conv1dBackwardParams {
   float* partial;                   // (batch · runs, dim, W + 1) slots, null when no parameter gradient is wanted
 };
 
-/// The work of sequence-kernel thread (b, run, d), host and device (the host runs it in the
-/// tests, to check the indexing without a GPU). g at time t is kept for the W most recent t
+/// Loads channels d .. d+C−1 of a (batch, dim, L) view at (b, t) as float: one vector access on
+/// the device when `vec` (unit channel stride, aligned), else element by element.
+template <int C, class T>
+MOSS_HD void conv1d_backward_load(const ConstView<T, 3>& v, index_t b, index_t d, index_t t, bool vec,
+                                  float (&out)[C]) {
+  const T* p = v.data + b * v.stride[0] + d * v.stride[1] + t * v.stride[2];
+#if MOSS_DEVICE_PASS
+  if (vec) {
+    cuda::load_vec<C, cuda::Load::read_only>(p, out);
+    return;
+  }
+#endif
+  (void)vec;
+  MOSS_CONV1D_BACKWARD_UNROLL
+  for (int c = 0; c < C; ++c) out[c] = to_float(p[c * v.stride[1]]);
+}
+
+/// Stores C floats into channels d .. d+C−1 of `v` at (b, t), each rounded once to T.
+template <int C, class T>
+MOSS_HD void conv1d_backward_store(const TensorView<T, 3>& v, index_t b, index_t d, index_t t, bool vec,
+                                   const float (&in)[C]) {
+  T* p = v.data + b * v.stride[0] + d * v.stride[1] + t * v.stride[2];
+#if MOSS_DEVICE_PASS
+  if (vec) {
+    cuda::store_vec<C, cuda::Store::streaming>(p, in);
+    return;
+  }
+#endif
+  (void)vec;
+  MOSS_CONV1D_BACKWARD_UNROLL
+  for (int c = 0; c < C; ++c) p[c * v.stride[1]] = from_float<T>(in[c]);
+}
+
+/// The work of sequence-kernel thread (b, run, channels d0 .. d0+C−1), host and device (the host
+/// runs it in the tests, to check the indexing without a GPU). Each channel's arithmetic is the
+/// single-channel one (C = 1), in the same order; C > 1 only shares the loop and, with `vec`,
+/// makes each row access one vector of C channels. g at time t is kept for the W most recent t
 /// (gw[k] = g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known.
-template <class T, int W>
-MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b, index_t run, index_t d) {
+template <class T, int W, int C = 1>
+MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b, index_t run, index_t d0,
+                                    bool vec = false) {
   static_assert(W >= 2, "conv1d_backward_thread: the CUDA widths are 2, 3, 4");
   const index_t dim = p.x.shape[1], seqlen = p.x.shape[2];
   const index_t t0 = run * p.steps;
   const index_t t1 = t0 + p.steps < seqlen ? t0 + p.steps : seqlen;  // this run's timesteps: t0 .. t1-1
 
-  float w[W];
+  float w[C][W], bias[C];
   MOSS_CONV1D_BACKWARD_UNROLL
-  for (int k = 0; k < W; ++k) w[k] = to_float(p.weight(d, k));
-  const float bias = present(p.bias) ? to_float(p.bias(d)) : 0.0f;
+  for (int c = 0; c < C; ++c) {
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int k = 0; k < W; ++k) w[c][k] = to_float(p.weight(d0 + c, k));
+    bias[c] = present(p.bias) ? to_float(p.bias(d0 + c)) : 0.0f;
+  }
 
-  // win[k]: the input at t − (W−1) + k; before the loop, the W−1 inputs before t0.
-  float win[W];
-  win[0] = 0.0f;
+  // win[c][k]: the input at t − (W−1) + k; before the loop, the W−1 inputs before t0.
+  float win[C][W], gw[C][W], dw[C][W], db[C];
   MOSS_CONV1D_BACKWARD_UNROLL
-  for (int k = 0; k < W - 1; ++k) win[k + 1] = to_float(conv1d_input(p.x, p.initial_state, b, d, t0 - (W - 1) + k));
-  float gw[W];
-  MOSS_CONV1D_BACKWARD_UNROLL
-  for (int k = 0; k < W; ++k) gw[k] = 0.0f;
-  float dw[W], db = 0.0f;
-  MOSS_CONV1D_BACKWARD_UNROLL
-  for (int k = 0; k < W; ++k) dw[k] = 0.0f;
+  for (int c = 0; c < C; ++c) {
+    win[c][0] = 0.0f;
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int k = 0; k < W - 1; ++k)
+      win[c][k + 1] = to_float(conv1d_input(p.x, p.initial_state, b, d0 + c, t0 - (W - 1) + k));
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int k = 0; k < W; ++k) gw[c][k] = dw[c][k] = 0.0f;
+    db[c] = 0.0f;
+  }
 
   const bool want_inputs = present(p.dx) || present(p.dinitial_state);
   const index_t emit_from = t0 == 0 ? -(W - 1) : t0;  // the first run also owns the state's columns
   const index_t t_last = want_inputs ? t1 + (W - 2) : t1 - 1;
   for (index_t t = t0; t <= t_last; ++t) {
-    MOSS_CONV1D_BACKWARD_UNROLL
-    for (int k = W - 1; k > 0; --k) gw[k] = gw[k - 1];
-    gw[0] = 0.0f;
+    float xv[C], gv[C];
     if (t < seqlen) {
+      conv1d_backward_load<C>(p.x, b, d0, t, vec, xv);
+      conv1d_backward_load<C>(p.dout, b, d0, t, vec, gv);
+    }
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int c = 0; c < C; ++c) {
       MOSS_CONV1D_BACKWARD_UNROLL
-      for (int k = 0; k < W - 1; ++k) win[k] = win[k + 1];
-      win[W - 1] = to_float(p.x(b, d, t));
-      float g = to_float(p.dout(b, d, t));
-      if (p.silu) g *= conv1d_backward_silu_grad(conv1d_output(w, win, W, bias, false));
-      gw[0] = g;
-      if (t < t1) {
-        db += g;
+      for (int k = W - 1; k > 0; --k) gw[c][k] = gw[c][k - 1];
+      gw[c][0] = 0.0f;
+      if (t < seqlen) {
         MOSS_CONV1D_BACKWARD_UNROLL
-        for (int k = 0; k < W; ++k) dw[k] += g * win[k];
+        for (int k = 0; k < W - 1; ++k) win[c][k] = win[c][k + 1];
+        win[c][W - 1] = xv[c];
+        float g = gv[c];
+        if (p.silu) g *= conv1d_backward_silu_grad(conv1d_output(w[c], win[c], W, bias[c], false));
+        gw[c][0] = g;
+        if (t < t1) {
+          db[c] += g;
+          MOSS_CONV1D_BACKWARD_UNROLL
+          for (int k = 0; k < W; ++k) dw[c][k] += g * win[c][k];
+        }
       }
     }
     if (!want_inputs) continue;
     const index_t tau = t - (W - 1);
     if (tau < emit_from) continue;
-    float acc = 0.0f;  // Σ_k w[k] · g(τ + (W−1) − k), k ascending, times outside [0, L) left out
+    float acc[C];
     MOSS_CONV1D_BACKWARD_UNROLL
-    for (int k = 0; k < W; ++k)
-      if (t - k >= 0 && t - k < seqlen) acc += w[k] * gw[k];
-    if (present(p.dfinal_state) && tau >= seqlen - (W - 1))
-      acc += to_float(p.dfinal_state(b, d, tau - (seqlen - (W - 1))));
+    for (int c = 0; c < C; ++c) {
+      acc[c] = 0.0f;  // Σ_k w[k] · g(τ + (W−1) − k), k ascending, times outside [0, L) left out
+      MOSS_CONV1D_BACKWARD_UNROLL
+      for (int k = 0; k < W; ++k)
+        if (t - k >= 0 && t - k < seqlen) acc[c] += w[c][k] * gw[c][k];
+      if (present(p.dfinal_state) && tau >= seqlen - (W - 1))
+        acc[c] += to_float(p.dfinal_state(b, d0 + c, tau - (seqlen - (W - 1))));
+    }
     if (tau >= 0) {
-      if (present(p.dx)) p.dx(b, d, tau) = from_float<T>(acc);
+      if (present(p.dx)) conv1d_backward_store<C>(p.dx, b, d0, tau, vec, acc);
     } else if (present(p.dinitial_state)) {
-      p.dinitial_state(b, d, (W - 1) + tau) = from_float<T>(acc);
+      MOSS_CONV1D_BACKWARD_UNROLL
+      for (int c = 0; c < C; ++c) p.dinitial_state(b, d0 + c, (W - 1) + tau) = from_float<T>(acc[c]);
     }
   }
 
   if (p.partial) {
-    float* slot = p.partial + ((b * p.runs + run) * dim + d) * (W + 1);
     MOSS_CONV1D_BACKWARD_UNROLL
-    for (int k = 0; k < W; ++k) slot[k] = dw[k];
-    slot[W] = db;
+    for (int c = 0; c < C; ++c) {
+      float* slot = p.partial + ((b * p.runs + run) * dim + d0 + c) * (W + 1);
+      MOSS_CONV1D_BACKWARD_UNROLL
+      for (int k = 0; k < W; ++k) slot[k] = dw[c][k];
+      slot[W] = db[c];
+    }
   }
 }
 
-/// Sequence kernel: one thread per (b, run, d), channels fastest.
-template <class T, int W>
+/// Sequence kernel: one thread per (b, run, group of C channels), channel groups fastest; with C
+/// > 1 every row access is one vector (the caller checked layout and alignment).
+template <class T, int W, int C>
 __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
     causal_conv1d_backward_kernel(const Conv1dBackwardParams<T> p) {
-  const index_t batch = p.x.shape[0], dim = p.x.shape[1];
+  const index_t batch = p.x.shape[0], groups = p.x.shape[1] / C;
   const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= batch * p.runs * dim) return;
-  conv1d_backward_thread<T, W>(p, i / dim / p.runs, (i / dim) % p.runs, i % dim);
+  if (i >= batch * p.runs * groups) return;
+  conv1d_backward_thread<T, W, C>(p, i / groups / p.runs, (i / groups) % p.runs, (i % groups) * C, C > 1);
 }
 
 /// The work of parameter-kernel thread j = d · (W + 1) + k, host and device: sums slot s = 0 …

@@ -7,7 +7,8 @@
 //
 // Like the forward, the op needs the segment offsets on the host: pass `host_offsets` when the
 // caller has them (a layer reads them once per plan, `read_offsets`); otherwise `offsets` is
-// copied to the host and the stream synchronised once.
+// copied to the host and the stream synchronised once. With `resident_offsets` nothing is read on
+// the host: moss's sync-free kernels of device_gemm.cuh run instead (capturable in a CUDA graph).
 #pragma once
 
 #include <cstdint>
@@ -15,21 +16,76 @@
 
 #include "moss/backend/cuda.cuh"
 #include "moss/ops/grouped_linear.hpp"
+#include "moss/ops/grouped_linear/device_gemm.cuh"
 #include "moss/ops/grouped_linear_backward.hpp"
 #include "moss/ops/linear/backward_cuda.cuh"
 
 namespace moss {
 
+namespace detail {
+
+/// Queues the sync-free gradients of `a` (resident offsets, read on the device only): dX by the
+/// grouped GEMM against W_eᵀ (rows past offsets[X] zeroed), dW_e by the weight-gradient kernel
+/// (one block per output tile, rows in order), db_e by per-column sums; all deterministic.
+template <class T>
+void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackwardArgs<T>& a) {
+  const index_t rows = a.x.shape[0], X = a.weight.shape[0], out = a.weight.shape[1], in = a.weight.shape[2];
+  const index_t ldy = rows > 1 ? a.dy.stride[0] : out, ldx = rows > 1 ? a.x.stride[0] : in;
+  MOSS_EXPECTS(X <= kGroupedGemmMaxExperts, unsupported_error, "grouped_linear_backward (cuda, resident offsets): ", X,
+               " experts exceed the ", kGroupedGemmMaxExperts, " the sync-free kernels schedule");
+  if (present(a.dx))
+    launch_grouped_gemm<true>(gpu, a.dy.data, ldy, a.weight.data, static_cast<const T*>(nullptr), a.offsets.data, X,
+                              rows, in, out, a.dx.data, rows > 1 ? a.dx.stride[0] : in);
+  if (present(a.dweight)) {
+    const bool mma = mma_engine_applies<T>({a.dy.data, a.x.data}, {out, in, ldy, ldx});
+    const index_t tiles = X * (mma ? ceil_div<index_t>(out, kMmaTileM) * ceil_div<index_t>(in, 128)
+                                   : ceil_div<index_t>(out, kFmaTileM) * ceil_div<index_t>(in, kFmaTileN));
+    const int experts = static_cast<int>(X);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (mma) {
+        const std::size_t shared = kMmaStages * mma_stage_bytes(128);
+        const auto kernel = grouped_wgrad_mma_kernel<T>;
+        cuda::allow_dynamic_shared(kernel, shared);
+        const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads, shared) / kGroupedGemmThreads;
+        cuda::launch("grouped_wgrad_mma_kernel", kernel, static_cast<unsigned>(tiles < wave ? tiles : wave),
+                     kGroupedGemmThreads, shared, gpu.stream, a.dy.data, ldy, a.x.data, ldx, a.offsets.data, experts,
+                     rows, out, in, a.dweight.data, a.accumulate);
+      }
+    }
+    if (!mma) {
+      const auto kernel = grouped_wgrad_fma_kernel<T>;
+      const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads) / kGroupedGemmThreads;
+      cuda::launch("grouped_wgrad_fma_kernel", kernel, static_cast<unsigned>(tiles < wave ? tiles : wave),
+                   kGroupedGemmThreads, 0, gpu.stream, a.dy.data, ldy, a.x.data, ldx, a.offsets.data, experts, rows,
+                   out, in, a.dweight.data, a.accumulate);
+    }
+  }
+  if (present(a.dbias)) {
+    MOSS_EXPECTS(X <= 65535, unsupported_error, "grouped_linear_backward (cuda, resident offsets): ", X,
+                 " experts exceed the grid's 65535 for the bias gradient");
+    const dim3 grid(static_cast<unsigned>(ceil_div<index_t>(out, kGroupedGemmThreads)), static_cast<unsigned>(X));
+    cuda::launch("grouped_bias_grad_kernel", grouped_bias_grad_kernel<T>, grid, kGroupedGemmThreads, 0, gpu.stream,
+                 a.dy.data, ldy, a.offsets.data, rows, out, a.dbias.data, a.accumulate);
+  }
+}
+
+}  // namespace detail
+
 /// The gradients of `grouped_linear` on the GPU, queued on `gpu.stream` (see
 /// moss/ops/grouped_linear_backward.hpp): each present output is computed; an empty segment gives
 /// dW_e = 0 and db_e = 0 (unchanged when accumulating), rows at or past offsets[X] get dX = 0.
-/// Reads `offsets` to the host (one synchronisation) unless `host_offsets` is given; `offsets`
-/// is device memory here. Deterministic (no atomics). T is a storage type: double is host-only.
+/// Reads `offsets` to the host (one synchronisation) unless `host_offsets` is given or the
+/// offsets are resident (`resident_offsets`: read on the device only); `offsets` is device memory here. Deterministic
+/// (no atomics). T is a storage type: double is host-only.
 template <class T>
 void grouped_linear_backward(const Cuda& gpu, const GroupedLinearBackwardArgs<T>& a) {
   static_assert(StorageType<T>,
                 "moss::grouped_linear_backward: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
   validate(a, "grouped_linear_backward");
+  if (a.resident_offsets) {
+    detail::grouped_linear_backward_device(gpu, a);
+    return;
+  }
   const index_t rows = a.x.shape[0], in = a.x.shape[1], X = a.weight.shape[0];
   std::vector<std::int32_t> read;
   const std::int32_t* off = a.host_offsets;

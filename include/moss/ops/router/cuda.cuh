@@ -42,7 +42,7 @@ void launch_logits(const Cuda& gpu, const R& router, const ConstView<T, 2>& x, c
 
   const std::size_t smem = (p.weight_in_smem ? weight_bytes : 0) + sizeof(float) * cfg.warps_per_block * p.X;
   auto kernel = route_logits_kernel<T, R, cfg.warps_per_block>;
-  MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cuda::allow_dynamic_shared(kernel, smem);
   const unsigned blocks = cuda::sm_capped_blocks(ceil_div<index_t>(tokens, cfg.warps_per_block), cfg.blocks_per_sm);
   kernel<<<blocks, cfg.warps_per_block * 32, smem, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("route_logits_kernel", gpu.stream);

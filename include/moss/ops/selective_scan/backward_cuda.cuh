@@ -46,7 +46,7 @@
 //
 // Two kernels. d_state ≤ 16 with dB / dC not summed over L (every Mamba layer) takes the
 // time-parallel kernel of backward_tp_kernel.cuh: threads along time, both recurrences as block
-// scans, 512-step chunks, slices of 16 to 64 channels per block (its own header says how it sums;
+// scans, 512-step chunks, slices of 16 channels per block (its own header says how it sums;
 // checkpoints 4 · dim · N / 512 bytes per token, dB / dC partials 4 · N · (slices + groups − 1)
 // each). The rest (larger d_state, a dB or dC summed over L, forced sub-tiles in tests) takes the
 // sequential kernel described above (backward_kernel.cuh).
@@ -132,12 +132,8 @@ BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtil
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
   BackwardPlan p;
   if (backward_time_parallel(a, subtiles)) {
-    // Slices of 64 channels, halved (down to 16) while the grid has fewer than the target
-    // blocks: fewer slices write fewer dB / dC partials. A rule of the shapes alone.
     p.time_parallel = true;
-    p.slice_channels = 64;
-    while (p.slice_channels > 16 && batch * ceil_div<index_t>(dim, p.slice_channels) < kBackwardTargetBlocks)
-      p.slice_channels /= 2;
+    p.slice_channels = kTpSliceChannels;
     p.chunk = kTpChunk;
     p.chunks = ceil_div<index_t>(L, kTpChunk);
     p.supertiles = ceil_div<index_t>(dim, p.slice_channels);

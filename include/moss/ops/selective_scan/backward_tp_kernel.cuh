@@ -1,30 +1,30 @@
 // moss/ops/selective_scan/backward_tp_kernel.cuh: the time-parallel selective-scan backward for
 // d_state ≤ 16 (needs nvcc; docs/math.md §4.1; launch and choice in backward_cuda.cuh).
 //
-// One block per (batch row b, slice of `slice_channels` channels); its 256 threads lie along
+// One block per (batch row b, slice of kTpSliceChannels channels); its 256 threads lie along
 // time, each holding 2 consecutive steps of a 512-step chunk. Both recurrences are linear, so each
 // is a block scan of affine pairs instead of a walk over L:
 //   forward   h_t = a_t·h_{t−1} + Δ_t·u_t·B_t            a_t = exp(Δ_t·A)
 //   adjoint   ν_t = a_t·(g_t + ν_{t+1}),  λ_t = g_t + ν_{t+1} = dL/dh_t,   g_t = dy_t·C_t
 // with ν_L the final state's gradient and ν_0 the initial state's. Four states go through one
-// scan together (their shuffles interleave; one barrier per scan).
-//  1. Forward over the chunks in order, channel by channel: the state entering every chunk goes
-//     to the checkpoint workspace (the chunk's end state is the scan's total).
-//  2. The chunks from the last to the first, channel by channel: the chunk's states from its
-//     checkpoint (forward scan), the adjoint (reverse scan, carried between chunks in shared
-//     memory), then per step du, ddelta, dz (sums over the states in registers) and per state the
-//     contributions to dA (a warp sum per chunk into per-warp shared slots), dB and dC.
-// dB / dC: each thread keeps its steps' sums over the slice's channels in its own column of
-// shared memory (no barriers), channels in increasing order, and writes them to the slot (slice +
-// group) of the partial workspace when the group changes and at the end of the slice;
-// `backward_bc_reduce_kernel` then adds the slices of each group in increasing order, as for the
-// sequential kernel. dA, dD, d delta_bias: per-warp shared slots added over the chunks (last to
-// first), then over the warps in order, into the per-(b, d) partials. Every sum has one order
-// fixed by the shapes: bitwise repeatable.
-//
-// Measured (H100, bf16, canonical shape): 33.6 ms, 2.8× faster than the sequential kernel and 7×
-// slower than mamba_ssm; ncu: 2 blocks (16 warps) per SM, 60 % of the cycles waiting on global
-// loads (B and C re-read from L2 for every channel of the slice; see backward_cuda.cuh).
+// scan together (their shuffles interleave; one barrier per scan). Within a chunk the loops run
+// states outer, channels inner, so the chunk's B and C for four states are loaded once into
+// registers and serve every channel of the slice (the first version, channels outer, re-read them
+// from L2 for every channel: 33.6 ms at the canonical shape, 60 % of its cycles waiting on loads).
+//  1. Forward over the chunks in order: the state entering every chunk goes to the checkpoint
+//     workspace (the chunk's end state is the scan's total).
+//  2. The chunks from the last to the first: per four states and channel, the chunk's states from
+//     its checkpoint (forward scan), the adjoint (reverse scan, carried between chunks in shared
+//     memory), then the per-step sums over the states (du, dΔ and y, for dz) added into the
+//     thread's own column of shared memory, dA (a warp sum into per-warp shared slots), dB and dC
+//     (over the slice's channels in registers). After the last state group, per channel and step:
+//     du, ddelta, dz, and the dD / d delta_bias sums.
+// dB / dC: each thread keeps its steps' sums over the slice's channels (increasing order) for the
+// four states in registers and writes them to the slot (slice + group) of the partial workspace
+// when the group changes and at the end of the slice; `backward_bc_reduce_kernel` then adds the
+// slices of each group in increasing order, as for the sequential kernel. dA, dD, d delta_bias:
+// per-warp shared slots added over the chunks (last to first), then over the warps in order, into
+// the per-(b, d) partials. Every sum has one order fixed by the shapes: bitwise repeatable.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -46,9 +46,11 @@ constexpr std::size_t tp_shared_bytes(int slice_channels) {
           + std::size_t(slice_channels) * kTpMaxN             // carried state / adjoint per (channel, state)
           + std::size_t(slice_channels) * kTpMaxN * kTpWarps  // dA per (channel, state, warp)
           + std::size_t(2) * slice_channels * kTpWarps        // dD, d delta_bias per (channel, warp)
-          + std::size_t(2) * kTpMaxN * kTpChunk) *            // dB, dC sums per (state, step), thread-owned
+          + std::size_t(3) * slice_channels * kTpChunk) *     // du, dΔ, y sums per (channel, step)
          sizeof(float);
 }
+/// Channels per block of the time-parallel kernel: two blocks per SM fit (106 KiB each).
+inline constexpr int kTpSliceChannels = 16;
 
 /// Forward block scan of four affine pairs per thread (a, b: the composition of the thread's
 /// steps, h ↦ a·h + b): `h_in` gets the state entering the thread's first step given `h0` entering
@@ -143,10 +145,10 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
   float* dA_w = carry + Cb * kTpMaxN;                      // [Cb][16][warps]
   float* dD_w = dA_w + Cb * kTpMaxN * kTpWarps;            // [Cb][warps]
   float* dbias_w = dD_w + Cb * kTpWarps;                   // [Cb][warps]
-  float* dB_acc = dbias_w + Cb * kTpWarps;                 // [16][items][threads]: only thread tid
-  float* dC_acc = dB_acc + kTpMaxN * kTpChunk;             //   touches column tid (no barriers)
-  const auto acc_at = [](int n, int i) { return (n * kTpItems + i) * kTpThreads + static_cast<int>(threadIdx.x); };
+  float* sums = dbias_w + Cb * kTpWarps;                   // [Cb][3][items][threads]: du, dΔ, y over the
+  //                                                          states; thread tid owns column tid (no barriers)
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const auto sum_at = [tid](int ch, int which, int i) { return ((ch * 3 + which) * kTpItems + i) * kTpThreads + tid; };
   const index_t st = blockIdx.x % p.supertiles, b = blockIdx.x / p.supertiles;
   const index_t d0 = st * Cb, d1 = d0 + Cb < p.dim ? d0 + Cb : p.dim;
   const int nc = static_cast<int>(d1 - d0), N = p.N, groups_n = (N + kTpStates - 1) / kTpStates;
@@ -182,10 +184,23 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
     }
     return s;
   };
+  // B or C of group g at the thread's steps for the states of group q (0 past N or L). Loaded
+  // once per (chunk, state group, B/C group) and kept in registers for every channel of the slice.
+  const auto load_bc = [&](const ConstView<T, 4>& v, index_t g, int q, index_t t0, float(&out)[kTpItems][kTpStates]) {
+#pragma unroll
+    for (int i = 0; i < kTpItems; ++i) {
+      const index_t t = t0 + tid * kTpItems + i;
+#pragma unroll
+      for (int j = 0; j < kTpStates; ++j) {
+        const int n = q * kTpStates + j;
+        out[i][j] = n < N && t < L ? to_float(v(b, g, n, t)) : 0.0f;
+      }
+    }
+  };
 
   // The per-warp sums start at zero (with L = 0 they stay so).
   for (int i = tid; i < Cb * kTpMaxN * kTpWarps + 2 * Cb * kTpWarps; i += kTpThreads) dA_w[i] = 0.0f;
-  // 1. Checkpoints: the state entering every chunk, chunks in order.
+  // 1. Checkpoints: the state entering every chunk, chunks in order; states outer, channels inner.
   for (int c = tid; c < nc * kTpMaxN; c += kTpThreads) {
     const int ch = c / kTpMaxN, n = c % kTpMaxN;
     carry[c] = n < N && p.initial_state.data ? p.initial_state(b, d0 + ch, n) : 0.0f;
@@ -193,11 +208,16 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
   __syncthreads();
   int parity = 0;
   for (index_t k = 0; k < p.chunks; ++k) {
-    for (int ch = 0; ch < nc; ++ch) {
-      const index_t d = d0 + ch, gb = d / p.cpg_b;
-      const Steps s = load_steps(d, k * kTpChunk, false);
+    const index_t t0 = k * kTpChunk;
 #pragma unroll 1
-      for (int q = 0; q < groups_n; ++q) {
+    for (int q = 0; q < groups_n; ++q) {
+      index_t cur_gb = d0 / p.cpg_b;
+      float bn[kTpItems][kTpStates];
+      load_bc(p.B, cur_gb, q, t0, bn);
+      for (int ch = 0; ch < nc; ++ch) {
+        const index_t d = d0 + ch, gb = d / p.cpg_b;
+        if (gb != cur_gb) load_bc(p.B, cur_gb = gb, q, t0, bn);
+        const Steps s = load_steps(d, t0, false);
         float a[kTpStates], bb[kTpStates], h0[kTpStates], h_in[kTpStates], h_end[kTpStates];
 #pragma unroll
         for (int j = 0; j < kTpStates; ++j) {
@@ -206,9 +226,8 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
           a[j] = 1.0f, bb[j] = 0.0f;
 #pragma unroll
           for (int i = 0; i < kTpItems; ++i) {
-            const float bn = n < N && s.ok[i] ? to_float(p.B(b, gb, n, s.t[i])) : 0.0f;
             const float at = pow2(s.dt[i] * as);
-            bb[j] = at * bb[j] + s.dt[i] * s.u[i] * bn;
+            bb[j] = at * bb[j] + s.dt[i] * s.u[i] * bn[i][j];
             a[j] *= at;
           }
           h0[j] = carry[ch * kTpMaxN + n];
@@ -220,7 +239,7 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
           for (int j = 0; j < kTpStates; ++j) {
             const int n = q * kTpStates + j;
             if (n < N) p.ckpt[((b * p.dim + d) * p.chunks + k) * N + n] = h0[j];
-            carry[ch * kTpMaxN + n] = h_end[j];  // read again only after the next scan's barrier
+            carry[ch * kTpMaxN + n] = h_end[j];  // read again only after later barriers
           }
         }
       }
@@ -233,34 +252,45 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
   }
   __syncthreads();
 
-  // 2. The chunks from the last to the first.
+  // 2. The chunks from the last to the first; states outer, channels inner.
   for (index_t k = p.chunks - 1; k >= 0; --k) {
     const index_t t0 = k * kTpChunk;
+    for (int ch = 0; ch < nc; ++ch)
 #pragma unroll
-    for (int i = 0; i < kTpItems; ++i)
-      for (int n = 0; n < N; ++n) dB_acc[acc_at(n, i)] = dC_acc[acc_at(n, i)] = 0.0f;
-    index_t cur_gb = d0 / p.cpg_b, cur_gc = d0 / p.cpg_c;
-    // Writes one group's sums over the slice's channels for the chunk's steps into slot st + g.
-    const auto flush = [&](float* acc, float* part, index_t slots, index_t g) {
-#pragma unroll
-      for (int i = 0; i < kTpItems; ++i) {
-        const index_t t = t0 + tid * kTpItems + i;
-        for (int n = 0; n < N; ++n) {
-          if (t < L) part[((b * slots + st + g) * N + n) * L + t] = acc[acc_at(n, i)];
-          acc[acc_at(n, i)] = 0.0f;
-        }
-      }
-    };
-    for (int ch = 0; ch < nc; ++ch) {
-      const index_t d = d0 + ch, gb = d / p.cpg_b, gc = d / p.cpg_c;
-      if (p.want_db && gb != cur_gb) flush(dB_acc, p.dB_part, p.slots_b, cur_gb);
-      if (p.want_dc && gc != cur_gc) flush(dC_acc, p.dC_part, p.slots_c, cur_gc);
-      cur_gb = gb, cur_gc = gc;
-      const Steps s = load_steps(d, t0, true);
-      float du[kTpItems] = {}, ddt[kTpItems] = {}, y[kTpItems] = {};
+      for (int i = 0; i < kTpItems; ++i) sums[sum_at(ch, 0, i)] = sums[sum_at(ch, 1, i)] = sums[sum_at(ch, 2, i)] = 0;
 #pragma unroll 1
-      for (int q = 0; q < groups_n; ++q) {
-        float ar[kTpStates], at[kTpItems][kTpStates], bn[kTpItems][kTpStates], cn[kTpItems][kTpStates];
+    for (int q = 0; q < groups_n; ++q) {
+      // dB / dC of the q's states over the slice's channels of one group, in registers; written to
+      // the group's slot (st + g) when the group changes and at the end of the slice.
+      float dB_acc[kTpItems][kTpStates] = {}, dC_acc[kTpItems][kTpStates] = {};
+      const auto flush = [&](float(&acc)[kTpItems][kTpStates], float* part, index_t slots, index_t g) {
+#pragma unroll
+        for (int i = 0; i < kTpItems; ++i) {
+          const index_t t = t0 + tid * kTpItems + i;
+#pragma unroll
+          for (int j = 0; j < kTpStates; ++j) {
+            const int n = q * kTpStates + j;
+            if (n < N && t < L) part[((b * slots + st + g) * N + n) * L + t] = acc[i][j];
+            acc[i][j] = 0.0f;
+          }
+        }
+      };
+      index_t cur_gb = d0 / p.cpg_b, cur_gc = d0 / p.cpg_c;
+      float bn[kTpItems][kTpStates], cn[kTpItems][kTpStates];
+      load_bc(p.B, cur_gb, q, t0, bn);
+      load_bc(p.C, cur_gc, q, t0, cn);
+      for (int ch = 0; ch < nc; ++ch) {
+        const index_t d = d0 + ch, gb = d / p.cpg_b, gc = d / p.cpg_c;
+        if (gb != cur_gb) {
+          if (p.want_db) flush(dB_acc, p.dB_part, p.slots_b, cur_gb);
+          load_bc(p.B, cur_gb = gb, q, t0, bn);
+        }
+        if (gc != cur_gc) {
+          if (p.want_dc) flush(dC_acc, p.dC_part, p.slots_c, cur_gc);
+          load_bc(p.C, cur_gc = gc, q, t0, cn);
+        }
+        const Steps s = load_steps(d, t0, true);
+        float ar[kTpStates], at[kTpItems][kTpStates];
         float a[kTpStates], bb[kTpStates], h0[kTpStates], h_in[kTpStates], h_end[kTpStates];
 #pragma unroll
         for (int j = 0; j < kTpStates; ++j) {
@@ -270,9 +300,6 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
           a[j] = 1.0f, bb[j] = 0.0f;
 #pragma unroll
           for (int i = 0; i < kTpItems; ++i) {
-            const bool ok = n < N && s.ok[i];
-            bn[i][j] = ok ? to_float(p.B(b, gb, n, s.t[i])) : 0.0f;
-            cn[i][j] = ok ? to_float(p.C(b, gc, n, s.t[i])) : 0.0f;
             at[i][j] = pow2(s.dt[i] * as);
             bb[j] = at[i][j] * bb[j] + s.dt[i] * s.u[i] * bn[i][j];
             a[j] *= at[i][j];
@@ -303,6 +330,7 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
         }
         tp_scan_reverse(a, bb, v0, v_in, v_out, scan_buf + parity * kTpWarps * kTpStates * 2);
         parity ^= 1;
+        float du[kTpItems] = {}, ddt[kTpItems] = {}, y[kTpItems] = {};
 #pragma unroll
         for (int j = 0; j < kTpStates; ++j) {
           const int n = q * kTpStates + j;
@@ -314,20 +342,28 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
             du[i] += lam * s.dt[i] * bn[i][j];
             ddt[i] += lam * (hp[i][j] * at[i][j] * ar[j] + bn[i][j] * s.u[i]);
             dA_t += lam * hp[i][j] * at[i][j] * s.dt[i];
-            if (n < N) {
-              dB_acc[acc_at(n, i)] += lam * s.dt[i] * s.u[i];
-              dC_acc[acc_at(n, i)] += s.dy[i] * h[i][j];
-            }
+            dB_acc[i][j] += lam * s.dt[i] * s.u[i];
+            dC_acc[i][j] += s.dy[i] * h[i][j];
             v = at[i][j] * lam;
           }
           dA_t = tp_warp_sum(dA_t);
-          if (lane == 0 && n < N) {
-            dA_w[(ch * kTpMaxN + n) * kTpWarps + warp] += dA_t;
-          }
+          if (lane == 0 && n < N) dA_w[(ch * kTpMaxN + n) * kTpWarps + warp] += dA_t;
           if (tid == 0) carry[ch * kTpMaxN + n] = v_out[j];  // read again only after later barriers
         }
+#pragma unroll
+        for (int i = 0; i < kTpItems; ++i) {  // the states' sums, state groups in order
+          sums[sum_at(ch, 0, i)] += du[i];
+          sums[sum_at(ch, 1, i)] += ddt[i];
+          sums[sum_at(ch, 2, i)] += y[i];
+        }
       }
-      // Per step: du, ddelta, dz; per channel: the dD and d delta_bias sums.
+      if (p.want_db) flush(dB_acc, p.dB_part, p.slots_b, cur_gb);
+      if (p.want_dc) flush(dC_acc, p.dC_part, p.slots_c, cur_gc);
+    }
+    // Per step: du, ddelta, dz; per channel: the dD and d delta_bias sums.
+    for (int ch = 0; ch < nc; ++ch) {
+      const index_t d = d0 + ch;
+      const Steps s = load_steps(d, t0, true);
       const float d_skip = has_d ? p.D(d) : 0.0f;
       float dD_t = 0.0f, dbias_t = 0.0f;
 #pragma unroll
@@ -335,11 +371,13 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
         if (!s.ok[i]) continue;
         const index_t t = s.t[i];
         if (want_dz && has_z) {
-          const float yv = has_d ? add_skip(y[i], d_skip, s.u[i]) : y[i];
+          const float y = sums[sum_at(ch, 2, i)];
+          const float yv = has_d ? add_skip(y, d_skip, s.u[i]) : y;
           p.dz(b, d, t) = from_float<T>(s.g[i] * yv * silu_grad_f(s.z[i]));
         }
-        const float du_v = has_d ? s.dy[i] * d_skip + du[i] : du[i];
-        const float dx = p.delta_softplus ? ddt[i] * softplus_grad_f(s.x[i]) : ddt[i];
+        const float du = sums[sum_at(ch, 0, i)], ddt = sums[sum_at(ch, 1, i)];
+        const float du_v = has_d ? s.dy[i] * d_skip + du : du;
+        const float dx = p.delta_softplus ? ddt * softplus_grad_f(s.x[i]) : ddt;
         if (p.du.data) p.du(b, d, t) = from_float<T>(du_v);
         if (p.ddelta.data) p.ddelta(b, d, t) = from_float<T>(dx);
         dD_t += s.dy[i] * s.u[i];
@@ -352,8 +390,6 @@ __global__ void __launch_bounds__(kTpThreads, 2) selective_scan_backward_tp_kern
         dbias_w[ch * kTpWarps + warp] += dbias_t;
       }
     }
-    if (p.want_db) flush(dB_acc, p.dB_part, p.slots_b, cur_gb);
-    if (p.want_dc) flush(dC_acc, p.dC_part, p.slots_c, cur_gc);
   }
   __syncthreads();
 

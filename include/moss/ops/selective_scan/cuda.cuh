@@ -17,6 +17,7 @@
 #include "moss/backend/cuda.cuh"
 #include "moss/core/workspace.hpp"
 #include "moss/cuda/device.cuh"
+#include "moss/cuda/launch.cuh"
 #include "moss/ops/selective_scan.hpp"
 #include "moss/ops/selective_scan/kernel.cuh"
 #include "moss/ops/selective_scan/tuning.cuh"
@@ -152,7 +153,7 @@ void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   const std::size_t smem = scan_params<T, cfg>(a, p);
   const index_t blocks = static_cast<index_t>(p.tiles) * a.u.shape[0];
   auto kernel = selective_scan_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
-  MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cuda::allow_dynamic_shared(kernel, smem);
   kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("selective_scan_kernel", gpu.stream);
 }
@@ -224,7 +225,7 @@ void launch_segments(const Cuda& gpu, const SelectiveScanArgs<T>& a, const Segme
   p.delta_sums = delta_sums;
   auto kernel =
       selective_scan_segment_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
-  MOSS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cuda::allow_dynamic_shared(kernel, smem);
   // Pass 1: segments 0 .. K-2.
   p.first_segment = 0;
   p.rescan = false;
