@@ -19,10 +19,17 @@
 //    zero-filled by the copy itself.
 //  - everything else (float32, unaligned rows, sm < 80): 64 × 64 × 16 tiles of float FMAs, 4 × 4
 //    outputs per thread; exact float32 accumulation like the host.
+// Both engines take each operand k-contiguous (x and W in the forward) or transposed (W in the
+// input gradient dX = dY · W_e; dY and X in the weight gradient, whose tiles are ldmatrix .trans
+// reads of the same swizzled layout), so the backward of a resident decision runs on them too:
+// dX on the forward's schedule, dW_e (out, in) on a fixed schedule of (expert, 128 × 128) tiles,
+// each reducing its segment's rows in order (K = the segment's length read on the device; no
+// split-K, so no atomics and the same bits every run).
 //
 // Measured (H100, bf16, 16384 rows, 8 experts, 2048 → 8192; bench/results/2026-12-07-h100.md):
 // 2.03 ms balanced, 2.07 ms skewed, 36 % of the same run's dense cublasGemmEx (128 × 128 tiles:
-// 2.28 ms). One block of 8 warps per SM (246 registers); cuBLAS's Hopper kernels use wgmma and TMA,
+// 2.28 ms); on a slower H100 of a later session 2.42 / 2.45 ms, with dX 2.26 / 2.53 ms and dW
+// 2.22 / 2.21 ms (cuBLAS per segment: 0.83 / 0.86 and 0.90 / 0.93 ms). One block of 8 warps per SM (246 registers); cuBLAS's Hopper kernels use wgmma and TMA,
 // which this engine does not: it is the capturable path, not yet the fast one. At decode sizes
 // (8 experts, 768 → 1536) it takes 19 µs from 1 to 256 rows, where the matrix-vector kernel takes
 // 7.7 µs at 1 row and 23.6 µs at 32.
