@@ -29,10 +29,10 @@
 // Measured (H100, bf16, 16384 rows, 8 experts, 2048 → 8192; bench/results/2026-12-07-h100.md):
 // 2.03 ms balanced, 2.07 ms skewed, 36 % of the same run's dense cublasGemmEx (128 × 128 tiles:
 // 2.28 ms); on a slower H100 of a later session 2.42 / 2.45 ms, with dX 2.26 / 2.53 ms and dW
-// 2.22 / 2.21 ms (cuBLAS per segment: 0.83 / 0.86 and 0.90 / 0.93 ms). One block of 8 warps per SM (246 registers); cuBLAS's Hopper kernels use wgmma and TMA,
-// which this engine does not: it is the capturable path, not yet the fast one. At decode sizes
-// (8 experts, 768 → 1536) it takes 19 µs from 1 to 256 rows, where the matrix-vector kernel takes
-// 7.7 µs at 1 row and 23.6 µs at 32.
+// 2.22 / 2.21 ms (cuBLAS per segment: 0.83 / 0.86 and 0.90 / 0.93 ms). One block of 8 warps per
+// SM (250 registers); cuBLAS's Hopper kernels use wgmma and TMA, which this engine does not: it is
+// the capturable path, not yet the fast one. At decode sizes (8 experts, 768 → 1536) it takes
+// 19 µs from 1 to 256 rows, where the matrix-vector kernel takes 7.7 µs at 1 row and 23.6 µs at 32.
 #pragma once
 
 #include <cub/block/block_scan.cuh>
@@ -130,6 +130,15 @@ MOSS_DEVICE void zero_tail_rows(const std::int32_t* offsets, int num_experts, in
   for (index_t i = static_cast<index_t>(blockIdx.x) * kGroupedGemmThreads + threadIdx.x; i < count;
        i += static_cast<index_t>(gridDim.x) * kGroupedGemmThreads)
     y[(e + i / out) * ldy + i % out] = from_float<T>(0.0f);
+}
+
+/// y[r, c] = v (+ bias[e, c]) for an output inside the segment (r < seg_end) and the columns (c < n).
+template <class T>
+MOSS_DEVICE void store_output(T* y, index_t ldy, const T* bias, int e, index_t n, index_t r, index_t c, index_t seg_end,
+                              float v) {
+  if (r >= seg_end || c >= n) return;
+  if (bias) v += to_float(bias[static_cast<index_t>(e) * n + c]);
+  y[r * ldy + c] = from_float<T>(v);
 }
 
 // ---- the tensor-core engine (f16 / bf16) ----
@@ -344,12 +353,8 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
     const MmaOperand<T> b{w + static_cast<index_t>(e) * n * k, kBTrans ? n : k, n};
     MmaAccumulators<kTileN> acc;
     mma_tile<T, kTileN, false, kBTrans>(acc, smem, a, r0, b, c0, 0, k);
-    mma_for_each<kTileN>(acc, [&](int i, int j, float v) {
-      const index_t r = r0 + i, c = c0 + j;
-      if (r >= seg_end || c >= n) return;
-      if (bias) v += to_float(bias[static_cast<index_t>(e) * n + c]);
-      y[r * ldy + c] = from_float<T>(v);
-    });
+    mma_for_each<kTileN>(acc,
+                         [&](int i, int j, float v) { store_output(y, ldy, bias, e, n, r0 + i, c0 + j, seg_end, v); });
   }
   zero_tail_rows(offsets, num_experts, rows, n, y, ldy);
 }
@@ -456,18 +461,10 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
     fma_tile<false, kBTrans>(acc, sm, x, ldx, seg_end, r0, w + static_cast<index_t>(e) * n * k, kBTrans ? n : k, n, c0,
                              0, k);
 #pragma unroll
-    for (int p = 0; p < 4; ++p) {
-      const index_t r = r0 + ty * 4 + p;
-      if (r >= seg_end) continue;
+    for (int p = 0; p < 4; ++p)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const index_t c = c0 + tx * 4 + q;
-        if (c >= n) continue;
-        float v = acc[p][q];
-        if (bias) v += to_float(bias[static_cast<index_t>(e) * n + c]);
-        y[r * ldy + c] = from_float<T>(v);
-      }
-    }
+      for (int q = 0; q < 4; ++q)
+        store_output(y, ldy, bias, e, n, r0 + ty * 4 + p, c0 + tx * 4 + q, seg_end, acc[p][q]);
   }
   zero_tail_rows(offsets, num_experts, rows, n, y, ldy);
 }
