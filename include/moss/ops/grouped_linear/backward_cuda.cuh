@@ -38,12 +38,12 @@ void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackward
                               rows, in, out, a.dx.data, rows > 1 ? a.dx.stride[0] : in);
   if (present(a.dweight)) {
     const bool mma = mma_engine_applies<T>({a.dy.data, a.x.data}, {out, in, ldy, ldx});
-    const index_t tiles = X * (mma ? ceil_div<index_t>(out, kMmaTileM) * ceil_div<index_t>(in, 128)
+    const index_t tiles = X * (mma ? ceil_div<index_t>(out, kMmaTileM) * ceil_div<index_t>(in, kWgradTileN)
                                    : ceil_div<index_t>(out, kFmaTileM) * ceil_div<index_t>(in, kFmaTileN));
     const int experts = static_cast<int>(X);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {
-        const std::size_t shared = kMmaStages * mma_stage_bytes(128);
+        const std::size_t shared = kMmaStages * mma_stage_bytes(kWgradTileN);
         const auto kernel = grouped_wgrad_mma_kernel<T>;
         cuda::allow_dynamic_shared(kernel, shared);
         const index_t wave = cuda::resident_threads(kernel, kGroupedGemmThreads, shared) / kGroupedGemmThreads;
@@ -60,9 +60,7 @@ void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackward
                    out, in, a.dweight.data, a.accumulate);
     }
   }
-  if (present(a.dbias)) {
-    MOSS_EXPECTS(X <= 65535, unsupported_error, "grouped_linear_backward (cuda, resident offsets): ", X,
-                 " experts exceed the grid's 65535 for the bias gradient");
+  if (present(a.dbias)) {  // one grid row per expert: X ≤ kGroupedGemmMaxExperts fits grid.y
     const dim3 grid(static_cast<unsigned>(ceil_div<index_t>(out, kGroupedGemmThreads)), static_cast<unsigned>(X));
     cuda::launch("grouped_bias_grad_kernel", grouped_bias_grad_kernel<T>, grid, kGroupedGemmThreads, 0, gpu.stream,
                  a.dy.data, ldy, a.offsets.data, rows, out, a.dbias.data, a.accumulate);
@@ -75,8 +73,8 @@ void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackward
 /// moss/ops/grouped_linear_backward.hpp): each present output is computed; an empty segment gives
 /// dW_e = 0 and db_e = 0 (unchanged when accumulating), rows at or past offsets[X] get dX = 0.
 /// Reads `offsets` to the host (one synchronisation) unless `host_offsets` is given or the
-/// offsets are resident (`resident_offsets`: read on the device only); `offsets` is device memory here. Deterministic
-/// (no atomics). T is a storage type: double is host-only.
+/// offsets are resident (`resident_offsets`: read on the device only); `offsets` is device
+/// memory here. Deterministic (no atomics). T is a storage type: double is host-only.
 template <class T>
 void grouped_linear_backward(const Cuda& gpu, const GroupedLinearBackwardArgs<T>& a) {
   static_assert(StorageType<T>,

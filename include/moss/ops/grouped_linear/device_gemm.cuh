@@ -359,6 +359,9 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
   zero_tail_rows(offsets, num_experts, rows, n, y, ldy);
 }
 
+/// Input columns per tile of the tensor-core weight gradient (its rows: kMmaTileM outputs).
+inline constexpr int kWgradTileN = 128;
+
 /// The weight gradient on tensor cores: dW_e (out, in) = dY[seg]ᵀ · X[seg] for every expert, the
 /// reduction over the rows of its segment read from the device offsets (K = the segment's
 /// length, 0 for an empty one: dW_e = 0). A persistent grid over the fixed tiles (expert, 128
@@ -368,7 +371,7 @@ template <class T>
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     grouped_wgrad_mma_kernel(const T* dy, index_t ldy, const T* x, index_t ldx, const std::int32_t* offsets,
                              int num_experts, index_t rows, index_t out, index_t in, float* dw, bool accumulate) {
-  constexpr int kTileN = 128;
+  constexpr int kTileN = kWgradTileN;
   extern __shared__ __align__(16) unsigned char gemm_smem[];
   const unsigned smem = static_cast<unsigned>(__cvta_generic_to_shared(gemm_smem));
   const index_t row_tiles = ceil_div<index_t>(out, kMmaTileM), col_tiles = ceil_div<index_t>(in, kTileN);
