@@ -12,8 +12,8 @@
 // zeros; offsets outside [0, rows] are clamped, so bad offsets never address memory outside x and y.
 //
 // Two tile engines:
-//  - f16 / bf16 with 16-byte aligned rows (`in` a multiple of 8): 128 × 256 × 64 tiles (128 × 128
-//    when out < 256), 8 warps of 64 × 64 (64 × 32), `mma.sync.m16n8k16` with float32 accumulators
+//  - f16 / bf16 with 16-byte aligned rows (every contiguous extent a multiple of 8): 128 × 256 × 64
+//    tiles (128 × 128 below 256 output columns, and in the weight gradient), 8 warps of 64 × 64 (64 × 32), `mma.sync.m16n8k16` with float32 accumulators
 //    (sm_80 and later), operands through a 3-stage cp.async pipeline into XOR-swizzled shared
 //    memory read by `ldmatrix` (no bank conflicts); rows and columns past the segment are
 //    zero-filled by the copy itself.
