@@ -67,36 +67,51 @@ double dense_gemm_ms(const moss::Cuda& gpu, const moss::Buffer<bf16>& x, const m
   return moss::bench::median_ms(gpu.stream, 20, [&] { moss::detail::linear_gemm_ex(gpu, l); });
 }
 
+/// The expert shape's inputs: x, the stacked weights, an output y, the segment offsets (host and
+/// device), and the dense reference's time on the same buffers.
+struct ExpertGemmInputs {
+  moss::Buffer<bf16> x, w, y;
+  std::vector<std::int32_t> host_off;
+  moss::Buffer<std::int32_t> dev_off;
+  double dense_ms;
+  ExpertGemmInputs(const moss::Cuda& gpu, bool skewed)
+      : x(moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f)),
+        w(moss::bench::device_randn<bf16>(gpu, kExperts * kOut * kIn, 2, 0.02f)),
+        y(gpu.alloc<bf16>(kTokens * kOut)),
+        host_off(segment_offsets(skewed)),
+        dev_off(moss::upload(gpu, host_off.data(), kExperts + 1)),
+        dense_ms(dense_gemm_ms(gpu, x, w, y)) {}
+};
+
+/// The counters of a GEMM of the expert shape's FLOPs: flops, dense_ms, and fraction_of_dense
+/// (dense time / this time: a rate counter of dense seconds per iteration).
+void set_gemm_counters(benchmark::State& state, double dense_ms) {
+  using benchmark::Counter;
+  const double it = static_cast<double>(state.iterations());
+  state.counters["flops"] = Counter(2.0 * kTokens * kIn * kOut * it, Counter::kIsRate);
+  state.counters["dense_ms"] = dense_ms;
+  state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
+}
+
 /// How the timed call gets its offsets.
 enum class OffsetMode { host, read, sync_free };
 
 void run_grouped(benchmark::State& state, bool skewed, OffsetMode mode) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
-  const auto x = moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f);
-  const auto w = moss::bench::device_randn<bf16>(gpu, kExperts * kOut * kIn, 2, 0.02f);
-  auto y = gpu.alloc<bf16>(kTokens * kOut);
-  const std::vector<std::int32_t> host_off = segment_offsets(skewed);
-  moss::Buffer<std::int32_t> dev_off = moss::upload(gpu, host_off.data(), kExperts + 1);
-  const double dense_ms = dense_gemm_ms(gpu, x, w, y);
+  ExpertGemmInputs io(gpu, skewed);
 
   moss::GroupedLinearArgs<bf16> g;
-  g.x = ConstView<bf16, 2>(x.data(), {kTokens, kIn});
-  g.weight = ConstView<bf16, 3>(w.data(), {kExperts, kOut, kIn});
-  g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {kExperts + 1});
-  g.host_offsets = mode == OffsetMode::host ? host_off.data() : nullptr;
+  g.x = ConstView<bf16, 2>(io.x.data(), {kTokens, kIn});
+  g.weight = ConstView<bf16, 3>(io.w.data(), {kExperts, kOut, kIn});
+  g.offsets = ConstView<std::int32_t, 1>(io.dev_off.data(), {kExperts + 1});
+  g.host_offsets = mode == OffsetMode::host ? io.host_off.data() : nullptr;
   g.resident_offsets = mode == OffsetMode::sync_free;
   g.resident_kernel = moss::ResidentKernel::tiled;
-  g.y = TensorView<bf16, 2>(y.data(), {kTokens, kOut});
+  g.y = TensorView<bf16, 2>(io.y.data(), {kTokens, kOut});
   moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear(gpu, g); });
 
-  const double flops = 2.0 * kTokens * kIn * kOut;
-  using benchmark::Counter;
-  const double it = static_cast<double>(state.iterations());
-  state.counters["flops"] = Counter(flops * it, Counter::kIsRate);
-  state.counters["dense_ms"] = dense_ms;
-  // dense time / grouped time: a rate counter of dense seconds per iteration.
-  state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
+  set_gemm_counters(state, io.dense_ms);
 }
 
 void BM_grouped_linear_bf16_balanced(benchmark::State& s) { run_grouped(s, false, OffsetMode::host); }
@@ -112,29 +127,24 @@ BENCHMARK(BM_grouped_linear_bf16_skewed_with_offset_read)->UseManualTime()->Unit
 BENCHMARK(BM_grouped_linear_bf16_balanced_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_grouped_linear_bf16_skewed_sync_free)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-/// grouped_linear_backward at the same shape: the input gradient (dX = dY · W_e, `which` 0) or
-/// the weight gradient (dW_e = dY_eᵀ · X_e in float, `which` 1), each the forward's FLOPs, by
+/// grouped_linear_backward at the same shape: the input gradient (dX = dY · W_e, `dw` 0) or
+/// the weight gradient (dW_e = dY_eᵀ · X_e in float, `dw` 1), each the forward's FLOPs, by
 /// the segment GEMMs (cuBLAS, host offsets) or moss's sync-free kernels (resident offsets).
 void run_grouped_backward(benchmark::State& state, bool skewed, bool sync_free) {
   const bool dw = state.range(0) == 1;
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
-  const auto x = moss::bench::device_randn<bf16>(gpu, kTokens * kIn, 1, 0.5f);
-  const auto w = moss::bench::device_randn<bf16>(gpu, kExperts * kOut * kIn, 2, 0.02f);
+  ExpertGemmInputs io(gpu, skewed);
   const auto dy = moss::bench::device_randn<bf16>(gpu, kTokens * kOut, 3, 0.5f);
-  auto y = gpu.alloc<bf16>(kTokens * kOut);
   auto dx = gpu.alloc<bf16>(kTokens * kIn);
   auto dweight = gpu.alloc<float>(kExperts * kOut * kIn);
-  const std::vector<std::int32_t> host_off = segment_offsets(skewed);
-  moss::Buffer<std::int32_t> dev_off = moss::upload(gpu, host_off.data(), kExperts + 1);
-  const double dense_ms = dense_gemm_ms(gpu, x, w, y);
 
   moss::GroupedLinearBackwardArgs<bf16> g;
   g.dy = ConstView<bf16, 2>(dy.data(), {kTokens, kOut});
-  g.x = ConstView<bf16, 2>(x.data(), {kTokens, kIn});
-  g.weight = ConstView<bf16, 3>(w.data(), {kExperts, kOut, kIn});
-  g.offsets = ConstView<std::int32_t, 1>(dev_off.data(), {kExperts + 1});
-  g.host_offsets = sync_free ? nullptr : host_off.data();
+  g.x = ConstView<bf16, 2>(io.x.data(), {kTokens, kIn});
+  g.weight = ConstView<bf16, 3>(io.w.data(), {kExperts, kOut, kIn});
+  g.offsets = ConstView<std::int32_t, 1>(io.dev_off.data(), {kExperts + 1});
+  g.host_offsets = sync_free ? nullptr : io.host_off.data();
   g.resident_offsets = sync_free;
   if (dw)
     g.dweight = TensorView<float, 3>(dweight.data(), {kExperts, kOut, kIn});
@@ -142,12 +152,7 @@ void run_grouped_backward(benchmark::State& state, bool skewed, bool sync_free) 
     g.dx = TensorView<bf16, 2>(dx.data(), {kTokens, kIn});
   moss::bench::time_cuda(state, gpu.stream, [&] { moss::grouped_linear_backward(gpu, g); });
 
-  const double flops = 2.0 * kTokens * kIn * kOut;
-  using benchmark::Counter;
-  const double it = static_cast<double>(state.iterations());
-  state.counters["flops"] = Counter(flops * it, Counter::kIsRate);
-  state.counters["dense_ms"] = dense_ms;
-  state.counters["fraction_of_dense"] = Counter(dense_ms * 1e-3 * it, Counter::kIsRate);
+  set_gemm_counters(state, io.dense_ms);
 }
 
 void BM_grouped_linear_backward_bf16_balanced(benchmark::State& s) { run_grouped_backward(s, false, false); }

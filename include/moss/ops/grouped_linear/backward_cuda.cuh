@@ -38,8 +38,8 @@ void grouped_linear_backward_device(const Cuda& gpu, const GroupedLinearBackward
                               rows, in, out, a.dx.data, rows > 1 ? a.dx.stride[0] : in);
   if (present(a.dweight)) {
     const bool mma = mma_engine_applies<T>({a.dy.data, a.x.data}, {out, in, ldy, ldx});
-    const index_t tiles = X * (mma ? ceil_div<index_t>(out, kMmaTileM) * ceil_div<index_t>(in, kWgradTileN)
-                                   : ceil_div<index_t>(out, kFmaTileM) * ceil_div<index_t>(in, kFmaTileN));
+    const index_t tiles = mma ? WgradSchedule<kMmaTileM, kWgradTileN>{out, in}.tiles(X)
+                              : WgradSchedule<kFmaTileM, kFmaTileN>{out, in}.tiles(X);
     const int experts = static_cast<int>(X);
     if constexpr (!std::is_same_v<T, float>) {
       if (mma) {

@@ -13,10 +13,10 @@
 //
 // Two tile engines:
 //  - f16 / bf16 with 16-byte aligned rows (every contiguous extent a multiple of 8): 128 × 256 × 64
-//    tiles (128 × 128 below 256 output columns, and in the weight gradient), 8 warps of 64 × 64 (64 × 32), `mma.sync.m16n8k16` with float32 accumulators
-//    (sm_80 and later), operands through a 3-stage cp.async pipeline into XOR-swizzled shared
-//    memory read by `ldmatrix` (no bank conflicts); rows and columns past the segment are
-//    zero-filled by the copy itself.
+//    tiles (128 × 128 below 256 output columns, and in the weight gradient), 8 warps of 64 × 64
+//    (64 × 32), `mma.sync.m16n8k16` with float32 accumulators (sm_80 and later), operands through
+//    a 3-stage cp.async pipeline into XOR-swizzled shared memory read by `ldmatrix` (no bank
+//    conflicts); rows and columns past the segment are zero-filled by the copy itself.
 //  - everything else (float32, unaligned rows, sm < 80): 64 × 64 × 16 tiles of float FMAs, 4 × 4
 //    outputs per thread; exact float32 accumulation like the host.
 // Both engines take each operand k-contiguous (x and W in the forward) or transposed (W in the
@@ -362,6 +362,38 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
 /// Input columns per tile of the tensor-core weight gradient (its rows: kMmaTileM outputs).
 inline constexpr int kWgradTileN = 128;
 
+/// The weight gradient's fixed schedule: tiles (expert, kTileM outputs, kTileN inputs), inputs
+/// fastest, each reducing its expert's segment of rows; the same on the host (grid size) and device.
+template <int kTileM, int kTileN>
+struct WgradSchedule {
+  index_t out, in;
+
+  MOSS_HD index_t col_tiles() const { return ceil_div<index_t>(in, kTileN); }
+  MOSS_HD index_t per_expert() const { return ceil_div<index_t>(out, kTileM) * col_tiles(); }
+  MOSS_HD index_t tiles(index_t experts) const { return per_expert() * experts; }
+
+  /// Tile t: expert e, first output o0 and input c0, and e's segment [seg_begin, seg_end).
+  struct Tile {
+    int e;
+    index_t o0, c0, seg_begin, seg_end;
+  };
+  MOSS_DEVICE Tile tile(index_t t, const std::int32_t* offsets, index_t rows) const {
+    Tile r;
+    r.e = static_cast<int>(t / per_expert());
+    r.o0 = (t % per_expert()) / col_tiles() * kTileM;
+    r.c0 = (t % per_expert()) % col_tiles() * kTileN;
+    segment_of(offsets, r.e, rows, r.seg_begin, r.seg_end);
+    return r;
+  }
+};
+
+/// dW_e[o, c] = v (or += v with `accumulate`) for an output inside the gradient (o < out, c < in).
+MOSS_DEVICE void store_wgrad(float* dw_e, index_t out, index_t in, index_t o, index_t c, float v, bool accumulate) {
+  if (o >= out || c >= in) return;
+  float& d = dw_e[o * in + c];
+  d = accumulate ? d + v : v;
+}
+
 /// The weight gradient on tensor cores: dW_e (out, in) = dY[seg]ᵀ · X[seg] for every expert, the
 /// reduction over the rows of its segment read from the device offsets (K = the segment's
 /// length, 0 for an empty one: dW_e = 0). A persistent grid over the fixed tiles (expert, 128
@@ -371,26 +403,17 @@ template <class T>
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     grouped_wgrad_mma_kernel(const T* dy, index_t ldy, const T* x, index_t ldx, const std::int32_t* offsets,
                              int num_experts, index_t rows, index_t out, index_t in, float* dw, bool accumulate) {
-  constexpr int kTileN = kWgradTileN;
   extern __shared__ __align__(16) unsigned char gemm_smem[];
   const unsigned smem = static_cast<unsigned>(__cvta_generic_to_shared(gemm_smem));
-  const index_t row_tiles = ceil_div<index_t>(out, kMmaTileM), col_tiles = ceil_div<index_t>(in, kTileN);
-  const index_t per_expert = row_tiles * col_tiles;
-  for (index_t t = blockIdx.x; t < per_expert * num_experts; t += gridDim.x) {
-    const int e = static_cast<int>(t / per_expert);
-    const index_t o0 = (t % per_expert) / col_tiles * kMmaTileM, c0 = (t % per_expert) % col_tiles * kTileN;
-    index_t seg_begin, seg_end;
-    segment_of(offsets, e, rows, seg_begin, seg_end);
-    MmaAccumulators<kTileN> acc;
-    mma_tile<T, kTileN, true, true>(acc, smem, MmaOperand<T>{dy, ldy, out}, o0, MmaOperand<T>{x, ldx, in}, c0,
-                                    seg_begin, seg_end);
+  const WgradSchedule<kMmaTileM, kWgradTileN> sched{out, in};
+  for (index_t t = blockIdx.x; t < sched.tiles(num_experts); t += gridDim.x) {
+    const auto [e, o0, c0, seg_begin, seg_end] = sched.tile(t, offsets, rows);
+    MmaAccumulators<kWgradTileN> acc;
+    mma_tile<T, kWgradTileN, true, true>(acc, smem, MmaOperand<T>{dy, ldy, out}, o0, MmaOperand<T>{x, ldx, in}, c0,
+                                         seg_begin, seg_end);
     float* dw_e = dw + static_cast<index_t>(e) * out * in;
-    mma_for_each<kTileN>(acc, [&](int i, int j, float v) {
-      const index_t o = o0 + i, c = c0 + j;
-      if (o >= out || c >= in) return;
-      float& d = dw_e[o * in + c];
-      d = accumulate ? d + v : v;
-    });
+    mma_for_each<kWgradTileN>(
+        acc, [&](int i, int j, float v) { store_wgrad(dw_e, out, in, o0 + i, c0 + j, v, accumulate); });
   }
 }
 
@@ -464,10 +487,12 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
     fma_tile<false, kBTrans>(acc, sm, x, ldx, seg_end, r0, w + static_cast<index_t>(e) * n * k, kBTrans ? n : k, n, c0,
                              0, k);
 #pragma unroll
-    for (int p = 0; p < 4; ++p)
+    for (int p = 0; p < 4; ++p) {
+      const index_t r = r0 + ty * 4 + p;
+      if (r >= seg_end) continue;  // (hoisted out of store_output's own check)
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
-        store_output(y, ldy, bias, e, n, r0 + ty * 4 + p, c0 + tx * 4 + q, seg_end, acc[p][q]);
+      for (int q = 0; q < 4; ++q) store_output(y, ldy, bias, e, n, r, c0 + tx * 4 + q, seg_end, acc[p][q]);
+    }
   }
   zero_tail_rows(offsets, num_experts, rows, n, y, ldy);
 }
@@ -480,27 +505,18 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
                              int num_experts, index_t rows, index_t out, index_t in, float* dw, bool accumulate) {
   __shared__ FmaTiles sm;
   const int tx = static_cast<int>(threadIdx.x) % 16, ty = static_cast<int>(threadIdx.x) / 16;
-  const index_t row_tiles = ceil_div<index_t>(out, kFmaTileM), col_tiles = ceil_div<index_t>(in, kFmaTileN);
-  const index_t per_expert = row_tiles * col_tiles;
-  for (index_t t = blockIdx.x; t < per_expert * num_experts; t += gridDim.x) {
-    const int e = static_cast<int>(t / per_expert);
-    const index_t o0 = (t % per_expert) / col_tiles * kFmaTileM, c0 = (t % per_expert) % col_tiles * kFmaTileN;
-    index_t seg_begin, seg_end;
-    segment_of(offsets, e, rows, seg_begin, seg_end);
+  const WgradSchedule<kFmaTileM, kFmaTileN> sched{out, in};
+  for (index_t t = blockIdx.x; t < sched.tiles(num_experts); t += gridDim.x) {
+    const auto [e, o0, c0, seg_begin, seg_end] = sched.tile(t, offsets, rows);
     float acc[4][4];
     fma_tile<true, true>(acc, sm, dy, ldy, out, o0, x, ldx, in, c0, seg_begin, seg_end);
     float* dw_e = dw + static_cast<index_t>(e) * out * in;
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
       const index_t o = o0 + ty * 4 + p;
-      if (o >= out) continue;
+      if (o >= out) continue;  // (hoisted out of store_wgrad's own check)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const index_t c = c0 + tx * 4 + q;
-        if (c >= in) continue;
-        float& d = dw_e[o * in + c];
-        d = accumulate ? d + acc[p][q] : acc[p][q];
-      }
+      for (int q = 0; q < 4; ++q) store_wgrad(dw_e, out, in, o, c0 + tx * 4 + q, acc[p][q], accumulate);
     }
   }
 }
