@@ -404,11 +404,16 @@ void check_graph_forward(const Cuda& gpu, const Layer& layer, index_t D, index_t
   set_x(test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 1)));
   layer.forward(gpu, gp, xv, yv, nullptr, nullptr);  // eager once: handles, pools, occupancy queries
   gpu.synchronize();
-  const test::CapturedGraph graph(gpu, [&] { layer.forward(gpu, gp, xv, yv, nullptr, nullptr); });
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  layer.forward(gpu, gp, xv, yv, nullptr, nullptr);
+  REQUIRE(cudaStreamEndCapture(gpu.stream, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
   for (std::uint64_t k = 0; k < 3; ++k) {
     const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 10 + k));
     set_x(x);
-    graph.launch();
+    REQUIRE(cudaGraphLaunch(exec, gpu.stream) == cudaSuccess);
     gpu.synchronize();
     std::vector<T> want(static_cast<std::size_t>(n));
     layer.forward(Host{}, hp, ConstView<T, 3>(x.data(), {batch, L, D}, "x"),
@@ -416,6 +421,8 @@ void check_graph_forward(const Cuda& gpu, const Layer& layer, index_t D, index_t
     CAPTURE(k, batch, L, D, layer.settings().capacity_factor);
     CHECK(test::rel_l2(host_copy(gpu, dy), want) <= tol);
   }
+  (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
 }
 
 /// A layer with `Experts<N, SyncFreeGemm>`: its CUDA training forward and backward (the routing
@@ -449,13 +456,18 @@ void check_graph_backward(const Cuda& gpu, const Layer& layer, index_t D, index_
   set(d_dout, test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 2)));
   step();  // eager once: handles, pools, occupancy queries
   gpu.synchronize();
-  const test::CapturedGraph graph(gpu, step);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  step();
+  REQUIRE(cudaStreamEndCapture(gpu.stream, &graph) == cudaSuccess);
+  REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
   for (std::uint64_t k = 0; k < 2; ++k) {
     const auto x = test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 10 + k));
     const auto dout = test::to_storage<T>(test::randn(static_cast<std::size_t>(n), seed + 20 + k));
     set(d_x, x);
     set(d_dout, dout);
-    graph.launch();
+    REQUIRE(cudaGraphLaunch(exec, gpu.stream) == cudaSuccess);
     gpu.synchronize();
     std::vector<T> out(static_cast<std::size_t>(n)), dx(static_cast<std::size_t>(n));
     auto hg = layer.make_grads(Host{}, hp);
@@ -475,6 +487,8 @@ void check_graph_backward(const Cuda& gpu, const Layer& layer, index_t D, index_
       CHECK(test::rel_l2(host_copy(gpu, t), want[i++]) <= tol);
     });
   }
+  (void)cudaGraphExecDestroy(exec);
+  (void)cudaGraphDestroy(graph);
 }
 
 TEST_CASE("MoE and RoM layers' training step with the sync-free grouped GEMM: one CUDA graph, equal to the host",
