@@ -62,30 +62,4 @@ inline void check_reports(const std::vector<RouterStats>& got, const std::vector
   }
 }
 
-/// A CUDA graph of the work `queue()` puts on `gpu.stream`, captured once (each step REQUIREd:
-/// a capture fails if the work waits for the host) and replayed by `launch()`; the caller
-/// synchronises.
-class CapturedGraph {
- public:
-  template <class Queue>
-  CapturedGraph(const Cuda& gpu, Queue&& queue) : stream_(gpu.stream) {
-    REQUIRE(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
-    queue();
-    REQUIRE(cudaStreamEndCapture(stream_, &graph_) == cudaSuccess);
-    REQUIRE(cudaGraphInstantiate(&exec_, graph_, 0) == cudaSuccess);
-  }
-  CapturedGraph(const CapturedGraph&) = delete;
-  CapturedGraph& operator=(const CapturedGraph&) = delete;
-  ~CapturedGraph() {
-    if (exec_) (void)cudaGraphExecDestroy(exec_);
-    if (graph_) (void)cudaGraphDestroy(graph_);
-  }
-  void launch() const { REQUIRE(cudaGraphLaunch(exec_, stream_) == cudaSuccess); }
-
- private:
-  cudaStream_t stream_;
-  cudaGraph_t graph_ = nullptr;
-  cudaGraphExec_t exec_ = nullptr;
-};
-
 }  // namespace moss::test

@@ -231,13 +231,18 @@ TEMPLATE_TEST_CASE("grouped_linear: resident offsets replay in a CUDA graph whil
     set_offsets(gpu, doff, std::vector<std::int32_t>(X + 1, 0));
     moss::grouped_linear(gpu, g);  // eager once: whatever the launch sets up on first use
     gpu.synchronize();
-    const moss::test::CapturedGraph graph(gpu, [&] { moss::grouped_linear(gpu, g); });
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    REQUIRE(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    moss::grouped_linear(gpu, g);
+    REQUIRE(cudaStreamEndCapture(gpu.stream, &graph) == cudaSuccess);
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
     for (const auto& segments : segment_sets) {
       std::vector<std::int32_t> offsets(static_cast<std::size_t>(X + 1), 0);
       std::partial_sum(segments.begin(), segments.end(), offsets.begin() + 1);
       CAPTURE(offsets);
       set_offsets(gpu, doff, offsets);
-      graph.launch();
+      REQUIRE(cudaGraphLaunch(exec, gpu.stream) == cudaSuccess);
       gpu.synchronize();
       std::vector<TestType> want(static_cast<std::size_t>(rows * out));
       moss::GroupedLinearArgs<TestType> h;
@@ -254,6 +259,8 @@ TEMPLATE_TEST_CASE("grouped_linear: resident offsets replay in a CUDA graph whil
                                          [](TestType v) { return same_bits(v, moss::from_float<TestType>(0.0f)); });
       CHECK(tail_zero);
     }
+    (void)cudaGraphExecDestroy(exec);
+    (void)cudaGraphDestroy(graph);
   }
 }
 
