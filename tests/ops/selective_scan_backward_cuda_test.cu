@@ -477,9 +477,9 @@ std::vector<Config> backward_configs() {
     c.groups_b = 2;
     v.push_back(c);
   }
-  {  // the time-parallel kernel over several 512-step chunks: 150 channels in slices of 16 (the
-     // last ragged) that groups of 50 (B) and 75 (C) channels cross; d_state 10 (a partial group
-     // of four states), channel-last, over a chunk and a bit
+  {  // the warp-per-state kernel over several 256-step chunks: 150 channels in slices of 16 (the
+     // last ragged) that groups of 50 (B) and 75 (C) channels cross; d_state 10 (10 warps: halves
+     // of 5), channel-last, then channel-first over two chunks and a bit
     Config c;
     c.batch = 2;
     c.dim = 150;
@@ -493,6 +493,19 @@ std::vector<Config> backward_configs() {
     c.N = 10;
     c.groups_b = c.groups_c = 1;
     c.channel_last = !c.channel_last;
+    v.push_back(c);
+  }
+  {  // the warp-per-state kernel with one and with an odd number of states (the two halves of
+     // warps that form du / ddelta / dz take unequal shares), dims not a multiple of 16
+    Config c;
+    c.dim = 21;
+    c.L = 260;
+    c.N = 1;
+    v.push_back(c);
+    c.N = 3;
+    c.dim = 5;
+    c.channel_last = false;
+    c.grad_channel_last = false;
     v.push_back(c);
   }
   {  // everything optional absent at once
@@ -547,23 +560,41 @@ TEST_CASE("selective_scan_backward (cuda): super-tiles from the plan's rule at d
   c.dim = 8192;
   c.L = 20;
   c.groups_c = 2;
-  {  // d_state 16: the time-parallel kernel, slices of 16 channels
+  {  // d_state 16: the warp-per-state kernel, slices of 64 channels (4 staged groups each)
     Problem<moss::bf16> p(c, 8190);
     const auto plan = moss::detail::scan::backward_plan(p.h);
-    CHECK(plan.time_parallel);
-    CHECK(plan.slice_channels == 16);  // 2 × 8192 / 16 = 1024 blocks
-    CHECK(plan.supertiles == 512);
+    CHECK(plan.warp_per_state);
+    CHECK(plan.slice_channels == 64);  // 2 × 8192 / 64 = 256 blocks
+    CHECK(plan.supertiles == 128);
+    check_backward<moss::bf16>(c, 8190);
   }
   c.N = 32;  // the sequential kernel
   Problem<moss::bf16> p(c, 8192);
   const auto plan = moss::detail::scan::backward_plan(p.h);
   INFO("sub-tiles per block " << plan.subtiles << ", super-tiles " << plan.supertiles);
-  CHECK(!plan.time_parallel);
+  CHECK(!plan.warp_per_state);
   CHECK(plan.subtiles >= 2);  // 2 × 2048 sub-tiles of 4 channels: the rule merges them
   check_backward<moss::bf16>(c, 8192);
   c.zero_b = Zero::both;
   c.groups_b = c.dim;
   check_backward<float>(c, 8193);
+}
+
+TEST_CASE("selective_scan_backward (cuda): slices of 64 channels that groups of B cross", "[cuda]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  // 8 × ⌈2000 / 64⌉ = 256 blocks: the plan takes slices of 64 channels (four staged groups of 16,
+  // the last slice 16 channels); B groups of 40 channels end inside slices and staged groups.
+  Config c;
+  c.batch = 8;
+  c.dim = 2000;
+  c.L = 300;
+  c.groups_b = 50;
+  c.groups_c = 2;
+  Problem<moss::bf16> p(c, 2000);
+  const auto plan = moss::detail::scan::backward_plan(p.h);
+  CHECK(plan.warp_per_state);
+  CHECK(plan.slice_channels == 64);
+  check_backward<moss::bf16>(c, 2001);
 }
 
 TEMPLATE_TEST_CASE("selective_scan_backward (cuda): each gradient asked for alone equals the host's and the full run's",

@@ -1,6 +1,6 @@
 // moss/ops/selective_scan/backward_cuda.cuh: the CUDA backward of the selective scan (needs nvcc;
 // contract in moss/ops/selective_scan_backward.hpp, math in docs/math.md §4.1, the host oracle in
-// backward_host.hpp, the kernels in backward_kernel.cuh and backward_tp_kernel.cuh).
+// backward_host.hpp, the kernels in backward_kernel.cuh and backward_state_kernel.cuh).
 //
 //   moss::selective_scan_backward(moss::Cuda{stream}, args);   // queued on stream, no host sync
 //
@@ -45,19 +45,20 @@
 // super-tile), so CUDA and host agree to float rounding, not bitwise.
 //
 // Two kernels. d_state ≤ 16 with dB / dC not summed over L (every Mamba layer) takes the
-// time-parallel kernel of backward_tp_kernel.cuh: threads along time, both recurrences as block
-// scans, 512-step chunks, slices of 16 channels per block (its own header says how it sums;
-// checkpoints 4 · dim · N / 512 bytes per token, dB / dC partials 4 · N · (slices + groups − 1)
-// each). The rest (larger d_state, a dB or dC summed over L, forced sub-tiles in tests) takes the
-// sequential kernel described above (backward_kernel.cuh).
+// warp-per-state kernel of backward_state_kernel.cuh: one warp per state, lanes along time with 8
+// steps each, both recurrences as a lane walk plus one warp scan, 256-step chunks, slices of 16 to
+// 64 channels per block (its own header says how it sums; checkpoints 4 · dim · N / 256 bytes per
+// token, dB / dC partials 4 · N · (slices + groups − 1) each). The rest (larger d_state, a dB or
+// dC summed over L, forced sub-tiles in tests) takes the sequential kernel described above
+// (backward_kernel.cuh).
 //
 // Measured (H100 80GB, bf16, batch 8 × L 2048 × dim 4096, N 16; bench/results/2026-12-07-h100.md):
-// the sequential kernel 92.6 ms per call, the time-parallel one 33.6 ms (anchor `mamba_ssm` 4.79
-// ms, goal 1.9 ms). ncu on the time-parallel kernel: 16 warps per SM (128 registers, 87 KiB of
-// shared memory per block), 16 cycles between issues per warp, 60 % of them waiting for global
-// loads (B and C are re-read from L2 for every channel of the slice; L1 holds little beside the
-// shared memory). Next: keep B and C of the chunk in registers or shared memory across channels
-// (states outer, channels inner) and prefetch the next channel's inputs during the scans.
+// the sequential kernel 92.6 ms per call; threads along time with block scans 33.6 then 27.4 ms;
+// the warp-per-state kernel 10.7 ms (same run as the 27.4; anchor `mamba_ssm` 4.79 ms, goal
+// 1.9 ms). ncu on it: 4.13 G instructions (half the block-scan kernel's), 16 warps per SM (the
+// 128-register cap of 512-thread blocks, with some spilling, and 210 KiB of shared memory), 0.39
+// instructions issued per scheduler and cycle: latency-bound. Next: two states per warp (256
+// threads, more registers and independent work per warp, half the shared partial sums).
 #pragma once
 
 #include <cstddef>
@@ -66,7 +67,7 @@
 #include "moss/core/workspace.hpp"
 #include "moss/cuda/launch.cuh"
 #include "moss/ops/selective_scan/backward_kernel.cuh"
-#include "moss/ops/selective_scan/backward_tp_kernel.cuh"
+#include "moss/ops/selective_scan/backward_state_kernel.cuh"
 #include "moss/ops/selective_scan_backward.hpp"
 
 namespace moss {
@@ -82,6 +83,9 @@ inline constexpr int kBackwardMaxChunk = 64;
 /// About how many blocks the main kernel should have before sub-tiles are merged into super-tiles
 /// (a constant, not the device's SM count, so that the summation order depends on the shapes only).
 inline constexpr index_t kBackwardTargetBlocks = 1024;
+/// The warp-per-state kernel's widest slice (channels per block) and the blocks it aims for.
+inline constexpr int kWsMaxSlice = 64;
+inline constexpr index_t kWsMinBlocks = 256;
 /// Threads per block of the two reduction kernels.
 inline constexpr int kBackwardReduceThreads = 256;
 
@@ -99,8 +103,9 @@ constexpr std::size_t backward_shared_bytes(int chunk, int states_per_lane, int 
 
 /// How the main kernel splits the work.
 struct BackwardPlan {
-  bool time_parallel = false;  // backward_tp_kernel.cuh (d_state ≤ 16) instead of the sequential kernel
-  int slice_channels = 0;      // time-parallel: channels per block (supertiles = slices per batch row)
+  bool warp_per_state = false;  // d_state ≤ 16: backward_state_kernel.cuh instead of the sequential kernel
+  int slice_channels = 0;       // warp per state: channels per block (supertiles = slices per batch row)
+  int threads = 0;             // threads per block of the main kernel
   int lanes = 16, states_per_lane = 1;
   int chunk = 1;                     // steps per recomputed chunk
   index_t chunks = 0;                // ⌈L / chunk⌉
@@ -117,12 +122,12 @@ bool wants_bc(const TensorView<T, 4>& g) {
   return present(g) && !g.empty();
 }
 
-/// Whether the time-parallel kernel takes `a`: d_state ≤ 16 and no dB / dC summed over L (a
+/// Whether the warp-per-state kernel takes `a`: d_state ≤ 16 and no dB / dC summed over L (a
 /// zero stride along time); `subtiles` > 0 (tests) forces the sequential kernel.
 template <class T>
-bool backward_time_parallel(const SelectiveScanBackwardArgs<T>& a, index_t subtiles) {
+bool backward_warp_per_state(const SelectiveScanBackwardArgs<T>& a, index_t subtiles) {
   const auto sums_time = [](const auto& g) { return wants_bc(g) && g.stride[3] == 0; };
-  return subtiles <= 0 && a.A.shape[1] <= kTpMaxN && !sums_time(a.dB) && !sums_time(a.dC);
+  return subtiles <= 0 && a.A.shape[1] <= kWsMaxN && !sums_time(a.dB) && !sums_time(a.dC);
 }
 
 /// The plan for `a` (validated, dim ≥ 1); `subtiles` > 0 forces the sequential kernel with that
@@ -131,17 +136,23 @@ template <class T>
 BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
   BackwardPlan p;
-  if (backward_time_parallel(a, subtiles)) {
-    p.time_parallel = true;
-    p.slice_channels = kTpSliceChannels;
-    p.chunk = kTpChunk;
-    p.chunks = ceil_div<index_t>(L, kTpChunk);
+  if (backward_warp_per_state(a, subtiles)) {
+    // One warp per state; the widest slice (fewest dB / dC partials) that still gives at least
+    // kWsMinBlocks blocks, from the shapes alone (the sums' order must not depend on the device).
+    p.warp_per_state = true;
+    p.slice_channels = kWsMaxSlice;
+    while (p.slice_channels > kWsGroup && batch * ceil_div<index_t>(dim, p.slice_channels) < kWsMinBlocks)
+      p.slice_channels /= 2;
+    p.threads = 32 * static_cast<int>(N);
+    p.chunk = kWsChunk;
+    p.chunks = ceil_div<index_t>(L, kWsChunk);
     p.supertiles = ceil_div<index_t>(dim, p.slice_channels);
     p.slots_b = p.supertiles + a.B.shape[1] - 1;
     p.slots_c = p.supertiles + a.C.shape[1] - 1;
-    p.shared = tp_shared_bytes(p.slice_channels);
+    p.shared = ws_shared_bytes(static_cast<int>(N), p.slice_channels);
     return p;
   }
+  p.threads = kBackwardThreads;
   p.lanes = backward_lanes(N);
   p.states_per_lane = backward_states_per_lane(N);
   const bool want_db = wants_bc(a.dB);
@@ -243,12 +254,12 @@ void launch_backward_main(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a
   p.subtiles = plan.subtiles;
   p.supertiles = plan.supertiles;
   const unsigned grid = cuda::checked_grid(p.batch * plan.supertiles, "selective_scan_backward (cuda)");
-  if (plan.time_parallel) {
+  if (plan.warp_per_state) {
     p.slice_channels = plan.slice_channels;
-    auto kernel = selective_scan_backward_tp_kernel<T>;
-    MOSS_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared)));
-    cuda::launch("selective_scan_backward_tp_kernel", kernel, dim3(grid), dim3(kTpThreads), plan.shared, gpu.stream, p);
+    auto kernel = selective_scan_backward_state_kernel<T>;
+    cuda::allow_dynamic_shared(kernel, plan.shared);
+    cuda::launch("selective_scan_backward_state_kernel", kernel, dim3(grid), dim3(plan.threads), plan.shared,
+                 gpu.stream, p);
     return;
   }
   auto kernel = selective_scan_backward_kernel<T, kLanes, kSpt, kBackwardThreads>;
@@ -282,12 +293,12 @@ void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_
   const OpWorkspace<Cuda> ws(gpu, Workspace{}, measure.bytes(), "selective_scan_backward (cuda)");
   WorkspaceLayout layout = ws.layout();
   const BackwardScratch s = backward_scratch(layout, a, plan);
-  if (batch > 0 && plan.time_parallel)
+  if (batch > 0 && plan.warp_per_state)
     launch_backward_main<T, 16, 1>(gpu, a, plan, s);
   else if (batch > 0)
     with_backward_shape(N, [&]<int kLanes, int kSpt>() { launch_backward_main<T, kLanes, kSpt>(gpu, a, plan, s); });
   const index_t supertile_channels =
-      plan.time_parallel ? plan.slice_channels : static_cast<index_t>(plan.subtiles) * plan.channels;
+      plan.warp_per_state ? plan.slice_channels : static_cast<index_t>(plan.subtiles) * plan.channels;
   if (wants_bc(a.dB))
     launch_bc_reduce(gpu, s.dB_part, a.dB, batch, plan.slots_b, supertile_channels, dim,
                      "backward_bc_reduce_kernel (dB)");

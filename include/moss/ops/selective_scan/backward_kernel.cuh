@@ -61,8 +61,8 @@ struct BackwardParams {
   int chunk = 1;           // steps per recomputed chunk
   index_t chunks = 0;      // ceil(L / chunk)
   int subtiles = 1;        // sub-tiles per super-tile
-  index_t supertiles = 1;  // super-tiles per batch row (the time-parallel kernel: slices)
-  int slice_channels = 0;  // channels per block of the time-parallel kernel (backward_tp_kernel.cuh)
+  index_t supertiles = 1;  // super-tiles per batch row (the warp-per-state kernel: slices)
+  int slice_channels = 0;  // channels per block of the warp-per-state kernel (backward_state_kernel.cuh)
 };
 
 /// d softplus(x) / dx = σ(x), and 1 above 20 where the forward's softplus is x itself (the host's
