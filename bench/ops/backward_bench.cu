@@ -8,7 +8,8 @@
 // 2·dim) in_proj output; B and C columns of a (batch, L, R + 2N) x_proj output, R = 128. Every
 // gradient the layer asks for: du, ddelta, dz (into the second half of a dxz buffer), dB and dC
 // (into the columns of a dx_dbl buffer), dA, dD, ddelta_bias. Anchor: mamba_ssm's backward,
-// 4.79 ms on the H100; goal ≤ 1.9 ms.
+// 4.79 ms on the H100; goal ≤ 1.9 ms. `states_per_warp:2` times the warp-per-state kernel with two
+// states per warp (`states_per_warp:0` is the plan's choice).
 //
 // causal_conv1d_backward: batch 8, dim 4096, L 2048, W 4, SiLU, bias, bf16, channel-last with x
 // the first half of a (batch, L, 2·dim) in_proj output and dx written there too (as the layer
@@ -127,6 +128,7 @@ struct ScanBackwardSet {
 /// selective_scan_backward at the canonical shape, channel-last as in the Mamba layer, every
 /// gradient the layer asks for.
 void BM_selective_scan_backward_bf16(benchmark::State& state) {
+  const int states_per_warp = static_cast<int>(state.range(0));  // 0: the plan's (1); 2: two per warp
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const double act = double(kBatch) * kDim * kLen * sizeof(bf16);   // one (batch, dim, L) tensor
@@ -141,7 +143,10 @@ void BM_selective_scan_backward_bf16(benchmark::State& state) {
   int next = 0;
   moss::bench::time_cuda(state, gpu.stream, [&] {
     for (int c = 0; c < kScanCallsPerIteration; ++c) {
-      moss::selective_scan_backward(gpu, sets[next]->args);
+      if (states_per_warp > 0)
+        moss::detail::scan::run_backward(gpu, sets[next]->args, 0, states_per_warp);
+      else
+        moss::selective_scan_backward(gpu, sets[next]->args);
       next = (next + 1) % n_sets;
     }
   });
@@ -201,7 +206,12 @@ void BM_causal_conv1d_backward_bf16(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_selective_scan_backward_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_selective_scan_backward_bf16)
+    ->ArgName("states_per_warp")
+    ->Arg(0)
+    ->Arg(2)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_causal_conv1d_backward_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -71,6 +71,7 @@ struct Config {
   unsigned want = kAll;
   bool accumulate = false;  // dA, dD, d delta_bias start from random priors
   index_t subtiles = 0;     // sub-tiles per block: 0 = the plan's rule
+  int states_per_warp = 0;  // warp-per-state kernel: states per warp, 0 = the plan's
 };
 
 const char* zero_name(Zero z) {
@@ -90,12 +91,12 @@ std::string describe(const Config& c) {
   char s[400];
   std::snprintf(s, sizeof s,
                 "batch %lld dim %lld L %lld N %lld groups %lld/%lld zero strides %s/%s D %d z %d bias %d softplus %d "
-                "init %d dfinal %d channel_last %d/%d want %u accumulate %d subtiles %lld",
+                "init %d dfinal %d channel_last %d/%d want %u accumulate %d subtiles %lld states per warp %d",
                 static_cast<long long>(c.batch), static_cast<long long>(c.dim), static_cast<long long>(c.L),
                 static_cast<long long>(c.N), static_cast<long long>(c.groups_b), static_cast<long long>(c.groups_c),
                 zero_name(c.zero_b), zero_name(c.zero_c), c.has_d, c.has_z, c.has_bias, c.softplus, c.has_init,
                 c.has_dfinal, c.channel_last, c.grad_channel_last, c.want, c.accumulate,
-                static_cast<long long>(c.subtiles));
+                static_cast<long long>(c.subtiles), c.states_per_warp);
   return s;
 }
 
@@ -300,14 +301,15 @@ struct Result {
 };
 
 /// Runs the CUDA backward on `p`'s device copies (outputs reset to their initial contents) and
-/// reads every gradient back. `subtiles` > 0 forces the sub-tiles per block.
+/// reads every gradient back. `subtiles` > 0 forces the sub-tiles per block, `states_per_warp`
+/// > 0 the warp-per-state kernel's states per warp.
 template <class T>
-Result<T> run_device(Problem<T>& p, const moss::Cuda& gpu, index_t subtiles) {
+Result<T> run_device(Problem<T>& p, const moss::Cuda& gpu, index_t subtiles, int states_per_warp = 0) {
   p.upload(gpu);
   const moss::SelectiveScanBackwardArgs<T> g = p.device_args();
-  if (subtiles > 0) {
+  if (subtiles > 0 || states_per_warp > 0) {
     moss::validate(g, "selective_scan_backward (test)");
-    moss::detail::scan::run_backward(gpu, g, subtiles);
+    moss::detail::scan::run_backward(gpu, g, subtiles, states_per_warp);
   } else {
     moss::selective_scan_backward(gpu, g);
   }
@@ -360,7 +362,7 @@ void check_backward(const Config& c, std::uint64_t seed) {
   moss::CudaStream stream;  // declared first: it outlives the device buffers, which free on it
   const moss::Cuda gpu{stream.get()};
   Problem<T> p(c, seed);
-  const Result<T> r = run_device(p, gpu, c.subtiles);
+  const Result<T> r = run_device(p, gpu, c.subtiles, c.states_per_warp);
   moss::selective_scan_backward(moss::Host{}, p.h);  // overwrites the host outputs
   const double tol_t = kFloatTol + t_ulp<T>();
   compare("du", p.du, r.du, tol_t);
@@ -526,6 +528,17 @@ TEMPLATE_TEST_CASE("selective_scan_backward (cuda): every gradient equals the ho
   MOSS_REQUIRE_CUDA_DEVICE();
   std::uint64_t seed = 100;
   for (const Config& c : backward_configs()) check_backward<TestType>(c, seed += 31);
+}
+
+TEMPLATE_TEST_CASE("selective_scan_backward (cuda): two states per warp equal the host backward", "[cuda]", float,
+                   moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  // The warp-per-state kernel with S = 2 (odd d_state: the last warp's second state is absent).
+  std::uint64_t seed = 900;
+  for (Config c : backward_configs()) {
+    c.states_per_warp = 2;
+    check_backward<TestType>(c, seed += 31);
+  }
 }
 
 TEST_CASE("selective_scan_backward (cuda): the configurations cover the kernel shapes and options", "[cuda]") {
@@ -713,16 +726,18 @@ TEST_CASE("selective_scan_backward (cuda): bitwise repeatable", "[cuda]") {
   cs[2].N = 64;
   cs[2].L = 129;
   cs[2].zero_b = Zero::batch;
+  cs.push_back(cs[0]);
+  cs[3].states_per_warp = 2;
   for (const Config& c : cs) {
     INFO(describe(c));
     Problem<moss::bf16> p(c, 800);
-    const Result<moss::bf16> a = run_device(p, gpu, c.subtiles);
+    const Result<moss::bf16> a = run_device(p, gpu, c.subtiles, c.states_per_warp);
     // A second run into outputs poisoned differently: an element left unwritten would differ.
     for (auto* m : {&p.du, &p.ddelta, &p.dz, &p.dB, &p.dC})
       for (auto& x : m->initial) x = moss::from_float<moss::bf16>(7.0f);
     for (auto* m : {&p.dA, &p.dD, &p.dbias, &p.dinit})
       for (auto& x : m->initial) x = 7.0f;
-    const Result<moss::bf16> b = run_device(p, gpu, c.subtiles);
+    const Result<moss::bf16> b = run_device(p, gpu, c.subtiles, c.states_per_warp);
     CHECK(moss::test::same_bits(a.du, b.du));
     CHECK(moss::test::same_bits(a.ddelta, b.ddelta));
     CHECK(moss::test::same_bits(a.dz, b.dz));

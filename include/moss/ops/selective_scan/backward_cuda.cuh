@@ -83,6 +83,9 @@ inline constexpr int kBackwardMaxChunk = 64;
 /// About how many blocks the main kernel should have before sub-tiles are merged into super-tiles
 /// (a constant, not the device's SM count, so that the summation order depends on the shapes only).
 inline constexpr index_t kBackwardTargetBlocks = 1024;
+/// States per warp of the warp-per-state kernel: 1 (measured: 10.7 ms at the canonical shape on an
+/// H100); 2 is written and tested against the host on the CPU side only, not yet run on a GPU.
+inline constexpr int kWsStatesPerWarp = 1;
 /// The warp-per-state kernel's widest slice (channels per block) and the blocks it aims for.
 inline constexpr int kWsMaxSlice = 64;
 inline constexpr index_t kWsMinBlocks = 256;
@@ -104,8 +107,9 @@ constexpr std::size_t backward_shared_bytes(int chunk, int states_per_lane, int 
 /// How the main kernel splits the work.
 struct BackwardPlan {
   bool warp_per_state = false;  // d_state ≤ 16: backward_state_kernel.cuh instead of the sequential kernel
+  int states_per_warp = 1;      // warp per state: states per warp (1 or 2)
   int slice_channels = 0;       // warp per state: channels per block (supertiles = slices per batch row)
-  int threads = 0;             // threads per block of the main kernel
+  int threads = 0;              // threads per block of the main kernel
   int lanes = 16, states_per_lane = 1;
   int chunk = 1;                     // steps per recomputed chunk
   index_t chunks = 0;                // ⌈L / chunk⌉
@@ -133,23 +137,24 @@ bool backward_warp_per_state(const SelectiveScanBackwardArgs<T>& a, index_t subt
 /// The plan for `a` (validated, dim ≥ 1); `subtiles` > 0 forces the sequential kernel with that
 /// many sub-tiles per block (tests).
 template <class T>
-BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0) {
+BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0, int states_per_warp = 0) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
   BackwardPlan p;
   if (backward_warp_per_state(a, subtiles)) {
     // One warp per state; the widest slice (fewest dB / dC partials) that still gives at least
     // kWsMinBlocks blocks, from the shapes alone (the sums' order must not depend on the device).
     p.warp_per_state = true;
+    p.states_per_warp = states_per_warp > 0 ? states_per_warp : kWsStatesPerWarp;
     p.slice_channels = kWsMaxSlice;
     while (p.slice_channels > kWsGroup && batch * ceil_div<index_t>(dim, p.slice_channels) < kWsMinBlocks)
       p.slice_channels /= 2;
-    p.threads = 32 * static_cast<int>(N);
+    p.threads = 32 * ws_warps(static_cast<int>(N), p.states_per_warp);
     p.chunk = kWsChunk;
     p.chunks = ceil_div<index_t>(L, kWsChunk);
     p.supertiles = ceil_div<index_t>(dim, p.slice_channels);
     p.slots_b = p.supertiles + a.B.shape[1] - 1;
     p.slots_c = p.supertiles + a.C.shape[1] - 1;
-    p.shared = ws_shared_bytes(static_cast<int>(N), p.slice_channels);
+    p.shared = ws_shared_bytes(static_cast<int>(N), p.states_per_warp, p.slice_channels);
     return p;
   }
   p.threads = kBackwardThreads;
@@ -256,7 +261,8 @@ void launch_backward_main(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a
   const unsigned grid = cuda::checked_grid(p.batch * plan.supertiles, "selective_scan_backward (cuda)");
   if (plan.warp_per_state) {
     p.slice_channels = plan.slice_channels;
-    auto kernel = selective_scan_backward_state_kernel<T>;
+    auto kernel = plan.states_per_warp == 2 ? selective_scan_backward_state_kernel<T, 2>
+                                            : selective_scan_backward_state_kernel<T, 1>;
     cuda::allow_dynamic_shared(kernel, plan.shared);
     cuda::launch("selective_scan_backward_state_kernel", kernel, dim3(grid), dim3(plan.threads), plan.shared,
                  gpu.stream, p);
@@ -284,10 +290,11 @@ void launch_bc_reduce(const Cuda& gpu, const float* part, const TensorView<T, 4>
 /// The backward of `a` (validated) on the GPU: the plan (with `subtiles` > 0 forcing the sub-tiles
 /// per block), the workspace from the backend's pool, the main kernel, the second passes.
 template <class T>
-void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0) {
+void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0,
+                  int states_per_warp = 0) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], N = a.A.shape[1];
   if (dim == 0) return;  // every output is empty
-  const BackwardPlan plan = backward_plan(a, subtiles);
+  const BackwardPlan plan = backward_plan(a, subtiles, states_per_warp);
   WorkspaceLayout measure;
   backward_scratch(measure, a, plan);
   const OpWorkspace<Cuda> ws(gpu, Workspace{}, measure.bytes(), "selective_scan_backward (cuda)");

@@ -1,8 +1,8 @@
 // moss/ops/selective_scan/backward_state_kernel.cuh: the selective-scan backward for d_state ≤ 16,
 // one warp per state (needs nvcc; docs/math.md §4.1; the plan and launch are in backward_cuda.cuh).
 //
-// One block per (batch row b, slice of `slice_channels` channels) with one warp per state (32·N
-// threads). Time goes in chunks of kWsChunk = 256 steps; lane l of every warp owns the chunk's
+// One block per (batch row b, slice of `slice_channels` channels) with one warp per S states
+// (S = 1 or 2: 32·⌈N / S⌉ threads). Time goes in chunks of kWsChunk = 256 steps; lane l of every warp owns the chunk's
 // steps 8l … 8l + 7, so each state's two recurrences
 //   forward   h_t = a_t·h_{t−1} + Δ_t·u_t·B_t            a_t = exp(Δ_t·A)
 //   adjoint   ν_t = a_t·(g_t + ν_{t+1}),  λ_t = g_t + ν_{t+1} = dL/dh_t,   g_t = dy_t·C_t
@@ -13,12 +13,12 @@
 // Per chunk the block stages the inputs of 16 channels at a time (kWsGroup) in shared memory,
 // loaded as (channel, step) tiles so that both layouts read whole sectors (channel-last: 16
 // channels of a step are 32 contiguous bytes), and writes the gradients back the same way. Per
-// channel, the warp of state n keeps in registers only the chunk's B and C of its state (loaded
+// channel, the warp of states n keeps in registers only the chunk's B and C of its states (loaded
 // once per chunk, used by every channel of the slice) and its dB / dC sums over the slice's
-// channels; what needs a sum over the states (λ·B, λ·h_{t−1}·a_t·A and, for dz, C·h_t) goes to
-// shared memory, and after one barrier one half of the warps adds them over n in increasing order
-// and forms du, ddelta and dz while the other half works on the next channel (the halves swap
-// every channel).
+// channels; what needs a sum over the states (λ·B, λ·h_{t−1}·a_t·A and, for dz, C·h_t) is added
+// over the warp's S states in registers and goes to shared memory, and after one barrier one half of the warps adds
+// them over n in increasing order and forms du, ddelta and dz while the other half works on the next channel (the
+// halves swap every channel).
 //
 //  1. Forward over the chunks in order: the state entering every chunk goes to the checkpoint
 //     workspace (from the warp's total pair; no per-channel barrier).
@@ -26,9 +26,9 @@
 //     (forward warp scan, then the lane's walk), the adjoint (reverse warp scan, carried between
 //     chunks in shared memory), the per-step terms; dA per (channel, state) as a warp sum added
 //     over the chunks in shared memory.
-// Sums, each in one order fixed by the shapes (bitwise repeatable): du, ddelta, y over the states
-// in increasing n; dA over the lane's steps, the warp (a fixed shuffle tree), then the chunks from
-// the last; dD and d delta_bias per half-warp set over its steps, its warps, then the chunks, then
+// Sums, each in one order fixed by the shapes and S (bitwise repeatable): du, ddelta, y over a
+// warp's states, then over the warps in increasing order; dA over the lane's steps, the warp (a fixed shuffle tree),
+// then the chunks from the last; dD and d delta_bias per half-warp set over its steps, its warps, then the chunks, then
 // the warps in order; dB / dC over the slice's channels in increasing order in registers, written
 // to the slot (slice + group) of the partial workspace when the group changes and at the chunk's
 // end, then `backward_bc_reduce_kernel` adds the slices of each group in increasing order.
@@ -40,19 +40,23 @@
 
 namespace moss::detail::scan {
 
-inline constexpr int kWsItems = 8;                  // consecutive steps per lane
-inline constexpr int kWsChunk = 32 * kWsItems;      // steps per chunk
-inline constexpr int kWsGroup = 16;                 // channels staged at once
-inline constexpr int kWsRow = kWsChunk + 4;         // floats per staged (channel) row: padding against bank conflicts
-inline constexpr int kWsMaxN = 16;                  // d_state the kernel takes (one warp per state)
-inline constexpr int kWsMaxHalfWarps = kWsMaxN / 2; // warps of one half (the per-warp dD / d delta_bias slots)
+inline constexpr int kWsItems = 8;                   // consecutive steps per lane
+inline constexpr int kWsChunk = 32 * kWsItems;       // steps per chunk
+inline constexpr int kWsGroup = 16;                  // channels staged at once
+inline constexpr int kWsRow = kWsChunk + 4;          // floats per staged (channel) row: padding against bank conflicts
+inline constexpr int kWsMaxN = 16;                   // d_state the kernel takes
+inline constexpr int kWsMaxHalfWarps = kWsMaxN / 2;  // warps of one half (the per-warp dD / d delta_bias slots)
 
-/// Shared memory of the warp-per-state kernel for d_state N and `slice_channels` channels (bytes).
-constexpr std::size_t ws_shared_bytes(int N, int slice_channels) {
-  return (std::size_t(6) * kWsGroup * kWsRow                         // dt, dy, u, x, z, dout (then du, dΔ, dz)
-          + std::size_t(2) * N * 3 * kWsChunk                        // per-state terms, two buffers
-          + std::size_t(2) * slice_channels * kWsMaxN                // carried state / adjoint, dA per (channel, state)
-          + std::size_t(2) * slice_channels * kWsMaxHalfWarps) *     // dD, d delta_bias per (channel, warp)
+/// Warps of the kernel for d_state N with S states per warp.
+constexpr int ws_warps(int N, int S) { return (N + S - 1) / S; }
+
+/// Shared memory of the warp-per-state kernel for d_state N, S states per warp and
+/// `slice_channels` channels (bytes).
+constexpr std::size_t ws_shared_bytes(int N, int S, int slice_channels) {
+  return (std::size_t(6) * kWsGroup * kWsRow                      // dt, dy, u, x, z, dout (then du, dΔ, dz)
+          + std::size_t(2) * ws_warps(N, S) * 3 * kWsChunk        // per-warp terms, two buffers
+          + std::size_t(2) * slice_channels * kWsMaxN             // carried state / adjoint, dA per (channel, state)
+          + std::size_t(2) * slice_channels * kWsMaxHalfWarps) *  // dD, d delta_bias per (channel, warp)
          sizeof(float);
 }
 
@@ -82,58 +86,79 @@ MOSS_DEVICE float ws_warp_sum(float v) {
   return v;
 }
 
-/// Inclusive warp scan of affine pairs in lane order (h ↦ a·h + b; a lane's pair follows the
-/// lower lanes'), then shifted to the exclusive pair (identity in lane 0). Returns the inclusive
-/// pair in (a, b) and the exclusive one in (ea, eb).
-MOSS_DEVICE void ws_scan_up(float& a, float& b, float& ea, float& eb) {
+/// Inclusive warp scans of S affine pairs in lane order (h ↦ a·h + b; a lane's pair follows the
+/// lower lanes'), then shifted to the exclusive pairs (identity in lane 0). Returns the inclusive
+/// pairs in (a, b) and the exclusive ones in (ea, eb). The S scans interleave.
+template <int S>
+MOSS_DEVICE void ws_scan_up(float (&a)[S], float (&b)[S], float (&ea)[S], float (&eb)[S]) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
-    const float pa = __shfl_up_sync(0xffffffffu, a, off), pb = __shfl_up_sync(0xffffffffu, b, off);
-    if (lane >= off) {
-      b = a * pb + b;
-      a = a * pa;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const float pa = __shfl_up_sync(0xffffffffu, a[s], off), pb = __shfl_up_sync(0xffffffffu, b[s], off);
+      if (lane >= off) {
+        b[s] = a[s] * pb + b[s];
+        a[s] = a[s] * pa;
+      }
     }
   }
-  ea = __shfl_up_sync(0xffffffffu, a, 1);
-  eb = __shfl_up_sync(0xffffffffu, b, 1);
-  if (lane == 0) ea = 1.0f, eb = 0.0f;
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    ea[s] = __shfl_up_sync(0xffffffffu, a[s], 1);
+    eb[s] = __shfl_up_sync(0xffffffffu, b[s], 1);
+    if (lane == 0) ea[s] = 1.0f, eb[s] = 0.0f;
+  }
 }
 /// The same in reverse lane order (a lane's pair follows the higher lanes'; identity in lane 31).
-MOSS_DEVICE void ws_scan_down(float& a, float& b, float& ea, float& eb) {
+template <int S>
+MOSS_DEVICE void ws_scan_down(float (&a)[S], float (&b)[S], float (&ea)[S], float (&eb)[S]) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
-    const float pa = __shfl_down_sync(0xffffffffu, a, off), pb = __shfl_down_sync(0xffffffffu, b, off);
-    if (lane + off < 32) {
-      b = a * pb + b;
-      a = a * pa;
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      const float pa = __shfl_down_sync(0xffffffffu, a[s], off), pb = __shfl_down_sync(0xffffffffu, b[s], off);
+      if (lane + off < 32) {
+        b[s] = a[s] * pb + b[s];
+        a[s] = a[s] * pa;
+      }
     }
   }
-  ea = __shfl_down_sync(0xffffffffu, a, 1);
-  eb = __shfl_down_sync(0xffffffffu, b, 1);
-  if (lane == 31) ea = 1.0f, eb = 0.0f;
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    ea[s] = __shfl_down_sync(0xffffffffu, a[s], 1);
+    eb[s] = __shfl_down_sync(0xffffffffu, b[s], 1);
+    if (lane == 31) ea[s] = 1.0f, eb[s] = 0.0f;
+  }
 }
 
-/// The warp-per-state backward kernel; see the top. Block: 32·N threads; grid: batch × slices.
-template <class T>
-__global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state_kernel(const BackwardParams<T> p) {
+/// The warp-per-state backward kernel; see the top. S states per warp (1 or 2); block:
+/// 32·⌈N / S⌉ threads; grid: batch × slices.
+template <class T, int S>
+__global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
+    selective_scan_backward_state_kernel(const BackwardParams<T> p) {
+  static_assert(S == 1 || S == 2, "moss: the warp-per-state kernel takes one or two states per warp");
   extern __shared__ __align__(16) float ws_smem[];
   const int N = p.N, Cb = p.slice_channels;
-  const int threads = 32 * N;
-  float* s_dt = ws_smem;                             // [group][row]: Δ
-  float* s_dy = s_dt + kWsGroup * kWsRow;            // dy = dout·silu(z) (dout without z)
-  float* s_u = s_dy + kWsGroup * kWsRow;             // u, then du
-  float* s_x = s_u + kWsGroup * kWsRow;              // delta + delta_bias, then ddelta
-  float* s_z = s_x + kWsGroup * kWsRow;              // z, then dz
-  float* s_g = s_z + kWsGroup * kWsRow;              // dout
-  float* s_terms = s_g + kWsGroup * kWsRow;          // [2][N][3][kWsChunk]: λ·B, λ·h_{t−1}·a_t·A, C·h_t
-  float* s_carry = s_terms + 2 * N * 3 * kWsChunk;   // [Cb][16]
-  float* s_dA = s_carry + Cb * kWsMaxN;              // [Cb][16]
-  float* s_dD = s_dA + Cb * kWsMaxN;                 // [Cb][8]
-  float* s_dbias = s_dD + Cb * kWsMaxHalfWarps;      // [Cb][8]
+  const int W = ws_warps(N, S), threads = 32 * W;
+  float* s_dt = ws_smem;                     // [group][row]: Δ
+  float* s_dy = s_dt + kWsGroup * kWsRow;    // dy = dout·silu(z) (dout without z)
+  float* s_u = s_dy + kWsGroup * kWsRow;     // u, then du
+  float* s_x = s_u + kWsGroup * kWsRow;      // delta + delta_bias, then ddelta
+  float* s_z = s_x + kWsGroup * kWsRow;      // z, then dz
+  float* s_g = s_z + kWsGroup * kWsRow;      // dout
+  float* s_terms = s_g + kWsGroup * kWsRow;  // [2][W][3][kWsChunk]: Σ λ·B, Σ λ·h_{t−1}·a_t·A, Σ C·h_t
+  float* s_carry = s_terms + 2 * W * 3 * kWsChunk;  // [Cb][16]
+  float* s_dA = s_carry + Cb * kWsMaxN;             // [Cb][16]
+  float* s_dD = s_dA + Cb * kWsMaxN;                // [Cb][8]
+  float* s_dbias = s_dD + Cb * kWsMaxHalfWarps;     // [Cb][8]
 
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, n = tid >> 5;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, w = tid >> 5;
+  int ns[S];    // the warp's states
+  bool has[S];  // ns[s] < N
+#pragma unroll
+  for (int s = 0; s < S; ++s) ns[s] = w * S + s, has[s] = S == 1 || ns[s] < N;  // one per warp: every warp's is
   const index_t st = blockIdx.x % p.supertiles, b = blockIdx.x / p.supertiles;
   const index_t d0 = st * Cb, d1 = d0 + Cb < p.dim ? d0 + Cb : p.dim;
   const int nc = static_cast<int>(d1 - d0);
@@ -190,13 +215,20 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
       if (want_dz) p.dz(b, d, t) = from_float<T>(s_z[at]);
     }
   };
-  // B or C of group g for this warp's state at the lane's steps of the chunk at t0 (0 past L).
-  const auto load_bc = [&](const ConstView<T, 4>& v, index_t g, index_t t0, float(&out)[kWsItems]) {
+  // B or C of group g for the warp's states at the lane's steps of the chunk at t0 (0 past L or N).
+  const auto load_bc = [&](const ConstView<T, 4>& v, index_t g, index_t t0, float(&out)[S][kWsItems]) {
 #pragma unroll
-    for (int i = 0; i < kWsItems; ++i) {
-      const index_t t = t0 + lane * kWsItems + i;
-      out[i] = t < L ? to_float(v(b, g, n, t)) : 0.0f;
-    }
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int i = 0; i < kWsItems; ++i) {
+        const index_t t = t0 + lane * kWsItems + i;
+        out[s][i] = has[s] && t < L ? to_float(v(b, g, ns[s], t)) : 0.0f;
+      }
+  };
+  // A[d, n] of the warp's states (0 past N: with B = C = 0 such a state stays 0 and adds nothing).
+  const auto load_a = [&](index_t d, float(&a)[S]) {
+#pragma unroll
+    for (int s = 0; s < S; ++s) a[s] = has[s] ? p.A(d, ns[s]) : 0.0f;
   };
 
   for (int i = tid; i < Cb * kWsMaxN; i += threads) s_dA[i] = 0.0f;
@@ -208,7 +240,7 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
   }
   for (index_t k = 0; k < p.chunks; ++k) {
     const index_t t0 = k * kWsChunk;
-    float bn[kWsItems];
+    float bn[S][kWsItems];
     index_t cur_gb = d0 / p.cpg_b;
     load_bc(p.B, cur_gb, t0, bn);
     for (int cg = 0; cg < nc; cg += kWsGroup) {
@@ -219,23 +251,32 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
       for (int ch = cg; ch < ce; ++ch) {
         const index_t d = d0 + ch, gb = d / p.cpg_b;
         if (gb != cur_gb) load_bc(p.B, cur_gb = gb, t0, bn);
-        const float as = a_log2e(p.A(d, n));
+        float an[S];
+        load_a(d, an);
         float dt[kWsItems], u[kWsItems];
         ws_load8(s_dt + (ch - cg) * kWsRow, lane, dt);
         ws_load8(s_u + (ch - cg) * kWsRow, lane, u);
-        float a = 1.0f, bb = 0.0f;
+        float a[S], bb[S], ea[S], eb[S];
 #pragma unroll
-        for (int i = 0; i < kWsItems; ++i) {
-          const float at = pow2(dt[i] * as);
-          bb = at * bb + dt[i] * u[i] * bn[i];
-          a *= at;
+        for (int s = 0; s < S; ++s) {
+          const float as = a_log2e(an[s]);
+          a[s] = 1.0f, bb[s] = 0.0f;
+#pragma unroll
+          for (int i = 0; i < kWsItems; ++i) {
+            const float at = pow2(dt[i] * as);
+            bb[s] = at * bb[s] + dt[i] * u[i] * bn[s][i];
+            a[s] *= at;
+          }
         }
-        float ea, eb;
-        ws_scan_up(a, bb, ea, eb);
+        ws_scan_up<S>(a, bb, ea, eb);
         if (lane == 31) {
-          const float h0 = s_carry[ch * kWsMaxN + n];
-          p.ckpt[((b * p.dim + d) * p.chunks + k) * N + n] = h0;
-          s_carry[ch * kWsMaxN + n] = a * h0 + bb;
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            if (!has[s]) continue;
+            const float h0 = s_carry[ch * kWsMaxN + ns[s]];
+            p.ckpt[((b * p.dim + d) * p.chunks + k) * N + ns[s]] = h0;
+            s_carry[ch * kWsMaxN + ns[s]] = a[s] * h0 + bb[s];
+          }
         }
       }
     }
@@ -247,18 +288,20 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
   }
 
   // 2. The chunks from the last to the first.
-  const int half_warps_even = (N + 1) / 2, half_warps_odd = N / 2;
+  const int half_warps_even = (W + 1) / 2, half_warps_odd = W / 2;
   int parity = 0;  // which term buffer the next channel writes
   for (index_t k = p.chunks - 1; k >= 0; --k) {
     const index_t t0 = k * kWsChunk;
-    float bn[kWsItems], cn[kWsItems], dB_acc[kWsItems] = {}, dC_acc[kWsItems] = {};
-    const auto flush = [&](float(&acc)[kWsItems], float* part, index_t slots, index_t g) {
+    float bn[S][kWsItems], cn[S][kWsItems], dB_acc[S][kWsItems] = {}, dC_acc[S][kWsItems] = {};
+    const auto flush = [&](float(&acc)[S][kWsItems], float* part, index_t slots, index_t g) {
 #pragma unroll
-      for (int i = 0; i < kWsItems; ++i) {
-        const index_t t = t0 + lane * kWsItems + i;
-        if (t < L) part[((b * slots + st + g) * N + n) * L + t] = acc[i];
-        acc[i] = 0.0f;
-      }
+      for (int s = 0; s < S; ++s)
+#pragma unroll
+        for (int i = 0; i < kWsItems; ++i) {
+          const index_t t = t0 + lane * kWsItems + i;
+          if (has[s] && t < L) part[((b * slots + st + g) * N + ns[s]) * L + t] = acc[s][i];
+          acc[s][i] = 0.0f;
+        }
     };
     index_t cur_gb = d0 / p.cpg_b, cur_gc = d0 / p.cpg_c;
     load_bc(p.B, cur_gb, t0, bn);
@@ -281,75 +324,104 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
             if (p.want_dc) flush(dC_acc, p.dC_part, p.slots_c, cur_gc);
             load_bc(p.C, cur_gc = gc, t0, cn);
           }
-          const float a_n = p.A(d, n), as = a_log2e(a_n);
-          const float h0_own = lane == 0 ? p.ckpt[((b * p.dim + d) * p.chunks + k) * N + n] : 0.0f;
-          const float v0_own = lane == 31 ? s_carry[ch * kWsMaxN + n] : 0.0f;
-          float dt[kWsItems], dy[kWsItems], u[kWsItems], at[kWsItems], hpa[kWsItems];
+          float an[S], h0_own[S], v0_own[S];
+          load_a(d, an);
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            h0_own[s] = lane == 0 && has[s] ? p.ckpt[((b * p.dim + d) * p.chunks + k) * N + ns[s]] : 0.0f;
+            v0_own[s] = lane == 31 ? s_carry[ch * kWsMaxN + ns[s]] : 0.0f;
+          }
+          float dt[kWsItems], dy[kWsItems], u[kWsItems], at[S][kWsItems], hpa[S][kWsItems];
           ws_load8(s_dt + r * kWsRow, lane, dt);
           ws_load8(s_dy + r * kWsRow, lane, dy);
           ws_load8(s_u + r * kWsRow, lane, u);
-          float fa = 1.0f, fb = 0.0f;
 #pragma unroll
-          for (int i = 0; i < kWsItems; ++i) {
-            at[i] = pow2(dt[i] * as);
-            u[i] *= dt[i];  // Δ·u from here on
-            fb = at[i] * fb + u[i] * bn[i];
-            fa *= at[i];
+          for (int i = 0; i < kWsItems; ++i) u[i] *= dt[i];  // Δ·u from here on
+          float fa[S], fb[S], ra[S];
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            const float as = a_log2e(an[s]);
+            fa[s] = 1.0f, fb[s] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < kWsItems; ++i) {
+              at[s][i] = pow2(dt[i] * as);
+              fb[s] = at[s][i] * fb[s] + u[i] * bn[s][i];
+              fa[s] *= at[s][i];
+            }
+            ra[s] = fa[s];
           }
-          // The chunk's states: h_in enters the lane's first step.
-          float ea, eb, ra = fa;
-          ws_scan_up(fa, fb, ea, eb);
-          const float h0 = __shfl_sync(0xffffffffu, h0_own, 0);
-          float hv = ea * h0 + eb;
-          float* terms = s_terms + parity * N * 3 * kWsChunk + n * 3 * kWsChunk;
+          // The chunk's states: ea·h0 + eb enters the lane's first step.
+          float ea[S], eb[S];
+          ws_scan_up<S>(fa, fb, ea, eb);
+          float* terms = s_terms + (parity * W + w) * 3 * kWsChunk;
           float y[kWsItems];
 #pragma unroll
-          for (int i = 0; i < kWsItems; ++i) {
-            hpa[i] = hv * at[i];
-            hv = hpa[i] + u[i] * bn[i];
-            dC_acc[i] += dy[i] * hv;
-            y[i] = cn[i] * hv;
+          for (int s = 0; s < S; ++s) {
+            float hv = ea[s] * __shfl_sync(0xffffffffu, h0_own[s], 0) + eb[s];
+#pragma unroll
+            for (int i = 0; i < kWsItems; ++i) {
+              hpa[s][i] = hv * at[s][i];
+              hv = hpa[s][i] + u[i] * bn[s][i];
+              dC_acc[s][i] += dy[i] * hv;
+              y[i] = s == 0 ? cn[s][i] * hv : y[i] + cn[s][i] * hv;
+            }
           }
           if (want_dz) ws_store8(terms + 2 * kWsChunk, lane, y);
-          // The adjoint: v_in enters the lane's last step from the right.
-          float rb = 0.0f;
+          // The adjoint: era·v0 + erb enters the lane's last step from the right.
+          float rb[S], era[S], erb[S], v0[S];
 #pragma unroll
-          for (int i = kWsItems - 1; i >= 0; --i) rb = at[i] * (rb + dy[i] * cn[i]);
-          float era, erb;
-          ws_scan_down(ra, rb, era, erb);
-          const float v0 = __shfl_sync(0xffffffffu, v0_own, 31);
-          __syncwarp();  // lane 31 has read the carry
-          if (lane == 0) s_carry[ch * kWsMaxN + n] = ra * v0 + rb;  // ν leaving the chunk's first step
-          float v = era * v0 + erb, dA_l = 0.0f, q[kWsItems], ra_t[kWsItems];
+          for (int s = 0; s < S; ++s) {
+            rb[s] = 0.0f;
 #pragma unroll
-          for (int i = kWsItems - 1; i >= 0; --i) {
-            const float lam = dy[i] * cn[i] + v;  // λ_t = dL/dh_t
-            const float rr = lam * hpa[i];
-            q[i] = lam * bn[i];
-            ra_t[i] = rr * a_n;
-            dA_l += rr * dt[i];
-            dB_acc[i] += lam * u[i];
-            v = at[i] * lam;
+            for (int i = kWsItems - 1; i >= 0; --i) rb[s] = at[s][i] * (rb[s] + dy[i] * cn[s][i]);
+          }
+          ws_scan_down<S>(ra, rb, era, erb);
+#pragma unroll
+          for (int s = 0; s < S; ++s) v0[s] = __shfl_sync(0xffffffffu, v0_own[s], 31);
+          __syncwarp();  // lane 31 has read the carries
+          if (lane == 0) {
+#pragma unroll
+            for (int s = 0; s < S; ++s)  // ν leaving the chunk's first step
+              if (has[s]) s_carry[ch * kWsMaxN + ns[s]] = ra[s] * v0[s] + rb[s];
+          }
+          float q[kWsItems], rq[kWsItems], dA_l[S];
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            float v = era[s] * v0[s] + erb[s];
+            dA_l[s] = 0.0f;
+#pragma unroll
+            for (int i = kWsItems - 1; i >= 0; --i) {
+              const float lam = dy[i] * cn[s][i] + v;  // λ_t = dL/dh_t
+              const float rr = lam * hpa[s][i];
+              q[i] = s == 0 ? lam * bn[s][i] : q[i] + lam * bn[s][i];
+              rq[i] = s == 0 ? rr * an[s] : rq[i] + rr * an[s];
+              dA_l[s] += rr * dt[i];
+              dB_acc[s][i] += lam * u[i];
+              v = at[s][i] * lam;
+            }
           }
           ws_store8(terms, lane, q);
-          ws_store8(terms + kWsChunk, lane, ra_t);
-          dA_l = ws_warp_sum(dA_l);
-          if (lane == 0) s_dA[ch * kWsMaxN + n] += dA_l;
+          ws_store8(terms + kWsChunk, lane, rq);
+#pragma unroll
+          for (int s = 0; s < S; ++s) {
+            const float sum = ws_warp_sum(dA_l[s]);
+            if (lane == 0 && has[s]) s_dA[ch * kWsMaxN + ns[s]] += sum;
+          }
         }
-        // (b) The previous channel's sums over the states, by its half of the warps.
+        // (b) The previous channel's sums over the warps, by its half of the warps.
         if (ch > cg) {
           const int r = ch - 1 - cg, cp = ch - 1;
-          const bool mine = N == 1 || (n & 1) == (cp & 1);
+          const bool mine = W == 1 || (w & 1) == (cp & 1);
           if (mine) {
-            const int nw = N == 1 ? 1 : (cp & 1) ? half_warps_odd : half_warps_even;
-            const int rank = N == 1 ? tid : (n >> 1) * 32 + lane;  // rank within the half
-            const float* terms = s_terms + (parity ^ 1) * N * 3 * kWsChunk;
+            const int nw = W == 1 ? 1 : (cp & 1) ? half_warps_odd : half_warps_even;
+            const int rank = W == 1 ? tid : (w >> 1) * 32 + lane;  // rank within the half
+            const float* terms = s_terms + (parity ^ 1) * W * 3 * kWsChunk;
             const index_t d = d0 + cp;
             const float d_skip = has_d ? p.D(d) : 0.0f;
             float dD_t = 0.0f, dbias_t = 0.0f;
             for (int pos = rank; pos < kWsChunk; pos += nw * 32) {
               float qs = 0.0f, rs = 0.0f, ys = 0.0f;
-              for (int m = 0; m < N; ++m) {
+              for (int m = 0; m < W; ++m) {
                 qs += terms[m * 3 * kWsChunk + pos];
                 rs += terms[m * 3 * kWsChunk + kWsChunk + pos];
                 if (want_dz) ys += terms[m * 3 * kWsChunk + 2 * kWsChunk + pos];
@@ -374,9 +446,9 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
             dD_t = ws_warp_sum(dD_t);
             dbias_t = ws_warp_sum(dbias_t);
             if (lane == 0) {
-              const int w = N == 1 ? 0 : n >> 1;
-              s_dD[cp * kWsMaxHalfWarps + w] += dD_t;
-              s_dbias[cp * kWsMaxHalfWarps + w] += dbias_t;
+              const int slot = W == 1 ? 0 : w >> 1;
+              s_dD[cp * kWsMaxHalfWarps + slot] += dD_t;
+              s_dbias[cp * kWsMaxHalfWarps + slot] += dbias_t;
             }
           }
         }
@@ -402,7 +474,8 @@ __global__ void __launch_bounds__(32 * kWsMaxN, 1) selective_scan_backward_state
     if (p.dA_part) p.dA_part[(b * p.dim + d) * N + m] = s_dA[c];
     if (m == 0) {
       float sd = 0.0f, sb = 0.0f;
-      for (int w = 0; w < kWsMaxHalfWarps; ++w) sd += s_dD[ch * kWsMaxHalfWarps + w], sb += s_dbias[ch * kWsMaxHalfWarps + w];
+      for (int k = 0; k < kWsMaxHalfWarps; ++k)
+        sd += s_dD[ch * kWsMaxHalfWarps + k], sb += s_dbias[ch * kWsMaxHalfWarps + k];
       if (p.dD_part) p.dD_part[b * p.dim + d] = sd;
       if (p.dbias_part) p.dbias_part[b * p.dim + d] = sb;
     }
