@@ -5,9 +5,11 @@
 #include <unistd.h>
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -165,4 +167,116 @@ TEST_CASE("Trainer: bad settings and resume folders are named", "[host][train][t
   REQUIRE_THROWS_WITH(t.step({}), Catch::Matchers::ContainsSubstring("no micro-batch"));
   const TempDir tmp("missing");
   REQUIRE_THROWS_AS(t.load(tmp.path), moss::io_error);
+}
+
+namespace {
+
+/// Every parameter of `p` as bytes, in checkpoint order.
+template <class Model>
+std::vector<unsigned char> param_bytes(const Model& model, typename Model::Params& p) {
+  std::vector<unsigned char> out;
+  model.visit_params(p, [&](const std::string&, auto& t) {
+    const auto* b = reinterpret_cast<const unsigned char*>(t.data());
+    out.insert(out.end(), b, b + t.numel() * sizeof(*t.data()));
+  });
+  return out;
+}
+
+/// The fields of two step results, bitwise (aux_loss aside: a resident step does not measure it).
+void check_same_step(const moss::TrainStepResult& a, const moss::TrainStepResult& b) {
+  CHECK(std::memcmp(&a.loss, &b.loss, sizeof(double)) == 0);
+  CHECK(std::memcmp(&a.grad_norm, &b.grad_norm, sizeof(double)) == 0);
+  CHECK(std::memcmp(&a.lr, &b.lr, sizeof(double)) == 0);
+  CHECK(a.count == b.count);
+  CHECK(a.skipped == b.skipped);
+  CHECK(a.step == b.step);
+}
+
+/// Token ids of `rows` sequences of seq_len + 1 bytes, a fixed pattern.
+std::vector<std::int64_t> pattern_ids(index_t rows, index_t seq_len, int salt) {
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(rows * (seq_len + 1)));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 37 + 11 + salt * 101) % 256);
+  return ids;
+}
+
+template <class T>
+void check_resident_equals_eager() {
+  const moss::MambaLM<T> model(byte_config());
+  const index_t seq_len = 10;
+  auto pe = model.init(Host{}, 4);
+  auto pr = model.init(Host{}, 4);
+  auto s = settings();
+  s.clip_norm = 0.5;  // small: the steps clip
+  moss::Trainer eager(model, pe, s);
+  moss::Trainer resident(model, pr, s);
+  for (int i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    const auto ids = pattern_ids(4, seq_len, i);
+    const std::vector<ConstView<std::int64_t, 2>> mbs{
+        ConstView<std::int64_t, 2>(ids.data(), {2, seq_len + 1}, "first"),
+        ConstView<std::int64_t, 2>(ids.data() + 2 * (seq_len + 1), {2, seq_len + 1}, "second")};
+    // Step 2 runs eagerly on both: the counters pass between the two forms.
+    const auto e = eager.step(mbs);
+    moss::TrainStepResult r;
+    if (i == 2) {
+      r = resident.step(mbs);
+    } else {
+      resident.step_resident(mbs);
+      r = resident.read_step();
+      CHECK(std::isnan(r.aux_loss));
+    }
+    check_same_step(e, r);
+    CHECK(e.grad_norm > s.clip_norm);
+  }
+  CHECK(resident.steps() == 5);
+  CHECK(param_bytes(model, pe) == param_bytes(model, pr));
+}
+
+}  // namespace
+
+TEST_CASE("Trainer: a resident step gives the eager step's bits on the host", "[host][train][trainer]") {
+  SECTION("float") { check_resident_equals_eager<float>(); }
+  SECTION("bf16 through float32 masters") { check_resident_equals_eager<moss::bf16>(); }
+}
+
+TEST_CASE("Trainer: a resident step skips a non-finite step like the eager one", "[host][train][trainer]") {
+  const moss::MambaLM<float> model(byte_config());
+  const index_t seq_len = 8;
+  auto pe = model.init(Host{}, 5);
+  auto pr = model.init(Host{}, 5);
+  pe.norm_f.weight.data()[0] = std::numeric_limits<float>::infinity();
+  pr.norm_f.weight.data()[0] = std::numeric_limits<float>::infinity();
+  moss::Trainer eager(model, pe, settings());
+  moss::Trainer resident(model, pr, settings());
+  const auto ids = pattern_ids(2, seq_len, 0);
+  const std::vector<ConstView<std::int64_t, 2>> mbs{ConstView<std::int64_t, 2>(ids.data(), {2, seq_len + 1}, "b")};
+  const auto before = param_bytes(model, pr);
+  const auto e = eager.step(mbs);
+  resident.step_resident(mbs);
+  const auto r = resident.read_step();
+  CHECK(e.skipped);
+  CHECK(r.skipped);
+  CHECK(r.step == 0);
+  CHECK(resident.steps() == 1);  // a skipped step still counts
+  CHECK(param_bytes(model, pr) == before);
+}
+
+TEST_CASE("Trainer: a resident step names a token outside the vocabulary", "[host][train][trainer]") {
+  const moss::MambaLM<float> model(byte_config());
+  const index_t seq_len = 6;
+  auto p = model.init(Host{}, 6);
+  moss::Trainer trainer(model, p, settings());
+  auto ids = pattern_ids(2, seq_len, 1);
+  // The last column of row 1 is only a target: flat position 1 · seq_len + (seq_len − 1).
+  ids[static_cast<std::size_t>(2 * (seq_len + 1) - 1)] = 300;
+  const std::vector<ConstView<std::int64_t, 2>> mbs{ConstView<std::int64_t, 2>(ids.data(), {2, seq_len + 1}, "b")};
+  trainer.step_resident(mbs);
+  REQUIRE_THROWS_WITH(trainer.read_step(),
+                      Catch::Matchers::ContainsSubstring("target token id outside [0, vocab) at flat position 11"));
+  CHECK(trainer.steps() == 1);
+  // An input id outside the vocabulary: the host checks it at once.
+  ids[3] = -4;
+  REQUIRE_THROWS_WITH(trainer.step_resident(mbs), Catch::Matchers::ContainsSubstring("-4"));
+  REQUIRE_THROWS_WITH(moss::Trainer(model, p, settings()).read_step(),
+                      Catch::Matchers::ContainsSubstring("no resident step was queued"));
 }

@@ -252,16 +252,31 @@ struct Cuda {
   cublasLtHandle_t cublaslt() const { return detail::blas_handles().lt; }
 };
 
-/// Copies contiguous `src` into contiguous `dst` (same shape) between any two of host and
-/// device memory, queued on the stream. Host memory must stay alive until the stream reaches it
-/// (call `synchronize()` before freeing or reading it).
+/// Copies `src` into `dst` (same shape) between any two of host and device memory, queued on the
+/// stream: contiguous views in one copy, 2-D views with unit inner stride (rows of a wider
+/// matrix, e.g. tokens[:, :L]) as one strided 2-D copy; other strides are a `shape_error`. Host
+/// memory must stay alive until the stream reaches it (call `synchronize()` before freeing or
+/// reading it). Capturable in a CUDA graph.
 template <class T, std::size_t Rank>
 void copy(const Cuda& gpu, const TensorView<T, Rank>& dst, const TensorView<const T, Rank>& src) {
   MOSS_EXPECTS(dst.shape == src.shape, shape_error, "copy: ", dst.name, " is ", shape_string(dst.shape), " but ",
                src.name, " is ", shape_string(src.shape));
+  if (dst.empty()) return;
+  if constexpr (Rank == 2) {
+    if (!dst.is_contiguous() || !src.is_contiguous()) {
+      expect_unit_inner_stride("copy (cuda)", dst);
+      expect_unit_inner_stride("copy (cuda)", src);
+      const auto pitch = [](const auto& v) {
+        return static_cast<std::size_t>(v.shape[0] > 1 ? v.stride[0] : v.shape[1]) * sizeof(T);
+      };
+      MOSS_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, pitch(dst), src.data, pitch(src),
+                                        static_cast<std::size_t>(dst.shape[1]) * sizeof(T),
+                                        static_cast<std::size_t>(dst.shape[0]), cudaMemcpyDefault, gpu.stream));
+      return;
+    }
+  }
   expect_contiguous("copy (cuda)", dst);
   expect_contiguous("copy (cuda)", src);
-  if (dst.empty()) return;
   MOSS_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, static_cast<std::size_t>(dst.numel()) * sizeof(T),
                                   cudaMemcpyDefault, gpu.stream));
 }
@@ -279,6 +294,13 @@ template <class T>
 void fill_zero(const Cuda& gpu, Buffer<T>& b) {
   if (b.size())
     MOSS_CUDA_CHECK(cudaMemsetAsync(b.data(), 0, static_cast<std::size_t>(b.size()) * sizeof(T), gpu.stream));
+}
+
+/// Sets every byte of `b` to `byte` (queued on the stream; capturable).
+template <class T>
+void fill_bytes(const Cuda& gpu, Buffer<T>& b, unsigned char byte) {
+  if (b.size())
+    MOSS_CUDA_CHECK(cudaMemsetAsync(b.data(), byte, static_cast<std::size_t>(b.size()) * sizeof(T), gpu.stream));
 }
 
 /// A new device buffer holding a copy of `n` host elements at `src` (synchronous: `src` may be

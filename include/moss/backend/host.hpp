@@ -82,6 +82,12 @@ void fill_zero(const Host&, Buffer<T>& b) {
   if (b.size()) std::memset(static_cast<void*>(b.data()), 0, static_cast<std::size_t>(b.size()) * sizeof(T));
 }
 
+/// Sets every byte of `b` to `byte` (e.g. 0xff: every unsigned element at its maximum).
+template <class T>
+void fill_bytes(const Host&, Buffer<T>& b, unsigned char byte) {
+  if (b.size()) std::memset(static_cast<void*>(b.data()), byte, static_cast<std::size_t>(b.size()) * sizeof(T));
+}
+
 /// A new host buffer holding a copy of `src`.
 template <class T>
 Buffer<T> upload(const Host& host, const T* src, index_t n) {

@@ -412,14 +412,8 @@ class LanguageModel {
   CrossEntropyResult<float> loss_and_grads(const Backend& backend, const Params& p, ConstView<std::int64_t, 2> tokens,
                                            Grads& g, const TrainOptions& options = {}) const {
     const char* where = "LanguageModel::loss_and_grads";
-    check_params(where, p);
-    MOSS_EXPECTS(g.embeddings.present() && static_cast<index_t>(grads_size(g)) == config_.n_layers &&
-                     g.lm_head.present() == !config_.tie_embeddings,
-                 config_error, where, ": the gradients were not made for this model (use make_grads)");
-    expect_valid(where, tokens);
-    const index_t batch = tokens.shape[0], L = tokens.shape[1] - 1, D = config_.d_model;
-    MOSS_EXPECTS(batch >= 1 && L >= 1, shape_error, where, ": ", tokens.name, " is ", shape_string(tokens.shape),
-                 " (batch, seqlen + 1) but needs batch ≥ 1 and seqlen + 1 ≥ 2 (inputs and their next tokens)");
+    check_train_args(where, p, tokens, g);
+    const index_t batch = tokens.shape[0], L = tokens.shape[1] - 1;
     const index_t n = batch * L;
     std::vector<std::int64_t> inputs(static_cast<std::size_t>(n)), targets(static_cast<std::size_t>(n));
     for (index_t b = 0; b < batch; ++b)
@@ -427,61 +421,63 @@ class LanguageModel {
         inputs[static_cast<std::size_t>(b * L + t)] = tokens(b, t);
         targets[static_cast<std::size_t>(b * L + t)] = tokens(b, t + 1);
       }
-
-    // Forward, keeping each block's activations.
-    Buffer<float> stream = backend.template alloc<float>(n * D);
-    ResidualStream<T> rs{stream.template view<2>({n, D}, "residual"), {}};
-    const Buffer<std::int64_t> ids = embed(backend, p, inputs.data(), n, rs.stream);
-    typename PerTrain<Seq>::saved saved;
-    RoutingReport* report = options.report;
-    for (index_t i = 0; i < config_.n_layers; ++i) {
-      if (report) report->set_scope("layers." + std::to_string(i));
-      at(i, [&](auto I) {
-        auto& s = std::get<I>(saved).emplace_back();
-        std::get<I>(blocks_).forward_train(backend, layer_params<I>(p, i), rs, batch, L, s, options.activations,
-                                           report);
-      });
-    }
-    if (report) report->set_scope("");
-    const bool had_pending = rs.pending.data() != nullptr;
-    Buffer<T> normed = backend.template alloc<T>(n * D);
-    norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({n, D}, "normed"));
-    Buffer<float> stream_f = backend.template alloc<float>(n * D);
-    copy(backend, stream_f.template view<2>({n, D}, "final stream"), ConstView<float, 2>(rs.stream));
-
-    // The loss with the LM head, and the head's input gradient.
-    const bool tied = config_.tie_embeddings;
-    Buffer<T> dnormed = backend.template alloc<T>(n * D);
-    CrossEntropyArgs<T> ce;
-    ce.hidden = ConstView<T, 2>(normed.data(), {n, D}, "normed");
-    ce.weight = tied ? p.embeddings : p.lm_head;
-    ce.targets = ConstView<std::int64_t, 1>(targets.data(), {n}, "targets");
-    ce.dhidden = dnormed.template view<2>({n, D}, "d normed");
-    ce.dweight = tied ? g.embeddings.view() : g.lm_head.view();
-    ce.ignore_index = options.ignore_index;
-    ce.chunk_rows = options.chunk_rows;
-    ce.dloss = options.dloss;
-    ce.accumulate = options.accumulate;
-    const CrossEntropyResult<float> result = cross_entropy(backend, ce);
-
-    // Backward through the final norm, the blocks in reverse, the embeddings.
-    ResidualGrad<T> rg{rs.stream, {}, false, options.dloss};  // the forward's stream buffer now holds its gradient
-    norm_f_.backward(backend, p.norm_f, ConstView<float, 2>(stream_f.data(), {n, D}, "final stream"),
-                     ConstView<T, 2>(dnormed.data(), {n, D}, "d normed"), rg, had_pending, g.norm_f,
-                     options.accumulate);
-    for (index_t i = config_.n_layers - 1; i >= 0; --i)
-      at(i, [&](auto I) {
-        const std::size_t k = static_cast<std::size_t>(i) / kPattern;
-        std::get<I>(blocks_).backward(backend, layer_params<I>(p, i), std::get<I>(saved)[k], rg,
-                                      std::get<I>(g.layers)[k], options.accumulate);
-        std::get<I>(saved)[k] = {};  // free the block's activations as soon as they are used
-      });
-    embedding_backward(backend,
-                       EmbeddingBackwardArgs<T>{.ids = ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"),
-                                                .dout = ConstView<float, 2>(rg.dstream),
-                                                .dtable = g.embeddings.view(),
-                                                .accumulate = tied || options.accumulate});
+    CrossEntropyResult<float> result;
+    train_pass(
+        backend, p, batch, L, g, options,
+        [&](TensorView<float, 2> out) { return embed(backend, p, inputs.data(), n, out); },
+        [&](CrossEntropyArgs<T>& ce) {
+          ce.targets = ConstView<std::int64_t, 1>(targets.data(), {n}, "targets");
+          result = cross_entropy(backend, ce);
+        });
     return result;
+  }
+
+  /// Where `loss_and_grads_resident` leaves its results: backend memory, written by queued work.
+  struct ResidentLoss {
+    float* loss = nullptr;                         // (1): the mean cross-entropy over the counted targets
+    std::int64_t* count = nullptr;                 // (1): the counted targets
+    unsigned long long* bad_id_row = nullptr;      // (1), optional (CUDA): lowered to every input row with an id
+                                                   // outside the vocabulary; the caller sets it to ~0 first
+    unsigned long long* bad_target_row = nullptr;  // (1), optional: the same for the targets
+  };
+
+  /// `loss_and_grads` with `tokens` in the backend's memory and the loss left there (`out`): on
+  /// CUDA nothing in it waits for the device, so a training step can be captured in a CUDA graph
+  /// (moss/train/trainer.hpp). The inputs and targets are split on the device (one strided copy
+  /// each); the embedding's id check and the loss's target check lower the `out` flags instead of
+  /// synchronising (a bad id gives a NaN row, so NaN gradients; a bad target counts as ignored),
+  /// and the loss is `cross_entropy_resident`'s. On the host the ids are checked at once (a bad
+  /// one throws, as in `loss_and_grads`), a bad target lowers its flag, and the results are
+  /// written before the call returns.
+  template <class Backend>
+  void loss_and_grads_resident(const Backend& backend, const Params& p, ConstView<std::int64_t, 2> tokens, Grads& g,
+                               const TrainOptions& options, const ResidentLoss& out) const {
+    const char* where = "LanguageModel::loss_and_grads_resident";
+    check_train_args(where, p, tokens, g);
+    MOSS_EXPECTS(out.loss && out.count, config_error, where, ": ResidentLoss needs loss and count");
+    const index_t batch = tokens.shape[0], L = tokens.shape[1] - 1;
+    const index_t n = batch * L;
+    Buffer<std::int64_t> inputs = backend.template alloc<std::int64_t>(n, "input ids");
+    Buffer<std::int64_t> targets = backend.template alloc<std::int64_t>(n, "target ids");
+    const Extents<2> inner{tokens.stride[0], tokens.stride[1]};
+    copy(backend, inputs.template view<2>({batch, L}, "input ids"),
+         ConstView<std::int64_t, 2>(tokens.data, {batch, L}, inner, "tokens[:, :-1]"));
+    copy(backend, targets.template view<2>({batch, L}, "target ids"),
+         ConstView<std::int64_t, 2>(tokens.data + tokens.stride[1], {batch, L}, inner, "tokens[:, 1:]"));
+    train_pass(
+        backend, p, batch, L, g, options,
+        [&](TensorView<float, 2> rows) {
+          embedding(backend, EmbeddingArgs<T>{.ids = ConstView<std::int64_t, 1>(inputs.data(), {n}, "input_ids"),
+                                              .table = p.embeddings,
+                                              .out = rows,
+                                              .ids_checked = out.bad_id_row == nullptr,
+                                              .bad_row = out.bad_id_row});
+          return std::move(inputs);
+        },
+        [&](CrossEntropyArgs<T>& ce) {
+          ce.targets = ConstView<std::int64_t, 1>(targets.data(), {n}, "targets");
+          cross_entropy_resident(backend, ce, CrossEntropyOutputs{out.loss, out.count, out.bad_target_row});
+        });
   }
 
   /// Hugging Face prefix of layer i: "backbone.layers.{i}.".
@@ -597,6 +593,80 @@ class LanguageModel {
     return std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
   }
   /// Checks `n` ids (host memory) against the vocabulary and copies them to the backend.
+  /// The shape checks of a training pass: parameters and gradients made for this model, tokens
+  /// (batch ≥ 1, L + 1 ≥ 2).
+  void check_train_args(const char* where, const Params& p, ConstView<std::int64_t, 2> tokens, const Grads& g) const {
+    check_params(where, p);
+    MOSS_EXPECTS(g.embeddings.present() && static_cast<index_t>(grads_size(g)) == config_.n_layers &&
+                     g.lm_head.present() == !config_.tie_embeddings,
+                 config_error, where, ": the gradients were not made for this model (use make_grads)");
+    expect_valid(where, tokens);
+    MOSS_EXPECTS(tokens.shape[0] >= 1 && tokens.shape[1] >= 2, shape_error, where, ": ", tokens.name, " is ",
+                 shape_string(tokens.shape),
+                 " (batch, seqlen + 1) but needs batch ≥ 1 and seqlen + 1 ≥ 2 (inputs and their next tokens)");
+  }
+
+  /// The forward and backward of a training pass over (batch, L) positions: `embed_rows(out)`
+  /// looks the inputs up into `out` and returns their ids in backend memory (kept for the
+  /// embedding's backward); `loss(ce)` sets ce.targets and runs the LM loss with its gradient.
+  template <class Backend, class Embed, class Loss>
+  void train_pass(const Backend& backend, const Params& p, index_t batch, index_t L, Grads& g,
+                  const TrainOptions& options, Embed&& embed_rows, Loss&& loss) const {
+    const index_t n = batch * L, D = config_.d_model;
+    // Forward, keeping each block's activations.
+    Buffer<float> stream = backend.template alloc<float>(n * D);
+    ResidualStream<T> rs{stream.template view<2>({n, D}, "residual"), {}};
+    const Buffer<std::int64_t> ids = embed_rows(rs.stream);
+    typename PerTrain<Seq>::saved saved;
+    RoutingReport* report = options.report;
+    for (index_t i = 0; i < config_.n_layers; ++i) {
+      if (report) report->set_scope("layers." + std::to_string(i));
+      at(i, [&](auto I) {
+        auto& s = std::get<I>(saved).emplace_back();
+        std::get<I>(blocks_).forward_train(backend, layer_params<I>(p, i), rs, batch, L, s, options.activations,
+                                           report);
+      });
+    }
+    if (report) report->set_scope("");
+    const bool had_pending = rs.pending.data() != nullptr;
+    Buffer<T> normed = backend.template alloc<T>(n * D);
+    norm_f_.apply(backend, p.norm_f, rs, normed.template view<2>({n, D}, "normed"));
+    Buffer<float> stream_f = backend.template alloc<float>(n * D);
+    copy(backend, stream_f.template view<2>({n, D}, "final stream"), ConstView<float, 2>(rs.stream));
+
+    // The loss with the LM head, and the head's input gradient.
+    const bool tied = config_.tie_embeddings;
+    Buffer<T> dnormed = backend.template alloc<T>(n * D);
+    CrossEntropyArgs<T> ce;
+    ce.hidden = ConstView<T, 2>(normed.data(), {n, D}, "normed");
+    ce.weight = tied ? p.embeddings : p.lm_head;
+    ce.dhidden = dnormed.template view<2>({n, D}, "d normed");
+    ce.dweight = tied ? g.embeddings.view() : g.lm_head.view();
+    ce.ignore_index = options.ignore_index;
+    ce.chunk_rows = options.chunk_rows;
+    ce.dloss = options.dloss;
+    ce.accumulate = options.accumulate;
+    loss(ce);  // sets the targets, runs the loss and its gradient
+
+    // Backward through the final norm, the blocks in reverse, the embeddings.
+    ResidualGrad<T> rg{rs.stream, {}, false, options.dloss};  // the forward's stream buffer now holds its gradient
+    norm_f_.backward(backend, p.norm_f, ConstView<float, 2>(stream_f.data(), {n, D}, "final stream"),
+                     ConstView<T, 2>(dnormed.data(), {n, D}, "d normed"), rg, had_pending, g.norm_f,
+                     options.accumulate);
+    for (index_t i = config_.n_layers - 1; i >= 0; --i)
+      at(i, [&](auto I) {
+        const std::size_t k = static_cast<std::size_t>(i) / kPattern;
+        std::get<I>(blocks_).backward(backend, layer_params<I>(p, i), std::get<I>(saved)[k], rg,
+                                      std::get<I>(g.layers)[k], options.accumulate);
+        std::get<I>(saved)[k] = {};  // free the block's activations as soon as they are used
+      });
+    embedding_backward(backend,
+                       EmbeddingBackwardArgs<T>{.ids = ConstView<std::int64_t, 1>(ids.data(), {n}, "input_ids"),
+                                                .dout = ConstView<float, 2>(rg.dstream),
+                                                .dtable = g.embeddings.view(),
+                                                .accumulate = tied || options.accumulate});
+  }
+
   template <class Backend>
   Buffer<std::int64_t> upload_ids(const Backend& backend, const std::int64_t* host_ids, index_t n) const {
     check_ids(host_ids, n);

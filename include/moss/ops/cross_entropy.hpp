@@ -98,6 +98,20 @@ void validate(const CrossEntropyArgs<T>& a, const char* where) {
   }
 }
 
+/// Where `cross_entropy_resident` leaves its results: pointers into the backend's memory, written
+/// by the queued work (on CUDA nothing waits for it; read them after a synchronisation).
+struct CrossEntropyOutputs {
+  float* loss = nullptr;                  // (1): the mean loss over the counted rows, 0 when none
+  std::int64_t* count = nullptr;          // (1): the rows whose target is a valid id
+  unsigned long long* bad_row = nullptr;  // (1), optional: lowered (atomic min) to each row whose target is
+                                          // neither ignore_index nor in [0, vocab); the caller sets it to ~0
+};
+
+/// Checks `out` of `cross_entropy_resident` (loss and count present; `config_error` otherwise).
+inline void validate(const CrossEntropyOutputs& out, const char* where) {
+  MOSS_EXPECTS(out.loss && out.count, config_error, where, ": CrossEntropyOutputs needs loss and count");
+}
+
 }  // namespace moss
 
 #include "moss/ops/cross_entropy/host.hpp"

@@ -37,6 +37,10 @@ struct EmbeddingArgs {
   ConstView<T, 2> table;                          // (vocab, dim), unit inner stride
   TensorView<detail::embedding_out_t<T>, 2> out;  // (rows, dim), unit inner stride: compute_t<T>
   bool ids_checked = false;                       // the caller guarantees 0 ≤ id < vocab (skips the CUDA check)
+  unsigned long long* bad_row = nullptr;          // CUDA, optional (device memory): instead of checking with a
+                                                  // synchronisation, lowered (atomic min) to each row whose id is
+                                                  // bad (its out row is NaN); the caller sets it to ~0 first and
+                                                  // reads it later. The host op always checks at once.
   Workspace workspace{};                          // optional scratch (see workspace_bytes); none: the op allocates it
 };
 

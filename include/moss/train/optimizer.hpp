@@ -25,6 +25,7 @@
 #include <string_view>
 
 #include "moss/backend/host.hpp"
+#include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/error.hpp"
 #include "moss/core/tensor.hpp"
@@ -77,6 +78,31 @@ void validate(const AdamWArgs<T>& a, const char* where) {
   expect_contiguous(where, a.grad);
   expect_contiguous(where, a.m);
   expect_contiguous(where, a.v);
+}
+
+/// AdamW's scalars of one update in float32, as every `adamw_step` forms them from its settings
+/// and the tensor's update count `step` (host and device: a resident step forms them on the GPU).
+struct AdamWScalars {
+  float keep, b1, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps;
+  bool decay;
+};
+
+/// The scalars of an update with learning rate `lr` at update count `step` ≥ 1 (this header's
+/// formula: keep = 1 − lr·wd with decay, step_size = lr / (1 − β1^t), bc2_sqrt = √(1 − β2^t)).
+MOSS_HD AdamWScalars adamw_scalars(double lr, double beta1, double beta2, double eps, double weight_decay, bool decay,
+                                   std::int64_t step) {
+  const double t = static_cast<double>(step);
+  AdamWScalars s{};
+  s.keep = static_cast<float>(decay ? 1.0 - lr * weight_decay : 1.0);
+  s.b1 = static_cast<float>(beta1);
+  s.one_minus_b1 = static_cast<float>(1.0 - beta1);
+  s.b2 = static_cast<float>(beta2);
+  s.one_minus_b2 = static_cast<float>(1.0 - beta2);
+  s.step_size = static_cast<float>(lr / (1.0 - ::pow(beta1, t)));
+  s.bc2_sqrt = static_cast<float>(::sqrt(1.0 - ::pow(beta2, t)));
+  s.eps = static_cast<float>(eps);
+  s.decay = decay;
+  return s;
 }
 
 /// One AdamW update of `a.param` and its moments on the CPU (formula and order: this header's

@@ -25,24 +25,23 @@ namespace moss {
 
 namespace detail::optim {
 
-struct AdamWScalars {
-  float keep, b1, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps;
-  bool decay;
-};
+/// One element of AdamW, every product and sum rounded separately (the host's bits).
+MOSS_DEVICE void adamw_element(float* p, const float* g, float* m, float* v, index_t i, const AdamWScalars& s) {
+  const float gi = g[i];
+  const float pi = s.decay ? __fmul_rn(p[i], s.keep) : p[i];
+  const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
+  const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(s.one_minus_b2, __fmul_rn(gi, gi)));
+  m[i] = mi;
+  v[i] = vi;
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
+  p[i] = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
+}
 
 template <class F>  // F = float (a template so that every translation unit may include this header)
 __global__ void adamw_kernel(F* p, const float* g, float* m, float* v, index_t n, AdamWScalars s) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const float gi = g[i];
-    const float pi = s.decay ? __fmul_rn(p[i], s.keep) : p[i];
-    const float mi = __fadd_rn(__fmul_rn(s.b1, m[i]), __fmul_rn(s.one_minus_b1, gi));
-    const float vi = __fadd_rn(__fmul_rn(s.b2, v[i]), __fmul_rn(s.one_minus_b2, __fmul_rn(gi, gi)));
-    m[i] = mi;
-    v[i] = vi;
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
-    p[i] = __fsub_rn(pi, __fmul_rn(s.step_size, __fdiv_rn(mi, denom)));
-  }
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    adamw_element(p, g, m, v, i, s);
 }
 
 inline constexpr int kNormThreads = 256;
@@ -73,6 +72,19 @@ __global__ void sum_partials_kernel(const F* partial, index_t n, F* out) {
   if (threadIdx.x == 0) *out = s;
 }
 
+/// Queues the first pass of the norm: each tensor's per-block sums of squares, in list order,
+/// into partial (norm_blocks(n) per non-empty tensor).
+inline void queue_square_sums(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads, double* partial) {
+  index_t at = 0;
+  for (const auto& g : grads) {
+    const index_t n = g.shape[0];
+    if (n == 0) continue;
+    const index_t b = norm_blocks(n);
+    cuda::launch("square_sum_kernel", square_sum_kernel<float>, static_cast<unsigned>(b), kNormThreads, 0, gpu.stream,
+                 static_cast<const float*>(g.data), n, partial + at);
+    at += b;
+  }
+}
 template <class F>
 __global__ void scale_kernel(F* g, index_t n, F s) {
   for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
@@ -87,17 +99,7 @@ inline void adamw_step(const Cuda& gpu, const AdamWArgs<float>& a) {
   validate(a, "adamw_step");
   const index_t n = a.param.shape[0];
   if (n == 0) return;
-  const double t = static_cast<double>(a.step);
-  detail::optim::AdamWScalars s{};
-  s.keep = static_cast<float>(a.decay ? 1.0 - a.lr * a.weight_decay : 1.0);
-  s.b1 = static_cast<float>(a.beta1);
-  s.one_minus_b1 = static_cast<float>(1.0 - a.beta1);
-  s.b2 = static_cast<float>(a.beta2);
-  s.one_minus_b2 = static_cast<float>(1.0 - a.beta2);
-  s.step_size = static_cast<float>(a.lr / (1.0 - std::pow(a.beta1, t)));
-  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(a.beta2, t)));
-  s.eps = static_cast<float>(a.eps);
-  s.decay = a.decay;
+  const AdamWScalars s = adamw_scalars(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.decay, a.step);
   constexpr int threads = cuda::kElementwiseThreads;
   cuda::launch("adamw_kernel", detail::optim::adamw_kernel<float>, cuda::grid_blocks(n, threads), threads, 0,
                gpu.stream, a.param.data, a.grad.data, a.m.data, a.v.data, n, s);
@@ -114,15 +116,7 @@ inline double global_norm(const Cuda& gpu, const std::vector<TensorView<float, 1
   }
   if (blocks == 0) return 0.0;
   Buffer<double> partial = gpu.alloc<double>(blocks + 1);
-  index_t at = 0;
-  for (const auto& g : grads) {
-    const index_t n = g.shape[0];
-    if (n == 0) continue;
-    const index_t b = detail::optim::norm_blocks(n);
-    cuda::launch("square_sum_kernel", detail::optim::square_sum_kernel<float>, static_cast<unsigned>(b),
-                 detail::optim::kNormThreads, 0, gpu.stream, g.data, n, partial.data() + at);
-    at += b;
-  }
+  detail::optim::queue_square_sums(gpu, grads, partial.data());
   cuda::launch("sum_partials_kernel", detail::optim::sum_partials_kernel<double>, 1u, detail::optim::kNormThreads, 0,
                gpu.stream, partial.data(), blocks, partial.data() + blocks);
   double sum = 0;

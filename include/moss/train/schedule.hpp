@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <numbers>
 
+#include "moss/core/config.hpp"
 #include "moss/core/error.hpp"
 
 namespace moss {
@@ -42,10 +43,16 @@ struct CosineSchedule {
   double lr_at(std::int64_t step) const {
     validate();
     MOSS_EXPECTS(step >= 0, config_error, "CosineSchedule::lr_at: step is ", step, ", expected >= 0");
+    return rate(step);
+  }
+
+  /// `lr_at` without the checks, on the host or the device (a resident training step forms the
+  /// rate on the GPU; moss/train/resident.hpp): for validated settings and step ≥ 0.
+  MOSS_HD double rate(std::int64_t step) const {
     if (step < warmup_steps) return lr * static_cast<double>(step + 1) / static_cast<double>(warmup_steps);
     if (step >= total_steps) return min_lr;
     const double p = static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps);
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(std::numbers::pi * p));
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + ::cos(std::numbers::pi * p));
   }
 };
 

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -36,6 +37,7 @@
 #include "moss/ops/elementwise.hpp"
 #include "moss/train/clip.hpp"
 #include "moss/train/optimizer.hpp"
+#include "moss/train/resident.hpp"
 #include "moss/train/schedule.hpp"
 
 namespace moss {
@@ -123,7 +125,7 @@ class Trainer {
     });
   }
 
-  /// The optimiser steps taken so far.
+  /// The optimiser steps taken so far (after resident steps: as of the last `read_step`).
   std::int64_t steps() const { return step_; }
   const TrainerSettings& settings() const { return settings_; }
   /// The gradients of the last step (after clipping).
@@ -133,6 +135,8 @@ class Trainer {
   /// memory (the model reads [:, :-1] and predicts [:, 1:]).
   TrainStepResult step(const std::vector<ConstView<std::int64_t, 2>>& micro_batches) {
     MOSS_EXPECTS(!micro_batches.empty(), config_error, "Trainer::step: no micro-batch given");
+    pull_counters();
+    counters_stale_ = true;  // the host counters move on: a later resident step uploads them
     TrainStepResult r;
     r.step = step_;
     const float dloss = 1.0f / static_cast<float>(micro_batches.size());
@@ -187,6 +191,15 @@ class Trainer {
   /// ({"step": steps(), plus `extra`'s keys, e.g. the data order's state}). The model itself is
   /// saved by the caller (`Model::save`, loadable by moss-run).
   void save(const std::filesystem::path& dir, const io::Json& extra = io::Json::object()) const {
+    // After resident steps the counters are the backend's (read here without changing the trainer).
+    std::int64_t step = step_;
+    std::vector<std::int64_t> updates;
+    for (const Slot& s : slots_) updates.push_back(s.updates);
+    if (pending_) {
+      backend_.synchronize();
+      download(backend_, &step, step_dev_.data(), 1);
+      download(backend_, updates.data(), updates_dev_.data(), static_cast<index_t>(updates.size()));
+    }
     std::filesystem::create_directories(dir);
     SafetensorsWriter w;
     const auto host = [&](const Buffer<float>& b) {
@@ -194,15 +207,16 @@ class Trainer {
       download(backend_, v.data(), b.data(), b.size());
       return v;
     };
-    for (const Slot& s : slots_) {
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      const Slot& s = slots_[k];
       w.add("m." + s.name, {s.n}, host(s.m));
       w.add("v." + s.name, {s.n}, host(s.v));
       if (!s.param) w.add("master." + s.name, {s.n}, host(s.master));
-      w.add("updates." + s.name, {1}, std::vector<std::int64_t>{s.updates});
+      w.add("updates." + s.name, {1}, std::vector<std::int64_t>{updates[k]});
     }
     w.write(dir / "optimizer.safetensors");
     io::Json j = extra;
-    j["step"] = step_;
+    j["step"] = step;
     std::ofstream out(dir / "trainer.json");
     out << io::dump_json(j) << "\n";
     MOSS_EXPECTS(out.good(), io_error, (dir / "trainer.json").string(), ": could not write the trainer state");
@@ -231,8 +245,140 @@ class Trainer {
     const std::int64_t step = r.at("step").as_int();
     MOSS_EXPECTS(step >= 0, io_error, json.string(), ": step is ", step, ", expected >= 0");
     step_ = step;
+    pending_ = false;
+    counters_stale_ = true;
     model_.refresh_derived(backend_, params_);
     return j;
+  }
+
+  /// `step` with every micro-batch in the backend's memory ((batch, seq_len + 1) token ids) and
+  /// nothing that waits for the device: the losses, the norm, the clipping decision, the learning
+  /// rate and the update counts stay in the backend's memory (moss/train/resident.hpp), so on CUDA
+  /// the whole step can be captured in a CUDA graph (`CapturedTrainStep`,
+  /// moss/train/captured_step_cuda.cuh). `read_step` waits for it and returns what it did. The
+  /// model's loss is `loss_and_grads_resident`'s. On the host the step gives the eager step's
+  /// bits; on CUDA it agrees with it to rounding (the loss's own order and its factor folded into
+  /// the logits' gradient; the rate and AdamW's scalars from the device's cos and pow). Routed
+  /// layers' auxiliary losses are in the gradients but not reported (aux_loss is NaN).
+  void step_resident(const std::vector<ConstView<std::int64_t, 2>>& micro_batches) {
+    MOSS_EXPECTS(!micro_batches.empty(), config_error, "Trainer::step_resident: no micro-batch given");
+    prepare_resident(micro_batches.size());
+    fill_bytes(backend_, flags_, 0xff);
+    const auto m = static_cast<index_t>(micro_batches.size());
+    const float dloss = 1.0f / static_cast<float>(m);
+    for (index_t k = 0; k < m; ++k) {
+      typename Model::TrainOptions o;
+      o.activations = settings_.activations;
+      o.accumulate = k > 0;
+      o.dloss = dloss;
+      o.chunk_rows = settings_.chunk_rows;
+      model_.loss_and_grads_resident(
+          backend_, params_, micro_batches[static_cast<std::size_t>(k)], grads_, o,
+          typename Model::ResidentLoss{mb_loss_.data() + k, mb_count_.data() + k, flags_.data(), flags_.data() + 1});
+    }
+    std::vector<TensorView<float, 1>> views;
+    for (const Slot& sl : slots_) views.emplace_back(sl.grad, Extents<1>{sl.n}, "gradient");
+    global_norm_sq_into(backend_, views, norm_sq_.data());
+    StepControlParams c;
+    c.schedule = settings_.schedule;
+    c.clip_norm = settings_.clip_norm;
+    c.beta1 = settings_.beta1;
+    c.beta2 = settings_.beta2;
+    c.eps = settings_.eps;
+    c.weight_decay = settings_.weight_decay;
+    c.mb_loss = mb_loss_.data();
+    c.mb_count = mb_count_.data();
+    c.micro_batches = m;
+    c.norm_sq = norm_sq_.data();
+    c.step = step_dev_.data();
+    c.updates = updates_dev_.data();
+    c.decay = decay_dev_.data();
+    c.scalars = scalars_.data();
+    c.tensors = static_cast<index_t>(slots_.size());
+    c.clip_factor = clip_factor_.data();
+    c.out = state_.data();
+    step_control(backend_, c);
+    if (settings_.clip_norm > 0)
+      for (const auto& g : views) scale_by(backend_, g, clip_factor_.data());
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      Slot& sl = slots_[k];
+      float* master = sl.param ? sl.param : sl.master.data();
+      adamw_step_resident(backend_,
+                          AdamWArgs<float>{.param = TensorView<float, 1>(master, {sl.n}, "param"),
+                                           .grad = ConstView<float, 1>(sl.grad, {sl.n}, "grad"),
+                                           .m = sl.m.flat("m"),
+                                           .v = sl.v.flat("v"),
+                                           .lr = 0.0,
+                                           .beta1 = settings_.beta1,
+                                           .beta2 = settings_.beta2,
+                                           .eps = settings_.eps,
+                                           .weight_decay = settings_.weight_decay,
+                                           .decay = sl.decay,
+                                           .step = 1},
+                          ResidentAdamW{state_.data(), updates_dev_.data() + k, scalars_.data() + k});
+      if (!sl.param)
+        convert(backend_, ConstView<float, 1>(sl.master.flat("master")),
+                TensorView<T, 1>(sl.narrowed, {sl.n}, "param"));
+    }
+    model_.refresh_derived(backend_, params_);
+    pending_ = true;
+  }
+
+  /// Waits for the last `step_resident` (queued or replayed in a graph) and returns what it did
+  /// (aux_loss NaN: not measured). `shape_error` when a token of a micro-batch was outside
+  /// [0, vocab): an input id (that step was skipped: its embedding rows and so its gradients were
+  /// NaN) or a target (that row was counted as ignored), naming the flat position (row · seq_len
+  /// + column of the micro-batch's inputs or targets).
+  TrainStepResult read_step() {
+    MOSS_EXPECTS(pending_, config_error, "Trainer::read_step: no resident step was queued");
+    ResidentStepScalars st;
+    unsigned long long flags[2] = {0, 0};
+    download(backend_, &st, state_.data(), 1);
+    download(backend_, flags, flags_.data(), 2);
+    pull_counters();
+    const auto where = "Trainer::step_resident";
+    MOSS_EXPECTS(flags[0] == ~0ull, shape_error, where, ": an input token id outside [0, vocab) at flat position ",
+                 flags[0], " of a micro-batch's inputs (the step was skipped: its gradients were NaN)");
+    MOSS_EXPECTS(flags[1] == ~0ull, shape_error, where, ": a target token id outside [0, vocab) at flat position ",
+                 flags[1], " of a micro-batch's targets (it was counted as ignored)");
+    TrainStepResult r;
+    r.loss = st.loss;
+    r.count = st.count;
+    r.grad_norm = st.grad_norm;
+    r.lr = st.lr;
+    r.aux_loss = std::numeric_limits<double>::quiet_NaN();
+    r.skipped = st.skipped != 0;
+    r.step = st.step;
+    return r;
+  }
+
+  /// Makes the backend-memory state of the resident step for `micro_batches` micro-batches:
+  /// buffers, and the step and update counters uploaded from the host's when they moved since
+  /// (synchronises). `step_resident` calls it; call it before capturing a step in a graph.
+  void prepare_resident(std::size_t micro_batches) {
+    const auto m = static_cast<index_t>(micro_batches);
+    if (mb_loss_.size() != m) {
+      mb_loss_ = backend_.template alloc<float>(m, "resident step losses");
+      mb_count_ = backend_.template alloc<std::int64_t>(m, "resident step counts");
+    }
+    if (!state_.data()) {
+      flags_ = backend_.template alloc<unsigned long long>(2, "resident step flags");
+      norm_sq_ = backend_.template alloc<double>(1, "resident step norm");
+      clip_factor_ = backend_.template alloc<float>(1, "resident step clip factor");
+      state_ = backend_.template alloc<ResidentStepScalars>(1, "resident step scalars");
+      scalars_ = backend_.template alloc<AdamWScalars>(static_cast<index_t>(slots_.size()), "AdamW scalars");
+      std::vector<std::uint8_t> decay;
+      for (const Slot& sl : slots_) decay.push_back(sl.decay ? 1 : 0);
+      decay_dev_ = upload(backend_, decay.data(), static_cast<index_t>(decay.size()));
+    }
+    if (counters_stale_) {
+      pull_counters();
+      std::vector<std::int64_t> updates;
+      for (const Slot& sl : slots_) updates.push_back(sl.updates);
+      step_dev_ = upload(backend_, &step_, 1);
+      updates_dev_ = upload(backend_, updates.data(), static_cast<index_t>(updates.size()));
+      counters_stale_ = false;
+    }
   }
 
  private:
@@ -247,6 +393,18 @@ class Trainer {
     std::int64_t updates = 0;  // AdamW steps applied (bias correction)
   };
 
+  /// After resident steps: the step and update counters back from the backend's memory
+  /// (synchronises), so that the host's copies are current.
+  void pull_counters() {
+    if (!pending_) return;
+    backend_.synchronize();
+    download(backend_, &step_, step_dev_.data(), 1);
+    std::vector<std::int64_t> updates(slots_.size());
+    download(backend_, updates.data(), updates_dev_.data(), static_cast<index_t>(updates.size()));
+    for (std::size_t k = 0; k < slots_.size(); ++k) slots_[k].updates = updates[k];
+    pending_ = false;
+  }
+
   Backend backend_;
   const Model& model_;
   Params& params_;
@@ -254,6 +412,18 @@ class Trainer {
   Grads grads_;
   std::vector<Slot> slots_;
   std::int64_t step_ = 0;
+  // The resident step's state (backend memory; moss/train/resident.hpp), made by prepare_resident.
+  Buffer<float> mb_loss_;
+  Buffer<std::int64_t> mb_count_;
+  Buffer<unsigned long long> flags_;  // the first bad input row, the first bad target row (~0: none)
+  Buffer<double> norm_sq_;
+  Buffer<float> clip_factor_;
+  Buffer<ResidentStepScalars> state_;
+  Buffer<AdamWScalars> scalars_;
+  Buffer<std::uint8_t> decay_dev_;
+  Buffer<std::int64_t> step_dev_, updates_dev_;
+  bool counters_stale_ = true;  // the host's step and update counters moved since the last upload
+  bool pending_ = false;        // a resident step ran since the counters were last pulled
 };
 
 }  // namespace moss

@@ -170,4 +170,92 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Cuda& gpu, const CrossEntro
   return {C(loss_sum) / C(count), count};
 }
 
+/// `cross_entropy` with the targets in device memory and the results left in device memory
+/// (`out`), queued on `gpu.stream` with no synchronisation, so that it can be captured in a CUDA
+/// graph (a training step; moss/train/trainer.hpp). The same math, with these differences from
+/// `cross_entropy` (Cuda):
+///  - the count N and the factor dloss / N are formed on the device (cross_entropy_targets_kernel),
+///    and the factor multiplies dl in the softmax kernel before dl is rounded to T (the GEMMs run
+///    with alpha 1);
+///  - every row goes through the chunks, an ignored row (or one whose target is bad) as a zero row
+///    of H (so its H is never read into a result) with a zero dl row and loss 0; its dhidden row
+///    is written with zeros by the dH GEMM;
+///  - a bad target does not throw: it lowers `out.bad_row` (when given; the caller reads it with
+///    the loss) and counts as ignored;
+///  - the per-row losses are summed over all rows (zeros included) in one fixed order.
+/// Deterministic (no atomics in any sum); bitwise repeatable for the same inputs and chunk_rows.
+template <class T>
+void cross_entropy_resident(const Cuda& gpu, const CrossEntropyArgs<T>& a, const CrossEntropyOutputs& out) {
+  static_assert(StorageType<T>,
+                "moss::cross_entropy_resident: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
+  validate(a, "cross_entropy_resident");
+  validate(out, "cross_entropy_resident");
+  const index_t tokens = a.hidden.shape[0], d = a.hidden.shape[1], vocab = a.weight.shape[0];
+  MOSS_EXPECTS(tokens <= INT32_MAX && vocab <= INT32_MAX, unsupported_error, "cross_entropy_resident: ", tokens,
+               " rows and a vocabulary of ", vocab, " must both be below 2^31 on CUDA");
+  const bool want_dh = present(a.dhidden), want_dw = present(a.dweight);
+  constexpr detail::CrossEntropyTuning cfg = detail::kCrossEntropyTuning;
+  if (tokens == 0) {
+    MOSS_CUDA_CHECK(cudaMemsetAsync(out.loss, 0, sizeof(float), gpu.stream));
+    MOSS_CUDA_CHECK(cudaMemsetAsync(out.count, 0, sizeof(std::int64_t), gpu.stream));
+    if (want_dw && !a.accumulate) detail::zero_floats(gpu, a.dweight.data, vocab * d);
+    return;
+  }
+  const index_t ldh = tokens > 1 ? a.hidden.stride[0] : d;
+  const index_t lddh = want_dh && tokens > 1 ? a.dhidden.stride[0] : d;
+  const index_t chunk = a.chunk_rows < tokens ? a.chunk_rows : tokens;
+  constexpr cudaDataType_t kT = detail::linear_data_type<T>();
+  constexpr bool kFloat = std::is_same_v<T, float>;
+
+  Buffer<std::int32_t> tgt = gpu.alloc<std::int32_t>(tokens, "cross_entropy_resident targets");
+  Buffer<float> scale = gpu.alloc<float>(1, "cross_entropy_resident scale");
+  cuda::launch("cross_entropy_targets_kernel", detail::cross_entropy_targets_kernel<cfg.softmax_threads>, 1,
+               cfg.softmax_threads, 0, gpu.stream, a.targets.data, a.targets.stride[0], tokens, vocab, a.ignore_index,
+               static_cast<float>(a.dloss), tgt.data(), out.count, scale.data(), out.bad_row);
+  Buffer<T> hc = gpu.alloc<T>(chunk * d, "cross_entropy_resident chunk hidden");
+  Buffer<float> logits = gpu.alloc<float>(chunk * vocab, "cross_entropy_resident chunk logits");
+  Buffer<T> dl_buffer;  // (chunk, V) in T when T is 2-byte; float reuses the logits
+  if constexpr (!kFloat) dl_buffer = gpu.alloc<T>(chunk * vocab, "cross_entropy_resident chunk dlogits");
+  T* dl = nullptr;
+  if constexpr (kFloat) {
+    dl = logits.data();
+  } else {
+    dl = dl_buffer.data();
+  }
+  Buffer<float> losses = gpu.alloc<float>(tokens, "cross_entropy_resident row losses");
+  for (index_t c0 = 0; c0 < tokens; c0 += chunk) {
+    const index_t n = chunk < tokens - c0 ? chunk : tokens - c0;
+    cuda::launch("cross_entropy_masked_rows_kernel", detail::cross_entropy_masked_rows_kernel<T>,
+                 cuda::grid_blocks(n * d, cfg.copy_threads), cfg.copy_threads, 0, gpu.stream,
+                 static_cast<const T*>(a.hidden.data + c0 * ldh), ldh,
+                 static_cast<const std::int32_t*>(tgt.data() + c0), n, d, hc.data());
+    // logits (n, V): column-major (V, n) = Wᶜᵀ (V, d) · Hᶜ (d, n).
+    detail::backward_gemm(gpu, "cross_entropy_resident (logits)", CUBLAS_OP_T, CUBLAS_OP_N, vocab, n, d, 1.0f,
+                          detail::GemmOperand{a.weight.data, kT, d}, detail::GemmOperand{hc.data(), kT, d}, 0.0f,
+                          logits.data(), CUDA_R_32F, vocab);
+    cuda::launch("cross_entropy_softmax_scaled_kernel",
+                 detail::cross_entropy_softmax_scaled_kernel<T, cfg.softmax_threads>, cuda::row_blocks(n),
+                 cfg.softmax_threads, 0, gpu.stream, logits.data(), vocab,
+                 static_cast<const std::int32_t*>(tgt.data() + c0), n, dl, losses.data() + c0,
+                 static_cast<const float*>(scale.data()));
+    if (want_dh) {
+      // dH (n, d): column-major (d, n) = Wᶜ (d, V) · dlᶜ (V, n), rounded once to T (zero rows for
+      // ignored targets).
+      detail::backward_gemm(gpu, "cross_entropy_resident (dhidden)", CUBLAS_OP_N, CUBLAS_OP_N, d, n, vocab, 1.0f,
+                            detail::GemmOperand{a.weight.data, kT, d}, detail::GemmOperand{dl, kT, vocab}, 0.0f,
+                            a.dhidden.data + c0 * lddh, kT, n > 1 ? lddh : d);
+    }
+    if (want_dw) {
+      // dW (V, d): column-major (d, V) = Hᶜ (d, n) · dlᶜᵀ (n, V), chunk after chunk.
+      const float beta = (a.accumulate || c0 > 0) ? 1.0f : 0.0f;
+      detail::backward_gemm(gpu, "cross_entropy_resident (dweight)", CUBLAS_OP_N, CUBLAS_OP_T, d, vocab, n, 1.0f,
+                            detail::GemmOperand{hc.data(), kT, d}, detail::GemmOperand{dl, kT, vocab}, beta,
+                            a.dweight.data, CUDA_R_32F, d);
+    }
+  }
+  cuda::launch("cross_entropy_loss_mean_kernel", detail::cross_entropy_loss_mean_kernel<cfg.softmax_threads>, 1,
+               cfg.softmax_threads, 0, gpu.stream, static_cast<const float*>(losses.data()), tokens,
+               static_cast<const std::int64_t*>(out.count), out.loss);
+}
+
 }  // namespace moss

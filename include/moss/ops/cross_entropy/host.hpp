@@ -199,4 +199,29 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Host&, const CrossEntropyAr
   return {loss_sum / C(count), count};
 }
 
+/// `cross_entropy` with its targets in the backend's memory and its results left there (the
+/// form a captured training step uses; see moss/ops/cross_entropy/cuda.cuh). A target that is
+/// neither ignore_index nor in [0, vocab) does not throw: its row counts as ignored and lowers
+/// `out.bad_row` (when given) to its index, as on CUDA, so the caller reports it when it reads
+/// the results. On the host the targets are host memory and the results are written at once.
+template <class T>
+void cross_entropy_resident(const Host& host, const CrossEntropyArgs<T>& a, const CrossEntropyOutputs& out) {
+  validate(a, "cross_entropy_resident");
+  validate(out, "cross_entropy_resident");
+  const index_t tokens = a.hidden.shape[0], vocab = a.weight.shape[0];
+  std::vector<std::int64_t> targets(static_cast<std::size_t>(tokens));
+  for (index_t r = 0; r < tokens; ++r) {
+    const std::int64_t t = a.targets(r);
+    const bool bad = t != a.ignore_index && (t < 0 || t >= vocab);
+    if (bad && out.bad_row && static_cast<unsigned long long>(r) < *out.bad_row)
+      *out.bad_row = static_cast<unsigned long long>(r);
+    targets[static_cast<std::size_t>(r)] = bad ? a.ignore_index : t;
+  }
+  CrossEntropyArgs<T> b = a;
+  b.targets = ConstView<std::int64_t, 1>(targets.data(), {tokens}, a.targets.name);
+  const auto r = cross_entropy(host, b);
+  *out.loss = static_cast<float>(r.loss);
+  *out.count = r.count;
+}
+
 }  // namespace moss

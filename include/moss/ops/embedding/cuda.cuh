@@ -25,7 +25,7 @@ bool embedding_vectorizable(const EmbeddingArgs<T>& a) {
 /// checked the ids (or there are no rows). Returns the flag (null when measuring or absent).
 template <class T>
 unsigned long long* embedding_workspace(const EmbeddingArgs<T>& a, WorkspaceLayout& layout) {
-  return a.ids_checked || a.ids.shape[0] == 0 ? nullptr : layout.take<unsigned long long>(1);
+  return a.ids_checked || a.bad_row || a.ids.shape[0] == 0 ? nullptr : layout.take<unsigned long long>(1);
 }
 
 }  // namespace detail
@@ -42,9 +42,10 @@ std::size_t workspace_bytes(const Cuda&, const EmbeddingArgs<T>& a) {
 }
 
 /// Gathers table rows into out as float32 on the GPU, queued on `gpu.stream`. Unless
-/// `a.ids_checked`, it then synchronises the stream and throws shape_error naming the first row
-/// with an id outside [0, vocab) (that row of out holds NaN). With `ids_checked` it does not
-/// synchronise; a bad id still reads nothing outside the table and yields a NaN row.
+/// `a.ids_checked` or `a.bad_row`, it then synchronises the stream and throws shape_error naming
+/// the first row with an id outside [0, vocab) (that row of out holds NaN). With `ids_checked` it
+/// does not synchronise; a bad id still reads nothing outside the table and yields a NaN row.
+/// With `bad_row` it does not synchronise either and lowers *bad_row to every bad row.
 /// Writing NaN rather than clamping the id keeps a bad id visible in everything downstream.
 /// T is a storage type: double is host-only.
 template <class T>
@@ -67,7 +68,7 @@ void embedding(const Cuda& gpu, const EmbeddingArgs<T>& a) {
                                      .ld_out = a.out.stride[0],
                                      .rows = rows,
                                      .dim = a.table.shape[1],
-                                     .first_bad_row = first_bad};
+                                     .first_bad_row = a.bad_row ? a.bad_row : first_bad};
   const cuda::RowConfig cfg = detail::embedding_config(a.table.shape[1], detail::embedding_vectorizable(a));
   const unsigned blocks = cuda::row_blocks(rows);
   const auto kernel = cfg.vec == 4 ? detail::embedding_kernel<T, 4> : detail::embedding_kernel<T, 1>;
