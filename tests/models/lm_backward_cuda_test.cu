@@ -10,7 +10,11 @@
 // (cuBLAS's GEMMs, the CUDA scan backward's reductions), so gradients agree to float rounding
 // amplified through 2 layers: relative L2 error ≤ 1e-3 per tensor (measured on the host between
 // chunk sizes and orders: ~1e-6).
+//
+// Last, the training step that waits for nothing: `Trainer::step_resident` against the eager
+// step, and the same step captured in one CUDA graph (`CapturedTrainStep`) replayed bitwise.
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -19,6 +23,7 @@
 #include "moss/models/language_model.hpp"
 #include "moss/models/variants.hpp"
 #include "moss/ops/elementwise.hpp"
+#include "moss/train/captured_step_cuda.cuh"
 #include "moss/train/trainer.hpp"
 #include "moss_cuda_test.cuh"
 #include "moss_test.hpp"
@@ -310,5 +315,130 @@ TEST_CASE("bf16 language models' loss_and_grads on CUDA match the host", "[cuda]
   }
   SECTION("RomLM") {
     check_sparse_model<RomLM<bf16>>([](auto& b) { std::get<0>(b).routing.num_experts = 4; }, 101, 1e-2f, 5e-2);
+  }
+}
+
+namespace {
+
+/// Every parameter of `p` (float) copied to the host, in checkpoint order.
+template <class Model>
+std::vector<std::vector<float>> params_of(const Cuda& gpu, const Model& model, typename Model::Params& p) {
+  std::vector<std::vector<float>> out;
+  model.visit_params(p, [&](const std::string&, auto& t) { out.push_back(host_copy(gpu, t)); });
+  return out;
+}
+
+/// Two micro-batches of (2, 17) random ids below `vocab`, as one host vector.
+std::vector<std::int64_t> two_micro_batches(moss::Rng& rng, std::int64_t vocab) {
+  std::vector<std::int64_t> t(static_cast<std::size_t>(2 * 2 * 17));
+  for (auto& x : t) x = static_cast<std::int64_t>(rng.next() % static_cast<std::uint64_t>(vocab));
+  return t;
+}
+
+/// Views of the two micro-batches held at `data` (host or device memory).
+std::vector<ConstView<std::int64_t, 2>> views_of(const std::int64_t* data) {
+  return {ConstView<std::int64_t, 2>(data, {2, 17}, "first"), ConstView<std::int64_t, 2>(data + 34, {2, 17}, "second")};
+}
+
+void check_same_result(const moss::TrainStepResult& a, const moss::TrainStepResult& b) {
+  CHECK(a.loss == b.loss);
+  CHECK(a.grad_norm == b.grad_norm);
+  CHECK(a.lr == b.lr);
+  CHECK(a.count == b.count);
+  CHECK(a.skipped == b.skipped);
+  CHECK(a.step == b.step);
+}
+
+/// `Model` trained 4 steps three ways from the same weights: eagerly, resident (tokens on the
+/// device) and captured in a CUDA graph. The graph replays the resident step bitwise; the
+/// resident step follows the eager one to rounding (`tol`: loss, norm and every weight).
+template <class Model, class Configure>
+void check_captured_training(Configure&& configure, std::uint64_t seed, double tol) {
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  auto blocks = Model::default_block_configs();
+  configure(blocks);
+  const Model model(tiny(false), blocks);
+  auto pe = model.init(gpu, seed), pr = model.init(gpu, seed), pc = model.init(gpu, seed);
+  moss::TrainerSettings s;
+  s.schedule = {.lr = 3e-3, .min_lr = 3e-4, .warmup_steps = 2, .total_steps = 4};
+  s.clip_norm = 0.5;  // small: the steps clip
+  moss::Trainer<Model, Cuda> eager(model, pe, s, gpu), resident(model, pr, s, gpu), captured(model, pc, s, gpu);
+  moss::CapturedTrainStep<Model> graph(captured);
+  moss::Rng rng(seed + 1);
+  for (int step = 0; step < 4; ++step) {
+    CAPTURE(step);
+    const std::vector<std::int64_t> tokens = two_micro_batches(rng, 64);
+    const Buffer<std::int64_t> on_device = device_copy(gpu, tokens);
+    const auto e = eager.step(views_of(tokens.data()));
+    resident.step_resident(views_of(on_device.data()));
+    const auto r = resident.read_step();
+    graph.run(views_of(tokens.data()));
+    const auto c = graph.read();
+    check_same_result(r, c);
+    CHECK(r.count == e.count);
+    CHECK(r.step == e.step);
+    CHECK(!r.skipped);
+    CHECK(std::abs(r.loss - e.loss) <= tol * e.loss);
+    CHECK(std::abs(r.grad_norm - e.grad_norm) <= tol * e.grad_norm);
+    CHECK(std::abs(r.lr - e.lr) <= 1e-12 * e.lr);
+  }
+  const auto we = params_of(gpu, model, pe), wr = params_of(gpu, model, pr), wc = params_of(gpu, model, pc);
+  REQUIRE(wr.size() == we.size());
+  for (std::size_t k = 0; k < wr.size(); ++k) {
+    CAPTURE(k);
+    CHECK(moss::test::same_bits(wr[k], wc[k]));
+    CHECK(rel_l2(wr[k], we[k]) <= tol);
+  }
+}
+
+/// RoM whose experts' grouped GEMMs read the routing on the device: its training step captures.
+using SyncFreeRomLM = LanguageModel<
+    Residual<RmsNorm, RoutedMamba<TopK<1>, SharedRouting, Experts<kExpertsFromConfig, SyncFreeGemm>, float>>>;
+
+}  // namespace
+
+TEST_CASE("A whole training step captured in a CUDA graph replays the resident step bitwise", "[cuda][train]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  SECTION("MambaLM") {
+    check_captured_training<MambaLM<float>>([](auto&) {}, 81, 1e-4);
+  }
+  SECTION("RoM with SyncFreeGemm experts") {
+    check_captured_training<SyncFreeRomLM>([](auto& b) { std::get<0>(b).routing.num_experts = 4; }, 91, 1e-3);
+  }
+}
+
+TEST_CASE("A captured training step names a bad target and refuses a model that waits for the host", "[cuda][train]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  CudaStream stream;
+  const Cuda gpu{stream.get()};
+  {
+    const MambaLM<float> model(tiny(true));
+    auto p = model.init(gpu, 5);
+    moss::Trainer<MambaLM<float>, Cuda> trainer(model, p, moss::TrainerSettings{}, gpu);
+    moss::CapturedTrainStep<MambaLM<float>> graph(trainer);
+    moss::Rng rng(6);
+    std::vector<std::int64_t> tokens = two_micro_batches(rng, 64);
+    tokens[16] = 64;  // the last column of the first micro-batch's row 0: target flat position 15
+    graph.run(views_of(tokens.data()));
+    REQUIRE_THROWS_WITH(graph.read(), Catch::Matchers::ContainsSubstring("target token id outside [0, vocab) at "
+                                                                         "flat position 15"));
+    tokens[16] = 3;
+    graph.run(views_of(tokens.data()));
+    const auto r = graph.read();
+    CHECK(r.step == 1);
+    CHECK(std::isfinite(r.loss));
+    REQUIRE_THROWS_AS(graph.run({ConstView<std::int64_t, 2>(tokens.data(), {2, 17}, "one")}), moss::shape_error);
+  }
+  {
+    auto blocks = RomLM<float>::default_block_configs();
+    std::get<0>(blocks).routing.num_experts = 4;
+    const RomLM<float> model(tiny(false), blocks);
+    auto p = model.init(gpu, 7);
+    moss::Trainer<RomLM<float>, Cuda> trainer(model, p, moss::TrainerSettings{}, gpu);
+    moss::CapturedTrainStep<RomLM<float>> graph(trainer);
+    moss::Rng rng(8);
+    const std::vector<std::int64_t> tokens = two_micro_batches(rng, 64);
+    REQUIRE_THROWS_WITH(graph.run(views_of(tokens.data())), Catch::Matchers::ContainsSubstring("SyncFreeGemm"));
   }
 }

@@ -140,4 +140,31 @@ void launch(const char* kernel_name, void (*kernel)(Params...), dim3 grid, dim3 
   MOSS_CHECK_LAUNCH(kernel_name, stream);
 }
 
+/// Ends a stream capture that an exception left open (the stream is usable again) and drops
+/// what was captured; `end()` ends it normally and hands over the graph.
+class CaptureGuard {
+ public:
+  explicit CaptureGuard(cudaStream_t s) : stream_(s) {}
+  CaptureGuard(const CaptureGuard&) = delete;
+  CaptureGuard& operator=(const CaptureGuard&) = delete;
+  ~CaptureGuard() {
+    if (!open_) return;
+    cudaGraph_t g = nullptr;
+    (void)cudaStreamEndCapture(stream_, &g);
+    if (g) (void)cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+  }
+  /// Ends the capture and returns its graph (the caller owns it).
+  cudaGraph_t end() {
+    cudaGraph_t g = nullptr;
+    open_ = false;
+    MOSS_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+    return g;
+  }
+
+ private:
+  cudaStream_t stream_;
+  bool open_ = true;
+};
+
 }  // namespace moss::cuda

@@ -76,33 +76,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// Ends a stream capture that an exception left open (the stream is usable again) and drops
-/// what was captured.
-class CaptureGuard {
- public:
-  explicit CaptureGuard(cudaStream_t s) : stream_(s) {}
-  CaptureGuard(const CaptureGuard&) = delete;
-  CaptureGuard& operator=(const CaptureGuard&) = delete;
-  ~CaptureGuard() {
-    if (!open_) return;
-    cudaGraph_t g = nullptr;
-    (void)cudaStreamEndCapture(stream_, &g);
-    if (g) (void)cudaGraphDestroy(g);
-    (void)cudaGetLastError();
-  }
-  /// Ends the capture and returns its graph (the caller owns it).
-  cudaGraph_t end() {
-    cudaGraph_t g = nullptr;
-    open_ = false;
-    MOSS_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
-    return g;
-  }
-
- private:
-  cudaStream_t stream_;
-  bool open_ = true;
-};
-
 }  // namespace detail::decode
 
 /// `generate`'s step runner on CUDA: a capturable model's step as one CUDA graph, captured at
@@ -168,7 +141,7 @@ class StepRunner<Model, Cuda> {
     (void)detail::blas_handles();
     (void)detail::memory_pool(cuda::current_device());
     {
-      detail::decode::CaptureGuard guard(gpu_.stream);
+      cuda::CaptureGuard guard(gpu_.stream);
       MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu_.stream, cudaStreamCaptureModeThreadLocal));
       MOSS_CUDA_CHECK(cudaMemcpyAsync(ids_dev_.data(), ids_host_.data(), sizeof(std::int64_t) * n,
                                       cudaMemcpyHostToDevice, gpu_.stream));

@@ -16,6 +16,11 @@
 //   4. the derived weights (A = −exp(A_log)) are recomputed.
 // Every sum runs in a fixed order, so the same model, data and settings give bitwise the same
 // losses, and `save` + `load` continue a run bitwise as if it had never stopped.
+//
+// `step_resident` is the same step with the micro-batches in the backend's memory and every
+// decision (norm, clipping, skipping, learning rate, update counts) left there too
+// (moss/train/resident.hpp): it waits for nothing, so on CUDA `CapturedTrainStep`
+// (moss/train/captured_step_cuda.cuh) captures it in one graph; `read_step` returns its result.
 #pragma once
 
 #include <cmath>
@@ -128,6 +133,8 @@ class Trainer {
   /// The optimiser steps taken so far (after resident steps: as of the last `read_step`).
   std::int64_t steps() const { return step_; }
   const TrainerSettings& settings() const { return settings_; }
+  /// The backend the trainer runs on (on CUDA: its stream).
+  const Backend& backend() const { return backend_; }
   /// The gradients of the last step (after clipping).
   const Grads& grads() const { return grads_; }
 
