@@ -27,6 +27,7 @@
 
 #include "moss/backend/cuda.cuh"
 #include "moss/cuda/check.cuh"
+#include "moss/cuda/launch.cuh"
 #include "moss/models/generation.hpp"
 
 namespace moss {
