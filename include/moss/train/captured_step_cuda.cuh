@@ -61,7 +61,7 @@ class CapturedTrainStep {
     if (!exec_) {
       host_ = gpu_.alloc_pinned<std::int64_t>(per * static_cast<index_t>(count_), "captured step tokens (host)");
       dev_ = gpu_.alloc<std::int64_t>(per * static_cast<index_t>(count_), "captured step tokens");
-      MOSS_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+      if (!done_) MOSS_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     } else {
       MOSS_CUDA_CHECK(cudaEventSynchronize(done_));  // the last replay has read the page-locked tokens
     }
