@@ -592,7 +592,6 @@ class LanguageModel {
   static const typename Block<I>::Params& layer_params(const Params& p, index_t i) {
     return std::get<I>(p.layers)[static_cast<std::size_t>(i) / kPattern];
   }
-  /// Checks `n` ids (host memory) against the vocabulary and copies them to the backend.
   /// The shape checks of a training pass: parameters and gradients made for this model, tokens
   /// (batch ≥ 1, L + 1 ≥ 2).
   void check_train_args(const char* where, const Params& p, ConstView<std::int64_t, 2> tokens, const Grads& g) const {
@@ -667,6 +666,7 @@ class LanguageModel {
                                                 .accumulate = tied || options.accumulate});
   }
 
+  /// Checks `n` ids (host memory) against the vocabulary and copies them to the backend.
   template <class Backend>
   Buffer<std::int64_t> upload_ids(const Backend& backend, const std::int64_t* host_ids, index_t n) const {
     check_ids(host_ids, n);

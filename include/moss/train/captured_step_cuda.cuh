@@ -68,7 +68,14 @@ class CapturedTrainStep {
     for (std::size_t k = 0; k < count_; ++k)
       copy(Host{}, TensorView<std::int64_t, 2>(host_.data() + static_cast<index_t>(k) * per, shape_, "tokens"),
            micro_batches[k]);
-    if (!exec_) capture(per);
+    if (!exec_) {
+      capture(per);
+    } else {
+      trainer_.prepare_resident(count_);  // counters moved by an eager step or a load are copied in
+      MOSS_EXPECTS(trainer_.resident_layout() == layout_, config_error, where,
+                   ": the trainer remade its resident buffers after the capture (a step_resident with more "
+                   "micro-batches); make a new CapturedTrainStep");
+    }
     MOSS_CUDA_CHECK(cudaGraphLaunch(exec_, gpu_.stream));
     MOSS_CUDA_CHECK(cudaEventRecord(done_, gpu_.stream));
   }
@@ -80,6 +87,7 @@ class CapturedTrainStep {
   /// Records the step (queued work only: nothing runs until the graph is launched).
   void capture(index_t per) {
     trainer_.prepare_resident(count_);
+    layout_ = trainer_.resident_layout();
     // What the step creates on first use must exist before the capture, which may not allocate
     // outside the stream: this thread's cuBLAS handles (with their workspace) and moss's pool.
     (void)detail::blas_handles();
@@ -113,6 +121,7 @@ class CapturedTrainStep {
   Cuda gpu_;
   Extents<2> shape_{};
   std::size_t count_ = 0;
+  std::uint64_t layout_ = 0;  // the trainer's resident_layout() at the capture
   Buffer<std::int64_t> host_, dev_;
   cudaGraphExec_t exec_ = nullptr;
   cudaEvent_t done_ = nullptr;

@@ -135,6 +135,9 @@ class Trainer {
   const TrainerSettings& settings() const { return settings_; }
   /// The backend the trainer runs on (on CUDA: its stream).
   const Backend& backend() const { return backend_; }
+  /// Changes whenever `prepare_resident` remakes a buffer of the resident step (a graph captured
+  /// before then holds stale addresses).
+  std::uint64_t resident_layout() const { return resident_layout_; }
   /// The gradients of the last step (after clipping).
   const Grads& grads() const { return grads_; }
 
@@ -360,13 +363,16 @@ class Trainer {
   }
 
   /// Makes the backend-memory state of the resident step for `micro_batches` micro-batches:
-  /// buffers, and the step and update counters uploaded from the host's when they moved since
-  /// (synchronises). `step_resident` calls it; call it before capturing a step in a graph.
+  /// buffers (made once; a captured graph keeps their addresses), and the step and update
+  /// counters copied from the host's when those moved since (after an eager `step` or `load`;
+  /// synchronises). `step_resident` calls it; `CapturedTrainStep` calls it before it captures and
+  /// before every replay.
   void prepare_resident(std::size_t micro_batches) {
     const auto m = static_cast<index_t>(micro_batches);
-    if (mb_loss_.size() != m) {
+    if (mb_loss_.size() < m) {  // grown only: a captured step keeps the addresses it was captured with
       mb_loss_ = backend_.template alloc<float>(m, "resident step losses");
       mb_count_ = backend_.template alloc<std::int64_t>(m, "resident step counts");
+      ++resident_layout_;
     }
     if (!state_.data()) {
       flags_ = backend_.template alloc<unsigned long long>(2, "resident step flags");
@@ -382,8 +388,14 @@ class Trainer {
       pull_counters();
       std::vector<std::int64_t> updates;
       for (const Slot& sl : slots_) updates.push_back(sl.updates);
-      step_dev_ = upload(backend_, &step_, 1);
-      updates_dev_ = upload(backend_, updates.data(), static_cast<index_t>(updates.size()));
+      const auto n = static_cast<index_t>(updates.size());
+      if (!step_dev_.data()) {
+        step_dev_ = backend_.template alloc<std::int64_t>(1, "resident step counter");
+        updates_dev_ = backend_.template alloc<std::int64_t>(n, "resident update counts");
+      }
+      copy(backend_, step_dev_.flat("step counter"), ConstView<std::int64_t, 1>(&step_, {1}, "step"));
+      copy(backend_, updates_dev_.flat("update counts"), ConstView<std::int64_t, 1>(updates.data(), {n}, "updates"));
+      backend_.synchronize();  // the host copies are read before they go
       counters_stale_ = false;
     }
   }
@@ -429,8 +441,9 @@ class Trainer {
   Buffer<AdamWScalars> scalars_;
   Buffer<std::uint8_t> decay_dev_;
   Buffer<std::int64_t> step_dev_, updates_dev_;
-  bool counters_stale_ = true;  // the host's step and update counters moved since the last upload
-  bool pending_ = false;        // a resident step ran since the counters were last pulled
+  std::uint64_t resident_layout_ = 0;  // bumped when a resident buffer is remade (its address changes)
+  bool counters_stale_ = true;         // the host's step and update counters moved since the last upload
+  bool pending_ = false;               // a resident step ran since the counters were last pulled
 };
 
 }  // namespace moss
