@@ -86,18 +86,23 @@ MOSS_DEVICE float ws_warp_sum(float v) {
   return v;
 }
 
-/// Inclusive warp scans of S affine pairs in lane order (h ↦ a·h + b; a lane's pair follows the
-/// lower lanes'), then shifted to the exclusive pairs (identity in lane 0). Returns the inclusive
+/// Inclusive warp scans of S affine pairs (h ↦ a·h + b), then shifted to the exclusive pairs.
+/// Forward (kReverse false): a lane's pair follows the lower lanes' and lane 0 gets the identity;
+/// reverse: it follows the higher lanes' and lane 31 gets the identity. Returns the inclusive
 /// pairs in (a, b) and the exclusive ones in (ea, eb). The S scans interleave.
-template <int S>
-MOSS_DEVICE void ws_scan_up(float (&a)[S], float (&b)[S], float (&ea)[S], float (&eb)[S]) {
+template <int S, bool kReverse>
+MOSS_DEVICE void ws_scan(float (&a)[S], float (&b)[S], float (&ea)[S], float (&eb)[S]) {
   const int lane = static_cast<int>(threadIdx.x) & 31;
+  // The pair `off` lanes back along the scan's direction.
+  const auto before = [](float v, int off) {
+    return kReverse ? __shfl_down_sync(0xffffffffu, v, off) : __shfl_up_sync(0xffffffffu, v, off);
+  };
 #pragma unroll
   for (int off = 1; off < 32; off *= 2) {
 #pragma unroll
     for (int s = 0; s < S; ++s) {
-      const float pa = __shfl_up_sync(0xffffffffu, a[s], off), pb = __shfl_up_sync(0xffffffffu, b[s], off);
-      if (lane >= off) {
+      const float pa = before(a[s], off), pb = before(b[s], off);
+      if (kReverse ? lane + off < 32 : lane >= off) {
         b[s] = a[s] * pb + b[s];
         a[s] = a[s] * pa;
       }
@@ -105,31 +110,9 @@ MOSS_DEVICE void ws_scan_up(float (&a)[S], float (&b)[S], float (&ea)[S], float 
   }
 #pragma unroll
   for (int s = 0; s < S; ++s) {
-    ea[s] = __shfl_up_sync(0xffffffffu, a[s], 1);
-    eb[s] = __shfl_up_sync(0xffffffffu, b[s], 1);
-    if (lane == 0) ea[s] = 1.0f, eb[s] = 0.0f;
-  }
-}
-/// The same in reverse lane order (a lane's pair follows the higher lanes'; identity in lane 31).
-template <int S>
-MOSS_DEVICE void ws_scan_down(float (&a)[S], float (&b)[S], float (&ea)[S], float (&eb)[S]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-#pragma unroll
-  for (int off = 1; off < 32; off *= 2) {
-#pragma unroll
-    for (int s = 0; s < S; ++s) {
-      const float pa = __shfl_down_sync(0xffffffffu, a[s], off), pb = __shfl_down_sync(0xffffffffu, b[s], off);
-      if (lane + off < 32) {
-        b[s] = a[s] * pb + b[s];
-        a[s] = a[s] * pa;
-      }
-    }
-  }
-#pragma unroll
-  for (int s = 0; s < S; ++s) {
-    ea[s] = __shfl_down_sync(0xffffffffu, a[s], 1);
-    eb[s] = __shfl_down_sync(0xffffffffu, b[s], 1);
-    if (lane == 31) ea[s] = 1.0f, eb[s] = 0.0f;
+    ea[s] = before(a[s], 1);
+    eb[s] = before(b[s], 1);
+    if (lane == (kReverse ? 31 : 0)) ea[s] = 1.0f, eb[s] = 0.0f;
   }
 }
 
@@ -169,10 +152,15 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
 
   // Stages the inputs of channels [dg, dg + kWsGroup) ∩ slice at the chunk starting at t0 (grads:
   // also dout and z). Elements past L or the slice are zero (Δ = 0: the identity step).
+  // Tile element e of a staged group: its channel c and step j (the same map to stage and back).
+  const auto element = [channel_fast](int e, int& c, int& j) {
+    c = channel_fast ? e % kWsGroup : e / kWsChunk;
+    j = channel_fast ? e / kWsGroup : e % kWsChunk;
+  };
   const auto stage = [&](index_t dg, index_t t0, bool grads) {
     for (int e = tid; e < kWsGroup * kWsChunk; e += threads) {
-      const int c = channel_fast ? e % kWsGroup : e / kWsChunk;
-      const int j = channel_fast ? e / kWsGroup : e % kWsChunk;
+      int c = 0, j = 0;
+      element(e, c, j);
       const index_t d = dg + c, t = t0 + j;
       const bool ok = d < d1 && t < L;
       float u = 0.0f, x = 0.0f, dt = 0.0f, g = 0.0f, z = 0.0f, dy = 0.0f;
@@ -205,8 +193,8 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
   // Writes the staged gradients (du, ddelta, dz in the u, x, z rows) of the group at dg.
   const auto unstage = [&](index_t dg, index_t t0) {
     for (int e = tid; e < kWsGroup * kWsChunk; e += threads) {
-      const int c = channel_fast ? e % kWsGroup : e / kWsChunk;
-      const int j = channel_fast ? e / kWsGroup : e % kWsChunk;
+      int c = 0, j = 0;
+      element(e, c, j);
       const index_t d = dg + c, t = t0 + j;
       if (d >= d1 || t >= L) continue;
       const int at = c * kWsRow + ws_pos(j);
@@ -268,7 +256,7 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
             a[s] *= at;
           }
         }
-        ws_scan_up<S>(a, bb, ea, eb);
+        ws_scan<S, false>(a, bb, ea, eb);
         if (lane == 31) {
 #pragma unroll
           for (int s = 0; s < S; ++s) {
@@ -352,7 +340,7 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
           }
           // The chunk's states: ea·h0 + eb enters the lane's first step.
           float ea[S], eb[S];
-          ws_scan_up<S>(fa, fb, ea, eb);
+          ws_scan<S, false>(fa, fb, ea, eb);
           float* terms = s_terms + (parity * W + w) * 3 * kWsChunk;
           float y[kWsItems];
 #pragma unroll
@@ -375,7 +363,7 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
 #pragma unroll
             for (int i = kWsItems - 1; i >= 0; --i) rb[s] = at[s][i] * (rb[s] + dy[i] * cn[s][i]);
           }
-          ws_scan_down<S>(ra, rb, era, erb);
+          ws_scan<S, true>(ra, rb, era, erb);
 #pragma unroll
           for (int s = 0; s < S; ++s) v0[s] = __shfl_sync(0xffffffffu, v0_own[s], 31);
           __syncwarp();  // lane 31 has read the carries
