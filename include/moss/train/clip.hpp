@@ -30,11 +30,11 @@ concept GradientList = requires(const Views& vs) {
       std::remove_const_t<typename std::remove_cvref_t<decltype(*std::begin(vs))>::element_type>>;
 };
 
-/// The global L2 norm of all the gradients in `grads` (formula and order: this header's
-/// comment), in double. Views may be strided; `shape_error` for a view with a negative stride or
-/// a null pointer with elements.
+/// *out = Σ_views Σ_i g_i² in float64, tensors in list order and elements in index order (the
+/// square of `global_norm`, before the root; a resident training step keeps it in the backend's
+/// memory, moss/train/resident.hpp).
 template <GradientList Views>
-double global_norm(const Host&, const Views& grads) {
+void global_norm_sq_into(const Host&, const Views& grads, double* out) {
   double sum = 0.0;
   for (const auto& g : grads) {
     expect_valid("global_norm", g);
@@ -44,6 +44,16 @@ double global_norm(const Host&, const Views& grads) {
       sum += x * x;
     }
   }
+  *out = sum;
+}
+
+/// The global L2 norm of all the gradients in `grads` (formula and order: this header's
+/// comment), in double. Views may be strided; `shape_error` for a view with a negative stride or
+/// a null pointer with elements.
+template <GradientList Views>
+double global_norm(const Host& host, const Views& grads) {
+  double sum = 0.0;
+  global_norm_sq_into(host, grads, &sum);
   return std::sqrt(sum);
 }
 

@@ -105,23 +105,34 @@ inline void adamw_step(const Cuda& gpu, const AdamWArgs<float>& a) {
                gpu.stream, a.param.data, a.grad.data, a.m.data, a.v.data, n, s);
 }
 
-/// The global L2 norm of contiguous float32 gradients on the GPU (this header's comment);
-/// synchronises once to return it.
-inline double global_norm(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads) {
+/// *out = Σ g² in float64 over contiguous float32 gradients (this header's kernels and order),
+/// left in device memory with no synchronisation (the resident training step's norm,
+/// moss/train/resident.hpp). The partial sums' scratch comes from the stream's pool.
+inline void global_norm_sq_into(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads, double* out) {
   index_t blocks = 0;
   for (const auto& g : grads) {
     expect_valid("global_norm (cuda)", g);
     expect_contiguous("global_norm (cuda)", g);
     blocks += g.shape[0] > 0 ? detail::optim::norm_blocks(g.shape[0]) : 0;
   }
-  if (blocks == 0) return 0.0;
-  Buffer<double> partial = gpu.alloc<double>(blocks + 1);
+  if (blocks == 0) {
+    MOSS_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), gpu.stream));
+    return;
+  }
+  Buffer<double> partial = gpu.alloc<double>(blocks, "global norm partial sums");
   detail::optim::queue_square_sums(gpu, grads, partial.data());
   cuda::launch("sum_partials_kernel", detail::optim::sum_partials_kernel<double>, 1u, detail::optim::kNormThreads, 0,
-               gpu.stream, partial.data(), blocks, partial.data() + blocks);
-  double sum = 0;
-  download(gpu, &sum, partial.data() + blocks, 1);
-  return std::sqrt(sum);
+               gpu.stream, static_cast<const double*>(partial.data()), blocks, out);
+}
+
+/// The global L2 norm of contiguous float32 gradients on the GPU (this header's comment);
+/// synchronises once to return it.
+inline double global_norm(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads) {
+  Buffer<double> sum = gpu.alloc<double>(1, "global norm");
+  global_norm_sq_into(gpu, grads, sum.data());
+  double s = 0;
+  download(gpu, &s, sum.data(), 1);
+  return std::sqrt(s);
 }
 
 /// g ← g · s on the GPU (clipping).

@@ -4,7 +4,8 @@
 //
 // The eager `Trainer::step` reads the global norm back and passes the learning rate and the
 // update counts as host values. The resident form keeps all of them in the backend's memory:
-//   1. `global_norm_sq_into`: Σ g² in float64 into a backend scalar (the eager norm's order);
+//   1. `global_norm_sq_into` (moss/train/clip.hpp): Σ g² in float64 into a backend scalar, the
+//      eager norm's sum before its root;
 //   2. `step_control`: from it and the micro-batches' losses, the step's scalars
 //      (`ResidentStepScalars`: loss, count, norm, lr from the schedule at the step counter,
 //      skipped when the norm is not finite), the clip factor (max_norm / norm when clipping, else
@@ -91,19 +92,6 @@ MOSS_HD void control_tensor(const StepControlParams& p, index_t i, double lr) {
 }
 
 }  // namespace detail::resident
-
-/// Step 1 on the host: *out = Σ_views Σ_i g_i² in float64, in `global_norm`'s order.
-inline void global_norm_sq_into(const Host&, const std::vector<TensorView<float, 1>>& grads, double* out) {
-  double sum = 0.0;
-  for (const auto& g : grads) {
-    expect_valid("global_norm_sq_into", g);
-    for (index_t i = 0; i < g.shape[0]; ++i) {
-      const double x = static_cast<double>(g.data[i * g.stride[0]]);
-      sum += x * x;
-    }
-  }
-  *out = sum;
-}
 
 /// Step 2 on the host.
 inline void step_control(const Host&, const StepControlParams& p) {

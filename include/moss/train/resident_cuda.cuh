@@ -52,25 +52,6 @@ __global__ void adamw_resident_kernel(F* p, const float* g, float* m, float* v, 
 
 }  // namespace detail::resident
 
-/// Step 1 on the GPU: *out = Σ g² in float64 with `global_norm`'s kernels and order, left in
-/// device memory (no synchronisation). The partial sums' scratch comes from the stream's pool.
-inline void global_norm_sq_into(const Cuda& gpu, const std::vector<TensorView<float, 1>>& grads, double* out) {
-  index_t blocks = 0;
-  for (const auto& g : grads) {
-    expect_valid("global_norm_sq_into (cuda)", g);
-    expect_contiguous("global_norm_sq_into (cuda)", g);
-    blocks += g.shape[0] > 0 ? detail::optim::norm_blocks(g.shape[0]) : 0;
-  }
-  if (blocks == 0) {
-    MOSS_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), gpu.stream));
-    return;
-  }
-  Buffer<double> partial = gpu.alloc<double>(blocks, "global norm partial sums");
-  detail::optim::queue_square_sums(gpu, grads, partial.data());
-  cuda::launch("sum_partials_kernel", detail::optim::sum_partials_kernel<double>, 1u, detail::optim::kNormThreads, 0,
-               gpu.stream, static_cast<const double*>(partial.data()), blocks, out);
-}
-
 /// Step 2 on the GPU: one block.
 inline void step_control(const Cuda& gpu, const StepControlParams& p) {
   constexpr int threads = detail::resident::kControlThreads;

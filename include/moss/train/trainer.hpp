@@ -152,11 +152,7 @@ class Trainer {
     const float dloss = 1.0f / static_cast<float>(micro_batches.size());
     RoutingReport report;  // the routed layers' auxiliary losses (their values; the gradients are in backward)
     for (std::size_t k = 0; k < micro_batches.size(); ++k) {
-      typename Model::TrainOptions o;
-      o.activations = settings_.activations;
-      o.accumulate = k > 0;
-      o.dloss = dloss;
-      o.chunk_rows = settings_.chunk_rows;
+      typename Model::TrainOptions o = micro_batch_options(k, dloss);
       o.report = &report;
       const auto res = model_.loss_and_grads(backend_, params_, micro_batches[k], grads_, o);
       r.loss += static_cast<double>(res.loss) / static_cast<double>(micro_batches.size());
@@ -164,8 +160,7 @@ class Trainer {
     }
     for (const RouterStats& st : report.read())
       r.aux_loss += (static_cast<double>(st.aux_loss) + st.z_loss) / static_cast<double>(micro_batches.size());
-    std::vector<TensorView<float, 1>> views;
-    for (const Slot& s : slots_) views.emplace_back(s.grad, Extents<1>{s.n}, "gradient");
+    const std::vector<TensorView<float, 1>> views = gradient_views();
     r.grad_norm = global_norm(backend_, views);
     r.lr = settings_.schedule.lr_at(step_);
     r.skipped = !std::isfinite(r.grad_norm);
@@ -175,20 +170,8 @@ class Trainer {
         for (const auto& g : views) scale(backend_, g, factor);
       }
       for (Slot& s : slots_) {
-        float* master = s.param ? s.param : s.master.data();
-        adamw_step(backend_, AdamWArgs<float>{.param = TensorView<float, 1>(master, {s.n}, "param"),
-                                              .grad = ConstView<float, 1>(s.grad, {s.n}, "grad"),
-                                              .m = s.m.flat("m"),
-                                              .v = s.v.flat("v"),
-                                              .lr = r.lr,
-                                              .beta1 = settings_.beta1,
-                                              .beta2 = settings_.beta2,
-                                              .eps = settings_.eps,
-                                              .weight_decay = settings_.weight_decay,
-                                              .decay = s.decay,
-                                              .step = ++s.updates});
-        if (!s.param)
-          convert(backend_, ConstView<float, 1>(s.master.flat("master")), TensorView<T, 1>(s.narrowed, {s.n}, "param"));
+        adamw_step(backend_, adamw_args(s, r.lr, ++s.updates));
+        narrow(s);
       }
       model_.refresh_derived(backend_, params_);
     }
@@ -205,11 +188,7 @@ class Trainer {
     std::int64_t step = step_;
     std::vector<std::int64_t> updates;
     for (const Slot& s : slots_) updates.push_back(s.updates);
-    if (pending_) {
-      backend_.synchronize();
-      download(backend_, &step, step_dev_.data(), 1);
-      download(backend_, updates.data(), updates_dev_.data(), static_cast<index_t>(updates.size()));
-    }
+    if (pending_) download_counters(step, updates);
     std::filesystem::create_directories(dir);
     SafetensorsWriter w;
     const auto host = [&](const Buffer<float>& b) {
@@ -276,18 +255,12 @@ class Trainer {
     fill_bytes(backend_, flags_, 0xff);
     const auto m = static_cast<index_t>(micro_batches.size());
     const float dloss = 1.0f / static_cast<float>(m);
-    for (index_t k = 0; k < m; ++k) {
-      typename Model::TrainOptions o;
-      o.activations = settings_.activations;
-      o.accumulate = k > 0;
-      o.dloss = dloss;
-      o.chunk_rows = settings_.chunk_rows;
+    for (index_t k = 0; k < m; ++k)
       model_.loss_and_grads_resident(
-          backend_, params_, micro_batches[static_cast<std::size_t>(k)], grads_, o,
+          backend_, params_, micro_batches[static_cast<std::size_t>(k)], grads_,
+          micro_batch_options(static_cast<std::size_t>(k), dloss),
           typename Model::ResidentLoss{mb_loss_.data() + k, mb_count_.data() + k, flags_.data(), flags_.data() + 1});
-    }
-    std::vector<TensorView<float, 1>> views;
-    for (const Slot& sl : slots_) views.emplace_back(sl.grad, Extents<1>{sl.n}, "gradient");
+    const std::vector<TensorView<float, 1>> views = gradient_views();
     global_norm_sq_into(backend_, views, norm_sq_.data());
     StepControlParams c;
     c.schedule = settings_.schedule;
@@ -311,24 +284,10 @@ class Trainer {
     if (settings_.clip_norm > 0)
       for (const auto& g : views) scale_by(backend_, g, clip_factor_.data());
     for (std::size_t k = 0; k < slots_.size(); ++k) {
-      Slot& sl = slots_[k];
-      float* master = sl.param ? sl.param : sl.master.data();
-      adamw_step_resident(backend_,
-                          AdamWArgs<float>{.param = TensorView<float, 1>(master, {sl.n}, "param"),
-                                           .grad = ConstView<float, 1>(sl.grad, {sl.n}, "grad"),
-                                           .m = sl.m.flat("m"),
-                                           .v = sl.v.flat("v"),
-                                           .lr = 0.0,
-                                           .beta1 = settings_.beta1,
-                                           .beta2 = settings_.beta2,
-                                           .eps = settings_.eps,
-                                           .weight_decay = settings_.weight_decay,
-                                           .decay = sl.decay,
-                                           .step = 1},
+      // lr and the update count come from step_control (backend memory), not from these arguments.
+      adamw_step_resident(backend_, adamw_args(slots_[k], 0.0, 1),
                           ResidentAdamW{state_.data(), updates_dev_.data() + k, scalars_.data() + k});
-      if (!sl.param)
-        convert(backend_, ConstView<float, 1>(sl.master.flat("master")),
-                TensorView<T, 1>(sl.narrowed, {sl.n}, "param"));
+      narrow(slots_[k]);
     }
     model_.refresh_derived(backend_, params_);
     pending_ = true;
@@ -416,12 +375,52 @@ class Trainer {
   /// (synchronises), so that the host's copies are current.
   void pull_counters() {
     if (!pending_) return;
-    backend_.synchronize();
-    download(backend_, &step_, step_dev_.data(), 1);
     std::vector<std::int64_t> updates(slots_.size());
-    download(backend_, updates.data(), updates_dev_.data(), static_cast<index_t>(updates.size()));
+    download_counters(step_, updates);
     for (std::size_t k = 0; k < slots_.size(); ++k) slots_[k].updates = updates[k];
     pending_ = false;
+  }
+  /// The backend's step and update counters (synchronises); `updates` has one entry per tensor.
+  void download_counters(std::int64_t& step, std::vector<std::int64_t>& updates) const {
+    backend_.synchronize();
+    download(backend_, &step, step_dev_.data(), 1);
+    download(backend_, updates.data(), updates_dev_.data(), static_cast<index_t>(updates.size()));
+  }
+  /// The options of micro-batch k of a step whose objective is the mean over micro-batches
+  /// (dloss = 1 / their count): the gradients are written by the first and added by the rest.
+  typename Model::TrainOptions micro_batch_options(std::size_t k, float dloss) const {
+    typename Model::TrainOptions o;
+    o.activations = settings_.activations;
+    o.accumulate = k > 0;
+    o.dloss = dloss;
+    o.chunk_rows = settings_.chunk_rows;
+    return o;
+  }
+  /// 1-D views of every gradient, in checkpoint order.
+  std::vector<TensorView<float, 1>> gradient_views() const {
+    std::vector<TensorView<float, 1>> views;
+    for (const Slot& s : slots_) views.emplace_back(s.grad, Extents<1>{s.n}, "gradient");
+    return views;
+  }
+  /// AdamW's arguments for tensor `s` (its float32 master weights) at rate `lr` and update count `t`.
+  AdamWArgs<float> adamw_args(Slot& s, double lr, std::int64_t t) const {
+    float* master = s.param ? s.param : s.master.data();
+    return AdamWArgs<float>{.param = TensorView<float, 1>(master, {s.n}, "param"),
+                            .grad = ConstView<float, 1>(s.grad, {s.n}, "grad"),
+                            .m = s.m.flat("m"),
+                            .v = s.v.flat("v"),
+                            .lr = lr,
+                            .beta1 = settings_.beta1,
+                            .beta2 = settings_.beta2,
+                            .eps = settings_.eps,
+                            .weight_decay = settings_.weight_decay,
+                            .decay = s.decay,
+                            .step = t};
+  }
+  /// Rounds tensor `s`'s master weights into its stored parameter when that is not float32.
+  void narrow(Slot& s) const {
+    if (!s.param)
+      convert(backend_, ConstView<float, 1>(s.master.flat("master")), TensorView<T, 1>(s.narrowed, {s.n}, "param"));
   }
 
   Backend backend_;

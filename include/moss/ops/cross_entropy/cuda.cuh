@@ -47,6 +47,30 @@
 
 namespace moss {
 
+namespace detail {
+
+/// One chunk's (chunk, V) float32 logits and the logits' gradient dl in T: for float, dl is
+/// the logits themselves (the softmax overwrites them in place); for a 2-byte T, its own buffer.
+template <class T>
+struct ChunkLogits {
+  Buffer<float> logits;
+  Buffer<T> dl_buffer;  // empty for float
+
+  ChunkLogits(const Cuda& gpu, index_t chunk, index_t vocab, const char* op)
+      : logits(gpu.alloc<float>(chunk * vocab, cat(op, " chunk logits").c_str())) {
+    if constexpr (!std::is_same_v<T, float>) dl_buffer = gpu.alloc<T>(chunk * vocab, cat(op, " chunk dlogits").c_str());
+  }
+  /// Where dl goes.
+  T* dl() {
+    if constexpr (std::is_same_v<T, float>)
+      return logits.data();
+    else
+      return dl_buffer.data();
+  }
+};
+
+}  // namespace detail
+
 /// The mean cross-entropy loss of the LM head over the counted rows on the GPU, and in the same
 /// pass dhidden (written) and dweight (written, or added when `a.accumulate`), each only when its
 /// view is present; see moss/ops/cross_entropy.hpp for the math and the file comment for the
@@ -92,7 +116,6 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Cuda& gpu, const CrossEntro
   const bool direct = count == tokens;  // no row ignored: H and dhidden are used in place
   const index_t chunk = a.chunk_rows < count ? a.chunk_rows : count;
   constexpr cudaDataType_t kT = detail::linear_data_type<T>();
-  constexpr bool kFloat = std::is_same_v<T, float>;
   const C scale = a.dloss / C(count);
 
   Buffer<std::int32_t> d_targets = gpu.alloc<std::int32_t>(count, "cross_entropy targets");
@@ -108,15 +131,9 @@ CrossEntropyResult<compute_t<T>> cross_entropy(const Cuda& gpu, const CrossEntro
     hc = gpu.alloc<T>(chunk * d, "cross_entropy chunk hidden");
     if (want_dh) dhc = gpu.alloc<T>(chunk * d, "cross_entropy chunk dhidden");
   }
-  Buffer<float> logits = gpu.alloc<float>(chunk * vocab, "cross_entropy chunk logits");
-  Buffer<T> dl_buffer;  // (chunk, V) in T when T is 2-byte; float reuses the logits
-  if constexpr (!kFloat) dl_buffer = gpu.alloc<T>(chunk * vocab, "cross_entropy chunk dlogits");
-  T* dl = nullptr;
-  if constexpr (kFloat) {
-    dl = logits.data();
-  } else {
-    dl = dl_buffer.data();
-  }
+  detail::ChunkLogits<T> chunk_logits(gpu, chunk, vocab, "cross_entropy");
+  Buffer<float>& logits = chunk_logits.logits;
+  T* const dl = chunk_logits.dl();
   Buffer<float> losses = gpu.alloc<float>(count + 1, "cross_entropy row losses");  // + the sum
 
   constexpr detail::CrossEntropyTuning cfg = detail::kCrossEntropyTuning;
@@ -205,7 +222,6 @@ void cross_entropy_resident(const Cuda& gpu, const CrossEntropyArgs<T>& a, const
   const index_t lddh = want_dh && tokens > 1 ? a.dhidden.stride[0] : d;
   const index_t chunk = a.chunk_rows < tokens ? a.chunk_rows : tokens;
   constexpr cudaDataType_t kT = detail::linear_data_type<T>();
-  constexpr bool kFloat = std::is_same_v<T, float>;
 
   Buffer<std::int32_t> tgt = gpu.alloc<std::int32_t>(tokens, "cross_entropy_resident targets");
   Buffer<float> scale = gpu.alloc<float>(1, "cross_entropy_resident scale");
@@ -213,15 +229,9 @@ void cross_entropy_resident(const Cuda& gpu, const CrossEntropyArgs<T>& a, const
                cfg.softmax_threads, 0, gpu.stream, a.targets.data, a.targets.stride[0], tokens, vocab, a.ignore_index,
                static_cast<float>(a.dloss), tgt.data(), out.count, scale.data(), out.bad_row);
   Buffer<T> hc = gpu.alloc<T>(chunk * d, "cross_entropy_resident chunk hidden");
-  Buffer<float> logits = gpu.alloc<float>(chunk * vocab, "cross_entropy_resident chunk logits");
-  Buffer<T> dl_buffer;  // (chunk, V) in T when T is 2-byte; float reuses the logits
-  if constexpr (!kFloat) dl_buffer = gpu.alloc<T>(chunk * vocab, "cross_entropy_resident chunk dlogits");
-  T* dl = nullptr;
-  if constexpr (kFloat) {
-    dl = logits.data();
-  } else {
-    dl = dl_buffer.data();
-  }
+  detail::ChunkLogits<T> chunk_logits(gpu, chunk, vocab, "cross_entropy_resident");
+  Buffer<float>& logits = chunk_logits.logits;
+  T* const dl = chunk_logits.dl();
   Buffer<float> losses = gpu.alloc<float>(tokens, "cross_entropy_resident row losses");
   for (index_t c0 = 0; c0 < tokens; c0 += chunk) {
     const index_t n = chunk < tokens - c0 ? chunk : tokens - c0;
