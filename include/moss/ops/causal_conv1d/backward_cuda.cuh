@@ -92,10 +92,11 @@ void causal_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& 
                  blocks, threads, 0, gpu.stream, p);
   }
   if (!want_params) return;
-  const unsigned blocks =
-      cuda::checked_grid(ceil_div<index_t>(dim * (width + 1), threads), "causal_conv1d_backward (cuda)");
+  const unsigned blocks = cuda::checked_grid(ceil_div<index_t>(dim * (width + 1), detail::kConv1dParamColumns),
+                                             "causal_conv1d_backward (cuda)");
+  const dim3 block(detail::kConv1dParamColumns, detail::kConv1dParamGroups);
   cuda::launch("causal_conv1d_backward_params_kernel", detail::causal_conv1d_backward_params_kernel<float>, blocks,
-               threads, 0, gpu.stream, static_cast<const float*>(partial.data()), slots, dim, static_cast<int>(width),
+               block, 0, gpu.stream, static_cast<const float*>(partial.data()), slots, dim, static_cast<int>(width),
                args.dweight, args.dbias, args.accumulate);
 }
 

@@ -8,9 +8,10 @@
 //    last inputs feed), forms g = dout · silu'(pre) (or dout), writes the input gradients of its
 //    run (dx; the first run of a sequence also dinitial_state) and the run's partial sums
 //    Σ_t g · in(t − (W−1) + k) and Σ_t g (t increasing) into a workspace slot.
-//  - parameters: one thread per (d, k), k = 0 … W (k = W is the bias), sums the slots in
-//    increasing order (b ascending, then the runs in time order) and writes or adds the result
-//    into dweight / dbias.
+//  - parameters: kConv1dParamGroups threads per (d, k), k = 0 … W (k = W is the bias), each
+//    summing every G-th slot in increasing order (slots: b ascending, then the runs in time
+//    order); the group sums are added in increasing group and written or added into dweight /
+//    dbias.
 // The runs depend on the shape alone (not on the device), so the same inputs give the same bits.
 // Measured (H100, bf16, the canonical shape, bench/results/2026-12-07-h100.md): 0.442 ms with 4
 // channels per thread against 0.457 ms with 1 in the same run (0.2 ms was predicted; mamba_ssm's
@@ -20,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
@@ -63,10 +65,11 @@ static_assert(conv1d_backward_steps(8 * 4096, 2048) == 256);
 static_assert(conv1d_backward_steps(1 * 1024, 2048) == 32);
 
 /// d silu(a) / da = σ(a) · (1 + a · (1 − σ(a))) in float, host and device (conv1d_silu_grad's
-/// formula; the IEEE expf on the device).
+/// formula; on the device the special-function-unit exponential and division of the forward's
+/// `conv1d_silu`, a few ulp: the IEEE forms' slow paths cost instructions and registers).
 MOSS_HD float conv1d_backward_silu_grad(float a) {
 #if MOSS_DEVICE_PASS
-  const float sigmoid = 1.0f / (1.0f + ::expf(-a));
+  const float sigmoid = __fdividef(1.0f, 1.0f + __expf(-a));  // the forward's SFU forms (math.hpp)
 #else
   const float sigmoid = 1.0f / (1.0f + std::exp(-a));
 #endif
@@ -124,15 +127,22 @@ MOSS_HD void conv1d_backward_store(const TensorView<T, 3>& v, index_t b, index_t
   for (int c = 0; c < C; ++c) p[c * v.stride[1]] = from_float<T>(in[c]);
 }
 
+/// Timesteps whose rows a sequence-kernel thread loads together before using them: the loads of
+/// one group are in flight at once (a thread that loads one row, then waits for it, keeps too
+/// few bytes in flight to cover the memory latency at the occupancy its registers allow).
+inline constexpr int kConv1dBackwardLoadSteps = 4;
+
 /// The work of sequence-kernel thread (b, run, channels d0 .. d0+C−1), host and device (the host
 /// runs it in the tests, to check the indexing without a GPU). Each channel's arithmetic is the
 /// single-channel one (C = 1), in the same order; C > 1 only shares the loop and, with `vec`,
 /// makes each row access one vector of C channels. g at time t is kept for the W most recent t
-/// (gw[k] = g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known.
+/// (gw[k] = g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known. The
+/// rows of x and dout are read kConv1dBackwardLoadSteps timesteps at a time, then used in order.
 template <class T, int W, int C = 1>
 MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b, index_t run, index_t d0,
                                     bool vec = false) {
   static_assert(W >= 2, "conv1d_backward_thread: the CUDA widths are 2, 3, 4");
+  constexpr int U = kConv1dBackwardLoadSteps;
   const index_t dim = p.x.shape[1], seqlen = p.x.shape[2];
   const index_t t0 = run * p.steps;
   const index_t t1 = t0 + p.steps < seqlen ? t0 + p.steps : seqlen;  // this run's timesteps: t0 .. t1-1
@@ -161,12 +171,8 @@ MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b,
   const bool want_inputs = present(p.dx) || present(p.dinitial_state);
   const index_t emit_from = t0 == 0 ? -(W - 1) : t0;  // the first run also owns the state's columns
   const index_t t_last = want_inputs ? t1 + (W - 2) : t1 - 1;
-  for (index_t t = t0; t <= t_last; ++t) {
-    float xv[C], gv[C];
-    if (t < seqlen) {
-      conv1d_backward_load<C>(p.x, b, d0, t, vec, xv);
-      conv1d_backward_load<C>(p.dout, b, d0, t, vec, gv);
-    }
+  // Step t: take in x(t) and dout(t) (xv, gv; t < L), then emit the input gradient at t − (W−1).
+  const auto step = [&](index_t t, const float(&xv)[C], const float(&gv)[C]) {
     MOSS_CONV1D_BACKWARD_UNROLL
     for (int c = 0; c < C; ++c) {
       MOSS_CONV1D_BACKWARD_UNROLL
@@ -186,9 +192,9 @@ MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b,
         }
       }
     }
-    if (!want_inputs) continue;
+    if (!want_inputs) return;
     const index_t tau = t - (W - 1);
-    if (tau < emit_from) continue;
+    if (tau < emit_from) return;
     float acc[C];
     MOSS_CONV1D_BACKWARD_UNROLL
     for (int c = 0; c < C; ++c) {
@@ -204,6 +210,21 @@ MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b,
     } else if (present(p.dinitial_state)) {
       MOSS_CONV1D_BACKWARD_UNROLL
       for (int c = 0; c < C; ++c) p.dinitial_state(b, d0 + c, (W - 1) + tau) = from_float<T>(acc[c]);
+    }
+  };
+
+  for (index_t tg = t0; tg <= t_last; tg += U) {
+    float xv[U][C] = {}, gv[U][C] = {};  // the group's rows (rows at t ≥ L are not read)
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (tg + u > t_last || tg + u >= seqlen) break;
+      conv1d_backward_load<C>(p.x, b, d0, tg + u, vec, xv[u]);
+      conv1d_backward_load<C>(p.dout, b, d0, tg + u, vec, gv[u]);
+    }
+    MOSS_CONV1D_BACKWARD_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (tg + u > t_last) break;
+      step(tg + u, xv[u], gv[u]);
     }
   }
 
@@ -229,31 +250,69 @@ __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
   conv1d_backward_thread<T, W, C>(p, i / groups / p.runs, (i / groups) % p.runs, (i % groups) * C, C > 1);
 }
 
-/// The work of parameter-kernel thread j = d · (W + 1) + k, host and device: sums slot s = 0 …
-/// slots−1 of its (d, k) in order and writes (or, with `accumulate`, adds) dweight(d, k) for
-/// k < W, dbias(d) for k = W.
+/// Slot groups of the parameter kernel: thread (j, g) sums slots g, g + G, g + 2G, … in
+/// increasing order, then the G group sums are added in increasing g. G is fixed (not the
+/// device's), so the order, and the bits, depend on the shapes alone; G threads per (d, k) give
+/// the loads of the ~20 MB workspace enough parallelism.
+inline constexpr int kConv1dParamGroups = 8;
+
+/// Group g's sum, in increasing slot order, of the partials at position j of each slot (slots
+/// of `per_slot` floats), host and device.
 template <class R>
-MOSS_HD void conv1d_backward_param_thread(const R* partial, index_t slots, index_t dim, int width,
-                                          const TensorView<R, 2>& dweight, const TensorView<R, 1>& dbias,
-                                          bool accumulate, index_t j) {
-  const index_t per_slot = dim * (width + 1);
+MOSS_HD R conv1d_backward_param_group(const R* partial, index_t slots, index_t per_slot, index_t j, int g) {
+  R sum = R(0);
+  for (index_t s = g; s < slots; s += kConv1dParamGroups) sum += partial[s * per_slot + j];
+  return sum;
+}
+
+/// Writes (or, with `accumulate`, adds) the summed gradient of j = d · (W + 1) + k: dweight(d,
+/// k) for k < W, dbias(d) for k = W (an absent one is skipped).
+template <class R>
+MOSS_HD void conv1d_backward_param_write(const TensorView<R, 2>& dweight, const TensorView<R, 1>& dbias, int width,
+                                         bool accumulate, index_t j, R sum) {
   const index_t d = j / (width + 1);
   const int k = static_cast<int>(j % (width + 1));
   if (k < width ? !present(dweight) : !present(dbias)) return;
-  R sum = R(0);
-  for (index_t s = 0; s < slots; ++s) sum += partial[s * per_slot + j];
   R& dst = k < width ? dweight(d, k) : dbias(d);
   dst = accumulate ? dst + sum : sum;
 }
 
-/// Parameter kernel: one thread per (d, k), k = 0 … W.
+/// The parameter kernel's work for j = d · (W + 1) + k, on the host (the tests' emulation): the
+/// group sums in increasing g, added in the kernel's order.
 template <class R>
-__global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
+void conv1d_backward_param_thread(const R* partial, index_t slots, index_t dim, int width,
+                                  const TensorView<R, 2>& dweight, const TensorView<R, 1>& dbias, bool accumulate,
+                                  index_t j) {
+  const index_t per_slot = dim * (width + 1);
+  R sum = R(0);
+  for (int g = 0; g < kConv1dParamGroups; ++g) sum += conv1d_backward_param_group(partial, slots, per_slot, j, g);
+  conv1d_backward_param_write(dweight, dbias, width, accumulate, j, sum);
+}
+
+/// Columns j of one parameter-kernel block: one warp's width, so each slot's row is read whole.
+inline constexpr int kConv1dParamColumns = 32;
+
+/// Parameter kernel: blocks of (kConv1dParamColumns, kConv1dParamGroups) threads; thread (x, g)
+/// sums group g of column j = blockIdx.x · kConv1dParamColumns + x, and thread (x, 0) adds the
+/// groups' sums in increasing g.
+template <class R>
+__global__ void __launch_bounds__(kConv1dParamColumns* kConv1dParamGroups)
     causal_conv1d_backward_params_kernel(const R* partial, index_t slots, index_t dim, int width,
                                          const TensorView<R, 2> dweight, const TensorView<R, 1> dbias,
                                          bool accumulate) {
-  const index_t j = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j < dim * (width + 1)) conv1d_backward_param_thread(partial, slots, dim, width, dweight, dbias, accumulate, j);
+  static_assert(std::is_same_v<R, float>, "causal_conv1d_backward_params_kernel: float partials");
+  __shared__ R sums[kConv1dParamGroups][kConv1dParamColumns];
+  const index_t per_slot = dim * (width + 1);
+  const index_t j = index_t(blockIdx.x) * kConv1dParamColumns + threadIdx.x;
+  const bool valid = j < per_slot;
+  sums[threadIdx.y][threadIdx.x] =
+      valid ? conv1d_backward_param_group(partial, slots, per_slot, j, static_cast<int>(threadIdx.y)) : 0.0f;
+  __syncthreads();
+  if (threadIdx.y != 0 || !valid) return;
+  R sum = 0.0f;
+#pragma unroll
+  for (int g = 0; g < kConv1dParamGroups; ++g) sum += sums[g][threadIdx.x];
+  conv1d_backward_param_write(dweight, dbias, width, accumulate, j, sum);
 }
 
 }  // namespace moss::detail
