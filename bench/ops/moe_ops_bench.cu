@@ -18,6 +18,7 @@
 // synchronisation; anchor PyTorch 0.25 ms, goal ≤ 0.08 ms (the floor: x read twice and written
 // once, ≈ 0.067 ms at 3 TB/s). `_planned_workspace`: the same with permute_plan's scratch
 // planned once by the caller (the workspace contract) instead of taken from the pool per call.
+// `_route_only`, `_permute_plan_only`, `_gather_only`: each op of the planned pipeline alone.
 //
 // sinkhorn_router: SinkhornTop1 in training mode as the layer runs it, route_logits + sinkhorn
 // (at most 100 rounds, one block) + route_select, at the same shape.
@@ -214,9 +215,13 @@ BENCHMARK(BM_grouped_resident_small)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+/// Which part of the routing pipeline a router_permute_gather benchmark times.
+enum class RouteStage { all, route, permute_plan, gather };
+
 /// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync); with
-/// `planned`, permute_plan's workspace is allocated once outside the timed loop.
-void run_router_permute_gather(benchmark::State& state, bool planned) {
+/// `planned`, permute_plan's workspace is allocated once outside the timed loop. `stage` other
+/// than `all` times that op alone (the others run once before the timing): where the time goes.
+void run_router_permute_gather(benchmark::State& state, bool planned, RouteStage stage = RouteStage::all) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const int sets = moss::bench::rotation_count(static_cast<double>(kTokens) * kIn * sizeof(bf16));
@@ -242,30 +247,59 @@ void run_router_permute_gather(benchmark::State& state, bool planned) {
     workspace = gpu.alloc<unsigned char>(static_cast<index_t>(moss::workspace_bytes(gpu, plan)));
     plan.workspace = moss::Workspace{workspace.data(), static_cast<std::size_t>(workspace.size())};
   }
-  int next = 0;
-  moss::bench::time_cuda(state, gpu.stream, [&] {
+  const auto route = [&](int set) {
     moss::RouteArgs<bf16, moss::Top1Switch> r;
-    r.x = ConstView<bf16, 2>(xs[next].data(), {kTokens, kIn});
+    r.x = ConstView<bf16, 2>(xs[static_cast<std::size_t>(set)].data(), {kTokens, kIn});
     r.weight = ConstView<float, 2>(wr.data(), {kExperts, kIn});
     r.logits = logits.view<2>({kTokens, kExperts});
     r.expert = expert.view<2>({kTokens, 1});
     r.gate = gate.view<2>({kTokens, 1});
     moss::route(gpu, r);
+  };
+  const auto gather = [&](int set) {
+    moss::gather_rows(
+        gpu, moss::GatherRowsArgs<bf16>{ConstView<bf16, 2>(xs[static_cast<std::size_t>(set)].data(), {kTokens, kIn}),
+                                        ConstView<std::int32_t, 1>(row_pair.data(), {kTokens}),
+                                        ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
+                                        xp.view<2>({kTokens, kIn})});
+  };
+  if (stage != RouteStage::all) {  // the untimed stages once, so the timed one reads real routing
+    route(0);
     moss::permute_plan(gpu, plan);
-    moss::gather_rows(gpu, moss::GatherRowsArgs<bf16>{r.x, ConstView<std::int32_t, 1>(row_pair.data(), {kTokens}),
-                                                      ConstView<std::int32_t, 1>(offsets.data(), {kExperts + 1}), 1,
-                                                      xp.view<2>({kTokens, kIn})});
+  }
+  int next = 0;
+  moss::bench::time_cuda(state, gpu.stream, [&] {
+    if (stage == RouteStage::all || stage == RouteStage::route) route(next);
+    if (stage == RouteStage::all || stage == RouteStage::permute_plan) moss::permute_plan(gpu, plan);
+    if (stage == RouteStage::all || stage == RouteStage::gather) gather(next);
     next = (next + 1) % sets;
   });
-  const double bytes = 3.0 * kTokens * kIn * sizeof(bf16);  // x read by the router and the gather, written once
+  double bytes = 3.0 * kTokens * kIn * sizeof(bf16);  // x read by the router and the gather, written once
+  if (stage == RouteStage::route) bytes = 1.0 * kTokens * kIn * sizeof(bf16);
+  if (stage == RouteStage::gather) bytes = 2.0 * kTokens * kIn * sizeof(bf16);
+  if (stage == RouteStage::permute_plan) bytes = 0;
   moss::bench::set_rates(state, bytes, 0);
-  state.counters["anchor_ms"] = 0.25;
-  state.counters["goal_ms"] = 0.08;
+  if (stage == RouteStage::all) {
+    state.counters["anchor_ms"] = 0.25;
+    state.counters["goal_ms"] = 0.08;
+  }
 }
 void BM_router_permute_gather_bf16(benchmark::State& s) { run_router_permute_gather(s, false); }
 void BM_router_permute_gather_bf16_planned_workspace(benchmark::State& s) { run_router_permute_gather(s, true); }
+void BM_router_permute_gather_bf16_route_only(benchmark::State& s) {
+  run_router_permute_gather(s, true, RouteStage::route);
+}
+void BM_router_permute_gather_bf16_permute_plan_only(benchmark::State& s) {
+  run_router_permute_gather(s, true, RouteStage::permute_plan);
+}
+void BM_router_permute_gather_bf16_gather_only(benchmark::State& s) {
+  run_router_permute_gather(s, true, RouteStage::gather);
+}
 BENCHMARK(BM_router_permute_gather_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_router_permute_gather_bf16_planned_workspace)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_route_only)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_permute_plan_only)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_gather_only)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 /// SinkhornTop1 in training mode at 16384 × 2048, 8 experts: route_logits + sinkhorn +
 /// route_select, the sinkhorn workspace planned once (no host sync).
