@@ -14,7 +14,8 @@
 // causal_conv1d_backward: batch 8, dim 4096, L 2048, W 4, SiLU, bias, bf16, channel-last with x
 // the first half of a (batch, L, 2·dim) in_proj output and dx written there too (as the layer
 // does); dout (batch, L, dim); dweight and dbias in float. Anchor: causal-conv1d's backward,
-// 0.282 ms on the H100; goal ≤ 0.2 ms.
+// 0.282 ms on the H100; goal ≤ 0.2 ms. `load_steps:1|8` times the kernel with the rows of 1 or 8
+// timesteps loaded together (`load_steps:0` is the op's choice, 4).
 //
 // Both ops queue their kernels without a host synchronisation but take scratch from the
 // backend's pool, so instead of capturing them in a CUDA graph each iteration queues
@@ -158,7 +159,9 @@ void BM_selective_scan_backward_bf16(benchmark::State& state) {
 
 /// causal_conv1d_backward at the canonical shape, x the first half of the in_proj output (as in
 /// the Mamba layer), dx written into the first half of a dxz buffer, dweight and dbias in float.
+/// `load_steps`: timesteps whose rows a thread loads together (0: the op's choice; 1, 4, 8).
 void BM_causal_conv1d_backward_bf16(benchmark::State& state) {
+  const int load_steps = static_cast<int>(state.range(0));
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const index_t batch = kBatch, dim = kDim, L = kLen, W = kWidth;
@@ -197,7 +200,7 @@ void BM_causal_conv1d_backward_bf16(benchmark::State& state) {
   int next = 0;
   moss::bench::time_cuda(state, gpu.stream, [&] {
     for (int c = 0; c < kConvCallsPerIteration; ++c) {
-      moss::causal_conv1d_backward(gpu, args[static_cast<std::size_t>(next)]);
+      moss::detail::run_conv1d_backward(gpu, args[static_cast<std::size_t>(next)], load_steps);
       next = (next + 1) % n_sets;
     }
   });
@@ -212,6 +215,12 @@ BENCHMARK(BM_selective_scan_backward_bf16)
     ->Arg(2)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_causal_conv1d_backward_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_causal_conv1d_backward_bf16)
+    ->ArgName("load_steps")
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(8)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

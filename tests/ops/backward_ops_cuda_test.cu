@@ -543,7 +543,7 @@ namespace {
 /// The CUDA op's per-thread routines run on the host over every thread of both kernels, with
 /// runs of `steps` timesteps (any steps ≥ 1, shorter than the device's 32 to cross many run
 /// boundaries): what the kernels compute, without a GPU.
-template <class T, int W, int C = 1>
+template <class T, int W, int C, int U>
 void emulate_conv1d_backward(const moss::CausalConv1dBackwardArgs<T>& a, index_t steps) {
   const index_t batch = a.x.shape[0], dim = a.x.shape[1], seqlen = a.x.shape[2];
   const index_t runs = seqlen > 0 ? moss::ceil_div<index_t>(seqlen, steps) : 1;
@@ -563,22 +563,23 @@ void emulate_conv1d_backward(const moss::CausalConv1dBackwardArgs<T>& a, index_t
                                                 .partial = want_params ? partial.data() : nullptr};
   for (index_t b = 0; b < batch; ++b)
     for (index_t r = 0; r < runs; ++r)
-      for (index_t d = 0; d < dim; d += C) moss::detail::conv1d_backward_thread<T, W, C>(p, b, r, d);
+      for (index_t d = 0; d < dim; d += C) moss::detail::conv1d_backward_thread<T, W, C, U>(p, b, r, d);
   if (!want_params) return;
   for (index_t j = 0; j < dim * (W + 1); ++j)
     moss::detail::conv1d_backward_param_thread<float>(partial.data(), batch * runs, dim, W, a.dweight, a.dbias,
                                                       a.accumulate, j);
 }
 
-/// emulate_conv1d_backward for the runtime width W with C channels per thread.
-template <int C, class T>
+/// emulate_conv1d_backward for the runtime width W with C channels per thread and U timesteps per
+/// load group.
+template <int C, int U, class T>
 void emulate_widths(const moss::CausalConv1dBackwardArgs<T>& a, index_t W, index_t steps) {
   if (W == 2)
-    emulate_conv1d_backward<T, 2, C>(a, steps);
+    emulate_conv1d_backward<T, 2, C, U>(a, steps);
   else if (W == 3)
-    emulate_conv1d_backward<T, 3, C>(a, steps);
+    emulate_conv1d_backward<T, 3, C, U>(a, steps);
   else
-    emulate_conv1d_backward<T, 4, C>(a, steps);
+    emulate_conv1d_backward<T, 4, C, U>(a, steps);
 }
 
 template <class T>
@@ -608,9 +609,11 @@ void check_conv1d_emulation() {
         const SeqPlace place = seq_place(B, D, L, SeqLayout::padded);
         const auto x_w = place_seq(x, B, D, L, place, poison<T>());
         const auto dout_w = place_seq(dout, B, D, L, place, poison<T>());
-        std::vector<T> dx[3], dinit[3];
-        std::vector<R> dweight[3], dbias[3];
-        for (int side = 0; side < 3; ++side) {  // 0: the host op, 1: the emulated kernels, 2: with 2 channels a thread
+        std::vector<T> dx[4], dinit[4];
+        std::vector<R> dweight[4], dbias[4];
+        // 0: the host op; the emulated kernels: 1 as launched, 2 with 2 channels a thread and rows
+        // loaded one timestep at a time, 3 with rows loaded 8 timesteps at a time.
+        for (int side = 0; side < 4; ++side) {
           if (side == 2 && D % 2 != 0) continue;
           dx[side] = std::vector<T>(static_cast<std::size_t>(place.size), poison<T>());
           dinit[side] = std::vector<T>(static_cast<std::size_t>(B * D * (W - 1)), poison<T>());
@@ -632,12 +635,19 @@ void check_conv1d_emulation() {
           if (side == 0) {
             moss::causal_conv1d_backward(moss::Host{}, a);
           } else if (side == 1) {
-            emulate_widths<1>(a, W, steps);
+            emulate_widths<1, moss::detail::kConv1dBackwardLoadSteps>(a, W, steps);
+          } else if (side == 2) {
+            emulate_widths<2, 1>(a, W, steps);
           } else {
-            emulate_widths<2>(a, W, steps);
+            emulate_widths<1, 8>(a, W, steps);
           }
         }
-        if (D % 2 == 0) {  // C channels per thread: the same arithmetic per channel, so the same bits
+        // 8 timesteps per load group: the same arithmetic in the same order, so the same bits.
+        CHECK(same_bits(dx[3], dx[1]));
+        CHECK(same_bits(dinit[3], dinit[1]));
+        CHECK(same_bits(dweight[3], dweight[1]));
+        CHECK(same_bits(dbias[3], dbias[1]));
+        if (D % 2 == 0) {  // C channels per thread (and one timestep per load group): the same bits
           CHECK(same_bits(dx[2], dx[1]));
           CHECK(same_bits(dinit[2], dinit[1]));
           CHECK(same_bits(dweight[2], dweight[1]));
@@ -660,6 +670,51 @@ TEST_CASE("causal_conv1d_backward: the CUDA per-thread routines run on the host 
   // Needs no GPU: checks the kernels' indexing (runs, halos, state columns, dfinal_state) here.
   check_conv1d_emulation<float>();
   check_conv1d_emulation<bf16>();
+}
+
+TEST_CASE("causal_conv1d_backward: CUDA rows loaded 1, 4 or 8 timesteps at a time give the same bits",
+          "[cuda][backward]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  // Several runs per sequence, channel-last (the vector path) and channel-first (one channel a
+  // thread), a length that is no multiple of 8.
+  const index_t B = 2, D = 16, L = 701, W = 4;
+  for (SeqLayout layout : {SeqLayout::channel_last, SeqLayout::channel_first}) {
+    CAPTURE(static_cast<int>(layout));
+    const SeqPlace place = seq_place(B, D, L, layout);
+    const auto x = device_copy(gpu, place_seq(as<bf16>(moss::test::randn(B * D * L, 9901)), B, D, L, place, bf16{}));
+    const auto dout = device_copy(gpu, place_seq(as<bf16>(moss::test::randn(B * D * L, 9902)), B, D, L, place, bf16{}));
+    const auto weight = device_copy(gpu, as<bf16>(moss::test::randn(D * W, 9903, 0.5f)));
+    const auto bias = device_copy(gpu, as<bf16>(moss::test::randn(D, 9904, 0.5f)));
+    std::vector<bf16> dx_ref;
+    std::vector<float> dweight_ref, dbias_ref;
+    for (int load_steps : {0, 1, 4, 8}) {
+      CAPTURE(load_steps);
+      auto dx = device_copy(gpu, std::vector<bf16>(static_cast<std::size_t>(place.size), poison<bf16>()));
+      auto dweight = gpu.alloc<float>(D * W);
+      auto dbias = gpu.alloc<float>(D);
+      moss::CausalConv1dBackwardArgs<bf16> a;
+      a.x = ConstView<bf16, 3>(x.data() + place.offset, {B, D, L}, place.stride, "x");
+      a.weight = ConstView<bf16, 2>(weight.data(), {D, W}, "weight");
+      a.bias = ConstView<bf16, 1>(bias.data(), {D}, "bias");
+      a.silu = true;
+      a.dout = ConstView<bf16, 3>(dout.data() + place.offset, {B, D, L}, place.stride, "dout");
+      a.dx = TensorView<bf16, 3>(dx.data() + place.offset, {B, D, L}, place.stride, "dx");
+      a.dweight = TensorView<float, 2>(dweight.data(), {D, W}, "dweight");
+      a.dbias = TensorView<float, 1>(dbias.data(), {D}, "dbias");
+      moss::detail::run_conv1d_backward(gpu, a, load_steps);
+      if (load_steps == 0) {
+        dx_ref = host_copy(gpu, dx), dweight_ref = host_copy(gpu, dweight), dbias_ref = host_copy(gpu, dbias);
+        continue;
+      }
+      CHECK(same_bits(host_copy(gpu, dx), dx_ref));
+      CHECK(same_bits(host_copy(gpu, dweight), dweight_ref));
+      CHECK(same_bits(host_copy(gpu, dbias), dbias_ref));
+    }
+  }
+  CHECK_THROWS_AS(moss::detail::run_conv1d_backward(gpu, moss::CausalConv1dBackwardArgs<bf16>{}, 3),
+                  moss::config_error);
 }
 
 TEST_CASE("causal_conv1d_backward: CUDA refuses a width it has no kernel for", "[cuda][backward]") {

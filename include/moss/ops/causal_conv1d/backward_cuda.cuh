@@ -20,16 +20,17 @@ namespace moss {
 
 namespace detail {
 
-/// The sequence kernel for width W ∈ {2, 3, 4} (checked by the caller) and C channels per thread.
-template <class T, int C>
+/// The sequence kernel for width W ∈ {2, 3, 4} (checked by the caller), C channels per thread and
+/// U timesteps per load group.
+template <class T, int C, int U>
 auto conv1d_backward_kernel(index_t width) {
   switch (width) {
     case 2:
-      return causal_conv1d_backward_kernel<T, 2, C>;
+      return causal_conv1d_backward_kernel<T, 2, C, U>;
     case 3:
-      return causal_conv1d_backward_kernel<T, 3, C>;
+      return causal_conv1d_backward_kernel<T, 3, C, U>;
     default:
-      return causal_conv1d_backward_kernel<T, 4, C>;
+      return causal_conv1d_backward_kernel<T, 4, C, U>;
   }
 }
 
@@ -43,6 +44,56 @@ bool conv1d_backward_vector(const CausalConv1dBackwardArgs<T>& a, index_t C) {
          (!dx || cuda::vector_aligned(a.dx, C, 1));
 }
 
+/// causal_conv1d_backward's validation and launches, U timesteps' rows loaded together.
+template <class T, int U>
+void launch_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& args) {
+  validate(args, "causal_conv1d_backward");
+  const index_t width = args.weight.shape[1];
+  expect_causal_conv1d_cuda_width(width, "causal_conv1d_backward (cuda)");
+  const index_t batch = args.x.shape[0], dim = args.x.shape[1], seqlen = args.x.shape[2];
+  const bool want_dx = present(args.dx) && !args.dx.empty();
+  const bool want_dstate = present(args.dinitial_state) && !args.dinitial_state.empty();
+  const bool want_params = present(args.dweight) || present(args.dbias);
+  if (!want_dx && !want_dstate && !want_params) return;
+
+  constexpr index_t kVec = kConv1dBackwardVec<T>;
+  const index_t steps = conv1d_backward_steps(batch * ceil_div(dim, kVec), seqlen);
+  const index_t runs = seqlen > 0 ? ceil_div<index_t>(seqlen, steps) : 1;  // run 0 owns the state's columns
+  const index_t slots = batch * runs;
+  Buffer<float> partial;
+  if (want_params && slots > 0)
+    partial = gpu.alloc<float>(slots * dim * (width + 1), "causal_conv1d_backward parameter partials");
+  constexpr int threads = kConv1dBackwardBlockThreads;
+  if (slots > 0) {
+    Conv1dBackwardParams<T> p{.x = args.x,
+                              .weight = args.weight,
+                              .bias = args.bias,
+                              .silu = args.silu,
+                              .initial_state = args.initial_state,
+                              .dout = args.dout,
+                              .dfinal_state = args.dfinal_state,
+                              .dx = want_dx ? args.dx : TensorView<T, 3>{},
+                              .dinitial_state = want_dstate ? args.dinitial_state : TensorView<T, 3>{},
+                              .steps = steps,
+                              .runs = runs,
+                              .partial = want_params ? partial.data() : nullptr};
+    const bool vec = conv1d_backward_vector(args, kVec);
+    const unsigned blocks = cuda::checked_grid(ceil_div<index_t>(slots * (vec ? dim / kVec : dim), threads),
+                                               "causal_conv1d_backward (cuda)");
+    cuda::launch(
+        "causal_conv1d_backward_kernel",
+        vec ? conv1d_backward_kernel<T, static_cast<int>(kVec), U>(width) : conv1d_backward_kernel<T, 1, U>(width),
+        blocks, threads, 0, gpu.stream, p);
+  }
+  if (!want_params) return;
+  const unsigned blocks =
+      cuda::checked_grid(ceil_div<index_t>(dim * (width + 1), kConv1dParamColumns), "causal_conv1d_backward (cuda)");
+  const dim3 block(kConv1dParamColumns, kConv1dParamGroups);
+  cuda::launch("causal_conv1d_backward_params_kernel", causal_conv1d_backward_params_kernel<float>, blocks, block, 0,
+               gpu.stream, static_cast<const float*>(partial.data()), slots, dim, static_cast<int>(width), args.dweight,
+               args.dbias, args.accumulate);
+}
+
 }  // namespace detail
 
 /// Writes the gradients of causal_conv1d's inputs that `args` asks for (docs/math.md §4) on the
@@ -53,51 +104,29 @@ template <class T>
 void causal_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& args) {
   static_assert(StorageType<T>,
                 "moss::causal_conv1d_backward (cuda): T must be float, moss::f16 or moss::bf16; double is host-only");
-  validate(args, "causal_conv1d_backward");
-  const index_t width = args.weight.shape[1];
-  expect_causal_conv1d_cuda_width(width, "causal_conv1d_backward (cuda)");
-  const index_t batch = args.x.shape[0], dim = args.x.shape[1], seqlen = args.x.shape[2];
-  const bool want_dx = present(args.dx) && !args.dx.empty();
-  const bool want_dstate = present(args.dinitial_state) && !args.dinitial_state.empty();
-  const bool want_params = present(args.dweight) || present(args.dbias);
-  if (!want_dx && !want_dstate && !want_params) return;
-
-  constexpr index_t kVec = detail::kConv1dBackwardVec<T>;
-  const index_t steps = detail::conv1d_backward_steps(batch * ceil_div(dim, kVec), seqlen);
-  const index_t runs = seqlen > 0 ? ceil_div<index_t>(seqlen, steps) : 1;  // run 0 owns the state's columns
-  const index_t slots = batch * runs;
-  Buffer<float> partial;
-  if (want_params && slots > 0)
-    partial = gpu.alloc<float>(slots * dim * (width + 1), "causal_conv1d_backward parameter partials");
-  constexpr int threads = detail::kConv1dBackwardBlockThreads;
-  if (slots > 0) {
-    detail::Conv1dBackwardParams<T> p{.x = args.x,
-                                      .weight = args.weight,
-                                      .bias = args.bias,
-                                      .silu = args.silu,
-                                      .initial_state = args.initial_state,
-                                      .dout = args.dout,
-                                      .dfinal_state = args.dfinal_state,
-                                      .dx = want_dx ? args.dx : TensorView<T, 3>{},
-                                      .dinitial_state = want_dstate ? args.dinitial_state : TensorView<T, 3>{},
-                                      .steps = steps,
-                                      .runs = runs,
-                                      .partial = want_params ? partial.data() : nullptr};
-    const bool vec = detail::conv1d_backward_vector(args, kVec);
-    const unsigned blocks = cuda::checked_grid(ceil_div<index_t>(slots * (vec ? dim / kVec : dim), threads),
-                                               "causal_conv1d_backward (cuda)");
-    cuda::launch("causal_conv1d_backward_kernel",
-                 vec ? detail::conv1d_backward_kernel<T, static_cast<int>(kVec)>(width)
-                     : detail::conv1d_backward_kernel<T, 1>(width),
-                 blocks, threads, 0, gpu.stream, p);
-  }
-  if (!want_params) return;
-  const unsigned blocks = cuda::checked_grid(ceil_div<index_t>(dim * (width + 1), detail::kConv1dParamColumns),
-                                             "causal_conv1d_backward (cuda)");
-  const dim3 block(detail::kConv1dParamColumns, detail::kConv1dParamGroups);
-  cuda::launch("causal_conv1d_backward_params_kernel", detail::causal_conv1d_backward_params_kernel<float>, blocks,
-               block, 0, gpu.stream, static_cast<const float*>(partial.data()), slots, dim, static_cast<int>(width),
-               args.dweight, args.dbias, args.accumulate);
+  detail::launch_conv1d_backward<T, detail::kConv1dBackwardLoadSteps>(gpu, args);
 }
+
+namespace detail {
+
+/// The test and benchmark hook: causal_conv1d_backward with `load_steps` (1, 4 or 8) timesteps'
+/// rows loaded together instead of kConv1dBackwardLoadSteps (0). The results are the same bits.
+template <class T>
+void run_conv1d_backward(const Cuda& gpu, const CausalConv1dBackwardArgs<T>& args, int load_steps) {
+  switch (load_steps) {
+    case 0:
+      return causal_conv1d_backward(gpu, args);
+    case 1:
+      return launch_conv1d_backward<T, 1>(gpu, args);
+    case 4:
+      return launch_conv1d_backward<T, 4>(gpu, args);
+    case 8:
+      return launch_conv1d_backward<T, 8>(gpu, args);
+    default:
+      raise<config_error>("run_conv1d_backward: load_steps is ", load_steps, ", expected 0, 1, 4 or 8");
+  }
+}
+
+}  // namespace detail
 
 }  // namespace moss

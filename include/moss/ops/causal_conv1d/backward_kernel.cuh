@@ -137,12 +137,13 @@ inline constexpr int kConv1dBackwardLoadSteps = 4;
 /// single-channel one (C = 1), in the same order; C > 1 only shares the loop and, with `vec`,
 /// makes each row access one vector of C channels. g at time t is kept for the W most recent t
 /// (gw[k] = g(t − k)); the input gradient at τ = t − (W−1) is complete once g(t) is known. The
-/// rows of x and dout are read kConv1dBackwardLoadSteps timesteps at a time, then used in order.
-template <class T, int W, int C = 1>
+/// rows of x and dout are read U timesteps at a time, then used in order (U changes which loads
+/// are in flight together, never a result).
+template <class T, int W, int C = 1, int U = kConv1dBackwardLoadSteps>
 MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b, index_t run, index_t d0,
                                     bool vec = false) {
   static_assert(W >= 2, "conv1d_backward_thread: the CUDA widths are 2, 3, 4");
-  constexpr int U = kConv1dBackwardLoadSteps;
+  static_assert(U >= 1, "conv1d_backward_thread: at least one timestep per load group");
   const index_t dim = p.x.shape[1], seqlen = p.x.shape[2];
   const index_t t0 = run * p.steps;
   const index_t t1 = t0 + p.steps < seqlen ? t0 + p.steps : seqlen;  // this run's timesteps: t0 .. t1-1
@@ -240,14 +241,15 @@ MOSS_HD void conv1d_backward_thread(const Conv1dBackwardParams<T>& p, index_t b,
 }
 
 /// Sequence kernel: one thread per (b, run, group of C channels), channel groups fastest; with C
-/// > 1 every row access is one vector (the caller checked layout and alignment).
-template <class T, int W, int C>
+/// > 1 every row access is one vector (the caller checked layout and alignment); U timesteps'
+/// rows loaded together.
+template <class T, int W, int C, int U>
 __global__ void __launch_bounds__(kConv1dBackwardBlockThreads)
     causal_conv1d_backward_kernel(const Conv1dBackwardParams<T> p) {
   const index_t batch = p.x.shape[0], groups = p.x.shape[1] / C;
   const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= batch * p.runs * groups) return;
-  conv1d_backward_thread<T, W, C>(p, i / groups / p.runs, (i / groups) % p.runs, (i % groups) * C, C > 1);
+  conv1d_backward_thread<T, W, C, U>(p, i / groups / p.runs, (i / groups) % p.runs, (i % groups) * C, C > 1);
 }
 
 /// Slot groups of the parameter kernel: thread (j, g) sums slots g, g + G, g + 2G, … in
