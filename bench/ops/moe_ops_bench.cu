@@ -19,6 +19,8 @@
 // once, ≈ 0.067 ms at 3 TB/s). `_planned_workspace`: the same with permute_plan's scratch
 // planned once by the caller (the workspace contract) instead of taken from the pool per call.
 // `_route_only`, `_permute_plan_only`, `_gather_only`: each op of the planned pipeline alone.
+// `_4_tokens_per_warp`: the router's logits kernel with a warp taking 4 tokens at a time (each
+// weight element read from shared memory serves 4 tokens), alone and in the planned pipeline.
 //
 // sinkhorn_router: SinkhornTop1 in training mode as the layer runs it, route_logits + sinkhorn
 // (at most 100 rounds, one block) + route_select, at the same shape.
@@ -221,7 +223,8 @@ enum class RouteStage { all, route, permute_plan, gather };
 /// route + permute_plan + gather_rows at 16384 × 2048, 8 experts, top-1 (no host sync); with
 /// `planned`, permute_plan's workspace is allocated once outside the timed loop. `stage` other
 /// than `all` times that op alone (the others run once before the timing): where the time goes.
-void run_router_permute_gather(benchmark::State& state, bool planned, RouteStage stage = RouteStage::all) {
+void run_router_permute_gather(benchmark::State& state, bool planned, RouteStage stage = RouteStage::all,
+                               int tokens_per_warp = 0) {
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const int sets = moss::bench::rotation_count(static_cast<double>(kTokens) * kIn * sizeof(bf16));
@@ -254,7 +257,10 @@ void run_router_permute_gather(benchmark::State& state, bool planned, RouteStage
     r.logits = logits.view<2>({kTokens, kExperts});
     r.expert = expert.view<2>({kTokens, 1});
     r.gate = gate.view<2>({kTokens, 1});
-    moss::route(gpu, r);
+    if (tokens_per_warp == 0)
+      moss::route(gpu, r);
+    else
+      moss::detail::route::run_route(gpu, r, tokens_per_warp);
   };
   const auto gather = [&](int set) {
     moss::gather_rows(
@@ -289,6 +295,12 @@ void BM_router_permute_gather_bf16_planned_workspace(benchmark::State& s) { run_
 void BM_router_permute_gather_bf16_route_only(benchmark::State& s) {
   run_router_permute_gather(s, true, RouteStage::route);
 }
+void BM_router_permute_gather_bf16_route_only_4_tokens_per_warp(benchmark::State& s) {
+  run_router_permute_gather(s, true, RouteStage::route, 4);
+}
+void BM_router_permute_gather_bf16_planned_4_tokens_per_warp(benchmark::State& s) {
+  run_router_permute_gather(s, true, RouteStage::all, 4);
+}
 void BM_router_permute_gather_bf16_permute_plan_only(benchmark::State& s) {
   run_router_permute_gather(s, true, RouteStage::permute_plan);
 }
@@ -298,6 +310,8 @@ void BM_router_permute_gather_bf16_gather_only(benchmark::State& s) {
 BENCHMARK(BM_router_permute_gather_bf16)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_router_permute_gather_bf16_planned_workspace)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_router_permute_gather_bf16_route_only)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_route_only_4_tokens_per_warp)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_router_permute_gather_bf16_planned_4_tokens_per_warp)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_router_permute_gather_bf16_permute_plan_only)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_router_permute_gather_bf16_gather_only)->UseManualTime()->Unit(benchmark::kMillisecond);
 

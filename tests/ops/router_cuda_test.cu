@@ -99,9 +99,11 @@ Routed route_host(const R& router, const std::vector<T>& x, const std::vector<fl
   return r;
 }
 
+/// `route` on the GPU (tokens_per_warp 0), or its kernel with a warp taking 1 or 4 tokens at a
+/// time (`run_route`); outputs poisoned first.
 template <class T, class R>
 Routed route_cuda(const Cuda& gpu, const R& router, const PlacedX<T>& px, const Buffer<float>& dw, index_t tokens,
-                  index_t D, index_t X) {
+                  index_t D, index_t X, int tokens_per_warp = 0) {
   const Buffer<T> dx = device_copy(gpu, px.wide);
   Buffer<float> dl = device_copy(gpu, std::vector<float>(static_cast<std::size_t>(tokens * X), kPoison));
   Buffer<std::int32_t> de =
@@ -114,7 +116,10 @@ Routed route_cuda(const Cuda& gpu, const R& router, const PlacedX<T>& px, const 
   a.logits = TensorView<float, 2>(dl.data(), {tokens, X}, "logits");
   a.expert = TensorView<std::int32_t, 2>(de.data(), {tokens, R::k}, "expert");
   a.gate = TensorView<float, 2>(dg.data(), {tokens, R::k}, "gate");
-  moss::route(gpu, a);
+  if (tokens_per_warp == 0)
+    moss::route(gpu, a);
+  else
+    moss::detail::route::run_route(gpu, a, tokens_per_warp);
   gpu.synchronize();
   return {host_copy(gpu, dl), host_copy(gpu, dg), host_copy(gpu, de)};
 }
@@ -182,12 +187,15 @@ void check_route(const Cuda& gpu, const R& router, const Shape& s, std::uint64_t
     if (!all_layouts && layout != Layout::contiguous) continue;
     CAPTURE(tokens, D, X, R::k, layout_name(layout));
     const PlacedX<T> px = place(x, tokens, D, layout);
-    const Routed got = route_cuda(gpu, router, px, dw, tokens, D, X);
-    CHECK(same_bits(got.logits, want.logits));
     CHECK(same_bits(route_logits_cuda(gpu, px, dw, tokens, D, X), want.logits));
-    CHECK(got.expert == want.expert);
-    CHECK(moss::test::rel_l2(got.gate, want.gate) <= 1e-6);
-    CHECK(moss::test::max_rel_nan_aware(got.gate, want.gate) <= 1e-5);
+    for (int tokens_per_warp : {0, 4}) {  // route's kernel, and the one that takes 4 tokens a warp
+      CAPTURE(tokens_per_warp);
+      const Routed got = route_cuda(gpu, router, px, dw, tokens, D, X, tokens_per_warp);
+      CHECK(same_bits(got.logits, want.logits));
+      CHECK(got.expert == want.expert);
+      CHECK(moss::test::rel_l2(got.gate, want.gate) <= 1e-6);
+      CHECK(moss::test::max_rel_nan_aware(got.gate, want.gate) <= 1e-5);
+    }
   }
 }
 
@@ -267,6 +275,10 @@ TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as th
     using R = std::decay_t<decltype(router)>;
     CAPTURE(R::k);
     const Routed want = route_host(router, x, w, tokens, D, X);
+    // NaN logits through the kernel that takes 4 tokens a warp: the same as route's.
+    const Routed four = route_cuda(gpu, router, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X, 4);
+    CHECK(same_or_both_nan(four.logits, want.logits));
+    CHECK(four.expert == want.expert);
     const Routed got = route_cuda(gpu, router, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X);
     CHECK(same_or_both_nan(got.logits, want.logits));
     CHECK(got.expert == want.expert);
@@ -286,6 +298,8 @@ TEMPLATE_TEST_CASE("route: CUDA ties, NaN logits and all-NaN tokens select as th
   check(moss::Top1Switch{});
   check(moss::TopK<2>{true});
   check(moss::SinkhornTop1{});
+  CHECK_THROWS_AS(route_cuda(gpu, moss::Top1Switch{}, place(x, tokens, D, Layout::contiguous), dw, tokens, D, X, 2),
+                  moss::config_error);
 }
 
 TEST_CASE("route_select: CUDA selects from given scores as the host does", "[cuda][ops][router]") {

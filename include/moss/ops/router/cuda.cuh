@@ -18,8 +18,9 @@ namespace moss {
 namespace detail::route {
 
 /// Launches the logits kernel over x (tokens, D) and weight (X, D) into logits (tokens, X); with
-/// a router R other than `LogitsOnly` it also selects into expert and gate (tokens, K).
-template <class T, class R>
+/// a router R other than `LogitsOnly` it also selects into expert and gate (tokens, K). A warp
+/// takes TPW tokens at a time (the same bits for every TPW).
+template <class T, class R, int TPW = 1>
 void launch_logits(const Cuda& gpu, const R& router, const ConstView<T, 2>& x, const ConstView<float, 2>& weight,
                    float* logits, std::int32_t* expert, float* gate) {
   const index_t tokens = x.shape[0];
@@ -40,10 +41,12 @@ void launch_logits(const Cuda& gpu, const R& router, const ConstView<T, 2>& x, c
   const std::size_t weight_bytes = static_cast<std::size_t>(p.X * p.D) * sizeof(float);
   p.weight_in_smem = weight_bytes <= static_cast<std::size_t>(cfg.smem_weight_bytes);
 
-  const std::size_t smem = (p.weight_in_smem ? weight_bytes : 0) + sizeof(float) * cfg.warps_per_block * p.X;
-  auto kernel = route_logits_kernel<T, R, cfg.warps_per_block>;
+  const std::size_t smem =
+      (p.weight_in_smem ? weight_bytes : 0) + sizeof(float) * cfg.warps_per_block * TPW * static_cast<std::size_t>(p.X);
+  auto kernel = route_logits_kernel<T, R, cfg.warps_per_block, TPW>;
   cuda::allow_dynamic_shared(kernel, smem);
-  const unsigned blocks = cuda::sm_capped_blocks(ceil_div<index_t>(tokens, cfg.warps_per_block), cfg.blocks_per_sm);
+  const unsigned blocks =
+      cuda::sm_capped_blocks(ceil_div<index_t>(tokens, cfg.warps_per_block * TPW), cfg.blocks_per_sm);
   kernel<<<blocks, cfg.warps_per_block * 32, smem, gpu.stream>>>(p);
   MOSS_CHECK_LAUNCH("route_logits_kernel", gpu.stream);
 }
@@ -58,6 +61,24 @@ void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
   validate(a, "route");
   detail::route::launch_logits(gpu, a.router, a.x, a.weight, a.logits.data, a.expert.data, a.gate.data);
 }
+
+namespace detail::route {
+
+/// The test and benchmark hook: `route` with a warp taking `tokens_per_warp` (1 or 4) tokens at
+/// a time; 0 is `route`'s own choice (1). The results are the same bits.
+template <class T, Router R>
+void run_route(const Cuda& gpu, const RouteArgs<T, R>& a, int tokens_per_warp) {
+  static_assert(StorageType<T>, "moss::route: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
+  MOSS_EXPECTS(tokens_per_warp == 0 || tokens_per_warp == 1 || tokens_per_warp == 4, config_error,
+               "run_route: tokens_per_warp is ", tokens_per_warp, ", expected 0, 1 or 4");
+  validate(a, "route");
+  if (tokens_per_warp == 4)
+    launch_logits<T, R, 4>(gpu, a.router, a.x, a.weight, a.logits.data, a.expert.data, a.gate.data);
+  else
+    launch_logits<T, R, 1>(gpu, a.router, a.x, a.weight, a.logits.data, a.expert.data, a.gate.data);
+}
+
+}  // namespace detail::route
 
 /// The logits alone on the GPU: the same kernel as `route`'s without the selection, so the
 /// logits are bit-identical to `route`'s (and to the host's).

@@ -1,12 +1,13 @@
 // moss/ops/router/kernel.cuh: the router kernels (needs nvcc).
 //
-// logits: one warp per token (a persistent grid of blocks striding over tokens). The router
+// logits: one warp per TPW consecutive tokens at a time (a persistent grid of blocks striding
+// over tokens; `route` uses TPW = 1, the test and benchmark hook `run_route` also 4). The router
 // weight (X, D) is staged in shared memory once per block when it fits. Lane l accumulates the
-// 16-byte chunks l, l + 32, ... of x[t] against up to kExpertTile experts at a time (re-reading
-// the x chunk, from L1, per tile of experts), then the warp adds its partial sums by an xor
-// butterfly: the order `detail::route::dot_in_kernel_order` replays on the host. The logits go
-// to the warp's slice of shared memory and to global memory; lane 0 then selects (`route`), or
-// nothing is selected (`route_logits`: the router type is `LogitsOnly`).
+// 16-byte chunks l, l + 32, ... of x[t] against up to kExpertTileFor<TPW> experts at a time
+// (re-reading the x chunk, from L1, per tile of experts), then the warp adds its partial sums by
+// an xor butterfly: the order `detail::route::dot_in_kernel_order` replays on the host. The
+// logits go to the warp's slice of shared memory and to global memory; lane i then selects for
+// token i (`route`), or nothing is selected (`route_logits`: the router type is `LogitsOnly`).
 // select: one thread per token, from given logits and scores (`route_select`).
 // stats: one block per tile of tokens writes per-tile partial sums (moss::cuda::BlockReduce);
 // one block adds the tiles in order (no atomics: the statistics are deterministic).
@@ -63,16 +64,25 @@ MOSS_DEVICE void load_chunk(float (&v)[cuda::kVec16<T>], const T* x, index_t c, 
   }
 }
 
+/// Experts whose partial sums a lane keeps per token when a warp takes TPW tokens at a time (the
+/// registers of TPW · kExpertTile partial sums would not fit for TPW > 1).
+template <int TPW>
+inline constexpr int kExpertTileFor = TPW == 1 ? kExpertTile : kExpertTile / 2;
+
 /// Logits (and, unless R is `LogitsOnly`, the selection) of every token. Dynamic shared
-/// memory: the weight (X·D floats) when staged, then one X-float slice per warp.
-template <class T, class R, int kWarps>
+/// memory: the weight (X·D floats) when staged, then one TPW·X-float slice per warp. A warp
+/// takes TPW consecutive tokens at a time: each weight element read from shared memory serves
+/// TPW tokens (the weight reads, 4·X bytes per x element, are what bounds TPW = 1). Every
+/// token's sums are the same multiply-adds in the same order whatever TPW: the same bits.
+template <class T, class R, int kWarps, int TPW = 1>
 __global__ void __launch_bounds__(kWarps * 32) route_logits_kernel(const RouteParams<T, R> p) {
   constexpr int V = cuda::kVec16<T>;
+  constexpr int ET = kExpertTileFor<TPW>;
   extern __shared__ __align__(16) unsigned char smem[];
   float* w_smem = reinterpret_cast<float*>(smem);
   float* warp_logits = w_smem + (p.weight_in_smem ? p.X * p.D : 0);
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-  float* my_logits = warp_logits + warp * p.X;
+  float* my_logits = warp_logits + warp * TPW * p.X;  // token i's logits at i·X
   if (p.weight_in_smem) {
     for (index_t i = threadIdx.x; i < p.X * p.D; i += blockDim.x) w_smem[i] = p.weight[i];
     __syncthreads();
@@ -80,39 +90,69 @@ __global__ void __launch_bounds__(kWarps * 32) route_logits_kernel(const RoutePa
   const float* w = p.weight_in_smem ? w_smem : p.weight;
   const index_t chunks = (p.D + V - 1) / V;
 
-  for (index_t t = static_cast<index_t>(blockIdx.x) * kWarps + warp; t < p.tokens;
-       t += static_cast<index_t>(gridDim.x) * kWarps) {
-    const T* x = p.x + t * p.x_row_stride;
-    for (int e0 = 0; e0 < p.X; e0 += kExpertTile) {
-      float acc[kExpertTile];
+  for (index_t t0 = (static_cast<index_t>(blockIdx.x) * kWarps + warp) * TPW; t0 < p.tokens;
+       t0 += static_cast<index_t>(gridDim.x) * kWarps * TPW) {
+    const T* x[TPW];
+    bool live[TPW];  // token t0 + i exists
 #pragma unroll
-      for (int e = 0; e < kExpertTile; ++e) acc[e] = 0.0f;
+    for (int i = 0; i < TPW; ++i) {
+      live[i] = t0 + i < p.tokens;
+      x[i] = p.x + (live[i] ? t0 + i : t0) * p.x_row_stride;
+    }
+    for (int e0 = 0; e0 < p.X; e0 += ET) {
+      float acc[TPW][ET];
+#pragma unroll
+      for (int i = 0; i < TPW; ++i)
+#pragma unroll
+        for (int e = 0; e < ET; ++e) acc[i][e] = 0.0f;
       for (index_t c = lane; c < chunks; c += 32) {
-        float xv[V];
-        load_chunk<T>(xv, x, c, p.D, p.vector_x);
+        float xv[TPW][V];
+#pragma unroll
+        for (int i = 0; i < TPW; ++i) {
+          if (live[i]) {
+            load_chunk<T>(xv[i], x[i], c, p.D, p.vector_x);
+          } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) xv[i][j] = 0.0f;
+          }
+        }
         const index_t i0 = c * V;
 #pragma unroll
-        for (int e = 0; e < kExpertTile; ++e) {
+        for (int e = 0; e < ET; ++e) {
           if (e0 + e >= p.X) break;
           const float* wr = w + (e0 + e) * p.D + i0;
 #pragma unroll
           for (int j = 0; j < V; ++j)
-            if (i0 + j < p.D) acc[e] = fma_f32(xv[j], wr[j], acc[e]);
+            if (i0 + j < p.D) {
+              const float wv = wr[j];
+#pragma unroll
+              for (int i = 0; i < TPW; ++i) acc[i][e] = fma_f32(xv[i][j], wv, acc[i][e]);
+            }
         }
       }
       // The xor butterfly is written out (not moss::cuda::warp_sum): its order is the contract
       // the host replays (`butterfly_sum`).
 #pragma unroll
-      for (int e = 0; e < kExpertTile; ++e) {
-        float s = acc[e];
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (lane == 0 && e0 + e < p.X) my_logits[e0 + e] = s;
-      }
+      for (int i = 0; i < TPW; ++i)
+#pragma unroll
+        for (int e = 0; e < ET; ++e) {
+          float s = acc[i][e];
+          for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+          if (lane == 0 && live[i] && e0 + e < p.X) my_logits[i * p.X + e0 + e] = s;
+        }
     }
     __syncwarp();
-    for (int e = lane; e < p.X; e += 32) p.logits[t * p.X + e] = my_logits[e];
-    if constexpr (!std::is_same_v<R, LogitsOnly>)
-      if (lane == 0) p.router.select(my_logits, my_logits, p.X, p.expert + t * R::k, p.gate + t * R::k);
+#pragma unroll
+    for (int i = 0; i < TPW; ++i) {
+      if (!live[i]) continue;
+      for (int e = lane; e < p.X; e += 32) p.logits[(t0 + i) * p.X + e] = my_logits[i * p.X + e];
+    }
+    if constexpr (!std::is_same_v<R, LogitsOnly>) {
+      if (lane < TPW && live[lane]) {  // lane i selects token t0 + i
+        const float* lg = my_logits + lane * p.X;
+        p.router.select(lg, lg, p.X, p.expert + (t0 + lane) * R::k, p.gate + (t0 + lane) * R::k);
+      }
+    }
     __syncwarp();
   }
 }
