@@ -9,7 +9,8 @@
 // gradient the layer asks for: du, ddelta, dz (into the second half of a dxz buffer), dB and dC
 // (into the columns of a dx_dbl buffer), dA, dD, ddelta_bias. Anchor: mamba_ssm's backward,
 // 4.79 ms on the H100; goal ≤ 1.9 ms. `states_per_warp:2` times the warp-per-state kernel with two
-// states per warp (`states_per_warp:0` is the plan's choice).
+// states per warp (`states_per_warp:0` is the plan's choice); `kernel_checkpoints:1` with its own
+// checkpoint pass instead of the forward scan kernel's states (`:0`, the plan's).
 //
 // causal_conv1d_backward: batch 8, dim 4096, L 2048, W 4, SiLU, bias, bf16, channel-last with x
 // the first half of a (batch, L, 2·dim) in_proj output and dx written there too (as the layer
@@ -130,6 +131,7 @@ struct ScanBackwardSet {
 /// gradient the layer asks for.
 void BM_selective_scan_backward_bf16(benchmark::State& state) {
   const int states_per_warp = static_cast<int>(state.range(0));  // 0: the plan's (1); 2: two per warp
+  const bool kernel_checkpoints = state.range(1) != 0;           // the kernel's own checkpoint pass
   moss::CudaStream stream;
   const moss::Cuda gpu{stream.get()};
   const double act = double(kBatch) * kDim * kLen * sizeof(bf16);   // one (batch, dim, L) tensor
@@ -144,8 +146,8 @@ void BM_selective_scan_backward_bf16(benchmark::State& state) {
   int next = 0;
   moss::bench::time_cuda(state, gpu.stream, [&] {
     for (int c = 0; c < kScanCallsPerIteration; ++c) {
-      if (states_per_warp > 0)
-        moss::detail::scan::run_backward(gpu, sets[next]->args, 0, states_per_warp);
+      if (states_per_warp > 0 || kernel_checkpoints)
+        moss::detail::scan::run_backward(gpu, sets[next]->args, 0, states_per_warp, kernel_checkpoints);
       else
         moss::selective_scan_backward(gpu, sets[next]->args);
       next = (next + 1) % n_sets;
@@ -210,9 +212,11 @@ void BM_causal_conv1d_backward_bf16(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_selective_scan_backward_bf16)
-    ->ArgName("states_per_warp")
-    ->Arg(0)
-    ->Arg(2)
+    ->ArgNames({"states_per_warp", "kernel_checkpoints"})
+    ->Args({0, 0})
+    ->Args({2, 0})
+    ->Args({0, 1})
+    ->Args({2, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_causal_conv1d_backward_bf16)

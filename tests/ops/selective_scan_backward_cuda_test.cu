@@ -69,9 +69,10 @@ struct Config {
   bool channel_last = true;       // u, delta, z and B, C: unit stride along dim / N, else along L
   bool grad_channel_last = true;  // dout and the T-typed gradients
   unsigned want = kAll;
-  bool accumulate = false;  // dA, dD, d delta_bias start from random priors
-  index_t subtiles = 0;     // sub-tiles per block: 0 = the plan's rule
-  int states_per_warp = 0;  // warp-per-state kernel: states per warp, 0 = the plan's
+  bool accumulate = false;          // dA, dD, d delta_bias start from random priors
+  index_t subtiles = 0;             // sub-tiles per block: 0 = the plan's rule
+  int states_per_warp = 0;          // warp-per-state kernel: states per warp, 0 = the plan's
+  bool kernel_checkpoints = false;  // warp-per-state kernel: its own checkpoint pass, not the forward kernel's
 };
 
 const char* zero_name(Zero z) {
@@ -91,12 +92,13 @@ std::string describe(const Config& c) {
   char s[400];
   std::snprintf(s, sizeof s,
                 "batch %lld dim %lld L %lld N %lld groups %lld/%lld zero strides %s/%s D %d z %d bias %d softplus %d "
-                "init %d dfinal %d channel_last %d/%d want %u accumulate %d subtiles %lld states per warp %d",
+                "init %d dfinal %d channel_last %d/%d want %u accumulate %d subtiles %lld states per warp %d "
+                "kernel checkpoints %d",
                 static_cast<long long>(c.batch), static_cast<long long>(c.dim), static_cast<long long>(c.L),
                 static_cast<long long>(c.N), static_cast<long long>(c.groups_b), static_cast<long long>(c.groups_c),
                 zero_name(c.zero_b), zero_name(c.zero_c), c.has_d, c.has_z, c.has_bias, c.softplus, c.has_init,
                 c.has_dfinal, c.channel_last, c.grad_channel_last, c.want, c.accumulate,
-                static_cast<long long>(c.subtiles), c.states_per_warp);
+                static_cast<long long>(c.subtiles), c.states_per_warp, c.kernel_checkpoints);
   return s;
 }
 
@@ -302,14 +304,15 @@ struct Result {
 
 /// Runs the CUDA backward on `p`'s device copies (outputs reset to their initial contents) and
 /// reads every gradient back. `subtiles` > 0 forces the sub-tiles per block, `states_per_warp`
-/// > 0 the warp-per-state kernel's states per warp.
+/// > 0 the warp-per-state kernel's states per warp, `kernel_checkpoints` its own checkpoint pass.
 template <class T>
-Result<T> run_device(Problem<T>& p, const moss::Cuda& gpu, index_t subtiles, int states_per_warp = 0) {
+Result<T> run_device(Problem<T>& p, const moss::Cuda& gpu, index_t subtiles, int states_per_warp = 0,
+                     bool kernel_checkpoints = false) {
   p.upload(gpu);
   const moss::SelectiveScanBackwardArgs<T> g = p.device_args();
-  if (subtiles > 0 || states_per_warp > 0) {
+  if (subtiles > 0 || states_per_warp > 0 || kernel_checkpoints) {
     moss::validate(g, "selective_scan_backward (test)");
-    moss::detail::scan::run_backward(gpu, g, subtiles, states_per_warp);
+    moss::detail::scan::run_backward(gpu, g, subtiles, states_per_warp, kernel_checkpoints);
   } else {
     moss::selective_scan_backward(gpu, g);
   }
@@ -362,7 +365,7 @@ void check_backward(const Config& c, std::uint64_t seed) {
   moss::CudaStream stream;  // declared first: it outlives the device buffers, which free on it
   const moss::Cuda gpu{stream.get()};
   Problem<T> p(c, seed);
-  const Result<T> r = run_device(p, gpu, c.subtiles, c.states_per_warp);
+  const Result<T> r = run_device(p, gpu, c.subtiles, c.states_per_warp, c.kernel_checkpoints);
   moss::selective_scan_backward(moss::Host{}, p.h);  // overwrites the host outputs
   const double tol_t = kFloatTol + t_ulp<T>();
   compare("du", p.du, r.du, tol_t);
@@ -538,6 +541,72 @@ TEMPLATE_TEST_CASE("selective_scan_backward (cuda): two states per warp equal th
   for (Config c : backward_configs()) {
     c.states_per_warp = 2;
     check_backward<TestType>(c, seed += 31);
+  }
+}
+
+TEMPLATE_TEST_CASE("selective_scan_backward (cuda): the kernel's own checkpoint pass equals the host backward",
+                   "[cuda]", float, moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  // The warp-per-state kernel computing its checkpoints itself (pass 1) instead of taking the
+  // forward scan kernel's, with one and two states per warp.
+  std::uint64_t seed = 1300;
+  for (Config c : backward_configs()) {
+    c.kernel_checkpoints = true;
+    check_backward<TestType>(c, seed += 31);
+    c.states_per_warp = 2;
+    check_backward<TestType>(c, seed += 31);
+  }
+}
+
+TEMPLATE_TEST_CASE("selective_scan (cuda): the backward's checkpoints are the host scan's states every 256 steps",
+                   "[cuda]", float, moss::bf16) {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  using T = TestType;
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  constexpr index_t kSteps = moss::detail::scan::kScanCheckpointSteps;
+  // Lengths around the checkpoint interval and the staged chunk, ragged dim, d_state 16 and 5
+  // (both tuning rows of the warp-per-state plan), both layouts, with and without an initial state.
+  struct Shape {
+    index_t batch, dim, L, N;
+    bool channel_last, init;
+  };
+  const Shape shapes[] = {{2, 37, 1, 16, true, true},    {2, 37, 255, 16, true, false}, {1, 130, 256, 16, false, true},
+                          {2, 37, 257, 5, true, true},   {3, 20, 700, 16, false, true}, {1, 8, 1024, 16, true, false},
+                          {2, 37, 1000, 5, false, false}};
+  std::uint64_t seed = 1500;
+  for (const Shape& s : shapes) {
+    Config c;
+    c.batch = s.batch, c.dim = s.dim, c.L = s.L, c.N = s.N, c.channel_last = s.channel_last, c.has_init = s.init;
+    INFO(describe(c));
+    Problem<T> p(c, seed += 17);
+    p.upload(gpu);
+    const moss::SelectiveScanBackwardArgs<T> g = p.device_args();
+    const index_t chunks = moss::ceil_div(c.L, kSteps);
+    auto ckpt = gpu.alloc<float>(c.batch * c.dim * chunks * c.N);
+    moss::detail::scan::launch_checkpoints(gpu, moss::detail::scan::checkpoint_args(g), ckpt.data());
+    const std::vector<float> got = moss::test::host_copy(gpu, ckpt);
+    // The host scan over the first k·256 steps ends in the state entering step k·256.
+    std::vector<float> want(got.size(), 0.0f);
+    for (index_t k = 0; k < chunks; ++k) {
+      const index_t len = k * kSteps;
+      std::vector<float> state(static_cast<std::size_t>(c.batch * c.dim * c.N), 0.0f);
+      if (len == 0) {
+        if (c.has_init) state = p.init.host;
+      } else {
+        moss::SelectiveScanArgs<T> f = moss::detail::scan::checkpoint_args(p.h);
+        f.u.shape[2] = f.delta.shape[2] = len;  // the first len steps: the same data and strides
+        f.B.shape[3] = f.C.shape[3] = len;
+        std::vector<T> out(static_cast<std::size_t>(c.batch * c.dim * len));
+        f.out = TensorView<T, 3>(out.data(), {c.batch, c.dim, len}, "out");
+        f.final_state = TensorView<float, 3>(state.data(), {c.batch, c.dim, c.N}, "final_state");
+        moss::selective_scan(moss::Host{}, f);
+      }
+      for (index_t bd = 0; bd < c.batch * c.dim; ++bd)
+        for (index_t n = 0; n < c.N; ++n)
+          want[static_cast<std::size_t>((bd * chunks + k) * c.N + n)] = state[static_cast<std::size_t>(bd * c.N + n)];
+    }
+    CHECK(moss::test::rel_l2(got, want) <= 1e-5);
   }
 }
 
@@ -728,16 +797,18 @@ TEST_CASE("selective_scan_backward (cuda): bitwise repeatable", "[cuda]") {
   cs[2].zero_b = Zero::batch;
   cs.push_back(cs[0]);
   cs[3].states_per_warp = 2;
+  cs.push_back(cs[0]);
+  cs[4].kernel_checkpoints = true;
   for (const Config& c : cs) {
     INFO(describe(c));
     Problem<moss::bf16> p(c, 800);
-    const Result<moss::bf16> a = run_device(p, gpu, c.subtiles, c.states_per_warp);
+    const Result<moss::bf16> a = run_device(p, gpu, c.subtiles, c.states_per_warp, c.kernel_checkpoints);
     // A second run into outputs poisoned differently: an element left unwritten would differ.
     for (auto* m : {&p.du, &p.ddelta, &p.dz, &p.dB, &p.dC})
       for (auto& x : m->initial) x = moss::from_float<moss::bf16>(7.0f);
     for (auto* m : {&p.dA, &p.dD, &p.dbias, &p.dinit})
       for (auto& x : m->initial) x = 7.0f;
-    const Result<moss::bf16> b = run_device(p, gpu, c.subtiles, c.states_per_warp);
+    const Result<moss::bf16> b = run_device(p, gpu, c.subtiles, c.states_per_warp, c.kernel_checkpoints);
     CHECK(moss::test::same_bits(a.du, b.du));
     CHECK(moss::test::same_bits(a.ddelta, b.ddelta));
     CHECK(moss::test::same_bits(a.dz, b.dz));

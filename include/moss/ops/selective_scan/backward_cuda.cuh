@@ -48,7 +48,11 @@
 // warp-per-state kernel of backward_state_kernel.cuh: one warp per state, lanes along time with 8
 // steps each, both recurrences as a lane walk plus one warp scan, 256-step chunks, slices of 16 to
 // 64 channels per block (its own header says how it sums; checkpoints 4 · dim · N / 256 bytes per
-// token, dB / dC partials 4 · N · (slices + groups − 1) each). The rest (larger d_state, a dB or
+// token, dB / dC partials 4 · N · (slices + groups − 1) each). Its checkpoints, the state
+// entering every 256-step chunk, come from the forward scan kernel run first in a states-only
+// mode (`launch_checkpoints`: the sequential recurrence, SequentialScan's states; nothing else
+// written) instead of the kernel's own pass 1 (kept behind `kernel_checkpoints` for the tests and
+// the benchmark). The rest (larger d_state, a dB or
 // dC summed over L, forced sub-tiles in tests) takes the sequential kernel described above
 // (backward_kernel.cuh).
 //
@@ -57,8 +61,9 @@
 // the warp-per-state kernel 10.7 ms (same run as the 27.4; anchor `mamba_ssm` 4.79 ms, goal
 // 1.9 ms). ncu on it: 4.13 G instructions (half the block-scan kernel's), 16 warps per SM (the
 // 128-register cap of 512-thread blocks, with some spilling, and 210 KiB of shared memory), 0.39
-// instructions issued per scheduler and cycle: latency-bound. Next: two states per warp (256
-// threads, more registers and independent work per warp, half the shared partial sums).
+// instructions issued per scheduler and cycle: latency-bound. Written and not yet run on a GPU:
+// two states per warp (256 threads, more registers and independent work per warp, half the shared
+// partial sums) and the checkpoints from the forward scan kernel.
 #pragma once
 
 #include <cstddef>
@@ -68,6 +73,7 @@
 #include "moss/cuda/launch.cuh"
 #include "moss/ops/selective_scan/backward_kernel.cuh"
 #include "moss/ops/selective_scan/backward_state_kernel.cuh"
+#include "moss/ops/selective_scan/cuda.cuh"
 #include "moss/ops/selective_scan_backward.hpp"
 
 namespace moss {
@@ -86,6 +92,12 @@ inline constexpr index_t kBackwardTargetBlocks = 1024;
 /// States per warp of the warp-per-state kernel: 1 (measured: 10.7 ms at the canonical shape on an
 /// H100); 2 is written and tested against the host on the CPU side only, not yet run on a GPU.
 inline constexpr int kWsStatesPerWarp = 1;
+/// Whether the warp-per-state plan has the forward scan kernel write the checkpoints
+/// (`launch_checkpoints`: its sequential recurrence over L) instead of the kernel's own pass 1,
+/// which recomputes every chunk's states with warp scans before the backward proper. Predicted:
+/// the forward kernel's states-only pass takes about 0.6 ms at the canonical shape (the forward
+/// takes 0.75 ms), pass 1 about a fifth of the backward's 10.7 ms; not yet measured.
+inline constexpr bool kWsForwardCheckpoints = true;
 /// The warp-per-state kernel's widest slice (channels per block) and the blocks it aims for.
 inline constexpr int kWsMaxSlice = 64;
 inline constexpr index_t kWsMinBlocks = 256;
@@ -106,10 +118,11 @@ constexpr std::size_t backward_shared_bytes(int chunk, int states_per_lane, int 
 
 /// How the main kernel splits the work.
 struct BackwardPlan {
-  bool warp_per_state = false;  // d_state ≤ 16: backward_state_kernel.cuh instead of the sequential kernel
-  int states_per_warp = 1;      // warp per state: states per warp (1 or 2)
-  int slice_channels = 0;       // warp per state: channels per block (supertiles = slices per batch row)
-  int threads = 0;              // threads per block of the main kernel
+  bool warp_per_state = false;       // d_state ≤ 16: backward_state_kernel.cuh instead of the sequential kernel
+  int states_per_warp = 1;           // warp per state: states per warp (1 or 2)
+  bool forward_checkpoints = false;  // warp per state: the forward scan kernel writes the checkpoints
+  int slice_channels = 0;            // warp per state: channels per block (supertiles = slices per batch row)
+  int threads = 0;                   // threads per block of the main kernel
   int lanes = 16, states_per_lane = 1;
   int chunk = 1;                     // steps per recomputed chunk
   index_t chunks = 0;                // ⌈L / chunk⌉
@@ -135,9 +148,11 @@ bool backward_warp_per_state(const SelectiveScanBackwardArgs<T>& a, index_t subt
 }
 
 /// The plan for `a` (validated, dim ≥ 1); `subtiles` > 0 forces the sequential kernel with that
-/// many sub-tiles per block (tests).
+/// many sub-tiles per block, `states_per_warp` > 0 the warp-per-state kernel's states per warp,
+/// `kernel_checkpoints` its own checkpoint pass (tests and benchmarks).
 template <class T>
-BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0, int states_per_warp = 0) {
+BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0, int states_per_warp = 0,
+                           bool kernel_checkpoints = false) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], L = a.u.shape[2], N = a.A.shape[1];
   BackwardPlan p;
   if (backward_warp_per_state(a, subtiles)) {
@@ -145,6 +160,7 @@ BackwardPlan backward_plan(const SelectiveScanBackwardArgs<T>& a, index_t subtil
     // kWsMinBlocks blocks, from the shapes alone (the sums' order must not depend on the device).
     p.warp_per_state = true;
     p.states_per_warp = states_per_warp > 0 ? states_per_warp : kWsStatesPerWarp;
+    p.forward_checkpoints = kWsForwardCheckpoints && !kernel_checkpoints;
     p.slice_channels = kWsMaxSlice;
     while (p.slice_channels > kWsGroup && batch * ceil_div<index_t>(dim, p.slice_channels) < kWsMinBlocks)
       p.slice_channels /= 2;
@@ -239,6 +255,7 @@ void launch_backward_main(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a
   p.want_db = wants_bc(a.dB);
   p.want_dc = wants_bc(a.dC);
   p.ckpt = s.ckpt;
+  p.ckpt_ready = plan.forward_checkpoints;
   p.dA_part = s.dA_part;
   p.dD_part = s.dD_part;
   p.dbias_part = s.dbias_part;
@@ -287,19 +304,36 @@ void launch_bc_reduce(const Cuda& gpu, const float* part, const TensorView<T, 4>
                part, g, batch, slots, sum_t ? index_t(1) : L, dim / groups, supertile_channels, sum_b, sum_t);
 }
 
-/// The backward of `a` (validated) on the GPU: the plan (with `subtiles` > 0 forcing the sub-tiles
-/// per block), the workspace from the backend's pool, the main kernel, the second passes.
+/// The forward scan's arguments of the backward's `a`: what `launch_checkpoints` reads.
 template <class T>
-void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0,
-                  int states_per_warp = 0) {
+SelectiveScanArgs<T> checkpoint_args(const SelectiveScanBackwardArgs<T>& a) {
+  SelectiveScanArgs<T> f;
+  f.u = a.u;
+  f.delta = a.delta;
+  f.A = a.A;
+  f.B = a.B;
+  f.C = a.C;
+  f.delta_bias = a.delta_bias;
+  f.delta_softplus = a.delta_softplus;
+  f.initial_state = a.initial_state;
+  return f;
+}
+
+/// The backward of `a` (validated) on the GPU: the plan (the test and benchmark hooks: see
+/// `backward_plan`), the workspace from the backend's pool, the checkpoints (by the forward scan
+/// kernel for the warp-per-state plan), the main kernel, the second passes.
+template <class T>
+void run_backward(const Cuda& gpu, const SelectiveScanBackwardArgs<T>& a, index_t subtiles = 0, int states_per_warp = 0,
+                  bool kernel_checkpoints = false) {
   const index_t batch = a.u.shape[0], dim = a.u.shape[1], N = a.A.shape[1];
   if (dim == 0) return;  // every output is empty
-  const BackwardPlan plan = backward_plan(a, subtiles, states_per_warp);
+  const BackwardPlan plan = backward_plan(a, subtiles, states_per_warp, kernel_checkpoints);
   WorkspaceLayout measure;
   backward_scratch(measure, a, plan);
   const OpWorkspace<Cuda> ws(gpu, Workspace{}, measure.bytes(), "selective_scan_backward (cuda)");
   WorkspaceLayout layout = ws.layout();
   const BackwardScratch s = backward_scratch(layout, a, plan);
+  if (batch > 0 && plan.forward_checkpoints) launch_checkpoints(gpu, checkpoint_args(a), s.ckpt);
   if (batch > 0 && plan.warp_per_state)
     launch_backward_main<T, 16, 1>(gpu, a, plan, s);
   else if (batch > 0)

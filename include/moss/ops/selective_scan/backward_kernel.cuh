@@ -48,6 +48,7 @@ struct BackwardParams {
   bool want_db = false, want_dc = false;
   // Workspace (see backward_cuda.cuh for the layouts).
   float* ckpt = nullptr;                  // (batch, dim, chunks, N): the state entering each chunk
+  bool ckpt_ready = false;                // the warp-per-state kernel: ckpt already holds them
   float* dA_part = nullptr;               // (batch, dim, N), null when dA is not asked for
   float* dD_part = nullptr;               // (batch, dim), null when dD is not asked for
   float* dbias_part = nullptr;            // (batch, dim), null when d delta_bias is not asked for

@@ -21,7 +21,9 @@
 // halves swap every channel).
 //
 //  1. Forward over the chunks in order: the state entering every chunk goes to the checkpoint
-//     workspace (from the warp's total pair; no per-channel barrier).
+//     workspace (from the warp's total pair; no per-channel barrier). Skipped when the forward
+//     scan kernel has written them (`ckpt_ready`, the default: its sequential recurrence takes a
+//     fraction of this pass's time; backward_cuda.cuh).
 //  2. The chunks from the last to the first: per channel, the chunk's states from its checkpoint
 //     (forward warp scan, then the lane's walk), the adjoint (reverse warp scan, carried between
 //     chunks in shared memory), the per-step terms; dA per (channel, state) as a warp sum added
@@ -37,11 +39,13 @@
 #include <cuda_runtime.h>
 
 #include "moss/ops/selective_scan/backward_kernel.cuh"
+#include "moss/ops/selective_scan/kernel.cuh"
 
 namespace moss::detail::scan {
 
-inline constexpr int kWsItems = 8;                   // consecutive steps per lane
-inline constexpr int kWsChunk = 32 * kWsItems;       // steps per chunk
+inline constexpr int kWsItems = 8;              // consecutive steps per lane
+inline constexpr int kWsChunk = 32 * kWsItems;  // steps per chunk
+static_assert(kWsChunk == kScanCheckpointSteps, "moss: the forward scan writes the checkpoints this kernel reads");
 inline constexpr int kWsGroup = 16;                  // channels staged at once
 inline constexpr int kWsRow = kWsChunk + 4;          // floats per staged (channel) row: padding against bank conflicts
 inline constexpr int kWsMaxN = 16;                   // d_state the kernel takes
@@ -221,12 +225,13 @@ __global__ void __launch_bounds__(32 * ws_warps(kWsMaxN, S), 1)
 
   for (int i = tid; i < Cb * kWsMaxN; i += threads) s_dA[i] = 0.0f;
   for (int i = tid; i < 2 * Cb * kWsMaxHalfWarps; i += threads) s_dD[i] = 0.0f;  // s_dD and s_dbias
-  // 1. Checkpoints: the state entering every chunk, chunks in order.
+  // 1. Checkpoints: the state entering every chunk, chunks in order (unless the forward scan
+  // kernel wrote them: p.ckpt_ready).
   for (int c = tid; c < nc * kWsMaxN; c += threads) {
     const int ch = c / kWsMaxN, m = c % kWsMaxN;
     s_carry[c] = m < N && p.initial_state.data ? p.initial_state(b, d0 + ch, m) : 0.0f;
   }
-  for (index_t k = 0; k < p.chunks; ++k) {
+  for (index_t k = 0; k < (p.ckpt_ready ? 0 : p.chunks); ++k) {
     const index_t t0 = k * kWsChunk;
     float bn[S][kWsItems];
     index_t cur_gb = d0 / p.cpg_b;

@@ -145,17 +145,31 @@ std::size_t scan_params(const SelectiveScanArgs<T>& a, ScanParams<T>& p) {
          2 * sizeof(float) * p.chunk * p.bc_float_ld;
 }
 
+static_assert(
+    [] {
+      for (const ScanTuning& t : kScanTunings)
+        if (kScanCheckpointSteps % t.chunk_2byte != 0 || kScanCheckpointSteps % t.chunk_4byte != 0) return false;
+      return true;
+    }(),
+    "moss: every staged scan chunk must divide kScanCheckpointSteps (the checkpoints start at chunk starts)");
+
+/// The full-sequence kernel over prepared parameters `p` (`scan_params`) with `smem` bytes.
+template <class T, ScanTuning cfg>
+void launch_scan_params(const Cuda& gpu, const ScanParams<T>& p, std::size_t smem) {
+  const index_t blocks = static_cast<index_t>(p.tiles) * p.batch;
+  auto kernel = selective_scan_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
+  cuda::allow_dynamic_shared(kernel, smem);
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
+  MOSS_CHECK_LAUNCH("selective_scan_kernel", gpu.stream);
+}
+
 /// Launches the full-sequence kernel with tuning `cfg` (a kScanTunings row; benchmarks may pass
 /// others to compare): SequentialScan.
 template <class T, ScanTuning cfg>
 void launch_scan(const Cuda& gpu, const SelectiveScanArgs<T>& a) {
   ScanParams<T> p;
   const std::size_t smem = scan_params<T, cfg>(a, p);
-  const index_t blocks = static_cast<index_t>(p.tiles) * a.u.shape[0];
-  auto kernel = selective_scan_kernel<T, cfg.states_per_thread, cfg.threads, cfg.min_blocks, cfg.steps_per_group>;
-  cuda::allow_dynamic_shared(kernel, smem);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, smem, gpu.stream>>>(p);
-  MOSS_CHECK_LAUNCH("selective_scan_kernel", gpu.stream);
+  launch_scan_params<T, cfg>(gpu, p, smem);
 }
 
 /// How ChunkedScan splits L: `segments` segments of `segment_len` steps (the last one shorter).
@@ -255,6 +269,23 @@ decltype(auto) with_tuning(index_t N, F&& f) {
     default:
       return f.template operator()<kScanTunings[2]>();
   }
+}
+
+/// The state entering every kScanCheckpointSteps-step chunk of `a` (validated; `a.out`, `a.z`
+/// and `a.D` are not used and may be absent) into `checkpoints`, (batch, dim, ⌈L /
+/// kScanCheckpointSteps⌉, N) floats, contiguous; nothing else is written. The sequential kernel's
+/// recurrence (SequentialScan's states), for the scan backward (backward_cuda.cuh).
+template <class T>
+void launch_checkpoints(const Cuda& gpu, const SelectiveScanArgs<T>& a, float* checkpoints) {
+  if (a.u.shape[0] == 0 || a.u.shape[1] == 0 || a.u.shape[2] == 0) return;
+  with_tuning(a.A.shape[1], [&]<ScanTuning cfg>() {
+    ScanParams<T> p;
+    const std::size_t smem = scan_params<T, cfg>(a, p);
+    p.checkpoints = checkpoints;
+    p.checkpoint_chunks = ceil_div<index_t>(a.u.shape[2], kScanCheckpointSteps);
+    p.states_only = true;
+    launch_scan_params<T, cfg>(gpu, p, smem);
+  });
 }
 
 /// ChunkedScan's plan for `a` on the current device.

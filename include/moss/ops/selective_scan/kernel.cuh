@@ -38,6 +38,11 @@ enum class TileAccess : std::uint8_t {
   scalar,       // one element at a time, any strides
 };
 
+/// Steps between the states the full-sequence kernel writes for the scan backward
+/// (`ScanParams::checkpoints`): the backward's chunk (backward_state_kernel.cuh). Every staged
+/// chunk length divides it (tuning.cuh), so the kernel sees each multiple at a chunk's start.
+inline constexpr int kScanCheckpointSteps = 256;
+
 /// Shared-memory layout of a tile: element (row, t) at t·ld + row (time_major) or row·ld + t.
 enum class TileLayout : std::uint8_t { time_major, row_major };
 
@@ -97,6 +102,12 @@ struct ScanParams {
   int bc_tile_elems = 0;   // elements of one raw B or C tile
   int bc_float_ld = 0;     // floats per time step of the converted B or C chunk
   bool delta_softplus = false;
+  // The states every kScanCheckpointSteps steps (the scan backward's checkpoints): the state
+  // entering step k · kScanCheckpointSteps of (b, d) at ((b · dim + d) · checkpoint_chunks + k) · N
+  // + n; null: not written. With `states_only` nothing else is written (no out, z not read).
+  float* checkpoints = nullptr;
+  index_t checkpoint_chunks = 0;
+  bool states_only = false;
   // Segments (the segmented kernel only; the sequential one scans all of L in one block).
   index_t batch = 0;
   index_t segment_len = 0;      // steps per segment, a multiple of `chunk`
@@ -310,8 +321,10 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
   const int seg = kSegmented ? p.first_segment + static_cast<int>(row / p.batch) : 0;
   const index_t t_begin = kSegmented ? seg * p.segment_len : 0;
   const index_t len = kSegmented ? (p.L - t_begin < p.segment_len ? p.L - t_begin : p.segment_len) : p.L;
-  // Pass 1 writes outputs only for segment 0, the one that starts from the true initial state.
-  const bool write_out = !kSegmented || p.rescan || seg == 0;
+  // Pass 1 has the true states only in segment 0, the one that starts from the true initial
+  // state: it writes outputs (and checkpoints) there only.
+  const bool true_states = !kSegmented || p.rescan || seg == 0;
+  const bool write_out = true_states && !p.states_only;
   const index_t d0 = static_cast<index_t>(tile) * p.channels;
   const int rows = static_cast<int>(p.dim - d0 < p.channels ? p.dim - d0 : p.channels);
   const int c = static_cast<int>(threadIdx.x) / tpc;
@@ -405,6 +418,13 @@ MOSS_DEVICE void scan_block(const ScanParams<T>& p, unsigned char* smem) {
     if (stage_c)
       convert_bc<T, kSpt, kThreads>(c_float, p.bc_float_ld, raw + p.bc_tile_elems, p.C.layout, p.C.ld, p.N, nt);
     __syncthreads();
+
+    if (p.checkpoints && true_states && active && t0 % kScanCheckpointSteps == 0) {
+      float* ck = p.checkpoints + ((b * p.dim + d) * p.checkpoint_chunks + t0 / kScanCheckpointSteps) * p.N + n0;
+#pragma unroll
+      for (int i = 0; i < kSpt; ++i)
+        if (i < n_valid) ck[i] = h[i];
+    }
 
     T* su = act + 3 * stage * p.act_tile_elems;  // u, replaced step by step by out
     const T* sd = su + p.act_tile_elems;
