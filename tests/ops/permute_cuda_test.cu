@@ -312,12 +312,20 @@ TEST_CASE("permute_plan: CUDA workspace contract", "[cuda][ops][permute]") {
     CHECK(host_copy(gpu, mp.pair_row) == want.pair_row);
     CHECK(host_copy(gpu, mp.offsets) == want.offsets);
   }
-  SECTION("no tokens: only the run bounds") {
+  SECTION("a small plan (no tokens, or up to kSmallPlanPairs pairs): no scratch, a given workspace still checked") {
     moss::PermutePlanArgs e = a;
     e.expert = ConstView<std::int32_t, 2>(dex.data(), {0, K}, "expert");
     e.pair_row = TensorView<std::int32_t, 1>(d.pair_row.data(), {0}, "pair_row");
     e.row_pair = TensorView<std::int32_t, 1>(d.row_pair.data(), {0}, "row_pair");
-    CHECK(moss::workspace_bytes(gpu, e) == moss::kWorkspaceAlignment);  // 2·17 int32, rounded up
+    CHECK(moss::workspace_bytes(gpu, e) == 0);
+    const index_t small = moss::detail::permute::kSmallPlanPairs / K;
+    e.expert = ConstView<std::int32_t, 2>(dex.data(), {small, K}, "expert");
+    e.pair_row = TensorView<std::int32_t, 1>(d.pair_row.data(), {small * K}, "pair_row");
+    e.row_pair = TensorView<std::int32_t, 1>(d.row_pair.data(), {small * K}, "row_pair");
+    CHECK(moss::workspace_bytes(gpu, e) == 0);
+    Buffer<unsigned char> ws = gpu.alloc<unsigned char>(1024);
+    e.workspace = moss::Workspace{ws.data() + 4, 512};
+    REQUIRE_THROWS_WITH(moss::permute_plan(gpu, e), ContainsSubstring("is not aligned to 256 bytes"));
   }
   SECTION("too small or misaligned: config_error naming the op and the sizes") {
     Buffer<unsigned char> ws = gpu.alloc<unsigned char>(static_cast<index_t>(need + 1024));
@@ -330,6 +338,59 @@ TEST_CASE("permute_plan: CUDA workspace contract", "[cuda][ops][permute]") {
     REQUIRE_THROWS_AS(moss::permute_plan(gpu, a), moss::config_error);
     REQUIRE_THROWS_WITH(moss::permute_plan(gpu, a), ContainsSubstring("is not aligned to 256 bytes"));
     gpu.synchronize();
+  }
+}
+
+TEST_CASE("permute_plan: CUDA on both sides of the small plan's limits", "[cuda][ops][permute]") {
+  MOSS_REQUIRE_CUDA_DEVICE();
+  moss::CudaStream stream;
+  const Cuda gpu{stream.get()};
+  using moss::detail::permute::kSmallPlanExperts;
+  using moss::detail::permute::kSmallPlanPairs;
+  // One block up to kSmallPlanPairs pairs and kSmallPlanExperts experts, the sort beyond.
+  check_plans(gpu, {8, kSmallPlanExperts, kSmallPlanExperts + 1}, {kSmallPlanPairs / 2, kSmallPlanPairs / 2 + 1},
+              {Spread::uniform, Spread::one_expert, Spread::skewed}, 5000);
+  check_plans(gpu, {3, 64}, {kSmallPlanPairs - 1, kSmallPlanPairs, kSmallPlanPairs + 1},
+              {Spread::sparse, Spread::skewed}, 5100);
+}
+
+TEST_CASE("permute_plan: the small plan's routines run on the host equal the reference plan", "[ops][permute]") {
+  // No GPU needed: small_plan_kernel's phases in order, every thread's work done in turn.
+  std::uint64_t seed = 5200;
+  for (index_t X : {1, 3, 8, 64}) {
+    for (index_t K : {1, 2}) {
+      if (K > X) continue;
+      for (index_t tokens : {0, 1, 7, 100, 256}) {
+        for (Spread spread : {Spread::uniform, Spread::one_expert, Spread::sparse, Spread::skewed}) {
+          auto experts = make_experts(tokens, K, X, spread, seed += 7);
+          if (tokens > 3) experts[3] = static_cast<std::int32_t>(X);  // an expert outside [0, X): dropped
+          for (index_t capacity : capacities(tokens, K, X)) {
+            CAPTURE(X, K, tokens, spread_name(spread), capacity);
+            const index_t P = tokens * K;
+            PlanOut got = poisoned_plan(P, X);
+            std::vector<std::int32_t> pair_expert(static_cast<std::size_t>(P)), count(static_cast<std::size_t>(X), 0),
+                shared_off(static_cast<std::size_t>(X + 1));
+            for (index_t sm = 0; sm < P; ++sm) {
+              pair_expert[sm] =
+                  moss::detail::permute::small_plan_expert(experts.data(), tokens, K, static_cast<int>(X), sm);
+              got.row_pair[sm] = -1;
+            }
+            for (index_t sm = 0; sm < P; ++sm)
+              if (pair_expert[sm] >= 0) ++count[pair_expert[sm]];
+            moss::detail::permute::small_plan_offsets(count.data(), static_cast<int>(X), capacity, got.counts.data(),
+                                                      got.offsets.data(), shared_off.data());
+            for (index_t sm = 0; sm < P; ++sm)
+              moss::detail::permute::small_plan_pair(pair_expert.data(), tokens, K, capacity, shared_off.data(), sm,
+                                                     got.pair_row.data(), got.row_pair.data());
+            const PlanOut want = reference_plan(experts, tokens, K, X, capacity);
+            CHECK(got.counts == want.counts);
+            CHECK(got.offsets == want.offsets);
+            CHECK(got.pair_row == want.pair_row);
+            CHECK(got.row_pair == want.row_pair);
+          }
+        }
+      }
+    }
   }
 }
 

@@ -59,12 +59,20 @@ inline PlanScratch take_scratch(WorkspaceLayout& layout, index_t pairs, index_t 
   return s;
 }
 
+/// Whether one block makes the plan of `a` (small_plan_kernel): up to kSmallPlanPairs pairs and
+/// kSmallPlanExperts experts.
+inline bool small_plan(const PermutePlanArgs& a) {
+  return a.expert.shape[0] * a.expert.shape[1] <= kSmallPlanPairs && a.num_experts <= kSmallPlanExperts;
+}
+
 }  // namespace detail::permute
 
-/// Bytes of scratch `permute_plan` needs on the GPU for `a` (see `detail::permute::PlanScratch`).
+/// Bytes of scratch `permute_plan` needs on the GPU for `a` (see `detail::permute::PlanScratch`;
+/// none for a small plan, which one block makes in shared memory).
 inline std::size_t workspace_bytes(const Cuda&, const PermutePlanArgs& a) {
   using namespace detail::permute;
   validate(a, "workspace_bytes (permute_plan)");
+  if (small_plan(a)) return 0;
   const index_t P = a.expert.shape[0] * a.expert.shape[1];
   WorkspaceLayout measure;
   take_scratch(measure, P, a.num_experts, P > 0 ? sort_temp_bytes(P, a.num_experts) : 0);
@@ -72,8 +80,10 @@ inline std::size_t workspace_bytes(const Cuda&, const PermutePlanArgs& a) {
 }
 
 /// Builds the plan on the GPU: CUB's stable radix sort of the slot-major pairs by expert, then
-/// run bounds, offsets (a block-wide scan) and rows (contract: moss/ops/permute.hpp). An expert
-/// outside [0, X) is dropped (the router never writes one; the host oracle raises instead).
+/// run bounds, offsets (a block-wide scan) and rows (contract: moss/ops/permute.hpp); up to
+/// kSmallPlanPairs pairs and kSmallPlanExperts experts, one launch of one block instead
+/// (`small_plan_kernel`, no scratch). An expert outside [0, X) is dropped (the router never
+/// writes one; the host oracle raises instead).
 /// Scratch from `a.workspace` (the contract of moss/core/workspace.hpp: at least
 /// `workspace_bytes(gpu, a)` bytes, aligned; `config_error` otherwise), or from the pool.
 inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
@@ -81,6 +91,14 @@ inline void permute_plan(const Cuda& gpu, const PermutePlanArgs& a) {
   validate(a, "permute_plan");
   const index_t T = a.expert.shape[0], K = a.expert.shape[1], P = T * K;
   const int X = static_cast<int>(a.num_experts);
+  if (small_plan(a)) {
+    (void)OpWorkspace<Cuda>(gpu, a.workspace, 0, "permute_plan (cuda)");  // a given one is still checked
+    const std::size_t smem = sizeof(std::int32_t) * static_cast<std::size_t>(P + 2 * X + 1);
+    small_plan_kernel<kSmallPlanThreads><<<1, kSmallPlanThreads, smem, gpu.stream>>>(
+        a.expert.data, T, K, X, a.capacity, a.pair_row.data, a.row_pair.data, a.offsets.data, a.counts.data);
+    MOSS_CHECK_LAUNCH("permute small_plan_kernel", gpu.stream);
+    return;
+  }
   const std::size_t temp_bytes = P > 0 ? sort_temp_bytes(P, a.num_experts) : 0;
   WorkspaceLayout measure;
   take_scratch(measure, P, a.num_experts, temp_bytes);

@@ -4,7 +4,9 @@
 // index s·T + t); CUB's radix sort (stable) sorts them by expert; bounds_kernel marks where each
 // expert's run starts and ends; offsets_kernel turns the run lengths into kept counts and, by a
 // block-wide CUB scan over tiles of experts, row offsets; scatter_kernel gives every kept pair
-// its row. No host synchronisation, no atomics: integer-exact, so equal to the host plan.
+// its row. No host synchronisation, no atomics: integer-exact, so equal to the host plan. Up to
+// kSmallPlanPairs pairs and kSmallPlanExperts experts (a decode step, a small batch) one block
+// does all of it instead (small_plan_kernel below).
 // Gather: one warp per permuted row, 16-byte copies when aligned. Combine: one block per token,
 // each thread a 16-byte (or single-element) column chunk, slots added in order.
 #pragma once
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <cub/block/block_scan.cuh>
 
+#include "moss/core/config.hpp"
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/cuda/vector.cuh"
@@ -82,6 +85,85 @@ __global__ void __launch_bounds__(kThreads)
     carry += tile_total;
     __syncthreads();  // scan_temp is reused by the next tile
   }
+}
+
+// ---- The small plan: one block does everything (decode steps, small batches) ----
+// The same plan without CUB and the seven other launches: one block loads every pair's expert
+// (slot-major) into shared memory, counts them per expert (integer shared-memory atomics: the
+// counts are exact whatever their order), thread 0 scans the kept counts into offsets, and each
+// pair's rank is the number of earlier pairs (slot-major) with its expert: the stable sort's
+// position, found by comparison, O(P²) work for P pairs spread over the block, which is what
+// bounds the path to kSmallPlanPairs pairs. The routines below run on the host in the tests.
+
+/// The small plan's expert of slot-major pair sm = s·T + t: expert[t·K + s], or −1 outside
+/// [0, X) (dropped, not counted).
+MOSS_HD std::int32_t small_plan_expert(const std::int32_t* expert, index_t tokens, index_t k, int num_experts,
+                                       index_t sm) {
+  const std::int32_t e = expert[(sm % tokens) * k + sm / tokens];
+  return e >= 0 && e < num_experts ? e : -1;
+}
+
+/// Thread 0's part: counts (already summed in `count`) out, and the offsets of the kept pairs
+/// (min(count, capacity); every pair when capacity is 0) into `offsets` (X + 1) and `shared_off`.
+MOSS_HD void small_plan_offsets(const std::int32_t* count, int num_experts, index_t capacity, std::int32_t* counts,
+                                std::int32_t* offsets, std::int32_t* shared_off) {
+  std::int32_t total = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    shared_off[e] = total;
+    offsets[e] = total;
+    counts[e] = count[e];
+    total += capacity > 0 && count[e] > capacity ? static_cast<std::int32_t>(capacity) : count[e];
+  }
+  shared_off[num_experts] = total;
+  offsets[num_experts] = total;
+}
+
+/// Slot-major pair sm's row (its expert's offset plus its rank among the earlier pairs of that
+/// expert), or −1 when dropped (no expert, or past the capacity); writes pair_row and, when kept,
+/// row_pair.
+MOSS_HD void small_plan_pair(const std::int32_t* pair_expert, index_t tokens, index_t k, index_t capacity,
+                             const std::int32_t* offsets, index_t sm, std::int32_t* pair_row, std::int32_t* row_pair) {
+  const std::int32_t e = pair_expert[sm];
+  const std::int32_t pair = static_cast<std::int32_t>((sm % tokens) * k + sm / tokens);
+  if (e < 0) {
+    pair_row[pair] = -1;
+    return;
+  }
+  index_t rank = 0;
+  for (index_t q = 0; q < sm; ++q) rank += pair_expert[q] == e;
+  if (capacity > 0 && rank >= capacity) {
+    pair_row[pair] = -1;
+    return;
+  }
+  const std::int32_t row = offsets[e] + static_cast<std::int32_t>(rank);
+  pair_row[pair] = row;
+  row_pair[row] = pair;
+}
+
+/// The small plan in one block of kThreads threads. Dynamic shared memory: P + 2X + 1 int32
+/// (each pair's expert, the counts, the offsets).
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    small_plan_kernel(const std::int32_t* expert, index_t tokens, index_t k, int num_experts, index_t capacity,
+                      std::int32_t* pair_row, std::int32_t* row_pair, std::int32_t* offsets, std::int32_t* counts) {
+  extern __shared__ std::int32_t plan_smem[];
+  const index_t pairs = tokens * k;
+  std::int32_t* pair_expert = plan_smem;           // (P)
+  std::int32_t* count = pair_expert + pairs;       // (X)
+  std::int32_t* shared_off = count + num_experts;  // (X + 1)
+  for (index_t sm = threadIdx.x; sm < pairs; sm += kThreads) {
+    pair_expert[sm] = small_plan_expert(expert, tokens, k, num_experts, sm);
+    row_pair[sm] = -1;  // rows past the kept ones stay −1
+  }
+  for (int e = threadIdx.x; e < num_experts; e += kThreads) count[e] = 0;
+  __syncthreads();
+  for (index_t sm = threadIdx.x; sm < pairs; sm += kThreads)
+    if (pair_expert[sm] >= 0) atomicAdd(&count[pair_expert[sm]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) small_plan_offsets(count, num_experts, capacity, counts, offsets, shared_off);
+  __syncthreads();  // the offsets are known; every −1 of row_pair is written before any row
+  for (index_t sm = threadIdx.x; sm < pairs; sm += kThreads)
+    small_plan_pair(pair_expert, tokens, k, capacity, shared_off, sm, pair_row, row_pair);
 }
 
 /// Rows of the kept pairs: pair_row[t·K + s] and row_pair[row]; dropped pairs get −1.
