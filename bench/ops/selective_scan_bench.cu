@@ -13,12 +13,15 @@
 //
 // Step: batch 1 / 64 / 256, dim 4096, N 16, bf16, timed as a CUDA graph of kStepsPerGraph
 // launches (rotating input sets); the time column is per graph, seconds_per_step per launch.
+// mamba_step: the mixer core's decode step at the 130M shape, batch 1 and 16, 24 layers in a CUDA
+// graph, fused (two kernels) against the ops in turn (four ops).
 #include <benchmark/benchmark.h>
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "moss/ops/mamba_step.hpp"
 #include "moss/ops/selective_scan/cuda.cuh"
 #include "moss_bench.cuh"
 
@@ -244,6 +247,85 @@ void BM_selective_scan_step_bf16(benchmark::State& state) {
 }
 
 BENCHMARK(BM_selective_scan_step_bf16)->Arg(1)->Arg(64)->Arg(256)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+/// The Mamba-130M shape's mixer core for `mamba_step`: ED 1536, N 16, R 48, W 4.
+constexpr index_t kStepED = 1536, kStepN = 16, kStepR = 48, kStepW = 4;
+
+/// One layer's weights and caches for `mamba_step` at the 130M shape.
+struct MambaStepSet {
+  moss::Buffer<bf16> xz, conv_state, conv_weight, conv_bias, x_proj, dt_proj, out;
+  moss::Buffer<float> dt_bias, A, D, ssm_state;
+  moss::MambaStepArgs<bf16> args;
+
+  MambaStepSet(const moss::Cuda& gpu, index_t batch, std::uint64_t seed) {
+    using moss::bench::device_randn;
+    xz = device_randn<bf16>(gpu, batch * 2 * kStepED, seed);
+    conv_state = device_randn<bf16>(gpu, batch * kStepED * (kStepW - 1), seed + 1);
+    conv_weight = device_randn<bf16>(gpu, kStepED * kStepW, seed + 2, 0.5f);
+    conv_bias = device_randn<bf16>(gpu, kStepED, seed + 3, 0.5f);
+    x_proj = device_randn<bf16>(gpu, (kStepR + 2 * kStepN) * kStepED, seed + 4, 0.03f);
+    dt_proj = device_randn<bf16>(gpu, kStepED * kStepR, seed + 5, 0.15f);
+    dt_bias = device_randn<float>(gpu, kStepED, seed + 6, 0.5f, -3.0f);
+    A = device_randn<float>(gpu, kStepED * kStepN, seed + 7, 0.5f, -2.0f);
+    D = device_randn<float>(gpu, kStepED, seed + 8);
+    ssm_state = device_randn<float>(gpu, batch * kStepED * kStepN, seed + 9);
+    out = gpu.alloc<bf16>(batch * kStepED);
+    args.xz = ConstView<bf16, 2>(xz.data(), {batch, 2 * kStepED}, "xz");
+    args.conv_state = TensorView<bf16, 3>(conv_state.data(), {batch, kStepED, kStepW - 1}, "conv_state");
+    args.conv_weight = ConstView<bf16, 2>(conv_weight.data(), {kStepED, kStepW}, "conv_weight");
+    args.conv_bias = ConstView<bf16, 1>(conv_bias.data(), {kStepED}, "conv_bias");
+    args.x_proj = ConstView<bf16, 2>(x_proj.data(), {kStepR + 2 * kStepN, kStepED}, "x_proj");
+    args.dt_proj = ConstView<bf16, 2>(dt_proj.data(), {kStepED, kStepR}, "dt_proj");
+    args.dt_bias = ConstView<float, 1>(dt_bias.data(), {kStepED}, "dt_bias");
+    args.A = ConstView<float, 2>(A.data(), {kStepED, kStepN}, "A");
+    args.D = ConstView<float, 1>(D.data(), {kStepED}, "D");
+    args.ssm_state = TensorView<float, 3>(ssm_state.data(), {batch, kStepED, kStepN}, "ssm_state");
+    args.out = TensorView<bf16, 2>(out.data(), {batch, kStepED}, "out");
+  }
+};
+
+/// The mixer core's decode step (conv step, x_proj, dt_proj, scan step) at the 130M shape, one
+/// set per layer of 24, as a CUDA graph of the 24 layers' steps: `fused` (mamba_step's two
+/// kernels) or the ops in turn (mamba_step_composed: four ops, two of them cuBLAS GEMMs). The
+/// time column is per graph, seconds_per_step per layer.
+void BM_mamba_step_bf16(benchmark::State& state) {
+  const index_t batch = state.range(0);
+  const bool fused = state.range(1) != 0;
+  constexpr int kLayers = 24;
+  moss::CudaStream stream;
+  const moss::Cuda gpu{stream.get()};
+  std::vector<std::unique_ptr<MambaStepSet>> layers;
+  for (int i = 0; i < kLayers; ++i) layers.push_back(std::make_unique<MambaStepSet>(gpu, batch, 500 + 20 * i));
+  const auto step = [&](const MambaStepSet& l) {
+    if (fused)
+      moss::mamba_step(gpu, l.args);
+    else
+      moss::mamba_step_composed(gpu, l.args);
+  };
+  for (const auto& l : layers) step(*l);  // first use outside the capture (handles, pool, attributes)
+  gpu.synchronize();
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal));
+  for (const auto& l : layers) step(*l);
+  MOSS_CUDA_CHECK(cudaStreamEndCapture(gpu.stream, &graph));
+  MOSS_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  moss::bench::time_cuda(state, gpu.stream, [&] { MOSS_CUDA_CHECK(cudaGraphLaunch(exec, gpu.stream)); });
+  MOSS_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  MOSS_CUDA_CHECK(cudaGraphDestroy(graph));
+  using benchmark::Counter;
+  state.counters["seconds_per_step"] =
+      Counter(static_cast<double>(state.iterations()) * kLayers, Counter::kIsRate | Counter::kInvert);
+}
+
+BENCHMARK(BM_mamba_step_bf16)
+    ->ArgNames({"batch", "fused"})
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Args({16, 0})
+    ->Args({16, 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

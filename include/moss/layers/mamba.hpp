@@ -33,6 +33,7 @@
 #include "moss/ops/elementwise.hpp"
 #include "moss/ops/linear.hpp"
 #include "moss/ops/linear_backward.hpp"
+#include "moss/ops/mamba_step.hpp"
 #include "moss/ops/selective_scan.hpp"
 #include "moss/ops/selective_scan_backward.hpp"
 
@@ -381,39 +382,29 @@ class MambaCore {
     causal_conv1d_backward(backend, cb);
   }
 
-  /// One token per sequence: y (batch, ED) from `xz` (batch, 2·ED), updating the cache in place.
+  /// One token per sequence: y (batch, ED) from `xz` (batch, 2·ED), updating the cache in place
+  /// (the ops of moss/ops/mamba_step.hpp in turn: `mamba_step_composed`).
   template <class Backend>
   void step(const Backend& backend, const Params& p, const T* xz, index_t batch, T* y, Cache& cache) const {
-    const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv, R = dims_.dt_rank;
-    const index_t XP = dims_.x_proj_out();
-    Buffer<T> v = backend.template alloc<T>(batch * ED);
-    causal_conv1d_step(
-        backend, CausalConv1dStepArgs<T>{TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state"),
-                                         ConstView<T, 2>(xz, {batch, ED}, {2 * ED, 1}, "u"), p.conv_weight, p.conv_bias,
-                                         true, v.template view<2>({batch, ED}, "conv_out")});
-    Buffer<T> x_dbl = backend.template alloc<T>(batch * XP);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(v.data(), {batch, ED}, "conv_out"),
-                                  p.x_proj,
-                                  {},
-                                  x_dbl.template view<2>({batch, XP}, "x_dbl")});
-    Buffer<T> delta = backend.template alloc<T>(batch * ED);
-    linear(backend, LinearArgs<T>{ConstView<T, 2>(x_dbl.data(), {batch, R}, {XP, 1}, "dt_low"),
-                                  p.dt_proj,
-                                  {},
-                                  delta.template view<2>({batch, ED}, "delta")});
-    SelectiveScanStepArgs<T> s;
-    s.state = TensorView<float, 3>(cache.ssm_state.data(), {batch, ED, N}, "ssm_state");
-    s.u = ConstView<T, 2>(v.data(), {batch, ED}, "conv_out");
-    s.delta = ConstView<T, 2>(delta.data(), {batch, ED}, "delta");
-    s.A = p.A;
-    s.B = ConstView<T, 3>(x_dbl.data() + R, {batch, 1, N}, {XP, 0, 1}, "B");
-    s.C = ConstView<T, 3>(x_dbl.data() + R + N, {batch, 1, N}, {XP, 0, 1}, "C");
-    s.D = p.D;
-    s.z = ConstView<T, 2>(xz + ED, {batch, ED}, {2 * ED, 1}, "z");
-    s.delta_bias = p.dt_bias;
-    s.delta_softplus = true;
-    s.out = TensorView<T, 2>(y, {batch, ED}, "y");
-    selective_scan_step(backend, s);
+    mamba_step_composed(backend, step_args(p, xz, batch, y, cache));
+  }
+
+  /// The arguments of `mamba_step` for one decode step of this core.
+  MambaStepArgs<T> step_args(const Params& p, const T* xz, index_t batch, T* y, Cache& cache) const {
+    const index_t ED = dims_.d_inner, N = dims_.d_state, W = dims_.d_conv;
+    MambaStepArgs<T> a;
+    a.xz = ConstView<T, 2>(xz, {batch, 2 * ED}, "xz");
+    a.conv_state = TensorView<T, 3>(cache.conv_state.data(), {batch, ED, W - 1}, "conv_state");
+    a.conv_weight = p.conv_weight;
+    a.conv_bias = p.conv_bias;
+    a.x_proj = p.x_proj;
+    a.dt_proj = p.dt_proj;
+    a.dt_bias = p.dt_bias;
+    a.A = p.A;
+    a.D = p.D;
+    a.ssm_state = TensorView<float, 3>(cache.ssm_state.data(), {batch, ED, N}, "ssm_state");
+    a.out = TensorView<T, 2>(y, {batch, ED}, "y");
+    return a;
   }
 
  private:
