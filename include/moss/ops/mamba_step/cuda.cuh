@@ -12,7 +12,7 @@ namespace moss {
 
 /// One decode step of the mixer's core on the GPU (contract: moss/ops/mamba_step.hpp): the conv
 /// step with a partial x_proj per slice of channels, then x_proj's sum, dt_proj and the scan step.
-/// Conv widths up to 8 (every Mamba uses 4).
+/// The CUDA conv's widths (2, 3, 4; every Mamba uses 4).
 template <class T>
 void mamba_step(const Cuda& gpu, const MambaStepArgs<T>& a) {
   static_assert(StorageType<T>, "moss::mamba_step (cuda): T must be float, moss::f16 or moss::bf16");
@@ -20,8 +20,7 @@ void mamba_step(const Cuda& gpu, const MambaStepArgs<T>& a) {
   validate(a, "mamba_step");
   const index_t batch = a.xz.shape[0], ED = a.conv_weight.shape[0];
   const index_t W = a.conv_weight.shape[1], N = a.A.shape[1], R = a.dt_proj.shape[1];
-  MOSS_EXPECTS(W <= kMambaStepMaxWidth, unsupported_error, "mamba_step (cuda): ", a.conv_weight.name, " is ",
-               shape_string(a.conv_weight.shape), "; conv widths up to ", kMambaStepMaxWidth, " are supported");
+  expect_causal_conv1d_cuda_width(W, "mamba_step (cuda)");  // the widths of the CUDA conv ops
   if (batch == 0 || ED == 0) return;
   MOSS_EXPECTS(batch <= 65535, unsupported_error, "mamba_step (cuda): batch ", batch,
                " exceeds the 65535 sequences of the grid's second axis");

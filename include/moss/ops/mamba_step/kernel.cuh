@@ -13,9 +13,12 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "moss/core/dtype.hpp"
 #include "moss/core/tensor.hpp"
 #include "moss/cuda/reduce.cuh"
+#include "moss/ops/causal_conv1d/args.hpp"
 #include "moss/ops/causal_conv1d/math.hpp"
 #include "moss/ops/selective_scan/math.hpp"
 
@@ -23,8 +26,10 @@ namespace moss::detail::mamba_step {
 
 /// Channels per block of both kernels (one thread each).
 inline constexpr int kMambaStepSlice = 256;
-/// The widest conv the kernels hold in registers.
-inline constexpr int kMambaStepMaxWidth = 8;
+/// The widest conv the kernels hold (the CUDA conv's widths, kCausalConv1dCudaWidths).
+inline constexpr int kMambaStepMaxWidth = 4;
+static_assert(*std::max_element(kCausalConv1dCudaWidths.begin(), kCausalConv1dCudaWidths.end()) <= kMambaStepMaxWidth,
+              "moss: mamba_step's kernels must hold every width of the CUDA conv");
 
 /// Everything both kernels need, by value (contiguous views as flat pointers).
 template <class T>
