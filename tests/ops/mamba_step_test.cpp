@@ -168,4 +168,7 @@ TEST_CASE("mamba_step: every bad tensor is named with its shape and the expected
   a = p.args();
   a.D = ConstView<float, 1>(nullptr, {8}, "D");
   REQUIRE_THROWS(moss::mamba_step(moss::Host{}, a));
+  a = p.args();
+  a.dt_bias = ConstView<float, 1>(p.dt_bias.data(), {8}, {2}, "dt_bias");  // strided: refused, not misread
+  REQUIRE_THROWS_WITH(moss::mamba_step(moss::Host{}, a), ContainsSubstring("dt_bias"));
 }

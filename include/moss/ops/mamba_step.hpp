@@ -65,6 +65,7 @@ void validate(const MambaStepArgs<T>& a, const char* where) {
   expect_shape(where, a.conv_state, {batch, ED, W - 1}, "(batch, ED, W − 1)");
   if (present(a.conv_bias)) {
     expect_valid(where, a.conv_bias);
+    expect_contiguous(where, a.conv_bias);
     expect_shape(where, a.conv_bias, {ED}, "(ED)");
   }
   expect_valid(where, a.A);
@@ -81,8 +82,10 @@ void validate(const MambaStepArgs<T>& a, const char* where) {
   expect_contiguous(where, a.x_proj);
   expect_shape(where, a.x_proj, {R + 2 * N, ED}, "(R + 2N, ED)");
   expect_valid(where, a.dt_bias);
+  expect_contiguous(where, a.dt_bias);
   expect_shape(where, a.dt_bias, {ED}, "(ED)");
   expect_valid(where, a.D);
+  expect_contiguous(where, a.D);
   expect_shape(where, a.D, {ED}, "(ED)");
   expect_valid(where, a.ssm_state);
   expect_contiguous(where, a.ssm_state);
