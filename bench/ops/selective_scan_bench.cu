@@ -187,6 +187,20 @@ BENCHMARK(BM_selective_scan_bf16_channel_last_two_threads_per_channel)->UseManua
 
 constexpr int kStepsPerGraph = 32;
 
+/// Captures what `queue` queues on `gpu.stream` in a CUDA graph once and times its launches.
+template <class F>
+void time_graph(benchmark::State& state, const moss::Cuda& gpu, F&& queue) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal));
+  queue();
+  MOSS_CUDA_CHECK(cudaStreamEndCapture(gpu.stream, &graph));
+  MOSS_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  moss::bench::time_cuda(state, gpu.stream, [&] { MOSS_CUDA_CHECK(cudaGraphLaunch(exec, gpu.stream)); });
+  MOSS_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  MOSS_CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
 /// One input set of the decode step: state, projections' outputs and a layer's weights.
 struct StepSet {
   moss::Buffer<float> state;
@@ -228,15 +242,9 @@ void BM_selective_scan_step_bf16(benchmark::State& state) {
   for (int i = 0; i < n_sets; ++i) sets.push_back(std::make_unique<StepSet>(gpu, batch, 300 + 20 * i));
 
   // The launches are far shorter than event timing resolution: time a graph of many.
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < kStepsPerGraph; ++i) moss::selective_scan_step(gpu, sets[i % n_sets]->args);
-  MOSS_CUDA_CHECK(cudaStreamEndCapture(gpu.stream, &graph));
-  MOSS_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  moss::bench::time_cuda(state, gpu.stream, [&] { MOSS_CUDA_CHECK(cudaGraphLaunch(exec, gpu.stream)); });
-  MOSS_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  MOSS_CUDA_CHECK(cudaGraphDestroy(graph));
+  time_graph(state, gpu, [&] {
+    for (int i = 0; i < kStepsPerGraph; ++i) moss::selective_scan_step(gpu, sets[i % n_sets]->args);
+  });
 
   using benchmark::Counter;
   const double steps = static_cast<double>(state.iterations()) * kStepsPerGraph;
@@ -304,15 +312,9 @@ void BM_mamba_step_bf16(benchmark::State& state) {
   };
   for (const auto& l : layers) step(*l);  // first use outside the capture (handles, pool, attributes)
   gpu.synchronize();
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  MOSS_CUDA_CHECK(cudaStreamBeginCapture(gpu.stream, cudaStreamCaptureModeThreadLocal));
-  for (const auto& l : layers) step(*l);
-  MOSS_CUDA_CHECK(cudaStreamEndCapture(gpu.stream, &graph));
-  MOSS_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  moss::bench::time_cuda(state, gpu.stream, [&] { MOSS_CUDA_CHECK(cudaGraphLaunch(exec, gpu.stream)); });
-  MOSS_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  MOSS_CUDA_CHECK(cudaGraphDestroy(graph));
+  time_graph(state, gpu, [&] {
+    for (const auto& l : layers) step(*l);
+  });
   using benchmark::Counter;
   state.counters["seconds_per_step"] =
       Counter(static_cast<double>(state.iterations()) * kLayers, Counter::kIsRate | Counter::kInvert);
