@@ -6,7 +6,8 @@
 //     (one warp per output at a time), the slice's part Σ_{d in slice} x_proj[j, d]·v[d] (lanes
 //     over d, a fixed shuffle tree) into partial[b, slice, j].
 //  2. dt_scan: x_dbl[j] = Σ over the slices in increasing order, rounded to T (as a linear
-//     layer's output); then per channel delta = Σ_r dt_proj[d, r]·x_dbl[r] (r increasing, rounded to
+//     layer's output; every block of the sequence adds the same few partials itself, which costs
+//     less than a third launch); then per channel delta = Σ_r dt_proj[d, r]·x_dbl[r] (r increasing, rounded to
 //     T) and the scan step of moss/ops/selective_scan/math.hpp over its N states in order.
 // Every sum has one order fixed by the shapes: the same inputs give the same bits.
 #pragma once

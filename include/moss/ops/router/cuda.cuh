@@ -53,19 +53,10 @@ void launch_logits(const Cuda& gpu, const R& router, const ConstView<T, 2>& x, c
 
 }  // namespace detail::route
 
-/// Routes every token on the GPU (contract: moss/ops/router.hpp): bit-identical logits to the
-/// host's and the router's selection with scores = logits, in one kernel.
-template <class T, Router R>
-void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
-  static_assert(StorageType<T>, "moss::route: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
-  validate(a, "route");
-  detail::route::launch_logits(gpu, a.router, a.x, a.weight, a.logits.data, a.expert.data, a.gate.data);
-}
-
 namespace detail::route {
 
-/// The test and benchmark hook: `route` with a warp taking `tokens_per_warp` (1 or 4) tokens at
-/// a time; 0 is `route`'s own choice (1). The results are the same bits.
+/// `route` with a warp taking `tokens_per_warp` (1 or 4) tokens at a time, 0 being `route`'s
+/// choice (1); the test and benchmark hook. The results are the same bits whatever the choice.
 template <class T, Router R>
 void run_route(const Cuda& gpu, const RouteArgs<T, R>& a, int tokens_per_warp) {
   static_assert(StorageType<T>, "moss::route: double is host-only; on CUDA T must be float, moss::f16 or moss::bf16");
@@ -79,6 +70,13 @@ void run_route(const Cuda& gpu, const RouteArgs<T, R>& a, int tokens_per_warp) {
 }
 
 }  // namespace detail::route
+
+/// Routes every token on the GPU (contract: moss/ops/router.hpp): bit-identical logits to the
+/// host's and the router's selection with scores = logits, in one kernel.
+template <class T, Router R>
+void route(const Cuda& gpu, const RouteArgs<T, R>& a) {
+  detail::route::run_route(gpu, a, 0);
+}
 
 /// The logits alone on the GPU: the same kernel as `route`'s without the selection, so the
 /// logits are bit-identical to `route`'s (and to the host's).
